@@ -1,0 +1,1 @@
+"""The quantbench harness: configs in, measured long-format result tables out."""

@@ -1,0 +1,90 @@
+"""Expand a config into cases: the Cartesian product of its axes, collapsed and filtered."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass, fields, replace
+
+from .config import AXES, ConfigError, RunConfig
+from .ops import OPS
+
+
+@dataclass(frozen=True)
+class Case:
+    """One grid point for one implementation. Axes that do not apply to the op are None."""
+
+    op: str
+    impl: str
+    bits: int | None
+    scheme: str | None
+    granularity: str | None
+    group_size: int | None
+    dtype: str
+    M: int | None
+    N: int
+    K: int
+    layers: int | None
+    shape_name: str | None = None
+
+    @property
+    def workload(self) -> "Case":
+        """The case without its implementation: what every implementation of it shares."""
+        return replace(self, impl="*")
+
+    def key(self) -> str:
+        """A stable text key of the case (its identity axes), for resuming and joining runs."""
+        return "|".join(f"{name}={getattr(self, name)}" for name in AXES)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+CASE_FIELDS = tuple(f.name for f in fields(Case))
+
+
+def _shape_points(cfg: RunConfig) -> list[tuple[int, int, str | None]]:
+    if cfg.sweep.shapes is not None:
+        return [(s.N, s.K, s.name) for s in cfg.sweep.shapes]
+    return [(n, k, None) for n in cfg.sweep.N for k in cfg.sweep.K]
+
+
+def _excluded(case: Case, exclude: list[dict]) -> bool:
+    for entry in exclude:
+        if all(getattr(case, key) in (value if isinstance(value, list) else [value])
+               for key, value in entry.items()):
+            return True
+    return False
+
+
+def expand(cfg: RunConfig) -> list[Case]:
+    """All cases of a config, in sweep order, each once. Raises ConfigError for a grid point that
+    cannot run (a group size that does not divide K)."""
+    sw = cfg.sweep
+    seen: dict[Case, None] = {}
+    product = itertools.product(
+        sw.op, _shape_points(cfg), sw.dtype or [cfg.dtype], sw.bits, sw.scheme, sw.granularity,
+        sw.group_size or [None], sw.M or [None], sw.layers or [None], sw.impl,
+    )
+    for op, (n, k, shape_name), dtype, bits, scheme, gran, group, m, layers, impl in product:
+        if impl not in OPS[op].impls:
+            continue
+        applies = OPS[op].axes
+        case = Case(
+            op=op, impl=impl,
+            bits=bits if "bits" in applies else None,
+            scheme=scheme if "scheme" in applies else None,
+            granularity=gran if "granularity" in applies else None,
+            group_size=group if gran == "group" and "group_size" in applies else None,
+            dtype=dtype, M=m if "M" in applies else None, N=n, K=k,
+            layers=layers if "layers" in applies else None, shape_name=shape_name,
+        )
+        if case in seen or _excluded(case, cfg.exclude):
+            continue
+        if case.group_size is not None and k % case.group_size != 0:
+            raise ConfigError(f"sweep.group_size: group size {case.group_size} does not divide K = {k}"
+                              f"{f' (shape {shape_name!r})' if shape_name else ''}; choose a divisor "
+                              f"of K or drop the point with an 'exclude:' entry")
+        seen[case] = None
+    if not seen:
+        raise ConfigError("sweep: every grid point is excluded, nothing would run")
+    return list(seen)

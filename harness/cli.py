@@ -1,0 +1,143 @@
+"""The `quantbench` command: run, validate, list, show."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Literal, get_args, get_origin
+
+from rich.console import Console
+from rich.table import Table
+
+from .config import AXES, ConfigError, RunConfig, Sweep, load_config
+
+EXIT_CONFIG = 2
+
+
+def _print_table(console: Console, title: str, table) -> None:
+    from .summary import fmt
+    t = Table(title=title, title_justify="left")
+    for col in table.columns:
+        t.add_column(str(col), justify="right" if table[col].dtype.kind in "fiu" else "left")
+    for row in table.itertuples(index=False):
+        t.add_row(*(fmt(v) for v in row))
+    console.print(t)
+
+
+def show_run(path, console: Console) -> None:
+    from .results import load_run
+    from .summary import failures, op_table
+    df, meta = load_run(path)
+    env = meta.get("env", {})
+    console.print(f"[bold]{meta.get('run_id', path)}[/bold]  GPU: {env.get('gpu')}  torch {env.get('torch')}  "
+                  f"triton {env.get('triton')}  rows: {len(df)}")
+    if len(df) and not df["timing_valid"].astype(bool).all():
+        console.print("[yellow]Timings were taken on Triton's CPU interpreter: not GPU timings.[/yellow]")
+    for op in df["op"].unique():
+        table = op_table(df, op)
+        if not table.empty:
+            _print_table(console, op, table)
+    bad = failures(df)
+    if not bad.empty:
+        _print_table(console, "not ok", bad)
+
+
+def cmd_run(args, console: Console) -> int:
+    from .runner import run_sweep
+    cfg = load_config(args.config)
+    writer = run_sweep(cfg, args.out, args.device, show_progress=not args.no_progress)
+    show_run(writer.path, console)
+    console.print(f"results: {writer.path}")
+    return 0
+
+
+def cmd_validate(args, console: Console) -> int:
+    from .cases import expand
+    cfg = load_config(args.config)
+    cases = expand(cfg)
+    ops = ", ".join(dict.fromkeys(c.op for c in cases))
+    console.print(f"{args.config}: ok, {len(cases)} cases ({ops})")
+    return 0
+
+
+def cmd_list(args, console: Console) -> int:
+    from .ops import OPS
+    t = Table(title="ops", title_justify="left")
+    for col in ("op", "implementations", "axes", "about"):
+        t.add_column(col)
+    for op in OPS.values():
+        t.add_row(op.name, ", ".join(op.impls), ", ".join(a for a in AXES if a in op.axes),
+                  (op.__doc__ or "").strip().splitlines()[0])
+    console.print(t)
+    t = Table(title="sweep axes", title_justify="left")
+    t.add_column("axis")
+    t.add_column("values")
+    for name, field in Sweep.model_fields.items():
+        t.add_row(name, "list of {name, N, K}" if name == "shapes" else _allowed(field.annotation))
+    t.add_row("dtype (top level)", _allowed(RunConfig.model_fields["dtype"].annotation))
+    console.print(t)
+    return 0
+
+
+def _allowed(annotation) -> str:
+    """The literal values a config field accepts, for `quantbench list`."""
+    found: list[str] = []
+
+    def walk(a) -> None:
+        if get_origin(a) is Literal:
+            found.extend(map(str, get_args(a)))
+        for x in get_args(a):
+            walk(x)
+
+    walk(annotation)
+    return ", ".join(found) or "positive integers"
+
+
+def cmd_show(args, console: Console) -> int:
+    show_run(args.run, console)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="quantbench", description="Benchmark Triton quantization kernels "
+                                "against PyTorch: latency, memory and error on one table.")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run a sweep and write a results folder")
+    r.add_argument("config", help="YAML config (see configs/)")
+    r.add_argument("--out", default="results", help="folder to create the run folder in (default: results)")
+    r.add_argument("--device", default=None, help="override the config's device: auto, cpu, cuda, cuda:N")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.set_defaults(func=cmd_run)
+    v = sub.add_parser("validate", help="check a config and count its cases, running nothing")
+    v.add_argument("config")
+    v.set_defaults(func=cmd_validate)
+    ls = sub.add_parser("list", help="ops, implementations and sweep axes")
+    ls.set_defaults(func=cmd_list)
+    s = sub.add_parser("show", help="print the tables of a run folder")
+    s.add_argument("run")
+    s.set_defaults(func=cmd_show)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)  # piped or logged: do not squeeze tables into 80 columns
+    err = Console(stderr=True)
+    try:
+        return args.func(args, console)
+    except ConfigError as e:
+        err.print("config error:", style="red")
+        err.print(str(e), markup=False, highlight=False)
+        return EXIT_CONFIG
+    except FileNotFoundError as e:
+        err.print(f"error: {e}", style="red", markup=False, highlight=False)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

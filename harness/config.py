@@ -1,0 +1,217 @@
+"""The YAML run config: schema (pydantic), loading, and errors that name the key and the line."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from .ops import IMPLS, OPS
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DType = Literal["float32", "float16", "bfloat16"]
+Bits = Literal[8, 4, 2]
+Scheme = Literal["asymmetric", "symmetric"]
+Granularity = Literal["tensor", "channel", "group"]
+GroupSize = Literal[32, 64, 128, 256]
+PosInt = Annotated[int, Field(gt=0)]
+OpName = Literal[tuple(OPS)]
+ImplName = Literal[IMPLS]
+
+# The axes of a sweep, in the order a case's identity lists them.
+AXES = ("op", "impl", "bits", "scheme", "granularity", "group_size", "dtype", "M", "N", "K", "layers")
+
+
+class ConfigError(Exception):
+    """A config that cannot run; the message names the key path (and line) and what was expected."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class Weights(Strict):
+    """How weight matrices are made: float32 normal(mean, std) from the run's seed, then cast."""
+
+    source: Literal["normal"] = "normal"
+    mean: float = 0.0
+    std: Annotated[float, Field(gt=0)] = 1.0
+
+    @field_validator("mean", "std", mode="before")
+    @classmethod
+    def _int_is_float(cls, v: Any) -> Any:
+        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+
+class Timing(Strict):
+    """GPU timing through triton.testing.do_bench (milliseconds of warm-up and of repetitions)."""
+
+    warmup_ms: Annotated[int, Field(ge=0)] = 25
+    rep_ms: Annotated[int, Field(gt=0)] = 100
+    flush_l2: bool = True
+    cpu_reps: Annotated[int, Field(gt=0, le=100)] = 3  # repetitions on the interpreter (not valid timings)
+
+
+class Shape(Strict):
+    """A named weight shape [N, K], e.g. one projection of an LLM layer."""
+
+    name: Annotated[str, Field(min_length=1)] | None = None
+    N: PosInt
+    K: PosInt
+
+
+def _listify(v: Any) -> Any:
+    return [v] if v is not None and not isinstance(v, list) else v
+
+
+class Sweep(Strict):
+    """The axes whose Cartesian product is the run. A scalar counts as a one-element list."""
+
+    op: Annotated[list[OpName], Field(min_length=1)]
+    impl: Annotated[list[ImplName], Field(min_length=1)] = ["triton", "torch"]
+    bits: Annotated[list[Bits], Field(min_length=1)] = [8, 4]
+    scheme: Annotated[list[Scheme], Field(min_length=1)] = ["asymmetric"]
+    granularity: Annotated[list[Granularity], Field(min_length=1)] = ["channel"]
+    group_size: Annotated[list[GroupSize], Field(min_length=1)] | None = None
+    dtype: Annotated[list[DType], Field(min_length=1)] | None = None
+    M: Annotated[list[PosInt], Field(min_length=1)] | None = None
+    N: Annotated[list[PosInt], Field(min_length=1)] | None = None
+    K: Annotated[list[PosInt], Field(min_length=1)] | None = None
+    shapes: Annotated[list[Shape], Field(min_length=1)] | None = None
+    layers: Annotated[list[PosInt], Field(min_length=1)] | None = None
+
+    @field_validator("op", "impl", "bits", "scheme", "granularity", "group_size", "dtype", "M", "N", "K",
+                     "layers", mode="before")
+    @classmethod
+    def _scalar_to_list(cls, v: Any) -> Any:
+        return _listify(v)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Sweep":
+        if self.shapes is not None and (self.N is not None or self.K is not None):
+            raise ValueError("give either 'shapes' or the axes 'N' and 'K', not both")
+        if self.shapes is None and (self.N is None or self.K is None):
+            raise ValueError("the weight shape is missing: give 'N' and 'K', or a list of 'shapes'")
+        if self.group_size is not None and "group" not in self.granularity:
+            raise ValueError("'group_size' is set but 'granularity' has no 'group': add granularity "
+                             "'group' or remove group_size")
+        if "group" in self.granularity and self.group_size is None:
+            raise ValueError("granularity 'group' needs 'group_size' (one or more of 32, 64, 128, 256)")
+        return self
+
+
+class RunConfig(Strict):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=80)]
+    device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda|cuda:\d+)$")] = "auto"
+    seed: Annotated[int, Field(ge=0)] = 0
+    dtype: DType = "float16"
+    weights: Weights = Weights()
+    timing: Timing = Timing()
+    sweep: Sweep
+    exclude: list[dict[str, Any]] = []
+
+    @field_validator("exclude")
+    @classmethod
+    def _exclude_keys(cls, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for i, entry in enumerate(entries):
+            if not entry:
+                raise ValueError(f"exclude[{i}] is empty: it would drop every grid point")
+            for key in entry:
+                if key not in AXES:
+                    raise ValueError(f"exclude[{i}] has unknown axis {key!r}{_did_you_mean(key, AXES)}; "
+                                     f"axes are {', '.join(AXES)}")
+        return entries
+
+
+def _did_you_mean(word: str, choices: tuple[str, ...] | list[str]) -> str:
+    close = difflib.get_close_matches(str(word), list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _known_keys(model: type[BaseModel]) -> set[str]:
+    keys = set(model.model_fields)
+    for sub in (Weights, Timing, Sweep, Shape):
+        keys |= set(sub.model_fields)
+    return keys
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif str(part).startswith(("function-", "literal[", "list[", "int", "str", "float", "bool")):
+            continue  # pydantic's names for the union member it tried, not a key
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _line_of(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """1-based line of the deepest YAML node along `loc`, when the parser knows it."""
+    node, line = root, None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next(((k, v) for k, v in node.value if k.value == str(part)), None)
+            if match is None:
+                break
+            line = match[0].start_mark.line + 1
+            node = match[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
+def _describe(err: dict[str, Any], root: yaml.Node | None, source: str) -> str:
+    loc = tuple(err["loc"])
+    where = _path(loc)
+    line = _line_of(root, loc)
+    at = f"{source}:{line}: " if line else f"{source}: "
+    if err["type"] == "extra_forbidden":
+        key = loc[-1]
+        return f"{at}unknown key '{where}'{_did_you_mean(key, sorted(_known_keys(RunConfig)))}"
+    if err["type"] == "missing":
+        return f"{at}missing required key '{where}'"
+    msg = err["msg"].removeprefix("Value error, ")
+    got = err.get("input")
+    shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
+    return f"{at}{where}: {msg}{shown}"
+
+
+def parse_config(data: Any, source: str = "config", root: yaml.Node | None = None) -> RunConfig:
+    if not isinstance(data, dict):
+        kind = "an empty file" if data is None else f"a {type(data).__name__}"
+        raise ConfigError(f"{source}: expected a mapping of keys (name, sweep, ...), got {kind}")
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError("\n".join(_describe(err, root, source) for err in e.errors())) from None
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read and validate a YAML config; raises ConfigError naming the key path and line."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config: {e.strerror}") from None
+    try:
+        root = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f"{path}:{mark.line + 1}" if mark else str(path)
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(f"{at}: YAML syntax error: {problem}") from None
+    return parse_config(data, str(path), root)
+
+
+def config_digest(cfg: RunConfig) -> str:
+    """A short stable hash of the config as loaded (to tell runs of one config apart from others)."""
+    return hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:12]
+

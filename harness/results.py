@@ -1,0 +1,108 @@
+"""The results of a run on disk: one folder, rows appended as they are measured, tables at the end.
+
+    results/<name>-<UTC timestamp>/
+        rows.jsonl   one JSON line per measured row, flushed and fsynced before the next case
+        results.csv  the long-format table (one row per case and implementation), written atomically
+        meta.json    the config as loaded, the environment, the schema version
+        summary.md   pivot tables people read
+
+The columns are a public interface (runs are compared across versions): any change to them bumps
+SCHEMA_VERSION.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+
+SCHEMA_VERSION = 1
+
+IDENTITY = ["run_id", "op", "impl", "bits", "scheme", "granularity", "group_size", "dtype",
+            "M", "N", "K", "layers", "shape_name", "device", "gpu", "status", "message"]
+TIME = ["ms", "ms_p20", "ms_p80", "n_samples", "timing_valid", "gbps", "tflops"]
+MEMORY = ["weight_bytes", "bits_per_weight", "compression_vs_fp16", "compression_vs_fp32"]
+ERROR = ["mse", "mae", "max_abs_err", "snr_db", "rel_err"]
+PROVENANCE = ["schema_version", "torch_version", "triton_version", "utc"]
+COLUMNS = IDENTITY + TIME + MEMORY + ERROR + PROVENANCE
+STATUSES = ("ok", "skipped", "error")
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no inf/nan; pandas reads "inf"/"nan" back as floats
+    return value
+
+
+class RunWriter:
+    """Creates a run folder and writes into it as the run goes."""
+
+    def __init__(self, out_root: str | Path, name: str, meta: dict[str, Any]):
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        self.run_id = f"{name}-{stamp}"
+        self.path = Path(out_root) / self.run_id
+        self.path.mkdir(parents=True, exist_ok=False)
+        self.meta = {"schema_version": SCHEMA_VERSION, "run_id": self.run_id, "started_utc": utc_now(), **meta}
+        self.rows: list[dict[str, Any]] = []
+        _atomic_write(self.path / "meta.json", json.dumps(self.meta, indent=2, default=str))
+        self._rows_file = open(self.path / "rows.jsonl", "a")
+
+    def append(self, row: dict[str, Any]) -> None:
+        row = {col: row.get(col) for col in COLUMNS}
+        self.rows.append(row)
+        self._rows_file.write(json.dumps({k: _json_safe(v) for k, v in row.items()}) + "\n")
+        self._rows_file.flush()
+        os.fsync(self._rows_file.fileno())
+
+    def finish(self, summarize: Callable[[pd.DataFrame, dict[str, Any]], str]) -> pd.DataFrame:
+        """Write results.csv, meta.json (with the end time and status counts) and summary.md."""
+        self._rows_file.close()
+        df = to_frame(self.rows)
+        _atomic_write(self.path / "results.csv", df.to_csv(index=False))
+        counts = df["status"].value_counts().to_dict() if len(df) else {}
+        self.meta.update({"finished_utc": utc_now(), "rows": len(df), "status_counts": counts})
+        _atomic_write(self.path / "meta.json", json.dumps(self.meta, indent=2, default=str))
+        _atomic_write(self.path / "summary.md", summarize(df, self.meta))
+        return df
+
+
+def to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    for col in [c for c in TIME + MEMORY + ERROR if c != "timing_valid"]:
+        df[col] = pd.to_numeric(df[col], errors="coerce")  # JSON lines carry inf as "inf"
+    for col in ("bits", "group_size", "M", "N", "K", "layers", "n_samples", "weight_bytes"):
+        df[col] = df[col].astype("Int64")
+    return df
+
+
+def load_run(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """A run folder's table and metadata (results.csv, or rows.jsonl for a run that did not finish)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such run folder")
+    meta_file = path / "meta.json"
+    meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+    if (path / "results.csv").exists():
+        return pd.read_csv(path / "results.csv"), meta
+    if (path / "rows.jsonl").exists():
+        rows = [json.loads(line) for line in (path / "rows.jsonl").read_text().splitlines() if line.strip()]
+        return to_frame(rows), meta
+    raise FileNotFoundError(f"{path}: neither results.csv nor rows.jsonl is there")

@@ -1,0 +1,121 @@
+"""Run a sweep: for every workload, make inputs once, compute the reference once, then check,
+measure and record each implementation. A failing case is recorded with its reason and the sweep
+goes on."""
+
+from __future__ import annotations
+
+import os
+import sys
+from itertools import groupby
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from .cases import Case, expand
+from .config import ConfigError, RunConfig
+from .env import collect_env, gpu_name
+from .inputs import make_weights
+from .ops import OPS
+from .results import SCHEMA_VERSION, RunWriter, utc_now
+from .summary import summary_markdown
+from .timing import measure
+
+
+def resolve_device(requested: str) -> torch.device:
+    """'auto' is the first GPU if there is one, else the CPU (through Triton's interpreter)."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(requested)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device: {requested!r} was asked for but no CUDA GPU is available "
+                              f"(use 'auto' or 'cpu')")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"device: {requested!r} does not exist; this machine has "
+                              f"{torch.cuda.device_count()} GPU(s)")
+    elif device.type != "cpu":
+        raise ConfigError(f"device: expected auto, cpu, cuda or cuda:N, got {requested!r}")
+    return device
+
+
+def use_interpreter_on_cpu(device: torch.device) -> None:
+    """Triton reads TRITON_INTERPRET when a kernel is defined, so it must be set before the kernel
+    modules are imported."""
+    if device.type != "cpu" or os.environ.get("TRITON_INTERPRET") == "1":
+        return
+    if "quantbench.kernels.quantization" in sys.modules:
+        raise RuntimeError("the Triton kernels were already loaded for the GPU; set TRITON_INTERPRET=1 "
+                           "before importing quantbench.kernels to run them on the CPU")
+    os.environ["TRITON_INTERPRET"] = "1"
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"
+
+
+def _measure_row(op, case: Case, inputs: Any, ref_out: Any, ref_error: str | None, cfg: RunConfig,
+                 device: torch.device) -> dict[str, Any]:
+    row: dict[str, Any] = {"status": "ok", "message": ""}
+    fn = op.impls[case.impl](inputs)
+    out = fn()  # the first call compiles; it is outside the timed samples
+    if case.impl != op.reference:
+        problem = ref_error or op.verify(out, ref_out)
+        if problem:
+            row.update(status="error", message=problem)
+    row.update(op.error(case.impl, out, inputs))
+    t = cfg.timing
+    m = measure(fn, device, t.warmup_ms, t.rep_ms, t.flush_l2, t.cpu_reps)
+    row.update(m.stats())
+    seconds = row["ms"] * 1e-3
+    row["gbps"] = op.bytes_moved(case) / seconds / 1e9 if seconds > 0 else None
+    flops = op.flops(case)
+    row["tflops"] = flops / seconds / 1e12 if flops and seconds > 0 else None
+    return row
+
+
+def run_sweep(cfg: RunConfig, out_root: str | Path = "results", device: str | None = None,
+              show_progress: bool = True) -> RunWriter:
+    """Run every case of `cfg`, writing into a new folder under `out_root`; returns the writer
+    (its .path is the run folder, its .rows the rows)."""
+    dev = resolve_device(device or cfg.device)
+    use_interpreter_on_cpu(dev)
+    cases = expand(cfg)
+    env = collect_env(dev)
+    writer = RunWriter(out_root, cfg.name, {"config": cfg.model_dump(mode="json"), "env": env,
+                                            "cases": len(cases)})
+    common = {"run_id": writer.run_id, "device": str(dev), "gpu": gpu_name(dev),
+              "schema_version": SCHEMA_VERSION, "torch_version": env["torch"], "triton_version": env["triton"]}
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+    with Progress(*columns, disable=not show_progress, transient=True) as progress:
+        task = progress.add_task(cfg.name, total=len(cases))
+        for workload, group in groupby(cases, key=lambda c: c.workload):
+            op = OPS[workload.op]
+            group = list(group)
+            progress.update(task, description=f"{workload.op} {workload.bits}b {workload.granularity} "
+                                              f"{workload.N}x{workload.K}")
+            inputs = ref_out = setup_error = ref_error = None
+            try:
+                w = make_weights(cfg.weights, cfg.seed, workload.N, workload.K, workload.dtype, str(dev))
+                inputs = op.prepare(workload, w)
+                ref_out = op.impls[op.reference](inputs)()
+            except Exception as e:  # recorded on every row of this workload; the sweep goes on
+                setup_error = f"could not prepare inputs or the reference: {_first_line(e)}"
+                ref_error = setup_error
+            for case in group:
+                base = {**case.as_dict(), **common, "utc": utc_now()}
+                if setup_error and (inputs is None or case.impl == op.reference):
+                    row = {"status": "error", "message": setup_error}
+                else:
+                    try:
+                        row = _measure_row(op, case, inputs, ref_out, ref_error, cfg, dev)
+                    except Exception as e:  # one failing case is recorded and the sweep goes on
+                        row = {"status": "error", "message": _first_line(e)}
+                writer.append({**base, **op.memory(case), **row})
+                progress.advance(task)
+    writer.finish(summary_markdown)
+    return writer
+

@@ -1,0 +1,95 @@
+"""Wide tables for people, pivoted from the long-format results (storage stays long)."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+CASE_KEYS = ["shape_name", "N", "K", "M", "layers", "dtype", "bits", "scheme", "granularity", "group_size"]
+SCHEME_SHORT = {"asymmetric": "asym", "symmetric": "sym"}
+
+
+def _label(row: pd.Series) -> dict[str, str]:
+    """Compact case labels: the shape, the dtype, the quantization format."""
+    shape = f"{row['N']:.0f}x{row['K']:.0f}"
+    if pd.notna(row.get("M")):
+        shape = f"M={row['M']:.0f} {shape}"
+    if pd.notna(row.get("shape_name")):
+        shape = f"{row['shape_name']} {shape}"
+    if pd.notna(row.get("layers")):
+        shape += f" L={row['layers']:.0f}"
+    fmt_ = "-"
+    if pd.notna(row.get("bits")):
+        gran = f"g{row['group_size']:.0f}" if row["granularity"] == "group" else row["granularity"]
+        fmt_ = f"int{row['bits']:.0f} {SCHEME_SHORT.get(row['scheme'], row['scheme'])} {gran}"
+    return {"shape": shape, "dtype": row["dtype"], "format": fmt_}
+
+
+def with_labels(d: pd.DataFrame) -> pd.DataFrame:
+    labels = pd.DataFrame([_label(r) for _, r in d.iterrows()], index=d.index, columns=["shape", "dtype", "format"])
+    return pd.concat([labels, d.drop(columns=[c for c in ("dtype",) if c in d])], axis=1)
+
+
+def op_table(df: pd.DataFrame, op: str) -> pd.DataFrame:
+    """One row per case of `op`: median ms per implementation, speedup of triton over torch,
+    triton's GB/s, and the memory and error of the quantized weight."""
+    d = df[(df["op"] == op) & (df["status"] == "ok")]
+    if d.empty:
+        return pd.DataFrame()
+    d = with_labels(d)
+    keys = ["shape", "dtype", "format"]
+    ms = d.pivot_table(index=keys, columns="impl", values="ms", aggfunc="first", sort=False)
+    out = ms.rename(columns=lambda impl: f"ms {impl}")
+    if {"ms triton", "ms torch"} <= set(out.columns):
+        out["speedup vs torch"] = out["ms torch"] / out["ms triton"]
+    triton = d[d["impl"] == "triton"].set_index(keys)
+    if not triton.empty:
+        out["GB/s triton"] = triton["gbps"]
+    first = d.groupby(keys, sort=False).first()
+    out["bits/weight"] = first["bits_per_weight"]
+    out["SNR dB"] = first["snr_db"]
+    out["rel err"] = first["rel_err"]
+    return out.reset_index()
+
+
+def failures(df: pd.DataFrame) -> pd.DataFrame:
+    bad = df[df["status"] != "ok"]
+    if bad.empty:
+        return pd.DataFrame()
+    return with_labels(bad)[["op", "impl", "shape", "dtype", "format", "status", "message"]].reset_index(drop=True)
+
+
+def fmt(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    head = "| " + " | ".join(map(str, table.columns)) + " |"
+    rule = "|" + "|".join("---" for _ in table.columns) + "|"
+    body = ["| " + " | ".join(fmt(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join([head, rule, *body])
+
+
+def summary_markdown(df: pd.DataFrame, meta: dict) -> str:
+    env = meta.get("env", {})
+    lines = [f"# {meta.get('run_id', 'run')}", "",
+             f"GPU: {env.get('gpu')} | torch {env.get('torch')} | triton {env.get('triton')} | "
+             f"commit {str(env.get('git_commit'))[:10]}{' (dirty)' if env.get('git_dirty') else ''}", ""]
+    if len(df) and not df["timing_valid"].astype(bool).all():
+        lines += ["Timings marked invalid were taken on Triton's CPU interpreter: they are not GPU "
+                  "timings and say nothing about kernel speed.", ""]
+    counts = df["status"].value_counts().to_dict()
+    lines += ["Rows: " + ", ".join(f"{k} {v}" for k, v in counts.items()), ""]
+    for op in df["op"].unique():
+        table = op_table(df, op)
+        if not table.empty:
+            lines += [f"## {op}", "", to_markdown(table), ""]
+    bad = failures(df)
+    if not bad.empty:
+        lines += ["## Not ok", "", to_markdown(bad), ""]
+    return "\n".join(lines)

@@ -1,0 +1,26 @@
+"""Triton quantization kernels, each beside its PyTorch reference (``op`` and ``op_ref``).
+
+The format lives in ``spec`` and needs only torch; the kernel modules import Triton, so they load
+on first use (PEP 562). That lets the harness read a config, and decide whether Triton must run
+through its interpreter, before Triton is imported.
+"""
+
+from importlib import import_module
+
+from .spec import BITS, FLOAT_DTYPES, GRANULARITIES, GROUP_SIZES, SCHEMES, QuantizedTensor, QuantSpec
+
+_LAZY = {
+    "quantize": ".quantization", "quantize_ref": ".quantization",
+    "dequantize": ".dequantization", "dequantize_ref": ".dequantization",
+}
+
+__all__ = [
+    "BITS", "FLOAT_DTYPES", "GRANULARITIES", "GROUP_SIZES", "SCHEMES", "QuantSpec", "QuantizedTensor",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,49 @@
+"""Input checks shared by the launchers: each error names the tensor and what was expected."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .spec import FLOAT_DTYPES
+
+
+def interpreting() -> bool:
+    """True when Triton runs through its CPU interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def check_device(name: str, t: torch.Tensor) -> None:
+    if not interpreting() and not t.is_cuda:
+        raise ValueError(f"{name} must be on a CUDA device (or set TRITON_INTERPRET=1 to run "
+                         f"on the CPU), got a tensor on {t.device}")
+
+
+def check_matrix(name: str, t: object, dtypes: tuple[torch.dtype, ...] | None = None,
+                 on_kernel_device: bool = True) -> None:
+    """A 2-D tensor with unit stride along its last axis, of one of `dtypes`; with
+    `on_kernel_device`, also on a device the Triton kernels can run on."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != 2:
+        raise ValueError(f"{name} must be 2-D [rows, cols], got shape {tuple(t.shape)}")
+    if t.shape[0] == 0 or t.shape[1] == 0:
+        raise ValueError(f"{name} must not be empty, got shape {tuple(t.shape)}")
+    allowed = tuple(FLOAT_DTYPES.values()) if dtypes is None else dtypes
+    if t.dtype not in allowed:
+        names = ", ".join(str(d).removeprefix("torch.") for d in allowed)
+        raise TypeError(f"{name} must have dtype in ({names}), got {str(t.dtype).removeprefix('torch.')}")
+    if t.stride(1) != 1:
+        raise ValueError(f"{name} must be contiguous along its last axis (stride 1), got strides "
+                         f"{tuple(t.stride())}; call .contiguous() first")
+    if on_kernel_device:
+        check_device(name, t)
+
+
+def check_same_device(**tensors: torch.Tensor | None) -> None:
+    present = {n: t for n, t in tensors.items() if t is not None}
+    devices = {t.device for t in present.values()}
+    if len(devices) > 1:
+        where = ", ".join(f"{n} on {t.device}" for n, t in present.items())
+        raise ValueError(f"tensors must be on one device, got {where}")

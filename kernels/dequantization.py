@@ -1,0 +1,112 @@
+"""Dequantize packed low-bit codes back to floats: Triton kernel, launcher and PyTorch reference.
+
+``w_hat = (field - offset) * scale + zero`` in float32, then rounded to the output dtype
+(zero is absent for the symmetric scheme). The format is documented in spec.py.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .quantization import round_to
+from .checks import check_matrix, check_same_device
+from .packing import unpack_fields
+from .spec import FLOAT_DTYPES, QuantizedTensor
+
+BLOCK_N = 16
+BLOCK_K = 256
+
+
+@triton.jit
+def dequantize_kernel(codes_ptr, scales_ptr, zeros_ptr, out_ptr, N, K,
+                      stride_cn, stride_on, stride_sn, stride_sk, seg_len,
+                      BITS: tl.constexpr, OFFSET: tl.constexpr, SYMMETRIC: tl.constexpr,
+                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """out[N, K] = dequantized codes. Grid: (cdiv(N, BLOCK_N), cdiv(K, BLOCK_K)).
+
+    codes: uint8 [N, ceil(K * BITS / 8)], element k of a row in byte k // (8 // BITS) at bit
+    offset (k % (8 // BITS)) * BITS. The scale of element (n, k) is at
+    scales_ptr[n * stride_sn + (k // seg_len) * stride_sk] (strides 0 broadcast one scale over a
+    row or the tensor); zeros_ptr has the same layout and is read only when not SYMMETRIC.
+    """
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    PER_BYTE: tl.constexpr = 8 // BITS
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    mask = (rows[:, None] < N) & (cols[None, :] < K)
+    packed = tl.load(codes_ptr + rows[:, None] * stride_cn + (cols // PER_BYTE)[None, :], mask=mask, other=0)
+    shifts = ((cols % PER_BYTE) * BITS)[None, :]
+    fields = (packed.to(tl.int32) >> shifts) & ((1 << BITS) - 1)
+    s_off = rows[:, None] * stride_sn + (cols // seg_len)[None, :] * stride_sk
+    scale = tl.load(scales_ptr + s_off, mask=mask, other=1.0).to(tl.float32)
+    w = (fields - OFFSET).to(tl.float32) * scale
+    if not SYMMETRIC:
+        w += tl.load(zeros_ptr + s_off, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + rows[:, None] * stride_on + cols[None, :], round_to(w, out_ptr.dtype.element_ty), mask=mask)
+
+
+def _check_quantized(q: QuantizedTensor, on_kernel_device: bool) -> None:
+    n, k = q.shape
+    spec = q.spec
+    check_matrix("codes", q.codes, (torch.uint8,), on_kernel_device)
+    check_matrix("scales", q.scales, None, on_kernel_device)
+    if q.codes.shape != (n, spec.packed_cols(k)):
+        raise ValueError(f"codes must be [N, ceil(K * bits / 8)] = [{n}, {spec.packed_cols(k)}] for a "
+                         f"{spec.bits}-bit [{n}, {k}] weight, got {list(q.codes.shape)}")
+    if tuple(q.scales.shape) != spec.scales_shape(n, k):
+        raise ValueError(f"scales must be {list(spec.scales_shape(n, k))} for granularity "
+                         f"{spec.granularity!r}, got {list(q.scales.shape)}")
+    if spec.symmetric != (q.zeros is None):
+        raise ValueError("zeros must be given exactly when the scheme is asymmetric")
+    if q.zeros is not None and (q.zeros.shape != q.scales.shape or q.zeros.dtype != q.scales.dtype):
+        raise ValueError(f"zeros must match scales' shape and dtype, got {list(q.zeros.shape)} "
+                         f"{q.zeros.dtype} against {list(q.scales.shape)} {q.scales.dtype}")
+    check_same_device(codes=q.codes, scales=q.scales, zeros=q.zeros)
+
+
+def _out_dtype(q: QuantizedTensor, out_dtype: torch.dtype | None) -> torch.dtype:
+    dtype = q.scales.dtype if out_dtype is None else out_dtype
+    if dtype not in FLOAT_DTYPES.values():
+        raise TypeError(f"out_dtype must be float32, float16 or bfloat16, got {dtype}")
+    return dtype
+
+
+def dequantize(q: QuantizedTensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Dequantize with the Triton kernel into a new [N, K] tensor of `out_dtype` (default: the
+    scales' dtype, which is the dtype that was quantized)."""
+    _check_quantized(q, on_kernel_device=True)
+    n, k = q.shape
+    spec = q.spec
+    out = torch.empty((n, k), dtype=_out_dtype(q, out_dtype), device=q.codes.device)
+    seg_len = spec.group_size if spec.granularity == "group" else k
+    stride_sn, stride_sk = {"tensor": (0, 0), "channel": (1, 0), "group": (k // seg_len, 1)}[spec.granularity]
+    grid = (triton.cdiv(n, BLOCK_N), triton.cdiv(k, BLOCK_K))
+    dequantize_kernel[grid](
+        q.codes, q.scales, q.scales if q.zeros is None else q.zeros, out, n, k,
+        q.codes.stride(0), out.stride(0), stride_sn, stride_sk, seg_len,
+        BITS=spec.bits, OFFSET=spec.offset, SYMMETRIC=spec.symmetric, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
+    )
+    return out
+
+
+def expand_params(p: torch.Tensor, q: QuantizedTensor) -> torch.Tensor:
+    """Per-segment scales or zeros [rows, segments] -> one float32 value per element [N, K]."""
+    n, k = q.shape
+    if q.spec.granularity == "group":
+        p = p.repeat_interleave(q.spec.group_size, dim=1)
+    return p.float().expand(n, k)
+
+
+def dequantize_ref(q: QuantizedTensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """PyTorch reference for `dequantize`, same contract. The per-tensor asymmetric case is the
+    seed notebook's dequantize_from_int8 / dequantize_from_int4 arithmetic."""
+    _check_quantized(q, on_kernel_device=False)
+    n, k = q.shape
+    codes = (unpack_fields(q.codes, q.spec.bits, k) - q.spec.offset).float()
+    w = codes * expand_params(q.scales, q)
+    if q.zeros is not None:
+        w = w + expand_params(q.zeros, q)
+    return w.to(_out_dtype(q, out_dtype))

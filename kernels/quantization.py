@@ -1,0 +1,257 @@
+"""Quantize a weight matrix to packed low-bit codes: Triton kernel, launcher and PyTorch reference.
+
+The format (schemes, granularities, packing order, degenerate ranges) is written once, in
+``spec.py``; ``quantize`` and ``quantize_ref`` both follow it and produce identical codes.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .checks import check_matrix
+from .packing import pack_fields
+from .spec import QuantizedTensor, QuantSpec
+
+GRANULARITY_IDS = {"tensor": 0, "channel": 1, "group": 2}
+TILE_ELEMS = 4096  # elements of W one program holds at a time
+MAX_CHUNK_K = 2048
+
+
+@triton.jit
+def round_half_even(v):
+    """Round float32 to the nearest integer, ties to even, for |v| < 2**22.
+
+    Adding and subtracting 1.5 * 2**23 pushes the fraction out of the mantissa under the IEEE
+    default rounding mode; it is exact where libdevice's rint is not available (the interpreter).
+    """
+    return (v + 12582912.0) - 12582912.0
+
+
+@triton.jit
+def round_to(x, ty: tl.constexpr):
+    """float32 -> the nearest value of dtype `ty` (ties to even), returned as float32.
+
+    bfloat16 is rounded with integer arithmetic on the bits: the interpreter's float32 -> bfloat16
+    cast does not round to nearest even, the GPU's does, and the codes must agree on both. The
+    result then converts to `ty` exactly on either.
+    """
+    if ty == tl.bfloat16:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        return bits.to(tl.float32, bitcast=True)
+    elif ty == tl.float16:
+        return x.to(tl.float16).to(tl.float32)
+    else:
+        return x
+
+
+@triton.jit
+def qparams(lo, hi, scale_ty: tl.constexpr, QMAX: tl.constexpr, SYMMETRIC: tl.constexpr):
+    """Stored scale and zero (as float32) from a segment's min and max; see spec.py."""
+    if SYMMETRIC:
+        span = tl.maximum(-lo, hi)
+    else:
+        span = hi - lo
+    scale = round_to(tl.div_rn(span, tl.full(span.shape, QMAX, tl.float32)), scale_ty)
+    scale = tl.where(scale == 0.0, 1.0, scale)
+    zero = round_to(lo, scale_ty)
+    return scale, zero
+
+
+@triton.jit
+def quantize_tile(x, scale, zero, QMIN: tl.constexpr, QMAX: tl.constexpr, SYMMETRIC: tl.constexpr):
+    """float32 tile -> unsigned int32 fields (code + offset), broadcasting scale/zero per row."""
+    if SYMMETRIC:
+        v = tl.div_rn(x, scale)
+    else:
+        v = tl.div_rn(x - zero, scale)
+    v = tl.minimum(tl.maximum(v, QMIN), QMAX)
+    return (round_half_even(v) - QMIN).to(tl.int32)
+
+
+@triton.jit
+def pack_tile(fields, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BITS: tl.constexpr):
+    """[BLOCK_N, BLOCK_K] fields -> [BLOCK_N, BLOCK_K * BITS // 8] bytes, little end first."""
+    PER_BYTE: tl.constexpr = 8 // BITS
+    if PER_BYTE == 1:
+        packed = fields
+    else:
+        f3 = tl.reshape(fields, (BLOCK_N, BLOCK_K // PER_BYTE, PER_BYTE))
+        shifts = tl.arange(0, PER_BYTE) * BITS
+        packed = tl.sum(f3 << shifts[None, None, :], axis=2)
+    return packed.to(tl.uint8)
+
+
+@triton.jit
+def minmax_partials_kernel(x_ptr, lo_ptr, hi_ptr, N, K, stride_xn,
+                           BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """First pass of per-tensor quantization: each program writes the min and max of its tile."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    mask = (rows[:, None] < N) & (cols[None, :] < K)
+    x = tl.load(x_ptr + rows[:, None] * stride_xn + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    pid = pid_n * tl.num_programs(1) + pid_k
+    tl.store(lo_ptr + pid, tl.min(tl.where(mask, x, float("inf"))))
+    tl.store(hi_ptr + pid, tl.max(tl.where(mask, x, float("-inf"))))
+
+
+@triton.jit
+def tensor_qparams_kernel(lo_ptr, hi_ptr, n_partials, scales_ptr, zeros_ptr,
+                          QMAX: tl.constexpr, SYMMETRIC: tl.constexpr, BLOCK: tl.constexpr):
+    """Second pass of per-tensor quantization: one program reduces the partial minima and maxima
+    and writes the tensor's stored scale (and zero)."""
+    offs = tl.arange(0, BLOCK)
+    lo = tl.full((BLOCK,), float("inf"), tl.float32)
+    hi = tl.full((BLOCK,), float("-inf"), tl.float32)
+    for p in range(0, n_partials, BLOCK):
+        m = p + offs < n_partials
+        lo = tl.minimum(lo, tl.load(lo_ptr + p + offs, mask=m, other=float("inf")))
+        hi = tl.maximum(hi, tl.load(hi_ptr + p + offs, mask=m, other=float("-inf")))
+    lo_all = tl.full((1,), 0.0, tl.float32) + tl.min(lo)
+    hi_all = tl.full((1,), 0.0, tl.float32) + tl.max(hi)
+    scale, zero = qparams(lo_all, hi_all, scales_ptr.dtype.element_ty, QMAX, SYMMETRIC)
+    tl.store(scales_ptr + tl.arange(0, 1), scale)
+    if not SYMMETRIC:
+        tl.store(zeros_ptr + tl.arange(0, 1), zero)
+
+
+@triton.jit
+def quantize_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr,
+                    N, K, stride_xn, stride_cn, stride_sn, seg_len,
+                    BITS: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr,
+                    SYMMETRIC: tl.constexpr, GRANULARITY: tl.constexpr,
+                    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Quantize x[N, K] (fp32/fp16/bf16, unit stride along K) into packed uint8 codes.
+
+    Grid: (cdiv(N, BLOCK_N), segments). A program owns BLOCK_N rows of one K-segment of `seg_len`
+    columns: one group (GRANULARITY 2, BLOCK_K == group size), a whole row (1, looped in BLOCK_K
+    chunks: a min/max pass, then a quantize pass that re-reads the row from cache), or one BLOCK_K
+    chunk (0: the tensor's scale and zero were already written by tensor_qparams_kernel and are
+    read here). Scales (and zeros, asymmetric only) are written in scales_ptr's dtype at
+    [row * stride_sn + segment]; codes at [row * stride_cn + k * BITS // 8]. BLOCK_K must be a
+    multiple of 8 // BITS so that no byte is shared between programs.
+    """
+    pid_n = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    PER_BYTE: tl.constexpr = 8 // BITS
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < N
+    seg_start = pid_s * seg_len
+    seg_end = tl.minimum(seg_start + seg_len, K)
+    x_rows = x_ptr + rows[:, None] * stride_xn
+
+    if GRANULARITY == 0:
+        zeros_n = tl.zeros((BLOCK_N,), tl.float32)
+        scale = zeros_n + tl.load(scales_ptr).to(tl.float32)
+        if SYMMETRIC:
+            zero = zeros_n
+        else:
+            zero = zeros_n + tl.load(zeros_ptr).to(tl.float32)
+    else:
+        lo = tl.full((BLOCK_N,), float("inf"), tl.float32)
+        hi = tl.full((BLOCK_N,), float("-inf"), tl.float32)
+        for k0 in range(seg_start, seg_end, BLOCK_K):
+            cols = k0 + tl.arange(0, BLOCK_K)
+            mask = row_ok[:, None] & (cols[None, :] < seg_end)
+            x = tl.load(x_rows + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+            lo = tl.minimum(lo, tl.min(tl.where(mask, x, float("inf")), axis=1))
+            hi = tl.maximum(hi, tl.max(tl.where(mask, x, float("-inf")), axis=1))
+        lo = tl.where(row_ok, lo, 0.0)  # rows past N: keep their (unstored) parameters finite
+        hi = tl.where(row_ok, hi, 0.0)
+        scale, zero = qparams(lo, hi, scales_ptr.dtype.element_ty, QMAX, SYMMETRIC)
+        tl.store(scales_ptr + rows * stride_sn + pid_s, scale, mask=row_ok)
+        if not SYMMETRIC:
+            tl.store(zeros_ptr + rows * stride_sn + pid_s, zero, mask=row_ok)
+
+    bytes_k = tl.arange(0, BLOCK_K // PER_BYTE)
+    for k0 in range(seg_start, seg_end, BLOCK_K):
+        cols = k0 + tl.arange(0, BLOCK_K)
+        mask = row_ok[:, None] & (cols[None, :] < seg_end)
+        x = tl.load(x_rows + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        fields = quantize_tile(x, scale[:, None], zero[:, None], QMIN, QMAX, SYMMETRIC)
+        fields = tl.where(mask, fields, 0)
+        packed = pack_tile(fields, BLOCK_N, BLOCK_K, BITS)
+        byte_cols = k0 // PER_BYTE + bytes_k
+        byte_mask = row_ok[:, None] & (byte_cols[None, :] < (seg_end + PER_BYTE - 1) // PER_BYTE)
+        tl.store(codes_ptr + rows[:, None] * stride_cn + byte_cols[None, :], packed, mask=byte_mask)
+
+
+def _tiling(spec: QuantSpec, k: int) -> tuple[int, int, int]:
+    """(BLOCK_N, BLOCK_K, segment length) for a granularity and K."""
+    if spec.granularity == "group":
+        block_k = spec.group_size
+    else:
+        block_k = max(spec.per_byte, min(triton.next_power_of_2(k), MAX_CHUNK_K))
+    block_n = max(1, TILE_ELEMS // block_k)
+    seg_len = {"group": spec.group_size, "channel": k, "tensor": block_k}[spec.granularity]
+    return block_n, block_k, seg_len
+
+
+def quantize(w: torch.Tensor, spec: QuantSpec) -> QuantizedTensor:
+    """Quantize w[N, K] (float32/float16/bfloat16, unit stride along K) with the Triton kernel.
+
+    Returns codes uint8 [N, ceil(K * bits / 8)], scales and zeros (asymmetric only) in w's dtype,
+    shaped as ``spec.scales_shape(N, K)``. The format is documented in spec.py.
+    """
+    check_matrix("w", w)
+    n, k = w.shape
+    spec.check_shape(n, k)
+    codes = torch.empty((n, spec.packed_cols(k)), dtype=torch.uint8, device=w.device)
+    scales = torch.empty(spec.scales_shape(n, k), dtype=w.dtype, device=w.device)
+    zeros = None if spec.symmetric else torch.empty_like(scales)
+    block_n, block_k, seg_len = _tiling(spec, k)
+    grid = (triton.cdiv(n, block_n), triton.cdiv(k, seg_len))
+
+    zeros_arg = scales if zeros is None else zeros  # never written when symmetric
+    if spec.granularity == "tensor":
+        lo = torch.empty(grid[0] * grid[1], dtype=torch.float32, device=w.device)
+        hi = torch.empty_like(lo)
+        minmax_partials_kernel[grid](w, lo, hi, n, k, w.stride(0), BLOCK_N=block_n, BLOCK_K=block_k)
+        tensor_qparams_kernel[(1,)](lo, hi, lo.numel(), scales, zeros_arg,
+                                    QMAX=spec.qmax, SYMMETRIC=spec.symmetric, BLOCK=1024)
+    quantize_kernel[grid](
+        w, codes, scales, zeros_arg, n, k, w.stride(0), codes.stride(0), scales.stride(0), seg_len,
+        BITS=spec.bits, QMIN=spec.qmin, QMAX=spec.qmax, SYMMETRIC=spec.symmetric,
+        GRANULARITY=GRANULARITY_IDS[spec.granularity], BLOCK_N=block_n, BLOCK_K=block_k,
+    )
+    return QuantizedTensor(codes, scales, zeros, spec, (n, k))
+
+
+def qparams_ref(lo: torch.Tensor, hi: torch.Tensor, spec: QuantSpec,
+                dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Stored scale and zero (in `dtype`) from float32 segment minima and maxima; see spec.py."""
+    if spec.symmetric:
+        scale = torch.maximum(-lo, hi) / float(spec.qmax)
+    else:
+        scale = (hi - lo) / float(spec.qmax - spec.qmin)
+    scale = scale.to(dtype)
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+    return scale, None if spec.symmetric else lo.to(dtype)
+
+
+def quantize_ref(w: torch.Tensor, spec: QuantSpec) -> QuantizedTensor:
+    """PyTorch reference for `quantize`, same contract and identical codes. The per-tensor
+    asymmetric case is the seed notebook's quantize_to_int8 / quantize_to_int4 arithmetic."""
+    check_matrix("w", w, on_kernel_device=False)
+    n, k = w.shape
+    spec.check_shape(n, k)
+    x = w.float()
+    if spec.granularity == "tensor":
+        segs = x.reshape(1, 1, -1)
+    elif spec.granularity == "channel":
+        segs = x.reshape(n, 1, k)
+    else:
+        segs = x.reshape(n, k // spec.group_size, spec.group_size)
+    scale, zero = qparams_ref(segs.amin(dim=-1), segs.amax(dim=-1), spec, w.dtype)
+    s = scale.float().unsqueeze(-1)
+    if spec.symmetric:
+        v = segs / s
+    else:
+        v = (segs - zero.float().unsqueeze(-1)) / s
+    fields = v.clamp(spec.qmin, spec.qmax).round() - spec.qmin
+    codes = pack_fields(fields.reshape(n, k), spec.bits)
+    return QuantizedTensor(codes, scale, zero, spec, (n, k))

@@ -1,0 +1,141 @@
+"""The Triton quantizer against its PyTorch reference: identical codes, scales and zeros."""
+
+import pytest
+import torch
+
+from quantbench.harness.metrics import weight_error
+from quantbench.kernels import BITS, GROUP_SIZES, SCHEMES, QuantSpec, dequantize_ref, quantize, quantize_ref
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+# Odd shapes on purpose: one row, K not a multiple of any block or of 8 // bits, N not a multiple
+# of any block.
+ODD_SHAPES = [(1, 7), (33, 130), (5, 1)]
+GROUP_SHAPES = [(3, 256), (17, 512)]
+
+
+def specs_for(k):
+    for bits in BITS:
+        for scheme in SCHEMES:
+            yield QuantSpec(bits, scheme, "tensor")
+            yield QuantSpec(bits, scheme, "channel")
+            for g in GROUP_SIZES:
+                if k % g == 0:
+                    yield QuantSpec(bits, scheme, "group", g)
+
+
+CASES = [(n, k, spec) for n, k in ODD_SHAPES + GROUP_SHAPES for spec in specs_for(k)]
+
+
+def assert_same_quantization(a, b):
+    for part in ("codes", "scales", "zeros"):
+        x, y = getattr(a, part), getattr(b, part)
+        if y is None:
+            assert x is None
+            continue
+        assert x.dtype == y.dtype and x.shape == y.shape, part
+        bad = (x != y).nonzero()
+        assert bad.numel() == 0, f"{part}: {len(bad)} differ, first at {bad[:3].tolist()}: " \
+                                 f"{x[tuple(bad[0])].item()} vs {y[tuple(bad[0])].item()}"
+
+
+@pytest.mark.parametrize("n,k,spec", CASES, ids=lambda v: str(v) if not isinstance(v, QuantSpec) else
+                         f"{v.bits}b-{v.scheme[:4]}-{v.granularity}{v.group_size or ''}")
+def test_codes_equal_reference(n, k, spec, gen):
+    for dtype in DTYPES:
+        w = (torch.randn(n, k, generator=gen) * 2).to(dtype)
+        assert_same_quantization(quantize(w, spec), quantize_ref(w, spec))
+
+
+@pytest.mark.parametrize("spec", [QuantSpec(4, "asymmetric", "tensor"), QuantSpec(2, "symmetric", "group", 32),
+                                  QuantSpec(8, "asymmetric", "channel")], ids=str)
+def test_shapes_and_dtypes_of_outputs(spec, gen):
+    w = torch.randn(6, 64, generator=gen, dtype=torch.float16)
+    q = quantize(w, spec)
+    assert q.codes.dtype == torch.uint8 and q.codes.shape == (6, 64 * spec.bits // 8)
+    assert q.scales.dtype == torch.float16 and tuple(q.scales.shape) == spec.scales_shape(6, 64)
+    assert (q.zeros is None) == spec.symmetric
+    assert q.nbytes == spec.nbytes(6, 64, torch.float16)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("granularity", ["tensor", "channel", "group"])
+@pytest.mark.parametrize("value", [0.0, 3.25, -1e-3])
+def test_constant_tensor_round_trips_without_nan(scheme, granularity, value):
+    spec = QuantSpec(4, scheme, granularity, 32 if granularity == "group" else None)
+    w = torch.full((4, 64), value)
+    q = quantize(w, spec)
+    assert_same_quantization(q, quantize_ref(w, spec))
+    w_hat = dequantize_ref(q)
+    assert not w_hat.isnan().any()
+    if scheme == "asymmetric" or value == 0.0:
+        assert torch.equal(w_hat, w)  # zero range: every code is 0 and w_hat is the stored minimum
+    else:
+        torch.testing.assert_close(w_hat, w, rtol=torch.finfo(torch.float32).eps * 2, atol=0)
+
+
+def test_scale_that_underflows_the_storage_dtype_is_not_zero():
+    """A range so small that range / 15 is 0 in float16: the stored scale is 1 and w_hat = min."""
+    w = torch.tensor([[0.0, 1e-7, 2e-7, 0.0]], dtype=torch.float16)
+    spec = QuantSpec(4, "asymmetric", "tensor")
+    q = quantize(w, spec)
+    assert_same_quantization(q, quantize_ref(w, spec))
+    assert q.scales.item() == 1.0
+    assert torch.isfinite(dequantize_ref(q)).all()
+
+
+def test_ties_round_half_to_even():
+    """Values exactly halfway between two codes go to the even code (0.5 -> 0, 1.5 -> 2, 2.5 -> 2)."""
+    # range [0, 15] with 4 bits: scale 1, so w / scale lands on the .5 ties exactly
+    w = torch.tensor([[0.0, 0.5, 1.5, 2.5, 3.5, 15.0, 14.5, 13.5]])
+    spec = QuantSpec(4, "asymmetric", "tensor")
+    q = quantize(w, spec)
+    assert_same_quantization(q, quantize_ref(w, spec))
+    assert dequantize_ref(q).flatten().tolist() == [0, 0, 2, 2, 4, 15, 14, 14]
+
+
+@pytest.mark.parametrize("bad,match", [
+    (torch.zeros(4, 8, dtype=torch.int32), "w must have dtype"),
+    (torch.zeros(8), "w must be 2-D"),
+    (torch.zeros(8, 4).t(), "w must be contiguous along its last axis"),
+    (torch.zeros(0, 4), "w must not be empty"),
+])
+def test_launcher_names_the_bad_tensor(bad, match):
+    with pytest.raises((TypeError, ValueError), match=match):
+        quantize(bad, QuantSpec(8, "symmetric", "channel"))
+
+
+def test_group_size_must_divide_k():
+    with pytest.raises(ValueError, match="group_size 64 must divide K = 96"):
+        quantize(torch.zeros(2, 96), QuantSpec(4, "symmetric", "group", 64))
+
+
+def test_seed_notebook_per_tensor_experiment():
+    """The reference reproduces the seed notebook's per-tensor min-max numbers on its own
+    experiment: torch.manual_seed(42); W = randn(1000, 1000) * 2; 8- and 4-bit."""
+    torch.manual_seed(42)
+    w = torch.randn(1000, 1000) * 2
+
+    def seed_quantize(tensor, levels):  # the notebook's quantize_to_int8 / _int4, verbatim math
+        min_val, max_val = tensor.min(), tensor.max()
+        scale = (max_val - min_val) / levels
+        zero_point = min_val
+        q = torch.round((tensor - zero_point) / scale).clamp(0, levels).to(torch.uint8)
+        return q, scale, zero_point
+
+    for bits, levels in ((8, 255.0), (4, 15.0)):
+        q_seed, scale_seed, zero_seed = seed_quantize(w, levels)
+        w_seed = q_seed.float() * scale_seed + zero_seed
+        q = quantize_ref(w, QuantSpec(bits, "asymmetric", "tensor"))
+        assert q.scales.item() == scale_seed.item() and q.zeros.item() == zero_seed.item()
+        w_hat = dequantize_ref(q)
+        torch.testing.assert_close(w_hat, w_seed, rtol=0, atol=0)
+        # uniform rounding error has variance scale^2 / 12: the textbook check on the seed's MSE
+        mse = torch.mean((w - w_hat) ** 2)
+        assert torch.isclose(mse, scale_seed ** 2 / 12, rtol=0.05)
+        # the harness's metrics equal the seed's calculate_quantization_error (computed in float32)
+        ours = weight_error(w, w_hat)
+        seed_snr = 10 * torch.log10(torch.mean(w ** 2) / mse)
+        assert ours["mse"] == pytest.approx(mse.item(), rel=1e-5)
+        assert ours["mae"] == pytest.approx(torch.mean(torch.abs(w - w_hat)).item(), rel=1e-5)
+        assert ours["max_abs_err"] == pytest.approx(torch.max(torch.abs(w - w_hat)).item(), rel=1e-6)
+        assert ours["snr_db"] == pytest.approx(seed_snr.item(), abs=1e-3)
