@@ -40,16 +40,16 @@ def assert_same_quantization(a, b):
 
 @pytest.mark.parametrize("n,k,spec", CASES, ids=lambda v: str(v) if not isinstance(v, QuantSpec) else
                          f"{v.bits}b-{v.scheme[:4]}-{v.granularity}{v.group_size or ''}")
-def test_codes_equal_reference(n, k, spec, gen):
+def test_codes_equal_reference(n, k, spec, gen, device):
     for dtype in DTYPES:
-        w = (torch.randn(n, k, generator=gen) * 2).to(dtype)
+        w = (torch.randn(n, k, generator=gen) * 2).to(dtype).to(device)
         assert_same_quantization(quantize(w, spec), quantize_ref(w, spec))
 
 
 @pytest.mark.parametrize("spec", [QuantSpec(4, "asymmetric", "tensor"), QuantSpec(2, "symmetric", "group", 32),
                                   QuantSpec(8, "asymmetric", "channel")], ids=str)
-def test_shapes_and_dtypes_of_outputs(spec, gen):
-    w = torch.randn(6, 64, generator=gen, dtype=torch.float16)
+def test_shapes_and_dtypes_of_outputs(spec, gen, device):
+    w = torch.randn(6, 64, generator=gen, dtype=torch.float16).to(device)
     q = quantize(w, spec)
     assert q.codes.dtype == torch.uint8 and q.codes.shape == (6, 64 * spec.bits // 8)
     assert q.scales.dtype == torch.float16 and tuple(q.scales.shape) == spec.scales_shape(6, 64)
@@ -60,9 +60,9 @@ def test_shapes_and_dtypes_of_outputs(spec, gen):
 @pytest.mark.parametrize("scheme", SCHEMES)
 @pytest.mark.parametrize("granularity", ["tensor", "channel", "group"])
 @pytest.mark.parametrize("value", [0.0, 3.25, -1e-3])
-def test_constant_tensor_round_trips_without_nan(scheme, granularity, value):
+def test_constant_tensor_round_trips_without_nan(scheme, granularity, value, device):
     spec = QuantSpec(4, scheme, granularity, 32 if granularity == "group" else None)
-    w = torch.full((4, 64), value)
+    w = torch.full((4, 64), value, device=device)
     q = quantize(w, spec)
     assert_same_quantization(q, quantize_ref(w, spec))
     w_hat = dequantize_ref(q)
@@ -73,9 +73,9 @@ def test_constant_tensor_round_trips_without_nan(scheme, granularity, value):
         torch.testing.assert_close(w_hat, w, rtol=torch.finfo(torch.float32).eps * 2, atol=0)
 
 
-def test_scale_that_underflows_the_storage_dtype_is_not_zero():
+def test_scale_that_underflows_the_storage_dtype_is_not_zero(device):
     """A range so small that range / 15 is 0 in float16: the stored scale is 1 and w_hat = min."""
-    w = torch.tensor([[0.0, 1e-7, 2e-7, 0.0]], dtype=torch.float16)
+    w = torch.tensor([[0.0, 1e-7, 2e-7, 0.0]], dtype=torch.float16, device=device)
     spec = QuantSpec(4, "asymmetric", "tensor")
     q = quantize(w, spec)
     assert_same_quantization(q, quantize_ref(w, spec))
@@ -83,14 +83,21 @@ def test_scale_that_underflows_the_storage_dtype_is_not_zero():
     assert torch.isfinite(dequantize_ref(q)).all()
 
 
-def test_ties_round_half_to_even():
+def test_ties_round_half_to_even(device):
     """Values exactly halfway between two codes go to the even code (0.5 -> 0, 1.5 -> 2, 2.5 -> 2)."""
     # range [0, 15] with 4 bits: scale 1, so w / scale lands on the .5 ties exactly
-    w = torch.tensor([[0.0, 0.5, 1.5, 2.5, 3.5, 15.0, 14.5, 13.5]])
+    w = torch.tensor([[0.0, 0.5, 1.5, 2.5, 3.5, 15.0, 14.5, 13.5]], device=device)
     spec = QuantSpec(4, "asymmetric", "tensor")
     q = quantize(w, spec)
     assert_same_quantization(q, quantize_ref(w, spec))
     assert dequantize_ref(q).flatten().tolist() == [0, 0, 2, 2, 4, 15, 14, 14]
+
+
+def test_cpu_tensor_is_refused_on_the_gpu(device):
+    if device.type != "cuda":
+        pytest.skip("only meaningful when the kernels are compiled for a GPU")
+    with pytest.raises(ValueError, match="w must be on a CUDA device"):
+        quantize(torch.zeros(2, 64), QuantSpec(8, "symmetric", "channel"))
 
 
 @pytest.mark.parametrize("bad,match", [
@@ -99,14 +106,14 @@ def test_ties_round_half_to_even():
     (torch.zeros(8, 4).t(), "w must be contiguous along its last axis"),
     (torch.zeros(0, 4), "w must not be empty"),
 ])
-def test_launcher_names_the_bad_tensor(bad, match):
+def test_launcher_names_the_bad_tensor(bad, match, device):
     with pytest.raises((TypeError, ValueError), match=match):
-        quantize(bad, QuantSpec(8, "symmetric", "channel"))
+        quantize(bad.to(device), QuantSpec(8, "symmetric", "channel"))
 
 
-def test_group_size_must_divide_k():
+def test_group_size_must_divide_k(device):
     with pytest.raises(ValueError, match="group_size 64 must divide K = 96"):
-        quantize(torch.zeros(2, 96), QuantSpec(4, "symmetric", "group", 64))
+        quantize(torch.zeros(2, 96, device=device), QuantSpec(4, "symmetric", "group", 64))
 
 
 def test_seed_notebook_per_tensor_experiment():

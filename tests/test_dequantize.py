@@ -1,0 +1,60 @@
+"""The Triton dequantizer against its reference, and the round trip's error bound."""
+
+import pytest
+import torch
+
+from quantbench.harness.metrics import dequant_close
+from quantbench.kernels import BITS, SCHEMES, QuantSpec, dequantize, dequantize_ref, quantize_ref
+from quantbench.kernels.dequantization import expand_params
+from quantbench.kernels.packing import pack_fields, unpack_fields
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+SPECS = [QuantSpec(b, s, g, gs) for b in BITS for s in SCHEMES
+         for g, gs in (("tensor", None), ("channel", None), ("group", 32), ("group", 128))]
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda v: f"{v.bits}b-{v.scheme[:4]}-{v.granularity}{v.group_size or ''}")
+@pytest.mark.parametrize("n,k", [(1, 128), (33, 384)])
+def test_dequantize_matches_reference(spec, n, k, gen, device):
+    for dtype in DTYPES:
+        w = torch.randn(n, k, generator=gen).to(dtype).to(device)
+        q = quantize_ref(w, spec)
+        got, want = dequantize(q), dequantize_ref(q)
+        assert got.dtype == dtype and got.shape == (n, k)
+        close = dequant_close(got, want)
+        assert close.all(), f"{(~close).sum().item()} differ, first at {(~close).nonzero()[:3].tolist()}"
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda v: f"{v.bits}b-{v.scheme[:4]}-{v.granularity}{v.group_size or ''}")
+def test_round_trip_error_is_at_most_half_a_step(spec, gen):
+    """Inside its segment's range every element is rounded to the nearest level: |w - w_hat| is at
+    most half a scale (plus float32 rounding)."""
+    w = torch.randn(8, 256, generator=gen)
+    q = quantize_ref(w, spec)
+    err = (dequantize_ref(q) - w).abs()
+    half_step = expand_params(q.scales, q) / 2
+    assert (err <= half_step * (1 + 1e-5) + 1e-6).all()
+
+
+def test_output_dtype_can_differ_from_the_weight(gen, device):
+    w = torch.randn(4, 64, generator=gen, dtype=torch.float16).to(device)
+    q = quantize_ref(w, QuantSpec(4, "asymmetric", "group", 32))
+    out = dequantize(q, out_dtype=torch.float32)
+    assert out.dtype == torch.float32
+    assert dequant_close(out, dequantize_ref(q, torch.float32)).all()
+
+
+def test_packing_order_is_little_end_first():
+    """Element k sits at bit offset (k % (8 // bits)) * bits of byte k // (8 // bits)."""
+    fields = torch.tensor([[1, 2, 3, 0, 3]])
+    packed = pack_fields(fields, 2)
+    assert packed.tolist() == [[1 | 2 << 2 | 3 << 4 | 0 << 6, 3]]
+    assert pack_fields(torch.tensor([[0xA, 0x5, 0xF]]), 4).tolist() == [[0x5A, 0x0F]]
+    assert torch.equal(unpack_fields(packed, 2, 5), fields.to(torch.int32))
+
+
+def test_wrong_codes_shape_is_refused(device):
+    q = quantize_ref(torch.randn(4, 64).to(device), QuantSpec(4, "symmetric", "channel"))
+    bad = type(q)(q.codes[:, :16].contiguous(), q.scales, q.zeros, q.spec, q.shape)
+    with pytest.raises(ValueError, match=r"codes must be \[N, ceil\(K \* bits / 8\)\] = \[4, 32\]"):
+        dequantize(bad)
