@@ -124,18 +124,16 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
     if not console.is_terminal:
         console = Console(width=200)  # piped or logged: do not squeeze tables into 80 columns
-    err = Console(stderr=True)
     try:
         return args.func(args, console)
-    except ConfigError as e:
-        err.print("config error:", style="red")
-        err.print(str(e), markup=False, highlight=False)
+    except ConfigError as e:  # plain text, unwrapped: one message per line, greppable in CI logs
+        print(f"config error:\n{e}", file=sys.stderr)
         return EXIT_CONFIG
     except FileNotFoundError as e:
-        err.print(f"error: {e}", style="red", markup=False, highlight=False)
+        print(f"error: {e}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:
-        err.print("interrupted")
+        print("interrupted", file=sys.stderr)
         return 130
 
 

@@ -10,41 +10,66 @@ import torch
 import triton
 import triton.language as tl
 
-from .quantization import round_to
+from .quantization import GRANULARITY_IDS, round_to
 from .checks import check_matrix, check_same_device
 from .packing import unpack_fields
 from .spec import FLOAT_DTYPES, QuantizedTensor
 
-BLOCK_N = 16
-BLOCK_K = 256
+TILE_ELEMS = 4096  # output elements one program writes
+MIN_BLOCK_K = 256
 
 
 @triton.jit
-def dequantize_kernel(codes_ptr, scales_ptr, zeros_ptr, out_ptr, N, K,
-                      stride_cn, stride_on, stride_sn, stride_sk, seg_len,
+def dequantize_kernel(codes_ptr, scales_ptr, zeros_ptr, out_ptr, N, K, stride_cn, stride_on, stride_sn,
                       BITS: tl.constexpr, OFFSET: tl.constexpr, SYMMETRIC: tl.constexpr,
+                      GRANULARITY: tl.constexpr, GROUP: tl.constexpr,
                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """out[N, K] = dequantized codes. Grid: (cdiv(N, BLOCK_N), cdiv(K, BLOCK_K)).
+    """out[N, K] = dequantized codes. Grid: (cdiv(K, BLOCK_K), cdiv(N, BLOCK_N)).
 
     codes: uint8 [N, ceil(K * BITS / 8)], element k of a row in byte k // (8 // BITS) at bit
-    offset (k % (8 // BITS)) * BITS. The scale of element (n, k) is at
-    scales_ptr[n * stride_sn + (k // seg_len) * stride_sk] (strides 0 broadcast one scale over a
-    row or the tensor); zeros_ptr has the same layout and is read only when not SYMMETRIC.
+    offset (k % (8 // BITS)) * BITS; a program loads its bytes contiguously and unpacks them in
+    registers. Scales (and zeros, read only when not SYMMETRIC) are one value (GRANULARITY 0), one
+    per row (1), or one per group of GROUP columns at [row * stride_sn + group] (2, where BLOCK_K is
+    a multiple of GROUP and the tile is scaled as [BLOCK_N, BLOCK_K // GROUP, GROUP]).
     """
-    pid_n = tl.program_id(0)
-    pid_k = tl.program_id(1)
+    pid_k = tl.program_id(0)
+    pid_n = tl.program_id(1)
     PER_BYTE: tl.constexpr = 8 // BITS
+    NG: tl.constexpr = BLOCK_K // GROUP
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < N
+    byte_cols = pid_k * (BLOCK_K // PER_BYTE) + tl.arange(0, BLOCK_K // PER_BYTE)
+    byte_mask = row_ok[:, None] & (byte_cols[None, :] < (K + PER_BYTE - 1) // PER_BYTE)
+    packed = tl.load(codes_ptr + rows[:, None] * stride_cn + byte_cols[None, :], mask=byte_mask, other=0)
+    packed = packed.to(tl.int32)
+    if PER_BYTE == 1:
+        fields = packed
+    else:
+        shifts = tl.arange(0, PER_BYTE) * BITS
+        fields = tl.reshape((packed[:, :, None] >> shifts[None, None, :]) & ((1 << BITS) - 1),
+                            (BLOCK_N, BLOCK_K))
+    q = (fields - OFFSET).to(tl.float32)
+
+    if GRANULARITY == 0:
+        w = q * tl.load(scales_ptr).to(tl.float32)
+        if not SYMMETRIC:
+            w += tl.load(zeros_ptr).to(tl.float32)
+    elif GRANULARITY == 1:
+        w = q * tl.load(scales_ptr + rows * stride_sn, mask=row_ok, other=1.0).to(tl.float32)[:, None]
+        if not SYMMETRIC:
+            w += tl.load(zeros_ptr + rows * stride_sn, mask=row_ok, other=0.0).to(tl.float32)[:, None]
+    else:
+        groups = pid_k * NG + tl.arange(0, NG)
+        g_mask = row_ok[:, None] & (groups[None, :] < K // GROUP)
+        s_off = rows[:, None] * stride_sn + groups[None, :]
+        scale = tl.load(scales_ptr + s_off, mask=g_mask, other=1.0).to(tl.float32)
+        w3 = tl.reshape(q, (BLOCK_N, NG, GROUP)) * scale[:, :, None]
+        if not SYMMETRIC:
+            w3 += tl.load(zeros_ptr + s_off, mask=g_mask, other=0.0).to(tl.float32)[:, :, None]
+        w = tl.reshape(w3, (BLOCK_N, BLOCK_K))
+
     cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-    mask = (rows[:, None] < N) & (cols[None, :] < K)
-    packed = tl.load(codes_ptr + rows[:, None] * stride_cn + (cols // PER_BYTE)[None, :], mask=mask, other=0)
-    shifts = ((cols % PER_BYTE) * BITS)[None, :]
-    fields = (packed.to(tl.int32) >> shifts) & ((1 << BITS) - 1)
-    s_off = rows[:, None] * stride_sn + (cols // seg_len)[None, :] * stride_sk
-    scale = tl.load(scales_ptr + s_off, mask=mask, other=1.0).to(tl.float32)
-    w = (fields - OFFSET).to(tl.float32) * scale
-    if not SYMMETRIC:
-        w += tl.load(zeros_ptr + s_off, mask=mask, other=0.0).to(tl.float32)
+    mask = row_ok[:, None] & (cols[None, :] < K)
     tl.store(out_ptr + rows[:, None] * stride_on + cols[None, :], round_to(w, out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -81,13 +106,15 @@ def dequantize(q: QuantizedTensor, out_dtype: torch.dtype | None = None) -> torc
     n, k = q.shape
     spec = q.spec
     out = torch.empty((n, k), dtype=_out_dtype(q, out_dtype), device=q.codes.device)
-    seg_len = spec.group_size if spec.granularity == "group" else k
-    stride_sn, stride_sk = {"tensor": (0, 0), "channel": (1, 0), "group": (k // seg_len, 1)}[spec.granularity]
-    grid = (triton.cdiv(n, BLOCK_N), triton.cdiv(k, BLOCK_K))
+    block_k = max(spec.group_size or 0, min(MIN_BLOCK_K, triton.next_power_of_2(max(k, spec.per_byte))))
+    block_n = max(1, TILE_ELEMS // block_k)
+    grid = (triton.cdiv(k, block_k), triton.cdiv(n, block_n))
     dequantize_kernel[grid](
         q.codes, q.scales, q.scales if q.zeros is None else q.zeros, out, n, k,
-        q.codes.stride(0), out.stride(0), stride_sn, stride_sk, seg_len,
-        BITS=spec.bits, OFFSET=spec.offset, SYMMETRIC=spec.symmetric, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
+        q.codes.stride(0), out.stride(0), q.scales.stride(0),
+        BITS=spec.bits, OFFSET=spec.offset, SYMMETRIC=spec.symmetric,
+        GRANULARITY=GRANULARITY_IDS[spec.granularity], GROUP=spec.group_size or block_k,
+        BLOCK_N=block_n, BLOCK_K=block_k,
     )
     return out
 

@@ -17,6 +17,7 @@ from .spec import QuantizedTensor, QuantSpec
 GRANULARITY_IDS = {"tensor": 0, "channel": 1, "group": 2}
 TILE_ELEMS = 4096  # elements of W one program holds at a time
 MAX_CHUNK_K = 2048
+GROUP_TILE_K = 512  # columns per program for per-group scales: several groups per tile
 
 
 @triton.jit
@@ -85,16 +86,33 @@ def pack_tile(fields, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BITS: tl.con
 
 
 @triton.jit
+def quantize_store(codes_ptr, x, scale, zero, rows, N, k0, K, mask, stride_cn,
+                   BITS: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr, SYMMETRIC: tl.constexpr,
+                   GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Quantize the float32 tile x [BLOCK_N, BLOCK_K] (columns k0...) with per-group scale and zero
+    [BLOCK_N, BLOCK_K // GROUP], pack it and store the bytes."""
+    PER_BYTE: tl.constexpr = 8 // BITS
+    x3 = tl.reshape(x, (BLOCK_N, BLOCK_K // GROUP, GROUP))
+    fields = quantize_tile(x3, scale[:, :, None], zero[:, :, None], QMIN, QMAX, SYMMETRIC)
+    fields = tl.where(mask, tl.reshape(fields, (BLOCK_N, BLOCK_K)), 0)
+    packed = pack_tile(fields, BLOCK_N, BLOCK_K, BITS)
+    byte_cols = k0 // PER_BYTE + tl.arange(0, BLOCK_K // PER_BYTE)
+    byte_mask = (rows < N)[:, None] & (byte_cols[None, :] < (K + PER_BYTE - 1) // PER_BYTE)
+    tl.store(codes_ptr + rows[:, None] * stride_cn + byte_cols[None, :], packed, mask=byte_mask)
+
+
+@triton.jit
 def minmax_partials_kernel(x_ptr, lo_ptr, hi_ptr, N, K, stride_xn,
                            BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """First pass of per-tensor quantization: each program writes the min and max of its tile."""
-    pid_n = tl.program_id(0)
-    pid_k = tl.program_id(1)
+    """First pass of per-tensor quantization: each program writes the min and max of its tile.
+    Grid: (cdiv(K, BLOCK_K), cdiv(N, BLOCK_N))."""
+    pid_k = tl.program_id(0)
+    pid_n = tl.program_id(1)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     mask = (rows[:, None] < N) & (cols[None, :] < K)
     x = tl.load(x_ptr + rows[:, None] * stride_xn + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    pid = pid_n * tl.num_programs(1) + pid_k
+    pid = pid_n * tl.num_programs(0) + pid_k
     tl.store(lo_ptr + pid, tl.min(tl.where(mask, x, float("inf"))))
     tl.store(hi_ptr + pid, tl.max(tl.where(mask, x, float("-inf"))))
 
@@ -120,75 +138,86 @@ def tensor_qparams_kernel(lo_ptr, hi_ptr, n_partials, scales_ptr, zeros_ptr,
 
 
 @triton.jit
-def quantize_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr,
-                    N, K, stride_xn, stride_cn, stride_sn, seg_len,
+def quantize_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, N, K, stride_xn, stride_cn, stride_sn,
                     BITS: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr,
-                    SYMMETRIC: tl.constexpr, GRANULARITY: tl.constexpr,
+                    SYMMETRIC: tl.constexpr, GRANULARITY: tl.constexpr, GROUP: tl.constexpr,
                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """Quantize x[N, K] (fp32/fp16/bf16, unit stride along K) into packed uint8 codes.
 
-    Grid: (cdiv(N, BLOCK_N), segments). A program owns BLOCK_N rows of one K-segment of `seg_len`
-    columns: one group (GRANULARITY 2, BLOCK_K == group size), a whole row (1, looped in BLOCK_K
-    chunks: a min/max pass, then a quantize pass that re-reads the row from cache), or one BLOCK_K
-    chunk (0: the tensor's scale and zero were already written by tensor_qparams_kernel and are
-    read here). Scales (and zeros, asymmetric only) are written in scales_ptr's dtype at
-    [row * stride_sn + segment]; codes at [row * stride_cn + k * BITS // 8]. BLOCK_K must be a
-    multiple of 8 // BITS so that no byte is shared between programs.
+    Grid: (cdiv(K, BLOCK_K), cdiv(N, BLOCK_N)); consecutive programs walk along a row block.
+    GRANULARITY 2 (group): a program holds a [BLOCK_N, BLOCK_K] tile, BLOCK_K a multiple of GROUP,
+    and takes each group's min and max on the tile reshaped to [BLOCK_N, BLOCK_K // GROUP, GROUP].
+    GRANULARITY 1 (channel): the grid has one column of programs; each loops over its rows twice,
+    a min/max pass and a quantize pass that re-reads the rows from cache. GROUP == BLOCK_K.
+    GRANULARITY 0 (tensor): the scale and zero were written by tensor_qparams_kernel and are read
+    here. GROUP == BLOCK_K.
+    Scales (and zeros, asymmetric only) are written in scales_ptr's dtype at
+    [row * stride_sn + group]; codes at [row * stride_cn + k * BITS // 8]. BLOCK_K must be a
+    multiple of 8 // BITS, so that no byte is shared between programs.
     """
-    pid_n = tl.program_id(0)
-    pid_s = tl.program_id(1)
-    PER_BYTE: tl.constexpr = 8 // BITS
+    pid_k = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    NG: tl.constexpr = BLOCK_K // GROUP
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < N
-    seg_start = pid_s * seg_len
-    seg_end = tl.minimum(seg_start + seg_len, K)
     x_rows = x_ptr + rows[:, None] * stride_xn
 
-    if GRANULARITY == 0:
-        zeros_n = tl.zeros((BLOCK_N,), tl.float32)
-        scale = zeros_n + tl.load(scales_ptr).to(tl.float32)
-        if SYMMETRIC:
-            zero = zeros_n
-        else:
-            zero = zeros_n + tl.load(zeros_ptr).to(tl.float32)
-    else:
+    if GRANULARITY == 1:
         lo = tl.full((BLOCK_N,), float("inf"), tl.float32)
         hi = tl.full((BLOCK_N,), float("-inf"), tl.float32)
-        for k0 in range(seg_start, seg_end, BLOCK_K):
+        for k0 in range(0, K, BLOCK_K):
             cols = k0 + tl.arange(0, BLOCK_K)
-            mask = row_ok[:, None] & (cols[None, :] < seg_end)
+            mask = row_ok[:, None] & (cols[None, :] < K)
             x = tl.load(x_rows + cols[None, :], mask=mask, other=0.0).to(tl.float32)
             lo = tl.minimum(lo, tl.min(tl.where(mask, x, float("inf")), axis=1))
             hi = tl.maximum(hi, tl.max(tl.where(mask, x, float("-inf")), axis=1))
         lo = tl.where(row_ok, lo, 0.0)  # rows past N: keep their (unstored) parameters finite
         hi = tl.where(row_ok, hi, 0.0)
         scale, zero = qparams(lo, hi, scales_ptr.dtype.element_ty, QMAX, SYMMETRIC)
-        tl.store(scales_ptr + rows * stride_sn + pid_s, scale, mask=row_ok)
+        tl.store(scales_ptr + rows * stride_sn, scale, mask=row_ok)
         if not SYMMETRIC:
-            tl.store(zeros_ptr + rows * stride_sn + pid_s, zero, mask=row_ok)
-
-    bytes_k = tl.arange(0, BLOCK_K // PER_BYTE)
-    for k0 in range(seg_start, seg_end, BLOCK_K):
+            tl.store(zeros_ptr + rows * stride_sn, zero, mask=row_ok)
+        for k0 in range(0, K, BLOCK_K):
+            cols = k0 + tl.arange(0, BLOCK_K)
+            mask = row_ok[:, None] & (cols[None, :] < K)
+            x = tl.load(x_rows + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+            quantize_store(codes_ptr, x, scale[:, None], zero[:, None], rows, N, k0, K, mask, stride_cn,
+                           BITS, QMIN, QMAX, SYMMETRIC, GROUP, BLOCK_N, BLOCK_K)
+    else:
+        k0 = pid_k * BLOCK_K
         cols = k0 + tl.arange(0, BLOCK_K)
-        mask = row_ok[:, None] & (cols[None, :] < seg_end)
+        mask = row_ok[:, None] & (cols[None, :] < K)
         x = tl.load(x_rows + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        fields = quantize_tile(x, scale[:, None], zero[:, None], QMIN, QMAX, SYMMETRIC)
-        fields = tl.where(mask, fields, 0)
-        packed = pack_tile(fields, BLOCK_N, BLOCK_K, BITS)
-        byte_cols = k0 // PER_BYTE + bytes_k
-        byte_mask = row_ok[:, None] & (byte_cols[None, :] < (seg_end + PER_BYTE - 1) // PER_BYTE)
-        tl.store(codes_ptr + rows[:, None] * stride_cn + byte_cols[None, :], packed, mask=byte_mask)
+        if GRANULARITY == 0:
+            scale = tl.zeros((BLOCK_N, NG), tl.float32) + tl.load(scales_ptr).to(tl.float32)
+            if SYMMETRIC:
+                zero = tl.zeros((BLOCK_N, NG), tl.float32)
+            else:
+                zero = tl.zeros((BLOCK_N, NG), tl.float32) + tl.load(zeros_ptr).to(tl.float32)
+        else:
+            lo = tl.min(tl.reshape(tl.where(mask, x, float("inf")), (BLOCK_N, NG, GROUP)), axis=2)
+            hi = tl.max(tl.reshape(tl.where(mask, x, float("-inf")), (BLOCK_N, NG, GROUP)), axis=2)
+            groups = pid_k * NG + tl.arange(0, NG)
+            g_mask = row_ok[:, None] & (groups[None, :] < K // GROUP)
+            lo = tl.where(g_mask, lo, 0.0)  # groups past the matrix: keep them finite, never stored
+            hi = tl.where(g_mask, hi, 0.0)
+            scale, zero = qparams(lo, hi, scales_ptr.dtype.element_ty, QMAX, SYMMETRIC)
+            s_off = rows[:, None] * stride_sn + groups[None, :]
+            tl.store(scales_ptr + s_off, scale, mask=g_mask)
+            if not SYMMETRIC:
+                tl.store(zeros_ptr + s_off, zero, mask=g_mask)
+        quantize_store(codes_ptr, x, scale, zero, rows, N, k0, K, mask, stride_cn,
+                       BITS, QMIN, QMAX, SYMMETRIC, GROUP, BLOCK_N, BLOCK_K)
 
 
 def _tiling(spec: QuantSpec, k: int) -> tuple[int, int, int]:
-    """(BLOCK_N, BLOCK_K, segment length) for a granularity and K."""
+    """(BLOCK_N, BLOCK_K, GROUP) for a granularity and K: tiles of TILE_ELEMS elements, at most
+    MAX_CHUNK_K wide, no wider than K needs."""
+    block_k = max(spec.per_byte, min(triton.next_power_of_2(k), MAX_CHUNK_K))
     if spec.granularity == "group":
-        block_k = spec.group_size
-    else:
-        block_k = max(spec.per_byte, min(triton.next_power_of_2(k), MAX_CHUNK_K))
-    block_n = max(1, TILE_ELEMS // block_k)
-    seg_len = {"group": spec.group_size, "channel": k, "tensor": block_k}[spec.granularity]
-    return block_n, block_k, seg_len
+        block_k = max(spec.group_size, min(block_k, GROUP_TILE_K))
+    group = spec.group_size if spec.granularity == "group" else block_k
+    return max(1, TILE_ELEMS // block_k), block_k, group
 
 
 def quantize(w: torch.Tensor, spec: QuantSpec) -> QuantizedTensor:
@@ -203,10 +232,10 @@ def quantize(w: torch.Tensor, spec: QuantSpec) -> QuantizedTensor:
     codes = torch.empty((n, spec.packed_cols(k)), dtype=torch.uint8, device=w.device)
     scales = torch.empty(spec.scales_shape(n, k), dtype=w.dtype, device=w.device)
     zeros = None if spec.symmetric else torch.empty_like(scales)
-    block_n, block_k, seg_len = _tiling(spec, k)
-    grid = (triton.cdiv(n, block_n), triton.cdiv(k, seg_len))
-
     zeros_arg = scales if zeros is None else zeros  # never written when symmetric
+    block_n, block_k, group = _tiling(spec, k)
+    k_programs = 1 if spec.granularity == "channel" else triton.cdiv(k, block_k)
+    grid = (k_programs, triton.cdiv(n, block_n))
     if spec.granularity == "tensor":
         lo = torch.empty(grid[0] * grid[1], dtype=torch.float32, device=w.device)
         hi = torch.empty_like(lo)
@@ -214,9 +243,9 @@ def quantize(w: torch.Tensor, spec: QuantSpec) -> QuantizedTensor:
         tensor_qparams_kernel[(1,)](lo, hi, lo.numel(), scales, zeros_arg,
                                     QMAX=spec.qmax, SYMMETRIC=spec.symmetric, BLOCK=1024)
     quantize_kernel[grid](
-        w, codes, scales, zeros_arg, n, k, w.stride(0), codes.stride(0), scales.stride(0), seg_len,
+        w, codes, scales, zeros_arg, n, k, w.stride(0), codes.stride(0), scales.stride(0),
         BITS=spec.bits, QMIN=spec.qmin, QMAX=spec.qmax, SYMMETRIC=spec.symmetric,
-        GRANULARITY=GRANULARITY_IDS[spec.granularity], BLOCK_N=block_n, BLOCK_K=block_k,
+        GRANULARITY=GRANULARITY_IDS[spec.granularity], GROUP=group, BLOCK_N=block_n, BLOCK_K=block_k,
     )
     return QuantizedTensor(codes, scales, zeros, spec, (n, k))
 
@@ -224,10 +253,10 @@ def quantize(w: torch.Tensor, spec: QuantSpec) -> QuantizedTensor:
 def qparams_ref(lo: torch.Tensor, hi: torch.Tensor, spec: QuantSpec,
                 dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Stored scale and zero (in `dtype`) from float32 segment minima and maxima; see spec.py."""
-    if spec.symmetric:
-        scale = torch.maximum(-lo, hi) / float(spec.qmax)
-    else:
-        scale = (hi - lo) / float(spec.qmax - spec.qmin)
+    span = torch.maximum(-lo, hi) if spec.symmetric else hi - lo
+    # Divide by a tensor: PyTorch on CUDA turns division by a Python scalar into a multiplication by
+    # its reciprocal, which is not the correctly rounded quotient that the contract (and the kernel) use.
+    scale = span / torch.full_like(span, spec.qmax)
     scale = scale.to(dtype)
     scale = torch.where(scale == 0, torch.ones_like(scale), scale)
     return scale, None if spec.symmetric else lo.to(dtype)

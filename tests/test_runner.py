@@ -1,0 +1,103 @@
+"""The runner end to end on the CPU (Triton's interpreter): configs/quick.yaml to a results folder."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from quantbench.harness import ops
+from quantbench.harness.config import load_config
+from quantbench.harness.results import COLUMNS, SCHEMA_VERSION, load_run
+from quantbench.harness.runner import run_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("results")
+    writer = run_sweep(load_config(ROOT / "configs" / "quick.yaml"), out, device="cpu", show_progress=False)
+    return writer.path
+
+
+def test_quick_config_writes_every_column_with_finite_values(quick_run):
+    df = pd.read_csv(quick_run / "results.csv")
+    assert list(df.columns) == COLUMNS
+    cfg = load_config(ROOT / "configs" / "quick.yaml")
+    sw = cfg.sweep
+    granularity_points = len(sw.granularity) - 1 + len(sw.group_size)
+    assert len(df) == len(sw.op) * len(sw.impl) * len(sw.bits) * len(sw.scheme) * granularity_points
+    assert (df["status"] == "ok").all(), df.loc[df["status"] != "ok", "message"].tolist()
+    numeric = ["ms", "ms_p20", "ms_p80", "n_samples", "gbps", "weight_bytes", "bits_per_weight",
+               "compression_vs_fp16", "compression_vs_fp32", "mse", "mae", "max_abs_err", "snr_db", "rel_err"]
+    assert df[numeric].map(math.isfinite).all().all()
+    assert df["tflops"].isna().all()  # no FLOPs in quantize / dequantize
+    assert not df["timing_valid"].any()  # interpreter wall-clock times are never GPU timings
+    assert (df["ms_p20"] <= df["ms"]).all() and (df["ms"] <= df["ms_p80"]).all()
+    assert set(df["gpu"]) == {"cpu (Triton interpreter)"} and set(df["schema_version"]) == {SCHEMA_VERSION}
+
+
+def test_triton_and_reference_rows_agree_on_the_error(quick_run):
+    df, _ = load_run(quick_run)
+    key = ["op", "bits", "scheme", "granularity", "group_size"]
+    wide = df.pivot_table(index=key, columns="impl", values="snr_db", dropna=False)
+    assert (wide["triton"] - wide["torch"]).abs().max() < 1e-6
+    # more bits, less error; per-group scales beat per-channel ones at the same bit width
+    by_bits = df[df["impl"] == "torch"].groupby("bits")["snr_db"].mean()
+    assert by_bits[8] > by_bits[4] > by_bits[2]
+
+
+def test_meta_and_summary(quick_run):
+    meta = json.loads((quick_run / "meta.json").read_text())
+    assert meta["schema_version"] == SCHEMA_VERSION
+    assert meta["config"]["name"] == "quick" and meta["env"]["torch"] and meta["env"]["python"]
+    assert meta["status_counts"] == {"ok": meta["rows"]}
+    summary = (quick_run / "summary.md").read_text()
+    assert "## quantize" in summary and "## dequantize" in summary and "interpreter" in summary
+    rows = (quick_run / "rows.jsonl").read_text().splitlines()
+    assert len(rows) == meta["rows"]
+
+
+def test_show_prints_the_tables(quick_run):
+    out = subprocess.run([sys.executable, "-m", "quantbench.harness.cli", "show", str(quick_run)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "quantize" in out.stdout and "int4 asym g128" in out.stdout
+
+
+def test_a_failing_case_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    def broken(inputs):
+        def run():
+            raise RuntimeError("kernel exploded\nsecond line")
+        return run
+
+    monkeypatch.setitem(ops.OPS["dequantize"].impls, "triton", broken)
+    cfg = load_config(ROOT / "configs" / "quick.yaml")
+    cfg = cfg.model_copy(update={"sweep": cfg.sweep.model_copy(update={"bits": [4], "scheme": ["symmetric"]})})
+    df, meta = load_run(run_sweep(cfg, tmp_path, device="cpu", show_progress=False).path)
+    bad = df[df["status"] != "ok"]
+    assert set(bad["op"]) == {"dequantize"} and set(bad["impl"]) == {"triton"}
+    assert set(bad["message"]) == {"RuntimeError: kernel exploded"}
+    assert (df[df["op"] == "quantize"]["status"] == "ok").all()
+    assert meta["status_counts"] == {"ok": len(df) - len(bad), "error": len(bad)}
+
+
+def test_a_wrong_kernel_result_is_an_error(tmp_path, monkeypatch):
+    """The harness checks Triton's output against the reference on every case."""
+    from quantbench.kernels import dequantize
+
+    def off_by_one(inputs):
+        return lambda: dequantize(inputs.q) + 1.0
+
+    monkeypatch.setitem(ops.OPS["dequantize"].impls, "triton", off_by_one)
+    cfg = load_config(ROOT / "configs" / "quick.yaml")
+    cfg = cfg.model_copy(update={"sweep": cfg.sweep.model_copy(update={"op": ["dequantize"], "bits": [8],
+                                                                      "scheme": ["asymmetric"]})})
+    df, _ = load_run(run_sweep(cfg, tmp_path, device="cpu", show_progress=False).path)
+    triton = df[df["impl"] == "triton"]
+    assert (triton["status"] == "error").all()
+    assert triton["message"].str.contains("differ from the reference").all()
