@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import platform
 import socket
 import subprocess
@@ -21,7 +22,8 @@ def _version(package: str) -> str | None:
 
 
 def _git(*args: str) -> str | None:
-    """Run git in the source tree of this package (where a checkout has one), else the cwd."""
+    """Run git in the source tree of this package (where a checkout has one), else the cwd.
+    None where neither is a git checkout (a copied tree, an installed wheel)."""
     for where in (Path(__file__).resolve().parent, Path.cwd()):
         try:
             out = subprocess.run(["git", *args], cwd=where, capture_output=True, text=True, timeout=10)
@@ -50,6 +52,11 @@ def gpu_name(device: torch.device) -> str:
 
 def collect_env(device: torch.device) -> dict:
     status = _git("status", "--porcelain", "--untracked-files=no")
+    commit = _git("rev-parse", "HEAD")
+    if commit is None and os.environ.get("QUANTBENCH_GIT_COMMIT"):
+        # a tree copied without its .git (a remote GPU machine): the caller says what it is
+        commit = os.environ["QUANTBENCH_GIT_COMMIT"]
+        status = os.environ.get("QUANTBENCH_GIT_DIRTY", "")
     env = {
         "device": str(device),
         "gpu": gpu_name(device),
@@ -61,7 +68,7 @@ def collect_env(device: torch.device) -> dict:
         "numpy": _version("numpy"),
         "pandas": _version("pandas"),
         "cuda_runtime": torch.version.cuda,
-        "git_commit": _git("rev-parse", "HEAD"),
+        "git_commit": commit,
         "git_dirty": None if status is None else bool(status),
     }
     if device.type == "cuda":

@@ -10,11 +10,12 @@ import torch
 import triton
 import triton.language as tl
 
-from .quantization import GRANULARITY_IDS, round_to
+from .quantization import round_to
 from .checks import check_matrix, check_same_device
 from .packing import unpack_fields
 from .spec import FLOAT_DTYPES, QuantizedTensor
 
+GRANULARITY_IDS = {"tensor": 0, "channel": 1, "group": 2}
 TILE_ELEMS = 4096  # output elements one program writes
 MIN_BLOCK_K = 256
 

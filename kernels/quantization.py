@@ -14,10 +14,10 @@ from .checks import check_matrix
 from .packing import pack_fields
 from .spec import QuantizedTensor, QuantSpec
 
-GRANULARITY_IDS = {"tensor": 0, "channel": 1, "group": 2}
 TILE_ELEMS = 4096  # elements of W one program holds at a time
 MAX_CHUNK_K = 2048
 GROUP_TILE_K = 512  # columns per program for per-group scales: several groups per tile
+MAX_ROW_TILE_K = 8192  # per-channel scales: rows up to this long are held in one tile
 
 
 @triton.jit
@@ -74,14 +74,21 @@ def quantize_tile(x, scale, zero, QMIN: tl.constexpr, QMAX: tl.constexpr, SYMMET
 
 @triton.jit
 def pack_tile(fields, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BITS: tl.constexpr):
-    """[BLOCK_N, BLOCK_K] fields -> [BLOCK_N, BLOCK_K * BITS // 8] bytes, little end first."""
-    PER_BYTE: tl.constexpr = 8 // BITS
-    if PER_BYTE == 1:
+    """[BLOCK_N, BLOCK_K] fields -> [BLOCK_N, BLOCK_K * BITS // 8] bytes, little end first.
+
+    Neighbouring fields are separated with reshape + split (which stays in registers) rather than
+    a sum over a small axis (which the compiler lowers through shared memory).
+    """
+    if BITS == 8:
         packed = fields
+    elif BITS == 4:
+        even, odd = tl.split(tl.reshape(fields, (BLOCK_N, BLOCK_K // 2, 2)))
+        packed = even | (odd << 4)
     else:
-        f3 = tl.reshape(fields, (BLOCK_N, BLOCK_K // PER_BYTE, PER_BYTE))
-        shifts = tl.arange(0, PER_BYTE) * BITS
-        packed = tl.sum(f3 << shifts[None, None, :], axis=2)
+        f02, f13 = tl.split(tl.reshape(fields, (BLOCK_N, BLOCK_K // 4, 2, 2)))  # k%2 == 0 | 1
+        f0, f2 = tl.split(f02)
+        f1, f3 = tl.split(f13)
+        packed = f0 | (f1 << 2) | (f2 << 4) | (f3 << 6)
     return packed.to(tl.uint8)
 
 
@@ -140,16 +147,18 @@ def tensor_qparams_kernel(lo_ptr, hi_ptr, n_partials, scales_ptr, zeros_ptr,
 @triton.jit
 def quantize_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, N, K, stride_xn, stride_cn, stride_sn,
                     BITS: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr,
-                    SYMMETRIC: tl.constexpr, GRANULARITY: tl.constexpr, GROUP: tl.constexpr,
+                    SYMMETRIC: tl.constexpr, MODE: tl.constexpr, GROUP: tl.constexpr,
                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """Quantize x[N, K] (fp32/fp16/bf16, unit stride along K) into packed uint8 codes.
 
     Grid: (cdiv(K, BLOCK_K), cdiv(N, BLOCK_N)); consecutive programs walk along a row block.
-    GRANULARITY 2 (group): a program holds a [BLOCK_N, BLOCK_K] tile, BLOCK_K a multiple of GROUP,
-    and takes each group's min and max on the tile reshaped to [BLOCK_N, BLOCK_K // GROUP, GROUP].
-    GRANULARITY 1 (channel): the grid has one column of programs; each loops over its rows twice,
-    a min/max pass and a quantize pass that re-reads the rows from cache. GROUP == BLOCK_K.
-    GRANULARITY 0 (tensor): the scale and zero were written by tensor_qparams_kernel and are read
+    MODE 2 (groups in a tile; per-group scales, or per-channel ones when a row fits in BLOCK_K): a
+    program holds a [BLOCK_N, BLOCK_K] tile, BLOCK_K a multiple of GROUP, and takes each group's
+    min and max on the tile reshaped to [BLOCK_N, BLOCK_K // GROUP, GROUP].
+    MODE 1 (per-channel scales, rows longer than BLOCK_K): the grid has one column of programs;
+    each loops over its rows twice, a min/max pass and a quantize pass that re-reads the rows from
+    cache. GROUP == BLOCK_K.
+    MODE 0 (per-tensor): the scale and zero were written by tensor_qparams_kernel and are read
     here. GROUP == BLOCK_K.
     Scales (and zeros, asymmetric only) are written in scales_ptr's dtype at
     [row * stride_sn + group]; codes at [row * stride_cn + k * BITS // 8]. BLOCK_K must be a
@@ -162,7 +171,7 @@ def quantize_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, N, K, stride_xn, st
     row_ok = rows < N
     x_rows = x_ptr + rows[:, None] * stride_xn
 
-    if GRANULARITY == 1:
+    if MODE == 1:
         lo = tl.full((BLOCK_N,), float("inf"), tl.float32)
         hi = tl.full((BLOCK_N,), float("-inf"), tl.float32)
         for k0 in range(0, K, BLOCK_K):
@@ -188,7 +197,7 @@ def quantize_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, N, K, stride_xn, st
         cols = k0 + tl.arange(0, BLOCK_K)
         mask = row_ok[:, None] & (cols[None, :] < K)
         x = tl.load(x_rows + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        if GRANULARITY == 0:
+        if MODE == 0:
             scale = tl.zeros((BLOCK_N, NG), tl.float32) + tl.load(scales_ptr).to(tl.float32)
             if SYMMETRIC:
                 zero = tl.zeros((BLOCK_N, NG), tl.float32)
@@ -198,7 +207,7 @@ def quantize_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, N, K, stride_xn, st
             lo = tl.min(tl.reshape(tl.where(mask, x, float("inf")), (BLOCK_N, NG, GROUP)), axis=2)
             hi = tl.max(tl.reshape(tl.where(mask, x, float("-inf")), (BLOCK_N, NG, GROUP)), axis=2)
             groups = pid_k * NG + tl.arange(0, NG)
-            g_mask = row_ok[:, None] & (groups[None, :] < K // GROUP)
+            g_mask = row_ok[:, None] & (groups[None, :] < tl.cdiv(K, GROUP))
             lo = tl.where(g_mask, lo, 0.0)  # groups past the matrix: keep them finite, never stored
             hi = tl.where(g_mask, hi, 0.0)
             scale, zero = qparams(lo, hi, scales_ptr.dtype.element_ty, QMAX, SYMMETRIC)
@@ -210,14 +219,17 @@ def quantize_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, N, K, stride_xn, st
                        BITS, QMIN, QMAX, SYMMETRIC, GROUP, BLOCK_N, BLOCK_K)
 
 
-def _tiling(spec: QuantSpec, k: int) -> tuple[int, int, int]:
-    """(BLOCK_N, BLOCK_K, GROUP) for a granularity and K: tiles of TILE_ELEMS elements, at most
-    MAX_CHUNK_K wide, no wider than K needs."""
-    block_k = max(spec.per_byte, min(triton.next_power_of_2(k), MAX_CHUNK_K))
+def _tiling(spec: QuantSpec, k: int) -> tuple[int, int, int, int, int]:
+    """(MODE, BLOCK_N, BLOCK_K, GROUP, num_warps) of quantize_kernel for a granularity and K."""
+    row_k = max(spec.per_byte, triton.next_power_of_2(k))
     if spec.granularity == "group":
-        block_k = max(spec.group_size, min(block_k, GROUP_TILE_K))
-    group = spec.group_size if spec.granularity == "group" else block_k
-    return max(1, TILE_ELEMS // block_k), block_k, group
+        block_k = max(spec.group_size, min(row_k, GROUP_TILE_K))
+        return 2, max(1, TILE_ELEMS // block_k), block_k, spec.group_size, 4
+    if spec.granularity == "channel" and row_k <= MAX_ROW_TILE_K:
+        # a whole row in one tile: read once, one "group" per row
+        return 2, max(1, TILE_ELEMS // row_k), row_k, row_k, 8 if row_k >= 4096 else 4
+    block_k = min(row_k, MAX_CHUNK_K)
+    return (0 if spec.granularity == "tensor" else 1), max(1, TILE_ELEMS // block_k), block_k, block_k, 4
 
 
 def quantize(w: torch.Tensor, spec: QuantSpec) -> QuantizedTensor:
@@ -233,9 +245,8 @@ def quantize(w: torch.Tensor, spec: QuantSpec) -> QuantizedTensor:
     scales = torch.empty(spec.scales_shape(n, k), dtype=w.dtype, device=w.device)
     zeros = None if spec.symmetric else torch.empty_like(scales)
     zeros_arg = scales if zeros is None else zeros  # never written when symmetric
-    block_n, block_k, group = _tiling(spec, k)
-    k_programs = 1 if spec.granularity == "channel" else triton.cdiv(k, block_k)
-    grid = (k_programs, triton.cdiv(n, block_n))
+    mode, block_n, block_k, group, num_warps = _tiling(spec, k)
+    grid = (1 if mode == 1 else triton.cdiv(k, block_k), triton.cdiv(n, block_n))
     if spec.granularity == "tensor":
         lo = torch.empty(grid[0] * grid[1], dtype=torch.float32, device=w.device)
         hi = torch.empty_like(lo)
@@ -245,7 +256,7 @@ def quantize(w: torch.Tensor, spec: QuantSpec) -> QuantizedTensor:
     quantize_kernel[grid](
         w, codes, scales, zeros_arg, n, k, w.stride(0), codes.stride(0), scales.stride(0),
         BITS=spec.bits, QMIN=spec.qmin, QMAX=spec.qmax, SYMMETRIC=spec.symmetric,
-        GRANULARITY=GRANULARITY_IDS[spec.granularity], GROUP=group, BLOCK_N=block_n, BLOCK_K=block_k,
+        MODE=mode, GROUP=group, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps,
     )
     return QuantizedTensor(codes, scales, zeros, spec, (n, k))
 

@@ -46,6 +46,16 @@ def test_codes_equal_reference(n, k, spec, gen, device):
         assert_same_quantization(quantize(w, spec), quantize_ref(w, spec))
 
 
+@pytest.mark.parametrize("n,k", [(40, 2500), (3, 8200)])
+@pytest.mark.parametrize("spec", [QuantSpec(b, s, g) for b in (8, 4) for s in SCHEMES for g in ("tensor", "channel")],
+                         ids=str)
+def test_long_rows_and_many_tiles(n, k, spec, gen, device):
+    """Rows longer than one tile (per-channel scales looped over K) and per-tensor scales reduced
+    from many partial minima and maxima."""
+    w = torch.randn(n, k, generator=gen).to(torch.bfloat16).to(device)
+    assert_same_quantization(quantize(w, spec), quantize_ref(w, spec))
+
+
 @pytest.mark.parametrize("spec", [QuantSpec(4, "asymmetric", "tensor"), QuantSpec(2, "symmetric", "group", 32),
                                   QuantSpec(8, "asymmetric", "channel")], ids=str)
 def test_shapes_and_dtypes_of_outputs(spec, gen, device):
