@@ -33,8 +33,11 @@ def show_run(path, console: Console) -> None:
                   f"triton {env.get('triton')}  rows: {len(df)}")
     if len(df) and not df["timing_valid"].astype(bool).all():
         console.print("[yellow]Timings were taken on Triton's CPU interpreter: not GPU timings.[/yellow]")
+    copy_gbps = meta.get("calibration", {}).get("copy_gbps")
+    if copy_gbps:
+        console.print(f"device-to-device copy: {copy_gbps:.0f} GB/s")
     for op in df["op"].unique():
-        table = op_table(df, op)
+        table = op_table(df, op, copy_gbps)
         if not table.empty:
             _print_table(console, op, table)
     bad = failures(df)

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from .calibrate import calibrate
 from .cases import Case, expand
 from .config import ConfigError, RunConfig
 from .env import collect_env, gpu_name
@@ -85,7 +86,7 @@ def run_sweep(cfg: RunConfig, out_root: str | Path = "results", device: str | No
     cases = expand(cfg)
     env = collect_env(dev)
     writer = RunWriter(out_root, cfg.name, {"config": cfg.model_dump(mode="json"), "env": env,
-                                            "cases": len(cases)})
+                                            "calibration": calibrate(dev), "cases": len(cases)})
     common = {"run_id": writer.run_id, "device": str(dev), "gpu": gpu_name(dev),
               "schema_version": SCHEMA_VERSION, "torch_version": env["torch"], "triton_version": env["triton"]}
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -31,9 +31,10 @@ def with_labels(d: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([labels, d.drop(columns=[c for c in ("dtype",) if c in d])], axis=1)
 
 
-def op_table(df: pd.DataFrame, op: str) -> pd.DataFrame:
+def op_table(df: pd.DataFrame, op: str, copy_gbps: float | None = None) -> pd.DataFrame:
     """One row per case of `op`: median ms per implementation, speedup of triton over torch,
-    triton's GB/s, and the memory and error of the quantized weight."""
+    triton's GB/s (and its share of the measured copy bandwidth), and the memory and error of the
+    quantized weight."""
     d = df[(df["op"] == op) & (df["status"] == "ok")]
     if d.empty:
         return pd.DataFrame()
@@ -46,6 +47,8 @@ def op_table(df: pd.DataFrame, op: str) -> pd.DataFrame:
     triton = d[d["impl"] == "triton"].set_index(keys)
     if not triton.empty:
         out["GB/s triton"] = triton["gbps"]
+        if copy_gbps:
+            out["% of copy"] = 100 * triton["gbps"] / copy_gbps
     first = d.groupby(keys, sort=False).first()
     out["bits/weight"] = first["bits_per_weight"]
     out["SNR dB"] = first["snr_db"]
@@ -83,10 +86,14 @@ def summary_markdown(df: pd.DataFrame, meta: dict) -> str:
     if len(df) and not df["timing_valid"].astype(bool).all():
         lines += ["Timings marked invalid were taken on Triton's CPU interpreter: they are not GPU "
                   "timings and say nothing about kernel speed.", ""]
+    copy_gbps = meta.get("calibration", {}).get("copy_gbps")
+    if copy_gbps:
+        lines += [f"Measured device-to-device copy bandwidth (1 GiB, read + write): {copy_gbps:.0f} GB/s; "
+                  "'% of copy' is the Triton kernel's GB/s against it.", ""]
     counts = df["status"].value_counts().to_dict()
     lines += ["Rows: " + ", ".join(f"{k} {v}" for k, v in counts.items()), ""]
     for op in df["op"].unique():
-        table = op_table(df, op)
+        table = op_table(df, op, copy_gbps)
         if not table.empty:
             lines += [f"## {op}", "", to_markdown(table), ""]
     bad = failures(df)
