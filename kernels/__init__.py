@@ -12,6 +12,7 @@ from .spec import BITS, FLOAT_DTYPES, GRANULARITIES, GROUP_SIZES, SCHEMES, Quant
 _LAZY = {
     "quantize": ".quantization", "quantize_ref": ".quantization",
     "dequantize": ".dequantization", "dequantize_ref": ".dequantization",
+    "qmatmul": ".quantized_matmul", "qmatmul_ref": ".quantized_matmul",
 }
 
 __all__ = [

@@ -21,25 +21,23 @@ MIN_BLOCK_K = 256
 
 
 @triton.jit
-def dequantize_kernel(codes_ptr, scales_ptr, zeros_ptr, out_ptr, N, K, stride_cn, stride_on, stride_sn,
-                      BITS: tl.constexpr, OFFSET: tl.constexpr, SYMMETRIC: tl.constexpr,
-                      GRANULARITY: tl.constexpr, GROUP: tl.constexpr,
-                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """out[N, K] = dequantized codes. Grid: (cdiv(K, BLOCK_K), cdiv(N, BLOCK_N)).
+def dequant_tile(codes_ptr, scales_ptr, zeros_ptr, rows, k0, N, K, stride_cn, stride_sn,
+                 BITS: tl.constexpr, OFFSET: tl.constexpr, SYMMETRIC: tl.constexpr,
+                 GRANULARITY: tl.constexpr, GROUP: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Dequantized float32 tile W[rows, k0 : k0 + BLOCK_K] -> [BLOCK_N, BLOCK_K].
 
     codes: uint8 [N, ceil(K * BITS / 8)], element k of a row in byte k // (8 // BITS) at bit
-    offset (k % (8 // BITS)) * BITS; a program loads its bytes contiguously and unpacks them in
-    registers. Scales (and zeros, read only when not SYMMETRIC) are one value (GRANULARITY 0), one
-    per row (1), or one per group of GROUP columns at [row * stride_sn + group] (2, where BLOCK_K is
-    a multiple of GROUP and the tile is scaled as [BLOCK_N, BLOCK_K // GROUP, GROUP]).
+    offset (k % (8 // BITS)) * BITS; the tile's bytes are loaded contiguously and unpacked in
+    registers. k0 is a multiple of BLOCK_K, itself a multiple of 8 // BITS. Scales (and zeros, read
+    only when not SYMMETRIC) are one value (GRANULARITY 0), one per row at [row * stride_sn] (1), or
+    one per group of GROUP columns at [row * stride_sn + group] (2; BLOCK_K and GROUP are powers of
+    two, so either a tile lies in one group or it holds BLOCK_K // GROUP whole groups). Columns past
+    K hold finite garbage: mask them when storing, or multiply them by zeros.
     """
-    pid_k = tl.program_id(0)
-    pid_n = tl.program_id(1)
     PER_BYTE: tl.constexpr = 8 // BITS
-    NG: tl.constexpr = BLOCK_K // GROUP
-    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < N
-    byte_cols = pid_k * (BLOCK_K // PER_BYTE) + tl.arange(0, BLOCK_K // PER_BYTE)
+    byte_cols = k0 // PER_BYTE + tl.arange(0, BLOCK_K // PER_BYTE)
     byte_mask = row_ok[:, None] & (byte_cols[None, :] < (K + PER_BYTE - 1) // PER_BYTE)
     packed = tl.load(codes_ptr + rows[:, None] * stride_cn + byte_cols[None, :], mask=byte_mask, other=0)
     packed = packed.to(tl.int32)
@@ -55,12 +53,14 @@ def dequantize_kernel(codes_ptr, scales_ptr, zeros_ptr, out_ptr, N, K, stride_cn
         w = q * tl.load(scales_ptr).to(tl.float32)
         if not SYMMETRIC:
             w += tl.load(zeros_ptr).to(tl.float32)
-    elif GRANULARITY == 1:
-        w = q * tl.load(scales_ptr + rows * stride_sn, mask=row_ok, other=1.0).to(tl.float32)[:, None]
+    elif GRANULARITY == 1 or BLOCK_K <= GROUP:
+        s_off = rows * stride_sn + (0 if GRANULARITY == 1 else k0 // GROUP)
+        w = q * tl.load(scales_ptr + s_off, mask=row_ok, other=1.0).to(tl.float32)[:, None]
         if not SYMMETRIC:
-            w += tl.load(zeros_ptr + rows * stride_sn, mask=row_ok, other=0.0).to(tl.float32)[:, None]
+            w += tl.load(zeros_ptr + s_off, mask=row_ok, other=0.0).to(tl.float32)[:, None]
     else:
-        groups = pid_k * NG + tl.arange(0, NG)
+        NG: tl.constexpr = BLOCK_K // GROUP
+        groups = k0 // GROUP + tl.arange(0, NG)
         g_mask = row_ok[:, None] & (groups[None, :] < K // GROUP)
         s_off = rows[:, None] * stride_sn + groups[None, :]
         scale = tl.load(scales_ptr + s_off, mask=g_mask, other=1.0).to(tl.float32)
@@ -68,9 +68,24 @@ def dequantize_kernel(codes_ptr, scales_ptr, zeros_ptr, out_ptr, N, K, stride_cn
         if not SYMMETRIC:
             w3 += tl.load(zeros_ptr + s_off, mask=g_mask, other=0.0).to(tl.float32)[:, :, None]
         w = tl.reshape(w3, (BLOCK_N, BLOCK_K))
+    return w
 
-    cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-    mask = row_ok[:, None] & (cols[None, :] < K)
+
+@triton.jit
+def dequantize_kernel(codes_ptr, scales_ptr, zeros_ptr, out_ptr, N, K, stride_cn, stride_on, stride_sn,
+                      BITS: tl.constexpr, OFFSET: tl.constexpr, SYMMETRIC: tl.constexpr,
+                      GRANULARITY: tl.constexpr, GROUP: tl.constexpr,
+                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """out[N, K] = dequantized codes (layout and scales as in dequant_tile).
+    Grid: (cdiv(K, BLOCK_K), cdiv(N, BLOCK_N))."""
+    pid_k = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    k0 = pid_k * BLOCK_K
+    w = dequant_tile(codes_ptr, scales_ptr, zeros_ptr, rows, k0, N, K, stride_cn, stride_sn,
+                     BITS, OFFSET, SYMMETRIC, GRANULARITY, GROUP, BLOCK_N, BLOCK_K)
+    cols = k0 + tl.arange(0, BLOCK_K)
+    mask = (rows < N)[:, None] & (cols[None, :] < K)
     tl.store(out_ptr + rows[:, None] * stride_on + cols[None, :], round_to(w, out_ptr.dtype.element_ty), mask=mask)
 
 

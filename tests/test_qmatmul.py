@@ -1,0 +1,59 @@
+"""The fused dequantize-matmul kernels against a float64 product with the same quantized weights.
+
+Tolerance by rule, not by hand: the output is rounded once to its dtype (2 eps) and accumulated in
+float32 over K terms (K eps of float32, the worst-case bound for a sum).
+"""
+
+import pytest
+import torch
+
+from quantbench.kernels import BITS, SCHEMES, QuantSpec, dequantize_ref, qmatmul, qmatmul_ref, quantize_ref
+
+DTYPES = [torch.float16, torch.bfloat16, torch.float32]
+SPECS = [QuantSpec(b, s, g, gs) for b in BITS for s in SCHEMES
+         for g, gs in (("tensor", None), ("channel", None), ("group", 32), ("group", 128))]
+
+
+def tolerance(dtype: torch.dtype, k: int) -> float:
+    return 2 * torch.finfo(dtype).eps + k * torch.finfo(torch.float32).eps
+
+
+def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((y.double() - ref).norm() / ref.norm()).item()
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda v: f"{v.bits}b-{v.scheme[:4]}-{v.granularity}{v.group_size or ''}")
+@pytest.mark.parametrize("m", [1, 3, 16, 33])
+def test_qmatmul_matches_float64_on_the_same_weights(spec, m, gen, device):
+    n, k = 37, 256  # N not a multiple of any block
+    for dtype in DTYPES:
+        w = torch.randn(n, k, generator=gen).to(dtype).to(device)
+        x = torch.randn(m, k, generator=gen).to(dtype).to(device)
+        q = quantize_ref(w, spec)
+        y = qmatmul(x, q)
+        assert y.dtype == dtype and y.shape == (m, n)
+        exact = x.double() @ dequantize_ref(q, torch.float32).double().t()
+        err = rel_err(y, exact)
+        assert err <= tolerance(dtype, k), f"{dtype}: rel err {err:.2e} > {tolerance(dtype, k):.2e}"
+
+
+@pytest.mark.parametrize("m", [1, 20])
+def test_k_not_a_multiple_of_any_block(m, gen, device):
+    spec = QuantSpec(4, "asymmetric", "channel")
+    w = torch.randn(19, 150, generator=gen).to(device)
+    x = torch.randn(m, 150, generator=gen).to(device)
+    q = quantize_ref(w, spec)
+    exact = x.double() @ dequantize_ref(q).double().t()
+    assert rel_err(qmatmul(x, q), exact) <= tolerance(torch.float32, 150)
+
+
+def test_reference_is_the_seed_forward_pass(gen):
+    w, x = torch.randn(8, 64, generator=gen), torch.randn(4, 64, generator=gen)
+    q = quantize_ref(w, QuantSpec(8, "asymmetric", "tensor"))
+    torch.testing.assert_close(qmatmul_ref(x, q), torch.matmul(x, dequantize_ref(q).T), rtol=0, atol=0)
+
+
+def test_mismatched_k_names_x(device):
+    q = quantize_ref(torch.randn(8, 64).to(device), QuantSpec(8, "symmetric", "channel"))
+    with pytest.raises(ValueError, match=r"x must be \[M, K\] with K = 64"):
+        qmatmul(torch.randn(2, 32).to(device), q)
