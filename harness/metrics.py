@@ -62,3 +62,24 @@ def dequant_close(actual: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
     a, e = actual.float(), expected.float()
     bound = out_eps * e.abs() + 4 * torch.finfo(torch.float32).eps * e.abs().max()
     return (a - e).abs() <= bound
+
+
+def output_error(y: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
+    """(relative Frobenius error, SNR in dB) of an output against a float64 reference."""
+    ref = ref.double()
+    noise = (y.double() - ref).norm().item()
+    signal = ref.norm().item()
+    rel = noise / signal if signal > 0 else (0.0 if noise == 0 else math.inf)
+    snr = 20 * math.log10(signal / noise) if noise > 0 and signal > 0 else math.inf
+    return rel, snr
+
+
+def output_difference(y: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
+    """The seed notebook's calculate_output_difference: mean and max absolute difference and the
+    mean relative difference in percent (|diff| / (|ref| + 1e-8)), against a float64 output."""
+    diff = (y.double() - ref.double()).abs()
+    return {
+        "out_mean_abs_diff": diff.mean().item(),
+        "out_max_abs_diff": diff.max().item(),
+        "out_mean_rel_diff_pct": (diff / (ref.double().abs() + 1e-8)).mean().item() * 100,
+    }

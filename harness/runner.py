@@ -17,8 +17,8 @@ from .calibrate import calibrate
 from .cases import Case, expand
 from .config import ConfigError, RunConfig
 from .env import collect_env, gpu_name
-from .inputs import make_weights
-from .ops import OPS
+from .inputs import derived_seed, make_weights
+from .ops import OPS, Skipped
 from .results import SCHEMA_VERSION, RunWriter, utc_now
 from .summary import summary_markdown
 from .timing import measure
@@ -60,10 +60,13 @@ def _first_line(e: BaseException) -> str:
 def _measure_row(op, case: Case, inputs: Any, ref_out: Any, ref_error: str | None, cfg: RunConfig,
                  device: torch.device) -> dict[str, Any]:
     row: dict[str, Any] = {"status": "ok", "message": ""}
-    fn = op.impls[case.impl](inputs)
+    try:
+        fn = op.impls[case.impl](inputs)
+    except Skipped as e:
+        return {"status": "skipped", "message": str(e)}
     out = fn()  # the first call compiles; it is outside the timed samples
-    if case.impl != op.reference:
-        problem = ref_error or op.verify(out, ref_out)
+    if case.impl in op.checked:
+        problem = ref_error or op.verify(out, ref_out, inputs)
         if problem:
             row.update(status="error", message=problem)
     row.update(op.error(case.impl, out, inputs))
@@ -101,7 +104,7 @@ def run_sweep(cfg: RunConfig, out_root: str | Path = "results", device: str | No
             inputs = ref_out = setup_error = ref_error = None
             try:
                 w = make_weights(cfg.weights, cfg.seed, workload.N, workload.K, workload.dtype, str(dev))
-                inputs = op.prepare(workload, w)
+                inputs = op.prepare(workload, w, derived_seed(cfg.seed, "inputs", workload.key()))
                 ref_out = op.impls[op.reference](inputs)()
             except Exception as e:  # recorded on every row of this workload; the sweep goes on
                 setup_error = f"could not prepare inputs or the reference: {_first_line(e)}"

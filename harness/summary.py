@@ -42,17 +42,26 @@ def op_table(df: pd.DataFrame, op: str, copy_gbps: float | None = None) -> pd.Da
     keys = ["shape", "dtype", "format"]
     ms = d.pivot_table(index=keys, columns="impl", values="ms", aggfunc="first", sort=False)
     out = ms.rename(columns=lambda impl: f"ms {impl}")
-    if {"ms triton", "ms torch"} <= set(out.columns):
-        out["speedup vs torch"] = out["ms torch"] / out["ms triton"]
+    if "ms triton" in out:
+        for impl in ms.columns:
+            if impl != "triton":
+                out[f"triton vs {impl}"] = out[f"ms {impl}"] / out["ms triton"]
     triton = d[d["impl"] == "triton"].set_index(keys)
     if not triton.empty:
         out["GB/s triton"] = triton["gbps"]
         if copy_gbps:
             out["% of copy"] = 100 * triton["gbps"] / copy_gbps
-    first = d.groupby(keys, sort=False).first()
-    out["bits/weight"] = first["bits_per_weight"]
-    out["SNR dB"] = first["snr_db"]
-    out["rel err"] = first["rel_err"]
+        if triton["tflops"].notna().any():
+            out["TFLOP/s triton"] = triton["tflops"]
+    quantized = d[d["impl"] != "fp16"].groupby(keys, sort=False).first()
+    out["bits/weight"] = quantized["bits_per_weight"]
+    if quantized["method_snr_db"].notna().any():
+        out["method SNR dB"] = quantized["method_snr_db"]
+        if not triton.empty:
+            out["kernel SNR dB"] = triton["kernel_snr_db"]
+    else:
+        out["SNR dB"] = quantized["snr_db"]
+        out["rel err"] = quantized["rel_err"]
     return out.reset_index()
 
 

@@ -7,6 +7,7 @@ through its interpreter, before Triton is imported.
 
 from importlib import import_module
 
+from .packing import pack_fields, unpack_fields
 from .spec import BITS, FLOAT_DTYPES, GRANULARITIES, GROUP_SIZES, SCHEMES, QuantizedTensor, QuantSpec
 
 _LAZY = {
@@ -17,7 +18,7 @@ _LAZY = {
 
 __all__ = [
     "BITS", "FLOAT_DTYPES", "GRANULARITIES", "GROUP_SIZES", "SCHEMES", "QuantSpec", "QuantizedTensor",
-    *_LAZY,
+    "pack_fields", "unpack_fields", *_LAZY,
 ]
 
 

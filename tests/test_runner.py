@@ -101,3 +101,33 @@ def test_a_wrong_kernel_result_is_an_error(tmp_path, monkeypatch):
     triton = df[df["impl"] == "triton"]
     assert (triton["status"] == "error").all()
     assert triton["message"].str.contains("differ from the reference").all()
+
+
+def test_matmul_rows_split_method_and_kernel_error(tmp_path):
+    cfg_text = """\
+name: mm
+timing: {cpu_reps: 1}
+sweep:
+  op: matmul
+  impl: [triton, torch, fp16, tinygemm]
+  bits: [8, 4]
+  granularity: [group]
+  group_size: 32
+  M: [1, 5]
+  shapes: [{N: 24, K: 64}]
+"""
+    path = tmp_path / "mm.yaml"
+    path.write_text(cfg_text)
+    df, _ = load_run(run_sweep(load_config(path), tmp_path, device="cpu", show_progress=False).path)
+    assert set(df.loc[df["impl"] == "tinygemm", "status"]) == {"skipped"}
+    ok = df[df["status"] == "ok"]
+    assert len(ok) == 2 * 2 * 3
+    fp16, quant = ok[ok["impl"] == "fp16"], ok[ok["impl"] != "fp16"]
+    assert (fp16["method_rel_err"] == 0).all() and (fp16["bits_per_weight"] == 16).all()
+    # the method's error does not depend on the implementation; 4 bits lose more than 8
+    per_case = quant.groupby(["bits", "M"])["method_rel_err"]
+    assert (per_case.max() - per_case.min()).max() < 1e-12
+    assert quant[quant["bits"] == 4]["method_rel_err"].min() > quant[quant["bits"] == 8]["method_rel_err"].max()
+    # the kernel's own error is float rounding, far below the method's
+    assert (quant["kernel_rel_err"] < quant["method_rel_err"] / 10).all()
+    assert (ok["tflops"] > 0).all() and ok[["out_mean_abs_diff", "out_mean_rel_diff_pct"]].notna().all().all()
