@@ -21,34 +21,47 @@ MIN_BLOCK_K = 256
 
 
 @triton.jit
+def unpack_tile(codes_ptr, rows, k0, N, K, stride_cn,
+                BITS: tl.constexpr, OFFSET: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Signed codes (field - OFFSET) of W[rows, k0 : k0 + BLOCK_K] as float32 [BLOCK_N, BLOCK_K].
+
+    codes: uint8 [N, ceil(K * BITS / 8)], element k of a row in byte k // (8 // BITS) at bit
+    offset (k % (8 // BITS)) * BITS. The tile's bytes are loaded contiguously and split into fields
+    with shifts and tl.join, which keeps neighbours in one thread's registers. k0 is a multiple of
+    BLOCK_K, itself a multiple of 8 // BITS; bytes past the row read as 0.
+    """
+    PER_BYTE: tl.constexpr = 8 // BITS
+    byte_cols = k0 // PER_BYTE + tl.arange(0, BLOCK_K // PER_BYTE)
+    byte_mask = (rows < N)[:, None] & (byte_cols[None, :] < (K + PER_BYTE - 1) // PER_BYTE)
+    packed = tl.load(codes_ptr + rows[:, None] * stride_cn + byte_cols[None, :], mask=byte_mask, other=0)
+    packed = packed.to(tl.int32)
+    if BITS == 8:
+        fields = packed
+    elif BITS == 4:
+        fields = tl.reshape(tl.join(packed & 0xF, packed >> 4), (BLOCK_N, BLOCK_K))
+    else:
+        f0, f1, f2, f3 = packed & 3, (packed >> 2) & 3, (packed >> 4) & 3, packed >> 6
+        # join(join(f0, f2), join(f1, f3))[..., i, j] is f(2i + j): row-major order f0 f1 f2 f3
+        fields = tl.reshape(tl.join(tl.join(f0, f2), tl.join(f1, f3)), (BLOCK_N, BLOCK_K))
+    return (fields - OFFSET).to(tl.float32)
+
+
+@triton.jit
 def dequant_tile(codes_ptr, scales_ptr, zeros_ptr, rows, k0, N, K, stride_cn, stride_sn,
                  BITS: tl.constexpr, OFFSET: tl.constexpr, SYMMETRIC: tl.constexpr,
                  GRANULARITY: tl.constexpr, GROUP: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Dequantized float32 tile W[rows, k0 : k0 + BLOCK_K] -> [BLOCK_N, BLOCK_K].
+    """Dequantized float32 tile W[rows, k0 : k0 + BLOCK_K] -> [BLOCK_N, BLOCK_K] (codes as in
+    unpack_tile).
 
-    codes: uint8 [N, ceil(K * BITS / 8)], element k of a row in byte k // (8 // BITS) at bit
-    offset (k % (8 // BITS)) * BITS; the tile's bytes are loaded contiguously and unpacked in
-    registers. k0 is a multiple of BLOCK_K, itself a multiple of 8 // BITS. Scales (and zeros, read
-    only when not SYMMETRIC) are one value (GRANULARITY 0), one per row at [row * stride_sn] (1), or
-    one per group of GROUP columns at [row * stride_sn + group] (2; BLOCK_K and GROUP are powers of
-    two, so either a tile lies in one group or it holds BLOCK_K // GROUP whole groups). Columns past
-    K hold finite garbage: mask them when storing, or multiply them by zeros.
+    Scales (and zeros, read only when not SYMMETRIC) are one value (GRANULARITY 0), one per row at
+    [row * stride_sn] (1), or one per group of GROUP columns at [row * stride_sn + group] (2;
+    BLOCK_K and GROUP are powers of two, so either a tile lies in one group or it holds
+    BLOCK_K // GROUP whole groups). Columns past K hold finite garbage: mask them when storing, or
+    multiply them by zeros.
     """
-    PER_BYTE: tl.constexpr = 8 // BITS
     row_ok = rows < N
-    byte_cols = k0 // PER_BYTE + tl.arange(0, BLOCK_K // PER_BYTE)
-    byte_mask = row_ok[:, None] & (byte_cols[None, :] < (K + PER_BYTE - 1) // PER_BYTE)
-    packed = tl.load(codes_ptr + rows[:, None] * stride_cn + byte_cols[None, :], mask=byte_mask, other=0)
-    packed = packed.to(tl.int32)
-    if PER_BYTE == 1:
-        fields = packed
-    else:
-        shifts = tl.arange(0, PER_BYTE) * BITS
-        fields = tl.reshape((packed[:, :, None] >> shifts[None, None, :]) & ((1 << BITS) - 1),
-                            (BLOCK_N, BLOCK_K))
-    q = (fields - OFFSET).to(tl.float32)
-
+    q = unpack_tile(codes_ptr, rows, k0, N, K, stride_cn, BITS, OFFSET, BLOCK_N, BLOCK_K)
     if GRANULARITY == 0:
         w = q * tl.load(scales_ptr).to(tl.float32)
         if not SYMMETRIC:

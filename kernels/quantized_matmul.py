@@ -24,10 +24,22 @@ import triton.testing
 import triton.language as tl
 
 from .checks import check_matrix, check_same_device, interpreting
-from .dequantization import GRANULARITY_IDS, _check_quantized, dequant_tile, dequantize_ref
+from .dequantization import GRANULARITY_IDS, _check_quantized, dequant_tile, dequantize_ref, unpack_tile
 from .spec import QuantizedTensor
 
 GEMV_MAX_M = 4
+
+
+@triton.jit
+def row_params(scales_ptr, zeros_ptr, rows, N, stride_sn, col, SYMMETRIC: tl.constexpr):
+    """float32 scale and zero [len(rows)] of column `col` of the scale matrix (zero 0 if symmetric)."""
+    ok = rows < N
+    scale = tl.load(scales_ptr + rows * stride_sn + col, mask=ok, other=1.0).to(tl.float32)
+    if SYMMETRIC:
+        zero = tl.zeros_like(scale)
+    else:
+        zero = tl.load(zeros_ptr + rows * stride_sn + col, mask=ok, other=0.0).to(tl.float32)
+    return scale, zero
 
 
 @triton.jit
@@ -37,18 +49,33 @@ def qgemv_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, y_ptr, M, N, K,
                  GRANULARITY: tl.constexpr, GROUP: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """y[M, N] = x[M, K] @ W^T for M <= BLOCK_M (a power of two, at most GEMV_MAX_M).
-    Grid: (cdiv(N, BLOCK_N),). W as in dequant_tile; x and y have unit stride along their rows."""
+    Grid: (cdiv(N, BLOCK_N),). W as in dequant_tile, with BLOCK_K <= GROUP for per-group scales.
+
+    The codes are multiplied as integers and scaled afterwards: x . (q s + z) = s (x . q) + z sum(x),
+    once per K tile for per-group scales and once at the end otherwise.
+    """
     pid_n = tl.program_id(0)
     rows_w = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rows_x = tl.arange(0, BLOCK_M)
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    x_sum = tl.zeros((BLOCK_M,), tl.float32)
     for k0 in range(0, K, BLOCK_K):
         cols = k0 + tl.arange(0, BLOCK_K)
         x = tl.load(x_ptr + rows_x[:, None] * stride_xm + cols[None, :],
                     mask=(rows_x[:, None] < M) & (cols[None, :] < K), other=0.0).to(tl.float32)
-        w = dequant_tile(codes_ptr, scales_ptr, zeros_ptr, rows_w, k0, N, K, stride_cn, stride_sn,
-                         BITS, OFFSET, SYMMETRIC, GRANULARITY, GROUP, BLOCK_N, BLOCK_K)
-        acc += tl.sum(x[:, None, :] * w[None, :, :], axis=2)
+        q = unpack_tile(codes_ptr, rows_w, k0, N, K, stride_cn, BITS, OFFSET, BLOCK_N, BLOCK_K)
+        part = tl.sum(x[:, None, :] * q[None, :, :], axis=2)
+        if GRANULARITY == 2:
+            scale, zero = row_params(scales_ptr, zeros_ptr, rows_w, N, stride_sn, k0 // GROUP, SYMMETRIC)
+            acc += part * scale[None, :]
+            if not SYMMETRIC:
+                acc += tl.sum(x, axis=1)[:, None] * zero[None, :]
+        else:
+            acc += part
+            x_sum += tl.sum(x, axis=1)
+    if GRANULARITY != 2:
+        scale, zero = row_params(scales_ptr, zeros_ptr, rows_w * (GRANULARITY == 1), N, stride_sn, 0, SYMMETRIC)
+        acc = acc * scale[None, :] + x_sum[:, None] * zero[None, :]
     mask = (rows_x[:, None] < M) & (rows_w[None, :] < N)
     tl.store(y_ptr + rows_x[:, None] * stride_ym + rows_w[None, :], acc.to(y_ptr.dtype.element_ty), mask=mask)
 
@@ -60,11 +87,15 @@ def qgemm_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, y_ptr, M, N, K,
                  GRANULARITY: tl.constexpr, GROUP: tl.constexpr, IEEE: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                  GROUP_M: tl.constexpr):
-    """y[M, N] = x[M, K] @ W^T with tl.dot; W's tile is dequantized to x's dtype in the K loop.
-    Grid: (cdiv(M, BLOCK_M) * cdiv(N, BLOCK_N),), programs ordered in GROUP_M-row bands so that
-    neighbouring programs share weight tiles in L2. IEEE: both operands in float32, multiplied
-    without TF32 (float32 activations; bfloat16 under the interpreter, whose dot reads bfloat16's
-    raw bits as integers)."""
+    """y[M, N] = x[M, K] @ W^T with tl.dot. Grid: (cdiv(M, BLOCK_M) * cdiv(N, BLOCK_N),), programs
+    ordered in GROUP_M-row bands so that neighbouring programs share weight tiles in L2.
+
+    Per-group scales: each weight tile is dequantized to x's dtype inside the K loop (BLOCK_K <=
+    GROUP). Per-channel and per-tensor scales: the integer codes (exact in fp16 and bf16) go into
+    the dot and the scale and zero are applied once, in the epilogue: s (x . q) + z sum(x).
+    IEEE: both operands in float32, multiplied without TF32 (float32 activations; bfloat16 under
+    the interpreter, whose dot reads bfloat16's raw bits as integers).
+    """
     pid = tl.program_id(0)
     num_m = tl.cdiv(M, BLOCK_M)
     num_n = tl.cdiv(N, BLOCK_N)
@@ -77,37 +108,47 @@ def qgemm_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, y_ptr, M, N, K,
     rows_x = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rows_w = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    x_sum = tl.zeros((BLOCK_M,), tl.float32)
     for k0 in range(0, K, BLOCK_K):
         cols = k0 + tl.arange(0, BLOCK_K)
         x = tl.load(x_ptr + rows_x[:, None] * stride_xm + cols[None, :],
                     mask=(rows_x[:, None] < M) & (cols[None, :] < K), other=0.0)
-        w = dequant_tile(codes_ptr, scales_ptr, zeros_ptr, rows_w, k0, N, K, stride_cn, stride_sn,
-                         BITS, OFFSET, SYMMETRIC, GRANULARITY, GROUP, BLOCK_N, BLOCK_K)
+        if GRANULARITY == 2:
+            w = dequant_tile(codes_ptr, scales_ptr, zeros_ptr, rows_w, k0, N, K, stride_cn, stride_sn,
+                             BITS, OFFSET, SYMMETRIC, GRANULARITY, GROUP, BLOCK_N, BLOCK_K)
+        else:
+            w = unpack_tile(codes_ptr, rows_w, k0, N, K, stride_cn, BITS, OFFSET, BLOCK_N, BLOCK_K)
+            if not SYMMETRIC:
+                x_sum += tl.sum(x.to(tl.float32), axis=1)
         w = tl.where((cols < K)[None, :], w, 0.0)
         if IEEE:
             acc = tl.dot(x.to(tl.float32), tl.trans(w), acc, input_precision="ieee")
         else:
             acc = tl.dot(x, tl.trans(w.to(x.dtype)), acc)
+    if GRANULARITY != 2:
+        scale, zero = row_params(scales_ptr, zeros_ptr, rows_w * (GRANULARITY == 1), N, stride_sn, 0, SYMMETRIC)
+        acc = acc * scale[None, :] + x_sum[:, None] * zero[None, :]
     mask = (rows_x[:, None] < M) & (rows_w[None, :] < N)
     tl.store(y_ptr + rows_x[:, None] * stride_ym + rows_w[None, :], acc.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 def _prune(configs, named_args, **kwargs):
-    """Drop configs that cannot apply: tiles wider than the problem, K tiles narrower than a byte
-    of codes. Keep at least the smallest config."""
+    """Drop configs that cannot apply: K tiles that span two scale groups, tiles wider than the
+    problem. Keep the narrowest K tile if nothing else is left."""
     n, k = named_args["N"], named_args["K"]
-    per_byte = 8 // kwargs["BITS"]
+    group = kwargs["GROUP"] if kwargs["GRANULARITY"] == 2 else None
     kept = [c for c in configs
-            if c.kwargs["BLOCK_K"] >= per_byte
-            and c.kwargs["BLOCK_K"] <= max(16, triton.next_power_of_2(k))
-            and c.kwargs["BLOCK_N"] <= max(16, triton.next_power_of_2(n))]
-    return kept or configs[:1]
+            if (group is None or c.kwargs["BLOCK_K"] <= group)
+            and c.kwargs["BLOCK_K"] <= max(32, triton.next_power_of_2(k))
+            and c.kwargs["BLOCK_N"] <= max(32, triton.next_power_of_2(n))]
+    return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_K"])]
 
 
 GEMV_CONFIGS = [
     triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
     for bn, bk, w, s in [(8, 256, 4, 3), (16, 256, 4, 3), (16, 512, 8, 3), (32, 256, 8, 3),
-                         (8, 512, 4, 4), (32, 128, 4, 4), (16, 128, 4, 4)]
+                         (8, 512, 4, 4), (32, 128, 4, 4), (16, 128, 4, 4), (64, 64, 4, 4),
+                         (32, 64, 4, 4), (64, 32, 4, 4)]
 ]
 GEMM_CONFIGS = [
     triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=s)
@@ -154,7 +195,8 @@ def qmatmul(x: torch.Tensor, q: QuantizedTensor) -> torch.Tensor:
     if m <= GEMV_MAX_M:
         block_m = triton.next_power_of_2(m)
         if interpreting():
-            qgemv_kernel[(triton.cdiv(n, 16),)](*args, **fmt, BLOCK_M=block_m, BLOCK_N=16, BLOCK_K=64)
+            qgemv_kernel[(triton.cdiv(n, 16),)](*args, **fmt, BLOCK_M=block_m, BLOCK_N=16,
+                                                 BLOCK_K=min(64, spec.group_size or 64))
         else:
             qgemv_tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](*args, **fmt, BLOCK_M=block_m)
     else:
