@@ -9,8 +9,6 @@ Two kernels, chosen by M as the fast libraries do:
 - ``qgemv_kernel`` for M <= GEMV_MAX_M: no tensor cores (a tl.dot padded to 16 rows wastes most
   of its work at M = 1); each program reduces a few output columns over all of K with a
   broadcast multiply and a sum, and small BLOCK_N gives enough programs to fill the GPU.
-Neither interleaves unpacked fields back into K order: field j of each byte is multiplied with the
-activations x[:, j :: 8 // bits] (the sum over K does not care about order).
 - ``qgemm_kernel`` otherwise: a tiled tl.dot GEMM with the dequantization inside the K loop.
 Both are autotuned, keyed on the M bucket, N, K and the format; configs that cannot apply are
 pruned. Under the interpreter one small config is used instead.
@@ -26,43 +24,10 @@ import triton.testing
 import triton.language as tl
 
 from .checks import check_matrix, check_same_device, interpreting
-from .dequantization import GRANULARITY_IDS, _check_quantized, dequantize_ref
+from .dequantization import GRANULARITY_IDS, _check_quantized, dequant_tile, dequantize_ref, unpack_tile
 from .spec import QuantizedTensor
 
 GEMV_MAX_M = 4
-
-
-@triton.jit
-def row_params(scales_ptr, zeros_ptr, rows, N, stride_sn, col, SYMMETRIC: tl.constexpr):
-    """float32 scale and zero [len(rows)] of column `col` of the scale matrix (zero 0 if symmetric)."""
-    ok = rows < N
-    scale = tl.load(scales_ptr + rows * stride_sn + col, mask=ok, other=1.0).to(tl.float32)
-    if SYMMETRIC:
-        zero = tl.zeros_like(scale)
-    else:
-        zero = tl.load(zeros_ptr + rows * stride_sn + col, mask=ok, other=0.0).to(tl.float32)
-    return scale, zero
-
-
-@triton.jit
-def load_code_bytes(codes_ptr, rows, k0, N, K, stride_cn, BITS: tl.constexpr, BLOCK_K: tl.constexpr):
-    """The packed bytes of W[rows, k0 : k0 + BLOCK_K] as int32 [len(rows), BLOCK_K // (8 // BITS)]
-    (zero past the row)."""
-    PER_BYTE: tl.constexpr = 8 // BITS
-    byte_cols = k0 // PER_BYTE + tl.arange(0, BLOCK_K // PER_BYTE)
-    mask = (rows < N)[:, None] & (byte_cols[None, :] < (K + PER_BYTE - 1) // PER_BYTE)
-    return tl.load(codes_ptr + rows[:, None] * stride_cn + byte_cols[None, :], mask=mask, other=0).to(tl.int32)
-
-
-@triton.jit
-def load_x_field(x_ptr, rows, k0, j, M, K, stride_xm, BITS: tl.constexpr, BLOCK_K: tl.constexpr):
-    """The activations x[rows, k0 + j :: 8 // BITS] that meet field j of each code byte:
-    [len(rows), BLOCK_K // (8 // BITS)] (zero past K). Splitting x this way, rather than
-    interleaving the unpacked fields of W, keeps every field in the registers it was unpacked in."""
-    PER_BYTE: tl.constexpr = 8 // BITS
-    cols = k0 + tl.arange(0, BLOCK_K // PER_BYTE) * PER_BYTE + j
-    return tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :],
-                   mask=(rows[:, None] < M) & (cols[None, :] < K), other=0.0)
 
 
 @triton.jit
@@ -84,37 +49,18 @@ def qgemv_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, y_ptr, M, N, K,
                  GRANULARITY: tl.constexpr, GROUP: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """y[M, N] = x[M, K] @ W^T for M <= BLOCK_M (a power of two, at most GEMV_MAX_M).
-    Grid: (cdiv(N, BLOCK_N),). W packed as in spec.py; BLOCK_K <= GROUP for per-group scales.
-
-    Field j of every code byte meets x[:, j :: 8 // BITS]. The codes are multiplied as integers
-    and scaled afterwards, x . (q s + z) = s (x . q) + z sum(x): once per K tile for per-group
-    scales, once at the end otherwise.
-    """
-    PER_BYTE: tl.constexpr = 8 // BITS
+    Grid: (cdiv(N, BLOCK_N),). W as in dequant_tile; x and y have unit stride along their rows."""
     pid_n = tl.program_id(0)
     rows_w = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rows_x = tl.arange(0, BLOCK_M)
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-    x_sum = tl.zeros((BLOCK_M,), tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        packed = load_code_bytes(codes_ptr, rows_w, k0, N, K, stride_cn, BITS, BLOCK_K)
-        part = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-        tile_x_sum = tl.zeros((BLOCK_M,), tl.float32)
-        for j in tl.static_range(PER_BYTE):
-            x = load_x_field(x_ptr, rows_x, k0, j, M, K, stride_xm, BITS, BLOCK_K).to(tl.float32)
-            q = (((packed >> (j * BITS)) & ((1 << BITS) - 1)) - OFFSET).to(tl.float32)
-            part += tl.sum(x[:, None, :] * q[None, :, :], axis=2)
-            tile_x_sum += tl.sum(x, axis=1)
-        if GRANULARITY == 2:
-            scale, zero = row_params(scales_ptr, zeros_ptr, rows_w, N, stride_sn, k0 // GROUP, SYMMETRIC)
-            acc += part * scale[None, :] + tile_x_sum[:, None] * zero[None, :]
-        else:
-            acc += part
-            x_sum += tile_x_sum
-    if GRANULARITY != 2:
-        # per-tensor scales live at [0]: every row reads that one value
-        scale, zero = row_params(scales_ptr, zeros_ptr, rows_w * (GRANULARITY == 1), N, stride_sn, 0, SYMMETRIC)
-        acc = acc * scale[None, :] + x_sum[:, None] * zero[None, :]
+        cols = k0 + tl.arange(0, BLOCK_K)
+        x = tl.load(x_ptr + rows_x[:, None] * stride_xm + cols[None, :],
+                    mask=(rows_x[:, None] < M) & (cols[None, :] < K), other=0.0).to(tl.float32)
+        w = dequant_tile(codes_ptr, scales_ptr, zeros_ptr, rows_w, k0, N, K, stride_cn, stride_sn,
+                         BITS, OFFSET, SYMMETRIC, GRANULARITY, GROUP, BLOCK_N, BLOCK_K)
+        acc += tl.sum(x[:, None, :] * w[None, :, :], axis=2)
     mask = (rows_x[:, None] < M) & (rows_w[None, :] < N)
     tl.store(y_ptr + rows_x[:, None] * stride_ym + rows_w[None, :], acc.to(y_ptr.dtype.element_ty), mask=mask)
 
@@ -129,14 +75,11 @@ def qgemm_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, y_ptr, M, N, K,
     """y[M, N] = x[M, K] @ W^T with tl.dot. Grid: (cdiv(M, BLOCK_M) * cdiv(N, BLOCK_N),), programs
     ordered in GROUP_M-row bands so that neighbouring programs share weight tiles in L2.
 
-    One dot per code field j, against x[:, j :: 8 // BITS] (see load_x_field). Per-group scales
-    (BLOCK_K <= GROUP): each field is dequantized to x's dtype in the K loop. Per-channel and
-    per-tensor scales: the integer codes (exact in fp16 and bf16) go into the dot and the scale and
-    zero are applied once, in the epilogue: s (x . q) + z sum(x).
+    Per-group scales: each weight tile is dequantized to x's dtype inside the K loop. Per-channel and per-tensor scales: the integer codes (exact in fp16 and bf16) go into
+    the dot and the scale and zero are applied once, in the epilogue: s (x . q) + z sum(x).
     IEEE: both operands in float32, multiplied without TF32 (float32 activations; bfloat16 under
     the interpreter, whose dot reads bfloat16's raw bits as integers).
     """
-    PER_BYTE: tl.constexpr = 8 // BITS
     pid = tl.program_id(0)
     num_m = tl.cdiv(M, BLOCK_M)
     num_n = tl.cdiv(N, BLOCK_N)
@@ -151,22 +94,22 @@ def qgemm_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, y_ptr, M, N, K,
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     x_sum = tl.zeros((BLOCK_M,), tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        packed = load_code_bytes(codes_ptr, rows_w, k0, N, K, stride_cn, BITS, BLOCK_K)
+        cols = k0 + tl.arange(0, BLOCK_K)
+        x = tl.load(x_ptr + rows_x[:, None] * stride_xm + cols[None, :],
+                    mask=(rows_x[:, None] < M) & (cols[None, :] < K), other=0.0)
         if GRANULARITY == 2:
-            scale, zero = row_params(scales_ptr, zeros_ptr, rows_w, N, stride_sn, k0 // GROUP, SYMMETRIC)
-        for j in tl.static_range(PER_BYTE):
-            x = load_x_field(x_ptr, rows_x, k0, j, M, K, stride_xm, BITS, BLOCK_K)
-            w = (((packed >> (j * BITS)) & ((1 << BITS) - 1)) - OFFSET).to(tl.float32)
-            if GRANULARITY == 2:
-                w = w * scale[:, None] + zero[:, None]
-            elif not SYMMETRIC:
+            w = dequant_tile(codes_ptr, scales_ptr, zeros_ptr, rows_w, k0, N, K, stride_cn, stride_sn,
+                             BITS, OFFSET, SYMMETRIC, GRANULARITY, GROUP, BLOCK_N, BLOCK_K)
+        else:
+            w = unpack_tile(codes_ptr, rows_w, k0, N, K, stride_cn, BITS, OFFSET, BLOCK_N, BLOCK_K)
+            if not SYMMETRIC:
                 x_sum += tl.sum(x.to(tl.float32), axis=1)
-            if IEEE:
-                acc = tl.dot(x.to(tl.float32), tl.trans(w), acc, input_precision="ieee")
-            else:
-                acc = tl.dot(x, tl.trans(w.to(x.dtype)), acc)
+        w = tl.where((cols < K)[None, :], w, 0.0)
+        if IEEE:
+            acc = tl.dot(x.to(tl.float32), tl.trans(w), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(x, tl.trans(w.to(x.dtype)), acc)
     if GRANULARITY != 2:
-        # per-tensor scales live at [0]: every row reads that one value
         scale, zero = row_params(scales_ptr, zeros_ptr, rows_w * (GRANULARITY == 1), N, stride_sn, 0, SYMMETRIC)
         acc = acc * scale[None, :] + x_sum[:, None] * zero[None, :]
     mask = (rows_x[:, None] < M) & (rows_w[None, :] < N)
@@ -174,13 +117,10 @@ def qgemm_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, y_ptr, M, N, K,
 
 
 def _prune(configs, named_args, **kwargs):
-    """Drop configs that cannot apply: K tiles that span two scale groups, tiles wider than the
-    problem. Keep the narrowest K tile if nothing else is left."""
+    """Drop configs with tiles wider than the problem; keep the narrowest if nothing else is left."""
     n, k = named_args["N"], named_args["K"]
-    group = kwargs["GROUP"] if kwargs["GRANULARITY"] == 2 else None
     kept = [c for c in configs
-            if (group is None or c.kwargs["BLOCK_K"] <= group)
-            and c.kwargs["BLOCK_K"] <= max(32, triton.next_power_of_2(k))
+            if c.kwargs["BLOCK_K"] <= max(32, triton.next_power_of_2(k))
             and c.kwargs["BLOCK_N"] <= max(32, triton.next_power_of_2(n))]
     return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_K"])]
 
@@ -236,8 +176,7 @@ def qmatmul(x: torch.Tensor, q: QuantizedTensor) -> torch.Tensor:
     if m <= GEMV_MAX_M:
         block_m = triton.next_power_of_2(m)
         if interpreting():
-            qgemv_kernel[(triton.cdiv(n, 16),)](*args, **fmt, BLOCK_M=block_m, BLOCK_N=16,
-                                                 BLOCK_K=min(64, spec.group_size or 64))
+            qgemv_kernel[(triton.cdiv(n, 16),)](*args, **fmt, BLOCK_M=block_m, BLOCK_N=16, BLOCK_K=64)
         else:
             qgemv_tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](*args, **fmt, BLOCK_M=block_m)
     else:
