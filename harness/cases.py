@@ -43,6 +43,13 @@ CASE_FIELDS = tuple(f.name for f in fields(Case))
 
 
 def _shape_points(cfg: RunConfig) -> list[tuple[int, int, str | None]]:
+    if cfg.weights.source == "safetensors":
+        from .inputs import checkpoint_matrices
+        found = checkpoint_matrices(cfg.weights)
+        if not found:
+            raise ConfigError(f"weights.tensors: no 2-D tensor in {cfg.weights.path} matches "
+                              f"{cfg.weights.tensors!r}")
+        return [(n, k, name) for name, n, k in found]
     if cfg.sweep.shapes is not None:
         return [(s.N, s.K, s.name) for s in cfg.sweep.shapes]
     return [(n, k, None) for n in cfg.sweep.N for k in cfg.sweep.K]
@@ -80,6 +87,9 @@ def expand(cfg: RunConfig) -> list[Case]:
         )
         if case in seen or _excluded(case, cfg.exclude):
             continue
+        if op == "stack" and n != k:
+            raise ConfigError(f"sweep: the stack op chains layers, so each must be square; got N = {n}, "
+                              f"K = {k}{f' (shape {shape_name!r})' if shape_name else ''}")
         if case.group_size is not None and k % case.group_size != 0:
             raise ConfigError(f"sweep.group_size: group size {case.group_size} does not divide K = {k}"
                               f"{f' (shape {shape_name!r})' if shape_name else ''}; choose a divisor "

@@ -26,7 +26,7 @@ def _print_table(console: Console, title: str, table) -> None:
 
 def show_run(path, console: Console) -> None:
     from .results import load_run
-    from .summary import failures, op_table
+    from .summary import depth_table, failures, op_table
     df, meta = load_run(path)
     env = meta.get("env", {})
     console.print(f"[bold]{meta.get('run_id', path)}[/bold]  GPU: {env.get('gpu')}  torch {env.get('torch')}  "
@@ -40,6 +40,9 @@ def show_run(path, console: Console) -> None:
         table = op_table(df, op, copy_gbps)
         if not table.empty:
             _print_table(console, op, table)
+    depth = depth_table(df)
+    if not depth.empty:
+        _print_table(console, "stack: error by depth", depth)
     bad = failures(df)
     if not bad.empty:
         _print_table(console, "not ok", bad)

@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from .ops import IMPLS, OPS
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .ops import IMPLS, OPS
 
 DType = Literal["float32", "float16", "bfloat16"]
 Bits = Literal[8, 4, 2]
@@ -32,8 +33,8 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
-class Weights(Strict):
-    """How weight matrices are made: float32 normal(mean, std) from the run's seed, then cast."""
+class NormalWeights(Strict):
+    """Weight matrices drawn as float32 normal(mean, std) from the run's seed, then cast."""
 
     source: Literal["normal"] = "normal"
     mean: float = 0.0
@@ -43,6 +44,25 @@ class Weights(Strict):
     @classmethod
     def _int_is_float(cls, v: Any) -> Any:
         return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+
+class SafetensorsWeights(Strict):
+    """Weight matrices from a real checkpoint: every 2-D tensor whose name matches the glob
+    `tensors` becomes one shape of the sweep (named after the tensor), loaded and cast."""
+
+    source: Literal["safetensors"]
+    path: Annotated[str, Field(min_length=1)]
+    tensors: Annotated[str, Field(min_length=1)] = "*"
+
+    @field_validator("path")
+    @classmethod
+    def _exists(cls, v: str) -> str:
+        if not Path(v).expanduser().is_file():
+            raise ValueError(f"no such safetensors file: {v}")
+        return v
+
+
+Weights = Annotated[NormalWeights | SafetensorsWeights, Field(discriminator="source")]
 
 
 class Timing(Strict):
@@ -92,8 +112,6 @@ class Sweep(Strict):
     def _consistent(self) -> "Sweep":
         if self.shapes is not None and (self.N is not None or self.K is not None):
             raise ValueError("give either 'shapes' or the axes 'N' and 'K', not both")
-        if self.shapes is None and (self.N is None or self.K is None):
-            raise ValueError("the weight shape is missing: give 'N' and 'K', or a list of 'shapes'")
         if self.group_size is not None and "group" not in self.granularity:
             raise ValueError("'group_size' is set but 'granularity' has no 'group': add granularity "
                              "'group' or remove group_size")
@@ -107,10 +125,24 @@ class RunConfig(Strict):
     device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda|cuda:\d+)$")] = "auto"
     seed: Annotated[int, Field(ge=0)] = 0
     dtype: DType = "float16"
-    weights: Weights = Weights()
+    weights: Weights = NormalWeights()
     timing: Timing = Timing()
     sweep: Sweep
     exclude: list[dict[str, Any]] = []
+
+    @model_validator(mode="after")
+    def _shapes_from_one_place(self) -> "RunConfig":
+        given = self.sweep.shapes is not None or self.sweep.N is not None
+        if self.weights.source == "safetensors":
+            if given:
+                raise ValueError("sweep: with weights from safetensors the shapes are the tensors' own; "
+                                 "remove 'shapes', 'N' and 'K'")
+            if "stack" in self.sweep.op:
+                raise ValueError("sweep.op: 'stack' chains random square layers; it does not take "
+                                 "weights from safetensors")
+        elif self.sweep.shapes is None and (self.sweep.N is None or self.sweep.K is None):
+            raise ValueError("sweep: the weight shape is missing: give 'N' and 'K', or a list of 'shapes'")
+        return self
 
     @field_validator("exclude")
     @classmethod
@@ -132,7 +164,7 @@ def _did_you_mean(word: str, choices: tuple[str, ...] | list[str]) -> str:
 
 def _known_keys(model: type[BaseModel]) -> set[str]:
     keys = set(model.model_fields)
-    for sub in (Weights, Timing, Sweep, Shape):
+    for sub in (NormalWeights, SafetensorsWeights, Timing, Sweep, Shape):
         keys |= set(sub.model_fields)
     return keys
 
@@ -142,7 +174,8 @@ def _path(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif str(part).startswith(("function-", "literal[", "list[", "int", "str", "float", "bool")):
+        elif str(part).startswith(("function-", "literal[", "list[", "int", "str", "float", "bool")) \
+                or part in ("normal", "safetensors"):
             continue  # pydantic's names for the union member it tried, not a key
         else:
             out += f".{part}" if out else str(part)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
+from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import torch
 
 from quantbench.kernels.spec import FLOAT_DTYPES
 
-from .config import Weights
+from .config import NormalWeights, SafetensorsWeights
 
 
 def derived_seed(seed: int, *parts: object) -> int:
@@ -19,11 +22,63 @@ def derived_seed(seed: int, *parts: object) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-@lru_cache(maxsize=2)
-def make_weights(weights: Weights, seed: int, n: int, k: int, dtype: str, device: str) -> torch.Tensor:
-    """W [N, K]: float32 normal(mean, std) drawn on the CPU from a seed derived from the run's seed
-    and the shape, then cast to `dtype` and moved to `device`. Every bit width, scheme and
-    implementation of one shape sees the same weights."""
-    gen = torch.Generator().manual_seed(derived_seed(seed, "weights", n, k))
+def checkpoint_matrices(weights: SafetensorsWeights) -> list[tuple[str, int, int]]:
+    """(name, N, K) of every 2-D tensor in the checkpoint whose name matches the glob, in file
+    order; read from the header, without loading the tensors."""
+    from safetensors import safe_open
+    with safe_open(str(Path(weights.path).expanduser()), framework="pt") as f:
+        found = []
+        for name in f.keys():
+            shape = f.get_slice(name).get_shape()
+            if len(shape) == 2 and fnmatch.fnmatchcase(name, weights.tensors):
+                found.append((name, int(shape[0]), int(shape[1])))
+    return found
+
+
+def _checkpoint_tensor(weights: SafetensorsWeights, name: str) -> torch.Tensor:
+    from safetensors import safe_open
+    with safe_open(str(Path(weights.path).expanduser()), framework="pt") as f:
+        return f.get_tensor(name)
+
+
+def activations(seed: int, m: int, k: int, dtype: str, device: str) -> torch.Tensor:
+    """x [M, K], standard normal, from a seed derived from the run's seed and the shape only, so
+    that a matmul and the first layer of a stack see the same x."""
+    gen = torch.Generator().manual_seed(derived_seed(seed, "x", m, k))
+    return torch.randn(m, k, generator=gen).to(FLOAT_DTYPES[dtype]).to(device)
+
+
+@lru_cache(maxsize=4)
+def make_weights(weights: NormalWeights | SafetensorsWeights, seed: int, n: int, k: int, dtype: str,
+                 device: str, name: str | None = None, layer: int = 0) -> torch.Tensor:
+    """W [N, K] in `dtype` on `device`.
+
+    normal: float32 normal(mean, std) drawn on the CPU from a seed derived from the run's seed, the
+    shape and the layer (of a stack), then cast; every bit width, scheme and implementation of a
+    shape sees the same weights. safetensors: the checkpoint's tensor `name`, cast.
+    """
+    if isinstance(weights, SafetensorsWeights):
+        w = _checkpoint_tensor(weights, name)
+        if tuple(w.shape) != (n, k):
+            raise ValueError(f"tensor {name!r} in {weights.path} is {list(w.shape)}, expected [{n}, {k}]")
+        return w.to(FLOAT_DTYPES[dtype]).contiguous().to(device)
+    parts = ("weights", n, k) if layer == 0 else ("weights", n, k, "layer", layer)
+    gen = torch.Generator().manual_seed(derived_seed(seed, *parts))
     w = torch.randn(n, k, generator=gen, dtype=torch.float32) * weights.std + weights.mean
     return w.to(FLOAT_DTYPES[dtype]).to(device)
+
+
+@dataclass(frozen=True)
+class InputSource:
+    """Where a workload's tensors come from: the run's weights config, seed and device."""
+
+    weights: NormalWeights | SafetensorsWeights
+    seed: int
+    device: str
+
+    def weight(self, case, layer: int = 0) -> torch.Tensor:
+        return make_weights(self.weights, self.seed, case.N, case.K, case.dtype, self.device,
+                            case.shape_name, layer)
+
+    def x(self, case) -> torch.Tensor:
+        return activations(self.seed, case.M, case.K, case.dtype, self.device)

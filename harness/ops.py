@@ -69,8 +69,8 @@ class QuantizeOp(FormatOp):
         "torch": lambda inp: lambda: kernels.quantize_ref(inp.w, inp.spec),
     }
 
-    def prepare(self, case, w: torch.Tensor, seed: int) -> WeightInputs:
-        return WeightInputs(w, _spec(case))
+    def prepare(self, case, source) -> WeightInputs:
+        return WeightInputs(source.weight(case), _spec(case))
 
     def verify(self, out: QuantizedTensor, ref: QuantizedTensor, inp: WeightInputs) -> str | None:
         """The contract is exact: codes, scales and zeros equal the reference's."""
@@ -98,7 +98,8 @@ class DequantizeOp(FormatOp):
         "torch": lambda inp: lambda: kernels.dequantize_ref(inp.q),
     }
 
-    def prepare(self, case, w: torch.Tensor, seed: int) -> CodeInputs:
+    def prepare(self, case, source) -> CodeInputs:
+        w = source.weight(case)
         return CodeInputs(w, kernels.quantize_ref(w, _spec(case)))
 
     def verify(self, out: torch.Tensor, ref: torch.Tensor, inp: CodeInputs) -> str | None:
@@ -146,6 +147,32 @@ def _tinygemm(inp: MatmulInputs) -> Callable[[], torch.Tensor]:
     return lambda: torch.ops.aten._weight_int4pack_mm(x, packed, group, scales_zeros)
 
 
+def _product_problem(out: torch.Tensor, y_quant: torch.Tensor) -> str | None:
+    """A product checked against the float64 one with the same quantized weights: the output is
+    rounded once to its dtype and accumulated in float32 over K terms."""
+    rel, _ = metrics.output_error(out, y_quant)
+    bound = 2 * torch.finfo(out.dtype).eps + y_quant.shape[1] * torch.finfo(torch.float32).eps
+    return None if rel <= bound else f"relative error {rel:.3g} against the float64 product exceeds {bound:.3g}"
+
+
+def _layer_memory(case) -> dict[str, float]:
+    """The weight one layer reads: quantized, or the unquantized one for the fp16 baseline."""
+    if case.impl != "fp16":
+        return metrics.weight_memory(_spec(case), case.N, case.K, case.dtype)
+    e = _elem(case)
+    return {"weight_bytes": case.N * case.K * e, "bits_per_weight": 8 * e,
+            "compression_vs_fp16": 2 / e, "compression_vs_fp32": 4 / e}
+
+
+def _compiled(fn, *args) -> Callable[[], Any]:
+    """fn(*args) under torch.compile. Dynamo's caches are cleared first: every workload is a new
+    shape, and past its recompile limit Dynamo would fall back to eager without saying so. The
+    compilation happens in the first call, which the harness times apart (first_call_ms)."""
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, dynamic=False)
+    return lambda: compiled(*args)
+
+
 class MatmulOp(FormatOp):
     """y [M, N] = x [M, K] @ W_hat^T: weight-only quantized matmul (WxA16), dequantization fused."""
 
@@ -155,23 +182,19 @@ class MatmulOp(FormatOp):
     impls: dict[str, Provider] = {
         "triton": lambda inp: lambda: kernels.qmatmul(inp.x, inp.q),
         "torch": lambda inp: lambda: kernels.qmatmul_ref(inp.x, inp.q),
+        "torch_compile": lambda inp: _compiled(kernels.qmatmul_ref, inp.x, inp.q),
         "fp16": lambda inp: lambda: torch.nn.functional.linear(inp.x, inp.w),
         "tinygemm": _tinygemm,
     }
 
-    def prepare(self, case, w: torch.Tensor, seed: int) -> MatmulInputs:
-        gen = torch.Generator().manual_seed(seed)
-        x = torch.randn(case.M, case.K, generator=gen).to(w.dtype).to(w.device)
+    def prepare(self, case, source) -> MatmulInputs:
+        w, x = source.weight(case), source.x(case)
         q = kernels.quantize_ref(w, _spec(case))
         x64 = x.double()
         return MatmulInputs(x, w, q, x64 @ w.double().t(), x64 @ kernels.dequantize_ref(q, torch.float32).double().t())
 
     def verify(self, out: torch.Tensor, ref: torch.Tensor, inp: MatmulInputs) -> str | None:
-        """Against the float64 product with the same quantized weights: the output is rounded once
-        to its dtype and accumulated in float32 over K terms."""
-        rel, _ = metrics.output_error(out, inp.y_quant)
-        bound = 2 * torch.finfo(out.dtype).eps + inp.x.shape[1] * torch.finfo(torch.float32).eps
-        return None if rel <= bound else f"relative error {rel:.3g} against the float64 product exceeds {bound:.3g}"
+        return _product_problem(out, inp.y_quant)
 
     def error(self, impl: str, out: torch.Tensor, inp: MatmulInputs) -> dict[str, float]:
         unquantized = impl == "fp16"
@@ -182,15 +205,12 @@ class MatmulOp(FormatOp):
             **metrics.weight_error(inp.w, w_hat),
             "method_rel_err": method_rel, "method_snr_db": method_snr,
             "kernel_rel_err": kernel_rel, "kernel_snr_db": kernel_snr,
+            "out_rel_err": metrics.output_error(out, inp.y_exact)[0],
             **metrics.output_difference(out, inp.y_exact),
         }
 
     def memory(self, case) -> dict[str, float]:
-        if case.impl == "fp16":  # the unquantized weight it reads
-            nbytes = case.N * case.K * _elem(case)
-            return {"weight_bytes": nbytes, "bits_per_weight": 8 * _elem(case),
-                    "compression_vs_fp16": 2 / _elem(case), "compression_vs_fp32": 4 / _elem(case)}
-        return super().memory(case)
+        return _layer_memory(case)
 
     def bytes_moved(self, case) -> int:
         """Read x and the weight (quantized, or fp16 for the unquantized baseline) once, write y once."""
@@ -201,5 +221,73 @@ class MatmulOp(FormatOp):
         return 2 * case.M * case.N * case.K
 
 
-OPS = {op.name: op for op in (QuantizeOp(), DequantizeOp(), MatmulOp())}
+@dataclass(frozen=True)
+class StackInputs:
+    x: torch.Tensor
+    ws: list[torch.Tensor]
+    qs: list[QuantizedTensor]
+    y_exact: list[torch.Tensor]  # float64 output after each layer, original weights
+    y_quant: list[torch.Tensor]  # float64 output after each layer, quantized weights
+
+
+def _chain(layer: Callable[[torch.Tensor, Any], torch.Tensor], x: torch.Tensor, weights: list) -> list[torch.Tensor]:
+    outputs = []
+    for w in weights:
+        x = layer(x, w)
+        outputs.append(x)
+    return outputs
+
+
+class StackOp(FormatOp):
+    """`layers` square linear layers applied in sequence (the seed notebook's 5-layer experiment):
+    one row per depth with the error there; the whole stack's latency on the last depth's row."""
+
+    name = "stack"
+    axes = FormatOp.axes | {"M", "layers"}
+    impls: dict[str, Provider] = {
+        "triton": lambda inp: lambda: _chain(kernels.qmatmul, inp.x, inp.qs),
+        "torch": lambda inp: lambda: _chain(kernels.qmatmul_ref, inp.x, inp.qs),
+        "fp16": lambda inp: lambda: _chain(torch.nn.functional.linear, inp.x, inp.ws),
+    }
+
+    def prepare(self, case, source) -> StackInputs:
+        """Layer 0 has the weights (and x) of the matmul op of the same shape, so the error at
+        depth 1 is the single matmul's."""
+        x = source.x(case)
+        ws = [source.weight(case, layer) for layer in range(case.layers)]
+        qs = [kernels.quantize_ref(w, _spec(case)) for w in ws]
+        y_exact = _chain(lambda y, w: y @ w.double().t(), x.double(), ws)
+        y_quant = _chain(lambda y, q: y @ kernels.dequantize_ref(q, torch.float32).double().t(), x.double(), qs)
+        return StackInputs(x, ws, qs, y_exact, y_quant)
+
+    def verify(self, out: list[torch.Tensor], ref: list[torch.Tensor], inp: StackInputs) -> str | None:
+        """Depth 1 against the float64 product with the same quantized weights, by the matmul rule
+        (deeper layers compound rounding, which the kernel_* columns report)."""
+        return _product_problem(out[0], inp.y_quant[0])
+
+    def error(self, impl: str, out: list[torch.Tensor], inp: StackInputs) -> list[dict[str, float]]:
+        rows = []
+        for depth, (y, exact, quant) in enumerate(zip(out, inp.y_exact, inp.y_quant), start=1):
+            unquantized = impl == "fp16"
+            method_rel, method_snr = (0.0, math.inf) if unquantized else metrics.output_error(quant, exact)
+            kernel_rel, kernel_snr = metrics.output_error(y, exact if unquantized else quant)
+            rows.append({"depth": depth, "method_rel_err": method_rel, "method_snr_db": method_snr,
+                         "kernel_rel_err": kernel_rel, "kernel_snr_db": kernel_snr,
+                         "out_rel_err": metrics.output_error(y, exact)[0],
+                         **metrics.output_difference(y, exact)})
+        return rows
+
+    def memory(self, case) -> dict[str, float]:
+        one = _layer_memory(case)
+        return {**one, "weight_bytes": one["weight_bytes"] * case.layers}
+
+    def bytes_moved(self, case) -> int:
+        e = _elem(case)
+        return self.memory(case)["weight_bytes"] + case.layers * 2 * case.M * case.K * e
+
+    def flops(self, case) -> int | None:
+        return 2 * case.M * case.N * case.K * case.layers
+
+
+OPS = {op.name: op for op in (QuantizeOp(), DequantizeOp(), MatmulOp(), StackOp())}
 IMPLS = tuple(dict.fromkeys(impl for op in OPS.values() for impl in op.impls))

@@ -24,13 +24,15 @@ import pandas as pd
 SCHEMA_VERSION = 1
 
 IDENTITY = ["run_id", "op", "impl", "bits", "scheme", "granularity", "group_size", "dtype",
-            "M", "N", "K", "layers", "shape_name", "device", "gpu", "status", "message"]
-TIME = ["ms", "ms_p20", "ms_p80", "n_samples", "timing_valid", "gbps", "tflops"]
+            "M", "N", "K", "layers", "depth", "shape_name", "device", "gpu", "status", "message"]
+# first_call_ms: the untimed first call, which compiles (Triton, torch.compile) and autotunes
+TIME = ["ms", "ms_p20", "ms_p80", "n_samples", "timing_valid", "gbps", "tflops", "first_call_ms"]
 MEMORY = ["weight_bytes", "bits_per_weight", "compression_vs_fp16", "compression_vs_fp32"]
 ERROR = ["mse", "mae", "max_abs_err", "snr_db", "rel_err"]
-# matmul rows: the method's error (float64 output with W_hat against the one with W), the kernel's
-# error (its output against the float64 output with the same W_hat), and the seed's output metrics
-OUTPUT_ERROR = ["method_rel_err", "method_snr_db", "kernel_rel_err", "kernel_snr_db",
+# matmul and stack rows: the method's error (float64 output with W_hat against the one with W), the
+# kernel's error (its output against the float64 output with the same W_hat), the total error
+# relative to the output's norm, and the seed's output metrics (all against the float64 output)
+OUTPUT_ERROR = ["method_rel_err", "method_snr_db", "kernel_rel_err", "kernel_snr_db", "out_rel_err",
                 "out_mean_abs_diff", "out_max_abs_diff", "out_mean_rel_diff_pct"]
 PROVENANCE = ["schema_version", "torch_version", "triton_version", "utc"]
 COLUMNS = IDENTITY + TIME + MEMORY + ERROR + OUTPUT_ERROR + PROVENANCE
@@ -91,7 +93,7 @@ def to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=COLUMNS)
     for col in [c for c in TIME + MEMORY + ERROR + OUTPUT_ERROR if c != "timing_valid"]:
         df[col] = pd.to_numeric(df[col], errors="coerce")  # JSON lines carry inf as "inf"
-    for col in ("bits", "group_size", "M", "N", "K", "layers", "n_samples", "weight_bytes"):
+    for col in ("bits", "group_size", "M", "N", "K", "layers", "depth", "n_samples", "weight_bytes"):
         df[col] = df[col].astype("Int64")
     return df
 

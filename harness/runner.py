@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from itertools import groupby
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from .calibrate import calibrate
 from .cases import Case, expand
 from .config import ConfigError, RunConfig
 from .env import collect_env, gpu_name
-from .inputs import derived_seed, make_weights
+from .inputs import InputSource
 from .ops import OPS, Skipped
 from .results import SCHEMA_VERSION, RunWriter, utc_now
 from .summary import summary_markdown
@@ -57,27 +58,40 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0] if text else ''}"
 
 
-def _measure_row(op, case: Case, inputs: Any, ref_out: Any, ref_error: str | None, cfg: RunConfig,
-                 device: torch.device) -> dict[str, Any]:
-    row: dict[str, Any] = {"status": "ok", "message": ""}
+def _first_call(fn, device: torch.device) -> tuple[Any, float]:
+    """The first call, which compiles and autotunes: its output and its wall time in ms."""
+    start = time.perf_counter()
+    out = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return out, (time.perf_counter() - start) * 1e3
+
+
+def _measure_rows(op, case: Case, inputs: Any, ref_out: Any, ref_error: str | None, cfg: RunConfig,
+                  device: torch.device) -> list[dict[str, Any]]:
+    """The rows of one case and implementation: one, or one per depth for a stack (the time of
+    the whole stack then goes on the last depth's row)."""
     try:
         fn = op.impls[case.impl](inputs)
     except Skipped as e:
-        return {"status": "skipped", "message": str(e)}
-    out = fn()  # the first call compiles; it is outside the timed samples
+        return [{"status": "skipped", "message": str(e)}]
+    out, first_call_ms = _first_call(fn, device)
+    status = {"status": "ok", "message": ""}
     if case.impl in op.checked:
         problem = ref_error or op.verify(out, ref_out, inputs)
         if problem:
-            row.update(status="error", message=problem)
-    row.update(op.error(case.impl, out, inputs))
+            status = {"status": "error", "message": problem}
+    errors = op.error(case.impl, out, inputs)
+    rows = [{**status, **e} for e in (errors if isinstance(errors, list) else [errors])]
     t = cfg.timing
-    m = measure(fn, device, t.warmup_ms, t.rep_ms, t.flush_l2, t.cpu_reps)
-    row.update(m.stats())
-    seconds = row["ms"] * 1e-3
-    row["gbps"] = op.bytes_moved(case) / seconds / 1e9 if seconds > 0 else None
+    timed = rows[-1]
+    timed.update(measure(fn, device, t.warmup_ms, t.rep_ms, t.flush_l2, t.cpu_reps).stats(),
+                 first_call_ms=first_call_ms)
+    seconds = timed["ms"] * 1e-3
+    timed["gbps"] = op.bytes_moved(case) / seconds / 1e9 if seconds > 0 else None
     flops = op.flops(case)
-    row["tflops"] = flops / seconds / 1e12 if flops and seconds > 0 else None
-    return row
+    timed["tflops"] = flops / seconds / 1e12 if flops and seconds > 0 else None
+    return rows
 
 
 def run_sweep(cfg: RunConfig, out_root: str | Path = "results", device: str | None = None,
@@ -92,6 +106,7 @@ def run_sweep(cfg: RunConfig, out_root: str | Path = "results", device: str | No
                                             "calibration": calibrate(dev), "cases": len(cases)})
     common = {"run_id": writer.run_id, "device": str(dev), "gpu": gpu_name(dev),
               "schema_version": SCHEMA_VERSION, "torch_version": env["torch"], "triton_version": env["triton"]}
+    source = InputSource(cfg.weights, cfg.seed, str(dev))
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
     with Progress(*columns, disable=not show_progress, transient=True) as progress:
@@ -103,8 +118,7 @@ def run_sweep(cfg: RunConfig, out_root: str | Path = "results", device: str | No
                                               f"{workload.N}x{workload.K}")
             inputs = ref_out = setup_error = ref_error = None
             try:
-                w = make_weights(cfg.weights, cfg.seed, workload.N, workload.K, workload.dtype, str(dev))
-                inputs = op.prepare(workload, w, derived_seed(cfg.seed, "inputs", workload.key()))
+                inputs = op.prepare(workload, source)
                 ref_out = op.impls[op.reference](inputs)()
             except Exception as e:  # recorded on every row of this workload; the sweep goes on
                 setup_error = f"could not prepare inputs or the reference: {_first_line(e)}"
@@ -112,13 +126,14 @@ def run_sweep(cfg: RunConfig, out_root: str | Path = "results", device: str | No
             for case in group:
                 base = {**case.as_dict(), **common, "utc": utc_now()}
                 if setup_error and (inputs is None or case.impl == op.reference):
-                    row = {"status": "error", "message": setup_error}
+                    rows = [{"status": "error", "message": setup_error}]
                 else:
                     try:
-                        row = _measure_row(op, case, inputs, ref_out, ref_error, cfg, dev)
+                        rows = _measure_rows(op, case, inputs, ref_out, ref_error, cfg, dev)
                     except Exception as e:  # one failing case is recorded and the sweep goes on
-                        row = {"status": "error", "message": _first_line(e)}
-                writer.append({**base, **op.memory(case), **row})
+                        rows = [{"status": "error", "message": _first_line(e)}]
+                for row in rows:
+                    writer.append({**base, **op.memory(case), **row})
                 progress.advance(task)
     writer.finish(summary_markdown)
     return writer

@@ -36,6 +36,8 @@ def op_table(df: pd.DataFrame, op: str, copy_gbps: float | None = None) -> pd.Da
     triton's GB/s (and its share of the measured copy bandwidth), and the memory and error of the
     quantized weight."""
     d = df[(df["op"] == op) & (df["status"] == "ok")]
+    if d["depth"].notna().any():
+        d = d[d["ms"].notna()]  # a stack: its timed row is the last depth's
     if d.empty:
         return pd.DataFrame()
     d = with_labels(d)
@@ -63,6 +65,18 @@ def op_table(df: pd.DataFrame, op: str, copy_gbps: float | None = None) -> pd.Da
         out["SNR dB"] = quantized["snr_db"]
         out["rel err"] = quantized["rel_err"]
     return out.reset_index()
+
+
+def depth_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Stack rows: the output's error relative to its norm (against float64 with the original
+    weights), by depth and implementation."""
+    d = df[(df["op"] == "stack") & (df["status"] == "ok")]
+    if d.empty:
+        return pd.DataFrame()
+    d = with_labels(d)
+    table = d.pivot_table(index=["shape", "dtype", "format", "depth"], columns="impl", values="out_rel_err",
+                          aggfunc="first", sort=False)
+    return table.rename(columns=lambda impl: f"rel err {impl}").reset_index()
 
 
 def failures(df: pd.DataFrame) -> pd.DataFrame:
@@ -105,6 +119,9 @@ def summary_markdown(df: pd.DataFrame, meta: dict) -> str:
         table = op_table(df, op, copy_gbps)
         if not table.empty:
             lines += [f"## {op}", "", to_markdown(table), ""]
+    depth = depth_table(df)
+    if not depth.empty:
+        lines += ["## stack: error by depth", "", to_markdown(depth), ""]
     bad = failures(df)
     if not bad.empty:
         lines += ["## Not ok", "", to_markdown(bad), ""]

@@ -131,3 +131,49 @@ sweep:
     # the kernel's own error is float rounding, far below the method's
     assert (quant["kernel_rel_err"] < quant["method_rel_err"] / 10).all()
     assert (ok["tflops"] > 0).all() and ok[["out_mean_abs_diff", "out_mean_rel_diff_pct"]].notna().all().all()
+
+
+def test_stack_rows_per_depth_and_depth_one_is_the_matmul(tmp_path):
+    path = tmp_path / "stack.yaml"
+    path.write_text("""\
+name: st
+dtype: float32
+weights: {source: normal, std: 0.125}
+timing: {cpu_reps: 1}
+sweep:
+  op: [matmul, stack]
+  impl: [triton, torch, fp16]
+  bits: 4
+  granularity: channel
+  M: 3
+  layers: 4
+  shapes: [{N: 64, K: 64}]
+""")
+    df, _ = load_run(run_sweep(load_config(path), tmp_path, device="cpu", show_progress=False).path)
+    assert (df["status"] == "ok").all(), df["message"].tolist()
+    stack = df[df["op"] == "stack"]
+    assert sorted(stack[stack["impl"] == "triton"]["depth"]) == [1, 2, 3, 4]
+    # the whole stack's time sits on its last depth only
+    assert stack.groupby("impl").apply(lambda g: g.set_index("depth")["ms"].notna().tolist() == [False] * 3 + [True]).all()
+    cols = ["method_rel_err", "kernel_rel_err", "out_rel_err", "out_mean_abs_diff"]
+    for impl in ("triton", "torch", "fp16"):
+        first = stack[(stack["impl"] == impl) & (stack["depth"] == 1)][cols].to_numpy()
+        single = df[(df["op"] == "matmul") & (df["impl"] == impl)][cols].to_numpy()
+        assert (first == single).all(), impl
+    quant = stack[stack["impl"] == "torch"].set_index("depth")["method_rel_err"]
+    assert quant[4] > quant[1]  # the method's error compounds with depth
+
+
+def test_torch_compile_rows_record_compile_time_apart(tmp_path):
+    path = tmp_path / "tc.yaml"
+    path.write_text("""\
+name: tc
+dtype: float32
+timing: {cpu_reps: 2}
+sweep: {op: matmul, impl: [torch, torch_compile], bits: 8, granularity: channel, M: 2, N: [16], K: [32]}
+""")
+    df, _ = load_run(run_sweep(load_config(path), tmp_path, device="cpu", show_progress=False).path)
+    assert (df["status"] == "ok").all(), df["message"].tolist()
+    compiled = df.set_index("impl").loc["torch_compile"]
+    assert compiled["first_call_ms"] > 10 * compiled["ms"]  # compilation is in the first call, not the samples
+    assert df["method_rel_err"].nunique() == 1
