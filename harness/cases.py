@@ -75,12 +75,12 @@ def expand(cfg: RunConfig) -> list[Case]:
     for op, (n, k, shape_name), dtype, bits, scheme, gran, group, m, layers, impl in product:
         if impl not in OPS[op].impls:
             continue
-        applies = OPS[op].axes
+        applies, fixed = OPS[op].axes, OPS[op].fixed
         case = Case(
             op=op, impl=impl,
-            bits=bits if "bits" in applies else None,
-            scheme=scheme if "scheme" in applies else None,
-            granularity=gran if "granularity" in applies else None,
+            bits=bits if "bits" in applies else fixed.get("bits"),
+            scheme=scheme if "scheme" in applies else fixed.get("scheme"),
+            granularity=gran if "granularity" in applies else fixed.get("granularity"),
             group_size=group if gran == "group" and "group_size" in applies else None,
             dtype=dtype, M=m if "M" in applies else None, N=n, K=k,
             layers=layers if "layers" in applies else None, shape_name=shape_name,

@@ -50,6 +50,7 @@ class FormatOp:
     """What the ops on one weight matrix share: their axes, no FLOPs, the quantized weight's memory."""
 
     axes = frozenset({"bits", "scheme", "granularity", "group_size", "dtype", "N", "K"})
+    fixed: dict[str, object] = {}  # identity values of axes an op does not take (its one format)
     reference = "torch"
     checked = frozenset({"triton"})  # implementations whose output is checked against the reference
 
@@ -289,5 +290,85 @@ class StackOp(FormatOp):
         return 2 * case.M * case.N * case.K * case.layers
 
 
-OPS = {op.name: op for op in (QuantizeOp(), DequantizeOp(), MatmulOp(), StackOp())}
+@dataclass(frozen=True)
+class W8A8Inputs:
+    x: torch.Tensor
+    w: torch.Tensor
+    w_int8: torch.Tensor
+    w_scales: torch.Tensor
+    y_exact: torch.Tensor  # float64 x @ W^T
+    y_quant: torch.Tensor  # float64 result of the W8A8 method: quantized x and W, exact integer sums
+
+
+def _int_mm(inp: W8A8Inputs) -> Callable[[], torch.Tensor]:
+    """PyTorch's own int8 GEMM (cuBLASLt) in the same dynamic W8A8 recipe: per-token quantization
+    and the scales in PyTorch around torch._int_mm."""
+    m, k = inp.x.shape
+    n = inp.w_int8.shape[0]
+    if not inp.x.is_cuda:
+        raise Skipped("torch._int_mm needs a CUDA GPU")
+    if m <= 16 or k % 8 or n % 8:
+        raise Skipped(f"torch._int_mm needs M > 16 and K, N multiples of 8, got M={m}, N={n}, K={k}")
+    w_t = inp.w_int8.t()  # a transposed view of row-major [N, K]: the layout cuBLASLt is fastest with
+
+    def run() -> torch.Tensor:
+        xq, sx = kernels.quantize_tokens_ref(inp.x)
+        return (torch._int_mm(xq, w_t).float() * sx[:, None] * inp.w_scales[None, :]).to(inp.x.dtype)
+    return run
+
+
+class W8A8MatmulOp(FormatOp):
+    """y [M, N] = x [M, K] @ W^T with x quantized per token on the fly and W per channel, both
+    symmetric int8; int32 accumulation, scales in the epilogue."""
+
+    name = "matmul_w8a8"
+    axes = frozenset({"dtype", "M", "N", "K"})
+    fixed = {"bits": 8, "scheme": "symmetric", "granularity": "channel"}
+    checked = frozenset({"triton", "int_mm"})
+    impls: dict[str, Provider] = {
+        "triton": lambda inp: lambda: kernels.w8a8_matmul(inp.x, inp.w_int8, inp.w_scales),
+        "torch": lambda inp: lambda: kernels.w8a8_matmul_ref(inp.x, inp.w_int8, inp.w_scales),
+        "fp16": lambda inp: lambda: torch.nn.functional.linear(inp.x, inp.w),
+        "int_mm": _int_mm,
+    }
+
+    def prepare(self, case, source) -> W8A8Inputs:
+        w, x = source.weight(case), source.x(case)
+        w_int8, w_scales = kernels.pack_weights(kernels.quantize_ref(w, _spec(case)))
+        xq, sx = kernels.quantize_tokens_ref(x)
+        y_quant = (xq.double() @ w_int8.double().t()) * sx.double()[:, None] * w_scales.double()[None, :]
+        return W8A8Inputs(x, w, w_int8, w_scales, x.double() @ w.double().t(), y_quant)
+
+    def verify(self, out: torch.Tensor, ref: torch.Tensor, inp: W8A8Inputs) -> str | None:
+        """Integer sums are exact: what remains is the float32 epilogue and one rounding."""
+        rel, _ = metrics.output_error(out, inp.y_quant)
+        bound = 2 * torch.finfo(out.dtype).eps
+        return None if rel <= bound else f"relative error {rel:.3g} against the exact W8A8 result exceeds {bound:.3g}"
+
+    def error(self, impl: str, out: torch.Tensor, inp: W8A8Inputs) -> dict[str, float]:
+        unquantized = impl == "fp16"
+        method_rel, method_snr = (0.0, math.inf) if unquantized else metrics.output_error(inp.y_quant, inp.y_exact)
+        kernel_rel, kernel_snr = metrics.output_error(out, inp.y_exact if unquantized else inp.y_quant)
+        return {"method_rel_err": method_rel, "method_snr_db": method_snr,
+                "kernel_rel_err": kernel_rel, "kernel_snr_db": kernel_snr,
+                "out_rel_err": metrics.output_error(out, inp.y_exact)[0],
+                **metrics.output_difference(out, inp.y_exact)}
+
+    def memory(self, case) -> dict[str, float]:
+        if case.impl == "fp16":
+            return _layer_memory(case)
+        nbytes = case.N * case.K + 4 * case.N  # int8 codes + float32 scales
+        return {"weight_bytes": nbytes, "bits_per_weight": 8 * nbytes / (case.N * case.K),
+                "compression_vs_fp16": 2 * case.N * case.K / nbytes,
+                "compression_vs_fp32": 4 * case.N * case.K / nbytes}
+
+    def bytes_moved(self, case) -> int:
+        e = _elem(case)
+        return case.M * case.K * e + self.memory(case)["weight_bytes"] + case.M * case.N * e
+
+    def flops(self, case) -> int | None:
+        return 2 * case.M * case.N * case.K
+
+
+OPS = {op.name: op for op in (QuantizeOp(), DequantizeOp(), MatmulOp(), StackOp(), W8A8MatmulOp())}
 IMPLS = tuple(dict.fromkeys(impl for op in OPS.values() for impl in op.impls))

@@ -14,6 +14,8 @@ _LAZY = {
     "quantize": ".quantization", "quantize_ref": ".quantization",
     "dequantize": ".dequantization", "dequantize_ref": ".dequantization",
     "qmatmul": ".quantized_matmul", "qmatmul_ref": ".quantized_matmul",
+    "w8a8_matmul": ".w8a8", "w8a8_matmul_ref": ".w8a8", "quantize_tokens": ".w8a8",
+    "quantize_tokens_ref": ".w8a8", "pack_weights": ".w8a8",
 }
 
 __all__ = [

@@ -177,3 +177,19 @@ sweep: {op: matmul, impl: [torch, torch_compile], bits: 8, granularity: channel,
     compiled = df.set_index("impl").loc["torch_compile"]
     assert compiled["first_call_ms"] > 10 * compiled["ms"]  # compilation is in the first call, not the samples
     assert df["method_rel_err"].nunique() == 1
+
+
+def test_w8a8_rows(tmp_path):
+    path = tmp_path / "w8a8.yaml"
+    path.write_text("""\
+name: w8a8
+timing: {cpu_reps: 1}
+sweep: {op: matmul_w8a8, impl: [triton, torch, fp16, int_mm], bits: [8, 4], M: [3, 20], N: [24], K: [64]}
+""")
+    df, _ = load_run(run_sweep(load_config(path), tmp_path, device="cpu", show_progress=False).path)
+    assert len(df) == 2 * 4  # the bits axis does not apply: W8A8 is one format
+    assert set(df.loc[df["impl"] == "int_mm", "status"]) == {"skipped"}
+    ok = df[df["status"] == "ok"]
+    assert len(ok) == 6 and (ok["bits"] == 8).all() and (ok["scheme"] == "symmetric").all()
+    quant = ok[ok["impl"] != "fp16"]
+    assert (quant["kernel_rel_err"] < quant["method_rel_err"] / 10).all()

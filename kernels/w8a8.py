@@ -1,0 +1,142 @@
+"""W8A8: int8 activations x int8 weights, int32 accumulation, scales applied in the epilogue.
+
+    y[M, N] = (xq[M, K] @ wq[N, K]^T) * sx[M] * sw[N]
+
+Activations are quantized per token (row) on the fly, symmetric int8: ``sx = max|x| / 127``,
+``xq = round(x / sx)`` (half to even) clamped to [-127, 127], with the same degenerate-range rule
+as spec.py (an all-zero row gets scale 1). Weights are a symmetric 8-bit per-channel
+QuantizedTensor; ``pack_weights`` turns its offset-binary codes into the int8 [N, K] matrix (row
+major, K contiguous) and float32 per-channel scales that the GEMM reads, once, outside the timed
+call, as weight-loading code would.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .checks import check_matrix, interpreting
+from .quantization import round_half_even
+from .spec import QuantizedTensor
+
+TOKEN_BLOCK_K = 1024
+
+
+@triton.jit
+def quantize_tokens_kernel(x_ptr, xq_ptr, sx_ptr, M, K, stride_xm, stride_qm, BLOCK_K: tl.constexpr):
+    """One program per row of x [M, K]: its absmax (a first pass over K), then the int8 codes.
+    Grid: (M,)."""
+    row = tl.program_id(0)
+    amax = tl.zeros((BLOCK_K,), tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        cols = k0 + tl.arange(0, BLOCK_K)
+        x = tl.load(x_ptr + row * stride_xm + cols, mask=cols < K, other=0.0).to(tl.float32)
+        amax = tl.maximum(amax, tl.abs(x))
+    scale = tl.div_rn(tl.max(amax, axis=0), 127.0)
+    scale = tl.where(scale == 0.0, 1.0, scale)
+    tl.store(sx_ptr + row, scale)
+    for k0 in range(0, K, BLOCK_K):
+        cols = k0 + tl.arange(0, BLOCK_K)
+        x = tl.load(x_ptr + row * stride_xm + cols, mask=cols < K, other=0.0).to(tl.float32)
+        q = round_half_even(tl.minimum(tl.maximum(tl.div_rn(x, scale), -127.0), 127.0))
+        tl.store(xq_ptr + row * stride_qm + cols, q.to(tl.int8), mask=cols < K)
+
+
+@triton.jit
+def int8_gemm_kernel(a_ptr, b_ptr, sa_ptr, sb_ptr, y_ptr, M, N, K, stride_am, stride_bn, stride_ym,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                     GROUP_M: tl.constexpr):
+    """y[M, N] = (a[M, K] @ b[N, K]^T) * sa[M] * sb[N]: int8 operands, int32 tl.dot accumulation,
+    float32 epilogue, y in its own dtype. Grid: (cdiv(M, BLOCK_M) * cdiv(N, BLOCK_N),), programs
+    ordered in GROUP_M-row bands."""
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    band = GROUP_M * num_n
+    first_m = (pid // band) * GROUP_M
+    band_m = min(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % band) % band_m
+    pid_n = (pid % band) // band_m
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), tl.int32)
+    for k0 in range(0, K, BLOCK_K):
+        rk = k0 + tl.arange(0, BLOCK_K)
+        a = tl.load(a_ptr + rm[:, None] * stride_am + rk[None, :], mask=(rm[:, None] < M) & (rk[None, :] < K), other=0)
+        b = tl.load(b_ptr + rn[:, None] * stride_bn + rk[None, :], mask=(rn[:, None] < N) & (rk[None, :] < K), other=0)
+        acc = tl.dot(a, tl.trans(b), acc, out_dtype=tl.int32)
+    sa = tl.load(sa_ptr + rm, mask=rm < M, other=0.0)
+    sb = tl.load(sb_ptr + rn, mask=rn < N, other=0.0)
+    y = acc.to(tl.float32) * sa[:, None] * sb[None, :]
+    tl.store(y_ptr + rm[:, None] * stride_ym + rn[None, :], y.to(y_ptr.dtype.element_ty),
+             mask=(rm[:, None] < M) & (rn[None, :] < N))
+
+
+GEMM_CONFIGS = [
+    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=s)
+    for bm, bn, bk, w, s in [(16, 64, 128, 4, 4), (64, 128, 128, 4, 4), (128, 128, 128, 8, 3),
+                             (128, 256, 128, 8, 3), (256, 128, 128, 8, 3)]
+]
+int8_gemm_tuned = triton.autotune(GEMM_CONFIGS, key=["M", "N", "K"])(int8_gemm_kernel)
+
+
+def pack_weights(q: QuantizedTensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """int8 [N, K] codes and float32 [N] scales of a symmetric 8-bit per-channel weight."""
+    spec = q.spec
+    if (spec.bits, spec.scheme, spec.granularity) != (8, "symmetric", "channel"):
+        raise ValueError(f"W8A8 takes a symmetric 8-bit per-channel weight, got {spec.bits}-bit "
+                         f"{spec.scheme} per {spec.granularity}")
+    codes = (q.codes.to(torch.int16) - spec.offset).to(torch.int8).contiguous()
+    return codes, q.scales.float().flatten().contiguous()
+
+
+def quantize_tokens(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token symmetric int8 quantization of x [M, K] with the Triton kernel: (xq, sx)."""
+    check_matrix("x", x)
+    m, k = x.shape
+    xq = torch.empty((m, k), dtype=torch.int8, device=x.device)
+    sx = torch.empty(m, dtype=torch.float32, device=x.device)
+    block_k = min(TOKEN_BLOCK_K, triton.next_power_of_2(k))
+    quantize_tokens_kernel[(m,)](x, xq, sx, m, k, x.stride(0), xq.stride(0), BLOCK_K=block_k)
+    return xq, sx
+
+
+def quantize_tokens_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """PyTorch reference for quantize_tokens, same contract and identical codes."""
+    xf = x.float()
+    amax = xf.abs().amax(dim=1)
+    sx = amax / torch.full_like(amax, 127.0)  # a tensor divisor: correctly rounded on CUDA too
+    sx = torch.where(sx == 0, torch.ones_like(sx), sx)
+    xq = (xf / sx[:, None]).clamp(-127, 127).round().to(torch.int8)
+    return xq, sx
+
+
+def w8a8_matmul(x: torch.Tensor, w_int8: torch.Tensor, w_scales: torch.Tensor) -> torch.Tensor:
+    """y = x @ W^T in x's dtype, x quantized per token on the fly; w from pack_weights."""
+    check_matrix("x", x)
+    check_matrix("w_int8", w_int8, (torch.int8,))
+    n, k = w_int8.shape
+    m = x.shape[0]
+    if x.shape[1] != k:
+        raise ValueError(f"x must be [M, K] with K = {k} (the weight's K), got {list(x.shape)}")
+    if w_scales.shape != (n,) or w_scales.dtype != torch.float32:
+        raise ValueError(f"w_scales must be float32 [{n}], got {w_scales.dtype} {list(w_scales.shape)}")
+    xq, sx = quantize_tokens(x)
+    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    args = (xq, w_int8, sx, w_scales, y, m, n, k, xq.stride(0), w_int8.stride(0), y.stride(0))
+    if interpreting():
+        int8_gemm_kernel[(triton.cdiv(m, 16) * triton.cdiv(n, 32),)](*args, BLOCK_M=16, BLOCK_N=32, BLOCK_K=32,
+                                                                     GROUP_M=4)
+    else:
+        grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
+        int8_gemm_tuned[grid](*args)
+    return y
+
+
+def w8a8_matmul_ref(x: torch.Tensor, w_int8: torch.Tensor, w_scales: torch.Tensor) -> torch.Tensor:
+    """PyTorch reference: the same per-token quantization, an exact integer product (in float64,
+    exact for these sizes), the same scales, in x's dtype."""
+    xq, sx = quantize_tokens_ref(x)
+    acc = xq.double() @ w_int8.double().t()
+    return (acc * sx.double()[:, None] * w_scales.double()[None, :]).to(x.dtype)
