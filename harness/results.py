@@ -106,7 +106,9 @@ def load_run(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     meta_file = path / "meta.json"
     meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
     if (path / "results.csv").exists():
-        return pd.read_csv(path / "results.csv"), meta
+        df = pd.read_csv(path / "results.csv")
+        # runs written before a column existed read it as missing, never as an error
+        return df.reindex(columns=COLUMNS + [c for c in df.columns if c not in COLUMNS]), meta
     if (path / "rows.jsonl").exists():
         rows = [json.loads(line) for line in (path / "rows.jsonl").read_text().splitlines() if line.strip()]
         return to_frame(rows), meta
