@@ -268,7 +268,7 @@ class StackOp(FormatOp):
 
     def error(self, impl: str, out: list[torch.Tensor], inp: StackInputs) -> list[dict[str, float]]:
         rows = []
-        for depth, (y, exact, quant) in enumerate(zip(out, inp.y_exact, inp.y_quant), start=1):
+        for depth, (y, exact, quant) in enumerate(zip(out, inp.y_exact, inp.y_quant, strict=True), start=1):
             unquantized = impl == "fp16"
             method_rel, method_snr = (0.0, math.inf) if unquantized else metrics.output_error(quant, exact)
             kernel_rel, kernel_snr = metrics.output_error(y, exact if unquantized else quant)

@@ -75,8 +75,9 @@ def qgemm_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, y_ptr, M, N, K,
     """y[M, N] = x[M, K] @ W^T with tl.dot. Grid: (cdiv(M, BLOCK_M) * cdiv(N, BLOCK_N),), programs
     ordered in GROUP_M-row bands so that neighbouring programs share weight tiles in L2.
 
-    Per-group scales: each weight tile is dequantized to x's dtype inside the K loop. Per-channel and per-tensor scales: the integer codes (exact in fp16 and bf16) go into
-    the dot and the scale and zero are applied once, in the epilogue: s (x . q) + z sum(x).
+    Per-group scales: each weight tile is dequantized to x's dtype inside the K loop. Per-channel
+    and per-tensor scales: the integer codes (exact in fp16 and bf16) go into the dot and the
+    scale and zero are applied once, in the epilogue: s (x . q) + z sum(x).
     IEEE: both operands in float32, multiplied without TF32 (float32 activations; bfloat16 under
     the interpreter, whose dot reads bfloat16's raw bits as integers).
     """
