@@ -29,7 +29,10 @@ def resolve_device(requested: str) -> torch.device:
     """'auto' is the first GPU if there is one, else the CPU (through Triton's interpreter)."""
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(requested)
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise ConfigError(f"device: expected auto, cpu, cuda or cuda:N, got {requested!r}") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(f"device: {requested!r} was asked for but no CUDA GPU is available "
