@@ -49,7 +49,7 @@ def error_of(tmp_path, text) -> str:
     (GOOD + "timing: {rep_ms: fast}\n", ["timing.rep_ms", "valid integer"]),
     (GOOD + "exclude: [{bit: 8}]\n", ["exclude", "unknown axis 'bit'", "did you mean 'bits'"]),
     (GOOD + "exclude: [{bits: [8, 4]}]\n", ["every grid point is excluded"]),
-    (GOOD.replace("op: [quantize]", "op: [matmul9]"), ["sweep.op[0]", "'quantize', 'dequantize', 'matmul' or 'stack'"]),
+    (GOOD.replace("op: [quantize]", "op: [matmul9]"), ["sweep.op[0]", "Input should be 'quantize', 'dequantize'", "got 'matmul9'"]),
     (GOOD.replace("op: [quantize]", "op: []"), ["sweep.op", "at least 1 item"]),
     ("name: t\n", ["missing required key 'sweep'"]),
     ("", ["expected a mapping", "empty file"]),
