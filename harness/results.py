@@ -2,6 +2,7 @@
 
     results/<name>-<UTC timestamp>/
         rows.jsonl   one JSON line per measured row, flushed and fsynced before the next case
+        samples.jsonl  every timed sample (ms) of every row, for statistics across runs
         results.csv  the long-format table (one row per case and implementation), written atomically
         meta.json    the config as loaded, the environment, the schema version
         summary.md   pivot tables people read
@@ -26,7 +27,8 @@ SCHEMA_VERSION = 1
 IDENTITY = ["run_id", "op", "impl", "bits", "scheme", "granularity", "group_size", "dtype",
             "M", "N", "K", "layers", "depth", "shape_name", "device", "gpu", "status", "message"]
 # first_call_ms: the untimed first call, which compiles (Triton, torch.compile) and autotunes
-TIME = ["ms", "ms_p20", "ms_p80", "n_samples", "timing_valid", "gbps", "tflops", "first_call_ms"]
+TIME = ["ms", "ms_p20", "ms_p80", "ms_min", "ms_mean", "ms_std", "cv", "n_samples", "timing_valid",
+        "gbps", "tflops", "first_call_ms"]
 MEMORY = ["weight_bytes", "bits_per_weight", "compression_vs_fp16", "compression_vs_fp32"]
 ERROR = ["mse", "mae", "max_abs_err", "snr_db", "rel_err"]
 # matmul and stack rows: the method's error (float64 output with W_hat against the one with W), the
@@ -51,6 +53,12 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _append_line(f, record: dict[str, Any]) -> None:
+    f.write(json.dumps(record) + "\n")
+    f.flush()
+    os.fsync(f.fileno())
+
+
 def _json_safe(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)  # JSON has no inf/nan; pandas reads "inf"/"nan" back as floats
@@ -69,17 +77,21 @@ class RunWriter:
         self.rows: list[dict[str, Any]] = []
         _atomic_write(self.path / "meta.json", json.dumps(self.meta, indent=2, default=str))
         self._rows_file = open(self.path / "rows.jsonl", "a")
+        self._samples_file = open(self.path / "samples.jsonl", "a")
 
-    def append(self, row: dict[str, Any]) -> None:
+    def append(self, row: dict[str, Any], samples_ms: tuple[float, ...] = ()) -> None:
+        """Record one row (and its raw samples), durably, before the next case runs."""
         row = {col: row.get(col) for col in COLUMNS}
         self.rows.append(row)
-        self._rows_file.write(json.dumps({k: _json_safe(v) for k, v in row.items()}) + "\n")
-        self._rows_file.flush()
-        os.fsync(self._rows_file.fileno())
+        if samples_ms:
+            key = {col: row[col] for col in IDENTITY if col not in ("status", "message")}
+            _append_line(self._samples_file, {**key, "samples_ms": list(samples_ms)})
+        _append_line(self._rows_file, {k: _json_safe(v) for k, v in row.items()})
 
     def finish(self, summarize: Callable[[pd.DataFrame, dict[str, Any]], str]) -> pd.DataFrame:
         """Write results.csv, meta.json (with the end time and status counts) and summary.md."""
         self._rows_file.close()
+        self._samples_file.close()
         df = to_frame(self.rows)
         _atomic_write(self.path / "results.csv", df.to_csv(index=False))
         counts = df["status"].value_counts().to_dict() if len(df) else {}

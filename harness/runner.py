@@ -88,8 +88,8 @@ def _measure_rows(op, case: Case, inputs: Any, ref_out: Any, ref_error: str | No
     rows = [{**status, **e} for e in (errors if isinstance(errors, list) else [errors])]
     t = cfg.timing
     timed = rows[-1]
-    timed.update(measure(fn, device, t.warmup_ms, t.rep_ms, t.flush_l2, t.cpu_reps).stats(),
-                 first_call_ms=first_call_ms)
+    m = measure(fn, device, t.warmup_ms, t.rep_ms, t.flush_l2, t.cpu_reps)
+    timed.update(m.stats(), first_call_ms=first_call_ms, samples_ms=m.samples_ms)
     seconds = timed["ms"] * 1e-3
     timed["gbps"] = op.bytes_moved(case) / seconds / 1e9 if seconds > 0 else None
     flops = op.flops(case)
@@ -136,7 +136,8 @@ def run_sweep(cfg: RunConfig, out_root: str | Path = "results", device: str | No
                     except Exception as e:  # one failing case is recorded and the sweep goes on
                         rows = [{"status": "error", "message": _first_line(e)}]
                 for row in rows:
-                    writer.append({**base, **op.memory(case), **row})
+                    samples = row.pop("samples_ms", ())
+                    writer.append({**base, **op.memory(case), **row}, samples)
                 progress.advance(task)
     writer.finish(summary_markdown)
     return writer

@@ -21,11 +21,19 @@ class Measurement:
     valid: bool  # a GPU timing; False for interpreter wall-clock times
 
     def stats(self) -> dict[str, Any]:
-        s = np.asarray(self.samples_ms)
+        """Median, 20th and 80th percentiles, min, mean, standard deviation (n - 1), count and
+        coefficient of variation (std / mean) of the samples."""
+        s = np.asarray(self.samples_ms, dtype=np.float64)
+        mean = float(s.mean())
+        std = float(s.std(ddof=1)) if s.size > 1 else 0.0
         return {
             "ms": float(np.median(s)),
             "ms_p20": float(np.percentile(s, 20)),
             "ms_p80": float(np.percentile(s, 80)),
+            "ms_min": float(s.min()),
+            "ms_mean": mean,
+            "ms_std": std,
+            "cv": std / mean if mean > 0 else None,
             "n_samples": int(s.size),
             "timing_valid": self.valid,
         }

@@ -32,11 +32,12 @@ def test_quick_config_writes_every_column_with_finite_values(quick_run):
     granularity_points = len(sw.granularity) - 1 + len(sw.group_size)
     assert len(df) == len(sw.op) * len(sw.impl) * len(sw.bits) * len(sw.scheme) * granularity_points
     assert (df["status"] == "ok").all(), df.loc[df["status"] != "ok", "message"].tolist()
-    numeric = ["ms", "ms_p20", "ms_p80", "n_samples", "gbps", "weight_bytes", "bits_per_weight",
+    numeric = ["ms", "ms_p20", "ms_p80", "ms_min", "ms_mean", "ms_std", "cv", "n_samples", "gbps", "weight_bytes", "bits_per_weight",
                "compression_vs_fp16", "compression_vs_fp32", "mse", "mae", "max_abs_err", "snr_db", "rel_err"]
     assert df[numeric].map(math.isfinite).all().all()
     assert df["tflops"].isna().all()  # no FLOPs in quantize / dequantize
     assert not df["timing_valid"].any()  # interpreter wall-clock times are never GPU timings
+    assert (df["ms_min"] <= df["ms_p20"]).all()
     assert (df["ms_p20"] <= df["ms"]).all() and (df["ms"] <= df["ms_p80"]).all()
     assert set(df["gpu"]) == {"cpu (Triton interpreter)"} and set(df["schema_version"]) == {SCHEMA_VERSION}
 
@@ -60,6 +61,13 @@ def test_meta_and_summary(quick_run):
     assert "## quantize" in summary and "## dequantize" in summary and "interpreter" in summary
     rows = (quick_run / "rows.jsonl").read_text().splitlines()
     assert len(rows) == meta["rows"]
+    samples = [json.loads(line) for line in (quick_run / "samples.jsonl").read_text().splitlines()]
+    df = pd.read_csv(quick_run / "results.csv")
+    assert len(samples) == len(df)
+    for rec, (_, row) in zip(samples, df.iterrows(), strict=True):
+        assert (rec["op"], rec["impl"], rec["bits"]) == (row["op"], row["impl"], row["bits"])
+        assert len(rec["samples_ms"]) == row["n_samples"]
+        assert sorted(rec["samples_ms"])[0] == pytest.approx(row["ms_min"])
 
 
 def test_show_prints_the_tables(quick_run):
