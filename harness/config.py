@@ -66,11 +66,22 @@ Weights = Annotated[NormalWeights | SafetensorsWeights, Field(discriminator="sou
 
 
 class Timing(Strict):
-    """GPU timing through triton.testing.do_bench (milliseconds of warm-up and of repetitions)."""
+    """How GPU samples are taken.
 
+    engine do_bench: triton.testing.do_bench, warmup_ms then rep_ms of samples.
+    engine adaptive: samples until the median's relative standard error is at most target_rse,
+    with at least min_samples samples and min_time_ms of sampling, and at most max_time_ms
+    (nvbench's defaults: 0.5%, 10 samples, 0.5 s, 15 s). Not yet validated on a GPU.
+    """
+
+    engine: Literal["do_bench", "adaptive"] = "do_bench"
     warmup_ms: Annotated[int, Field(ge=0)] = 25
     rep_ms: Annotated[int, Field(gt=0)] = 100
     flush_l2: bool = True
+    min_samples: Annotated[int, Field(ge=2)] = 10
+    min_time_ms: Annotated[int, Field(ge=0)] = 500
+    max_time_ms: Annotated[int, Field(gt=0)] = 15000
+    target_rse: Annotated[float, Field(gt=0, lt=1)] = 0.005
     cpu_reps: Annotated[int, Field(gt=0, le=100)] = 3  # repetitions on the interpreter (not valid timings)
 
 

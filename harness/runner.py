@@ -86,9 +86,8 @@ def _measure_rows(op, case: Case, inputs: Any, ref_out: Any, ref_error: str | No
             status = {"status": "error", "message": problem}
     errors = op.error(case.impl, out, inputs)
     rows = [{**status, **e} for e in (errors if isinstance(errors, list) else [errors])]
-    t = cfg.timing
     timed = rows[-1]
-    m = measure(fn, device, t.warmup_ms, t.rep_ms, t.flush_l2, t.cpu_reps)
+    m = measure(fn, device, cfg.timing)
     timed.update(m.stats(), first_call_ms=first_call_ms, samples_ms=m.samples_ms)
     seconds = timed["ms"] * 1e-3
     timed["gbps"] = op.bytes_moved(case) / seconds / 1e9 if seconds > 0 else None

@@ -32,7 +32,8 @@ def test_quick_config_writes_every_column_with_finite_values(quick_run):
     granularity_points = len(sw.granularity) - 1 + len(sw.group_size)
     assert len(df) == len(sw.op) * len(sw.impl) * len(sw.bits) * len(sw.scheme) * granularity_points
     assert (df["status"] == "ok").all(), df.loc[df["status"] != "ok", "message"].tolist()
-    numeric = ["ms", "ms_p20", "ms_p80", "ms_min", "ms_mean", "ms_std", "cv", "n_samples", "gbps", "weight_bytes", "bits_per_weight",
+    numeric = ["ms", "ms_p20", "ms_p80", "ms_min", "ms_mean", "ms_std", "cv", "n_samples", "gbps",
+               "weight_bytes", "bits_per_weight",
                "compression_vs_fp16", "compression_vs_fp32", "mse", "mae", "max_abs_err", "snr_db", "rel_err"]
     assert df[numeric].map(math.isfinite).all().all()
     assert df["tflops"].isna().all()  # no FLOPs in quantize / dequantize
