@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import asdict, dataclass, fields, replace
 
-from .config import AXES, ConfigError, RunConfig
+from .config import ConfigError, RunConfig
 from .ops import OPS
 
 
@@ -32,14 +32,13 @@ class Case:
         return replace(self, impl="*")
 
     def key(self) -> str:
-        """A stable text key of the case (its identity axes), for resuming and joining runs."""
-        return "|".join(f"{name}={getattr(self, name)}" for name in AXES)
+        """A stable text key of the case (every field), for resuming and joining runs."""
+        return "|".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self))
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-CASE_FIELDS = tuple(f.name for f in fields(Case))
 
 
 def _shape_points(cfg: RunConfig) -> list[tuple[int, int, str | None]]:

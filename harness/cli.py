@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .config import AXES, ConfigError, RunConfig, Sweep, load_config
+from .results import RunFolderError
 
 EXIT_CONFIG = 2
 
@@ -51,9 +52,12 @@ def show_run(path, console: Console) -> None:
 def cmd_run(args, console: Console) -> int:
     from .runner import run_sweep
     cfg = load_config(args.config)
-    writer = run_sweep(cfg, args.out, args.device, show_progress=not args.no_progress)
+    writer = run_sweep(cfg, args.out, args.device, show_progress=not args.no_progress, resume=args.resume)
     show_run(writer.path, console)
     console.print(f"results: {writer.path}")
+    if writer.meta.get("stopped_early"):
+        console.print(f"stopped early: continue with  quantbench run {args.config} --resume {writer.path}")
+        return 130
     return 0
 
 
@@ -113,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default="results", help="folder to create the run folder in (default: results)")
     r.add_argument("--device", default=None, help="override the config's device: auto, cpu, cuda, cuda:N")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument("--resume", metavar="RUN", default=None,
+                   help="continue the run folder RUN (made with the same config), skipping its finished cases")
     r.set_defaults(func=cmd_run)
     v = sub.add_parser("validate", help="check a config and count its cases, running nothing")
     v.add_argument("config")
@@ -135,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:  # plain text, unwrapped: one message per line, greppable in CI logs
         print(f"config error:\n{e}", file=sys.stderr)
         return EXIT_CONFIG
-    except FileNotFoundError as e:
+    except (FileNotFoundError, RunFolderError) as e:  # a missing or damaged run folder
         print(f"error: {e}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:

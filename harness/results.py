@@ -1,7 +1,7 @@
 """The results of a run on disk: one folder, rows appended as they are measured, tables at the end.
 
     results/<name>-<UTC timestamp>/
-        rows.jsonl   one JSON line per measured row, flushed and fsynced before the next case
+        rows.jsonl   one JSON line per finished case (all its rows), fsynced before the next case
         samples.jsonl  every timed sample (ms) of every row, for statistics across runs
         results.csv  the long-format table (one row per case and implementation), written atomically
         meta.json    the config as loaded, the environment, the schema version
@@ -66,39 +66,93 @@ def _json_safe(value: Any) -> Any:
 
 
 class RunWriter:
-    """Creates a run folder and writes into it as the run goes."""
+    """Writes a run folder as the run goes. Each finished case is one line of rows.jsonl (all its
+    rows), flushed and fsynced before the next case starts, so a killed run loses at most the case
+    it was in, and a resumed run knows exactly which cases are done."""
 
-    def __init__(self, out_root: str | Path, name: str, meta: dict[str, Any]):
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        self.run_id = f"{name}-{stamp}"
-        self.path = Path(out_root) / self.run_id
-        self.path.mkdir(parents=True, exist_ok=False)
-        self.meta = {"schema_version": SCHEMA_VERSION, "run_id": self.run_id, "started_utc": utc_now(), **meta}
-        self.rows: list[dict[str, Any]] = []
+    def __init__(self, path: Path, meta: dict[str, Any], done: list[tuple[str, list[dict[str, Any]]]]):
+        self.path = path
+        self.run_id = meta["run_id"]
+        self.meta = meta
+        self.done = {key for key, _ in done}
+        self.rows = [row for _, rows in done for row in rows]
         _atomic_write(self.path / "meta.json", json.dumps(self.meta, indent=2, default=str))
         self._rows_file = open(self.path / "rows.jsonl", "a")
         self._samples_file = open(self.path / "samples.jsonl", "a")
 
-    def append(self, row: dict[str, Any], samples_ms: tuple[float, ...] = ()) -> None:
-        """Record one row (and its raw samples), durably, before the next case runs."""
-        row = {col: row.get(col) for col in COLUMNS}
-        self.rows.append(row)
-        if samples_ms:
-            key = {col: row[col] for col in IDENTITY if col not in ("status", "message")}
-            _append_line(self._samples_file, {**key, "samples_ms": list(samples_ms)})
-        _append_line(self._rows_file, {k: _json_safe(v) for k, v in row.items()})
+    @classmethod
+    def create(cls, out_root: str | Path, name: str, meta: dict[str, Any]) -> "RunWriter":
+        run_id = f"{name}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}"
+        path = Path(out_root) / run_id
+        path.mkdir(parents=True, exist_ok=False)
+        return cls(path, {"schema_version": SCHEMA_VERSION, "run_id": run_id, "started_utc": utc_now(), **meta}, [])
 
-    def finish(self, summarize: Callable[[pd.DataFrame, dict[str, Any]], str]) -> pd.DataFrame:
-        """Write results.csv, meta.json (with the end time and status counts) and summary.md."""
+    @classmethod
+    def resume(cls, path: str | Path) -> "RunWriter":
+        """Continue a run folder: keep its intact cases (a line cut short by a kill is dropped and
+        its case runs again) and the samples of those cases only."""
+        path = Path(path)
+        meta = json.loads((path / "meta.json").read_text())
+        done = read_cases(path / "rows.jsonl", drop_torn_tail=True)
+        keys = {key for key, _ in done}
+        samples = [rec for rec in read_lines(path / "samples.jsonl", drop_torn_tail=True) if rec["case"] in keys]
+        _atomic_write(path / "rows.jsonl", "".join(json.dumps({"case": k, "rows": r}) + "\n" for k, r in done))
+        _atomic_write(path / "samples.jsonl", "".join(json.dumps(rec) + "\n" for rec in samples))
+        meta.setdefault("resumed_utc", []).append(utc_now())
+        return cls(path, meta, done)
+
+    def append_case(self, key: str, rows: list[dict[str, Any]], samples: list[tuple[float, ...]]) -> None:
+        """Record one finished case (its rows, and each row's raw samples) durably."""
+        rows = [{col: row.get(col) for col in COLUMNS} for row in rows]
+        for row, row_samples in zip(rows, samples, strict=True):
+            if row_samples:
+                ident = {col: row[col] for col in IDENTITY if col not in ("status", "message")}
+                _append_line(self._samples_file, {"case": key, **ident, "samples_ms": list(row_samples)})
+        _append_line(self._rows_file, {"case": key, "rows": [{k: _json_safe(v) for k, v in r.items()} for r in rows]})
+        self.rows.extend(rows)
+        self.done.add(key)
+
+    def finish(self, summarize: Callable[[pd.DataFrame, dict[str, Any]], str], **meta: Any) -> pd.DataFrame:
+        """Write results.csv, meta.json (with the end time, status counts and `meta`) and summary.md."""
         self._rows_file.close()
         self._samples_file.close()
         df = to_frame(self.rows)
         _atomic_write(self.path / "results.csv", df.to_csv(index=False))
         counts = df["status"].value_counts().to_dict() if len(df) else {}
-        self.meta.update({"finished_utc": utc_now(), "rows": len(df), "status_counts": counts})
+        self.meta.update({"finished_utc": utc_now(), "rows": len(df), "status_counts": counts, **meta})
         _atomic_write(self.path / "meta.json", json.dumps(self.meta, indent=2, default=str))
         _atomic_write(self.path / "summary.md", summarize(df, self.meta))
         return df
+
+
+class RunFolderError(Exception):
+    """A run folder that cannot be read as it is: the message names the file and line."""
+
+
+def read_lines(path: Path, drop_torn_tail: bool = False) -> list[dict[str, Any]]:
+    """The JSON records of a .jsonl file. A last line without its newline was cut short by a kill:
+    dropped when `drop_torn_tail`, an error otherwise; any other bad line is an error naming the
+    file and line (the lines before it are intact)."""
+    if not path.exists():
+        return []
+    text = path.read_text()
+    lines = text.split("\n")
+    torn = lines.pop()  # "" when the file ends with a newline
+    records = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise RunFolderError(f"{path}:{number}: not a valid JSON record ({e.msg}); lines 1-{number - 1} "
+                             f"are intact") from None
+    if torn and not drop_torn_tail:
+        raise RunFolderError(f"{path}:{len(lines) + 1}: the last line is cut short (a killed run?); "
+                         f"lines 1-{len(lines)} are intact: resume the run to continue it")
+    return records
+
+
+def read_cases(path: Path, drop_torn_tail: bool = False) -> list[tuple[str, list[dict[str, Any]]]]:
+    return [(rec["case"], rec["rows"]) for rec in read_lines(path, drop_torn_tail)]
 
 
 def to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
@@ -122,6 +176,5 @@ def load_run(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
         # runs written before a column existed read it as missing, never as an error
         return df.reindex(columns=COLUMNS + [c for c in df.columns if c not in COLUMNS]), meta
     if (path / "rows.jsonl").exists():
-        rows = [json.loads(line) for line in (path / "rows.jsonl").read_text().splitlines() if line.strip()]
-        return to_frame(rows), meta
+        return to_frame([row for _, rows in read_cases(path / "rows.jsonl") for row in rows]), meta
     raise FileNotFoundError(f"{path}: neither results.csv nor rows.jsonl is there")

@@ -4,8 +4,11 @@ goes on."""
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import sys
+import threading
 import time
 from itertools import groupby
 from pathlib import Path
@@ -96,26 +99,76 @@ def _measure_rows(op, case: Case, inputs: Any, ref_out: Any, ref_error: str | No
     return rows
 
 
+class StopAfterCase:
+    """Ctrl-C (SIGINT) asks the sweep to stop after the case in flight; a second Ctrl-C interrupts
+    at once. What was measured is written either way."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __enter__(self) -> "StopAfterCase":
+        self._previous = signal.getsignal(signal.SIGINT)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nstopping after this case (Ctrl-C again to stop now)", file=sys.stderr)
+
+    def __exit__(self, *exc) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _differences(a: Any, b: Any, path: str = "") -> list[str]:
+    """Key paths where two JSON-like values differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b), key=str)
+                for d in _differences(a.get(k), b.get(k), f"{path}.{k}" if path else str(k))]
+    return [] if a == b else [path or "(config)"]
+
+
+def open_writer(cfg: RunConfig, out_root: str | Path, resume: str | Path | None, meta: dict[str, Any]) -> RunWriter:
+    """A new run folder, or the folder of a run to resume, which must have been made with this
+    config (a changed config would mix two sweeps in one table)."""
+    if resume is None:
+        return RunWriter.create(out_root, cfg.name, meta)
+    meta_file = Path(resume) / "meta.json"
+    if not meta_file.exists():
+        raise ConfigError(f"--resume: {resume} is not a run folder (no meta.json)")
+    recorded = json.loads(meta_file.read_text()).get("config")
+    changed = _differences(recorded, cfg.model_dump(mode="json"))
+    if changed:
+        raise ConfigError(f"--resume: {resume} was run with a different config; changed: {', '.join(changed)}")
+    return RunWriter.resume(resume)
+
+
 def run_sweep(cfg: RunConfig, out_root: str | Path = "results", device: str | None = None,
-              show_progress: bool = True) -> RunWriter:
-    """Run every case of `cfg`, writing into a new folder under `out_root`; returns the writer
-    (its .path is the run folder, its .rows the rows)."""
+              show_progress: bool = True, resume: str | Path | None = None) -> RunWriter:
+    """Run every case of `cfg`, writing into a new folder under `out_root` (or continuing the run
+    folder `resume`, skipping its finished cases); returns the writer (its .path is the run folder,
+    its .rows the rows)."""
     dev = resolve_device(device or cfg.device)
     use_interpreter_on_cpu(dev)
     cases = expand(cfg)
     env = collect_env(dev)
-    writer = RunWriter(out_root, cfg.name, {"config": cfg.model_dump(mode="json"), "env": env,
-                                            "calibration": calibrate(dev), "cases": len(cases)})
+    writer = open_writer(cfg, out_root, resume, {"config": cfg.model_dump(mode="json"), "env": env,
+                                                 "calibration": calibrate(dev), "cases": len(cases)})
     common = {"run_id": writer.run_id, "device": str(dev), "gpu": gpu_name(dev),
               "schema_version": SCHEMA_VERSION, "torch_version": env["torch"], "triton_version": env["triton"]}
     source = InputSource(cfg.weights, cfg.seed, str(dev))
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
-    with Progress(*columns, disable=not show_progress, transient=True) as progress:
-        task = progress.add_task(cfg.name, total=len(cases))
+    with StopAfterCase() as stop, Progress(*columns, disable=not show_progress, transient=True) as progress:
+        task = progress.add_task(cfg.name, total=len(cases), completed=len(writer.done))
         for workload, group in groupby(cases, key=lambda c: c.workload):
+            todo = [case for case in group if case.key() not in writer.done]
+            if not todo or stop.requested:
+                continue
             op = OPS[workload.op]
-            group = list(group)
             progress.update(task, description=f"{workload.op} {workload.bits}b {workload.granularity} "
                                               f"{workload.N}x{workload.K}")
             inputs = ref_out = setup_error = ref_error = None
@@ -125,7 +178,9 @@ def run_sweep(cfg: RunConfig, out_root: str | Path = "results", device: str | No
             except Exception as e:  # recorded on every row of this workload; the sweep goes on
                 setup_error = f"could not prepare inputs or the reference: {_first_line(e)}"
                 ref_error = setup_error
-            for case in group:
+            for case in todo:
+                if stop.requested:
+                    break
                 base = {**case.as_dict(), **common, "utc": utc_now()}
                 if setup_error and (inputs is None or case.impl == op.reference):
                     rows = [{"status": "error", "message": setup_error}]
@@ -134,10 +189,8 @@ def run_sweep(cfg: RunConfig, out_root: str | Path = "results", device: str | No
                         rows = _measure_rows(op, case, inputs, ref_out, ref_error, cfg, dev)
                     except Exception as e:  # one failing case is recorded and the sweep goes on
                         rows = [{"status": "error", "message": _first_line(e)}]
-                for row in rows:
-                    samples = row.pop("samples_ms", ())
-                    writer.append({**base, **op.memory(case), **row}, samples)
+                samples = [row.pop("samples_ms", ()) for row in rows]
+                writer.append_case(case.key(), [{**base, **op.memory(case), **row} for row in rows], samples)
                 progress.advance(task)
-    writer.finish(summary_markdown)
+    writer.finish(summary_markdown, stopped_early=stop.requested)
     return writer
-
