@@ -156,6 +156,19 @@ def _product_problem(out: torch.Tensor, y_quant: torch.Tensor) -> str | None:
     return None if rel <= bound else f"relative error {rel:.3g} against the float64 product exceeds {bound:.3g}"
 
 
+def _output_errors(impl: str, out: torch.Tensor, y_exact: torch.Tensor, y_quant: torch.Tensor) -> dict[str, float]:
+    """The error columns of a product: the method's (float64 with quantized weights against float64
+    with the originals; none for the unquantized fp16 baseline), the kernel's (its output against
+    the float64 output of the same method), the total, and the seed's output metrics."""
+    unquantized = impl == "fp16"
+    method_rel, method_snr = (0.0, math.inf) if unquantized else metrics.output_error(y_quant, y_exact)
+    kernel_rel, kernel_snr = metrics.output_error(out, y_exact if unquantized else y_quant)
+    return {"method_rel_err": method_rel, "method_snr_db": method_snr,
+            "kernel_rel_err": kernel_rel, "kernel_snr_db": kernel_snr,
+            "out_rel_err": metrics.output_error(out, y_exact)[0],
+            **metrics.output_difference(out, y_exact)}
+
+
 def _layer_memory(case) -> dict[str, float]:
     """The weight one layer reads: quantized, or the unquantized one for the fp16 baseline."""
     if case.impl != "fp16":
@@ -198,17 +211,8 @@ class MatmulOp(FormatOp):
         return _product_problem(out, inp.y_quant)
 
     def error(self, impl: str, out: torch.Tensor, inp: MatmulInputs) -> dict[str, float]:
-        unquantized = impl == "fp16"
-        method_rel, method_snr = (0.0, math.inf) if unquantized else metrics.output_error(inp.y_quant, inp.y_exact)
-        kernel_rel, kernel_snr = metrics.output_error(out, inp.y_exact if unquantized else inp.y_quant)
-        w_hat = inp.w if unquantized else kernels.dequantize_ref(inp.q, torch.float32)
-        return {
-            **metrics.weight_error(inp.w, w_hat),
-            "method_rel_err": method_rel, "method_snr_db": method_snr,
-            "kernel_rel_err": kernel_rel, "kernel_snr_db": kernel_snr,
-            "out_rel_err": metrics.output_error(out, inp.y_exact)[0],
-            **metrics.output_difference(out, inp.y_exact),
-        }
+        w_hat = inp.w if impl == "fp16" else kernels.dequantize_ref(inp.q, torch.float32)
+        return {**metrics.weight_error(inp.w, w_hat), **_output_errors(impl, out, inp.y_exact, inp.y_quant)}
 
     def memory(self, case) -> dict[str, float]:
         return _layer_memory(case)
@@ -267,16 +271,8 @@ class StackOp(FormatOp):
         return _product_problem(out[0], inp.y_quant[0])
 
     def error(self, impl: str, out: list[torch.Tensor], inp: StackInputs) -> list[dict[str, float]]:
-        rows = []
-        for depth, (y, exact, quant) in enumerate(zip(out, inp.y_exact, inp.y_quant, strict=True), start=1):
-            unquantized = impl == "fp16"
-            method_rel, method_snr = (0.0, math.inf) if unquantized else metrics.output_error(quant, exact)
-            kernel_rel, kernel_snr = metrics.output_error(y, exact if unquantized else quant)
-            rows.append({"depth": depth, "method_rel_err": method_rel, "method_snr_db": method_snr,
-                         "kernel_rel_err": kernel_rel, "kernel_snr_db": kernel_snr,
-                         "out_rel_err": metrics.output_error(y, exact)[0],
-                         **metrics.output_difference(y, exact)})
-        return rows
+        return [{"depth": depth, **_output_errors(impl, y, exact, quant)}
+                for depth, (y, exact, quant) in enumerate(zip(out, inp.y_exact, inp.y_quant, strict=True), start=1)]
 
     def memory(self, case) -> dict[str, float]:
         one = _layer_memory(case)
@@ -346,13 +342,7 @@ class W8A8MatmulOp(FormatOp):
         return None if rel <= bound else f"relative error {rel:.3g} against the exact W8A8 result exceeds {bound:.3g}"
 
     def error(self, impl: str, out: torch.Tensor, inp: W8A8Inputs) -> dict[str, float]:
-        unquantized = impl == "fp16"
-        method_rel, method_snr = (0.0, math.inf) if unquantized else metrics.output_error(inp.y_quant, inp.y_exact)
-        kernel_rel, kernel_snr = metrics.output_error(out, inp.y_exact if unquantized else inp.y_quant)
-        return {"method_rel_err": method_rel, "method_snr_db": method_snr,
-                "kernel_rel_err": kernel_rel, "kernel_snr_db": kernel_snr,
-                "out_rel_err": metrics.output_error(out, inp.y_exact)[0],
-                **metrics.output_difference(out, inp.y_exact)}
+        return _output_errors(impl, out, inp.y_exact, inp.y_quant)
 
     def memory(self, case) -> dict[str, float]:
         if case.impl == "fp16":
