@@ -83,6 +83,12 @@ class Timing(Strict):
     max_time_ms: Annotated[int, Field(gt=0)] = 15000
     target_rse: Annotated[float, Field(gt=0, lt=1)] = 0.005
     cpu_reps: Annotated[int, Field(gt=0, le=100)] = 3  # repetitions on the interpreter (not valid timings)
+    case_timeout_s: Annotated[float, Field(gt=0)] = 600.0  # a case running longer is recorded as timeout
+
+    @field_validator("case_timeout_s", "target_rse", mode="before")
+    @classmethod
+    def _int_is_float(cls, v: Any) -> Any:
+        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
 
 
 class Shape(Strict):

@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from itertools import groupby
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,41 @@ def use_interpreter_on_cpu(device: torch.device) -> None:
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0] if text else ''}"
+
+
+class CaseTimeout(Exception):
+    """A case ran past timing.case_timeout_s."""
+
+
+@contextmanager
+def case_time_limit(seconds: float):
+    """Raise CaseTimeout in the main thread once `seconds` have passed (checked between Python
+    operations: a single long GPU call finishes first). Elsewhere than the main thread, no limit."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum, frame):
+        raise CaseTimeout(f"over the per-case limit of {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _failed(e: Exception, context: str = "") -> dict[str, Any]:
+    """The row of a case that could not be measured: out of device memory, over its time limit, or
+    any other error, with its reason. The sweep goes on."""
+    if isinstance(e, torch.cuda.OutOfMemoryError):
+        torch.cuda.empty_cache()
+        return {"status": "oom", "message": context + _first_line(e)}
+    if isinstance(e, CaseTimeout):
+        return {"status": "timeout", "message": context + str(e)}
+    return {"status": "error", "message": context + _first_line(e)}
 
 
 def _first_call(fn, device: torch.device) -> tuple[Any, float]:
@@ -171,24 +207,26 @@ def run_sweep(cfg: RunConfig, out_root: str | Path = "results", device: str | No
             op = OPS[workload.op]
             progress.update(task, description=f"{workload.op} {workload.bits}b {workload.granularity} "
                                               f"{workload.N}x{workload.K}")
-            inputs = ref_out = setup_error = ref_error = None
+            inputs = ref_out = setup_failure = ref_error = None
             try:
-                inputs = op.prepare(workload, source)
-                ref_out = op.impls[op.reference](inputs)()
-            except Exception as e:  # recorded on every row of this workload; the sweep goes on
-                setup_error = f"could not prepare inputs or the reference: {_first_line(e)}"
-                ref_error = setup_error
+                with case_time_limit(cfg.timing.case_timeout_s):
+                    inputs = op.prepare(workload, source)
+                    ref_out = op.impls[op.reference](inputs)()
+            except Exception as e:  # recorded on the rows of this workload; the sweep goes on
+                setup_failure = _failed(e, "could not prepare inputs or the reference: ")
+                ref_error = setup_failure["message"]
             for case in todo:
                 if stop.requested:
                     break
                 base = {**case.as_dict(), **common, "utc": utc_now()}
-                if setup_error and (inputs is None or case.impl == op.reference):
-                    rows = [{"status": "error", "message": setup_error}]
+                if setup_failure and (inputs is None or case.impl == op.reference):
+                    rows = [setup_failure]
                 else:
                     try:
-                        rows = _measure_rows(op, case, inputs, ref_out, ref_error, cfg, dev)
+                        with case_time_limit(cfg.timing.case_timeout_s):
+                            rows = _measure_rows(op, case, inputs, ref_out, ref_error, cfg, dev)
                     except Exception as e:  # one failing case is recorded and the sweep goes on
-                        rows = [{"status": "error", "message": _first_line(e)}]
+                        rows = [_failed(e)]
                 samples = [row.pop("samples_ms", ()) for row in rows]
                 writer.append_case(case.key(), [{**base, **op.memory(case), **row} for row in rows], samples)
                 progress.advance(task)

@@ -203,3 +203,35 @@ sweep: {op: matmul_w8a8, impl: [triton, torch, fp16, int_mm], bits: [8, 4], M: [
     assert len(ok) == 6 and (ok["bits"] == 8).all() and (ok["scheme"] == "symmetric").all()
     quant = ok[ok["impl"] != "fp16"]
     assert (quant["kernel_rel_err"] < quant["method_rel_err"] / 10).all()
+
+
+def test_out_of_memory_and_timeout_are_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    import time
+
+    import torch
+
+    def out_of_memory(inputs):
+        def run():
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 GiB")
+        return run
+
+    def slow(inputs):
+        def run():
+            time.sleep(5)
+        return run
+
+    monkeypatch.setitem(ops.OPS["quantize"].impls, "triton", out_of_memory)
+    monkeypatch.setitem(ops.OPS["dequantize"].impls, "triton", slow)
+    path = tmp_path / "faults.yaml"
+    path.write_text("""\
+name: faults
+timing: {cpu_reps: 1, case_timeout_s: 0.5}
+sweep: {op: [quantize, dequantize], bits: [8, 4], granularity: channel, N: [8], K: [64]}
+""")
+    df, meta = load_run(run_sweep(load_config(path), tmp_path, device="cpu", show_progress=False).path)
+    status = df.groupby(["op", "impl"])["status"].agg(set)
+    assert status["quantize", "triton"] == {"oom"} and status["dequantize", "triton"] == {"timeout"}
+    assert status["quantize", "torch"] == status["dequantize", "torch"] == {"ok"}
+    assert meta["status_counts"] == {"oom": 2, "timeout": 2, "ok": 4}
+    assert df.loc[df["status"] == "timeout", "message"].str.contains("per-case limit of 0.5 s").all()
+    assert df.loc[df["status"] == "oom", "message"].str.startswith("OutOfMemoryError: CUDA out of memory").all()
