@@ -27,8 +27,9 @@ SCHEMA_VERSION = 1
 IDENTITY = ["run_id", "op", "impl", "bits", "scheme", "granularity", "group_size", "dtype",
             "M", "N", "K", "layers", "depth", "shape_name", "device", "gpu", "status", "message"]
 # first_call_ms: the untimed first call, which compiles (Triton, torch.compile) and autotunes
+# intensity: FLOPs per byte moved; pct_peak_bw: gbps against the run's measured copy bandwidth
 TIME = ["ms", "ms_p20", "ms_p80", "ms_min", "ms_mean", "ms_std", "cv", "n_samples", "timing_valid",
-        "gbps", "tflops", "first_call_ms"]
+        "gbps", "tflops", "intensity", "pct_peak_bw", "first_call_ms"]
 MEMORY = ["weight_bytes", "bits_per_weight", "compression_vs_fp16", "compression_vs_fp32"]
 ERROR = ["mse", "mae", "max_abs_err", "snr_db", "rel_err"]
 # matmul and stack rows: the method's error (float64 output with W_hat against the one with W), the

@@ -110,7 +110,7 @@ def _first_call(fn, device: torch.device) -> tuple[Any, float]:
 
 
 def _measure_rows(op, case: Case, inputs: Any, ref_out: Any, ref_error: str | None, cfg: RunConfig,
-                  device: torch.device) -> list[dict[str, Any]]:
+                  device: torch.device, copy_gbps: float | None) -> list[dict[str, Any]]:
     """The rows of one case and implementation: one, or one per depth for a stack (the time of
     the whole stack then goes on the last depth's row)."""
     try:
@@ -129,9 +129,11 @@ def _measure_rows(op, case: Case, inputs: Any, ref_out: Any, ref_error: str | No
     m = measure(fn, device, cfg.timing)
     timed.update(m.stats(), first_call_ms=first_call_ms, samples_ms=m.samples_ms)
     seconds = timed["ms"] * 1e-3
-    timed["gbps"] = op.bytes_moved(case) / seconds / 1e9 if seconds > 0 else None
-    flops = op.flops(case)
+    nbytes, flops = op.bytes_moved(case), op.flops(case)
+    timed["gbps"] = nbytes / seconds / 1e9 if seconds > 0 else None
     timed["tflops"] = flops / seconds / 1e12 if flops and seconds > 0 else None
+    timed["intensity"] = flops / nbytes if flops else None
+    timed["pct_peak_bw"] = 100 * timed["gbps"] / copy_gbps if copy_gbps and timed["gbps"] else None
     return rows
 
 
@@ -224,7 +226,8 @@ def run_sweep(cfg: RunConfig, out_root: str | Path = "results", device: str | No
                 else:
                     try:
                         with case_time_limit(cfg.timing.case_timeout_s):
-                            rows = _measure_rows(op, case, inputs, ref_out, ref_error, cfg, dev)
+                            rows = _measure_rows(op, case, inputs, ref_out, ref_error, cfg, dev,
+                                                 writer.meta["calibration"].get("copy_gbps"))
                     except Exception as e:  # one failing case is recorded and the sweep goes on
                         rows = [_failed(e)]
                 samples = [row.pop("samples_ms", ()) for row in rows]

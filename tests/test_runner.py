@@ -140,6 +140,10 @@ sweep:
     # the kernel's own error is float rounding, far below the method's
     assert (quant["kernel_rel_err"] < quant["method_rel_err"] / 10).all()
     assert (ok["tflops"] > 0).all() and ok[["out_mean_abs_diff", "out_mean_rel_diff_pct"]].notna().all().all()
+    # FLOPs over bytes: 2 M N K / (x + weight + y bytes), float16 by default
+    row = ok[(ok["impl"] == "fp16") & (ok["M"] == 5)].iloc[0]
+    assert row["intensity"] == pytest.approx(2 * 5 * 24 * 64 / (2 * (5 * 64 + 24 * 64 + 5 * 24)))  # fp16
+    assert ok["pct_peak_bw"].isna().all()  # no copy bandwidth is measured on the CPU
 
 
 def test_stack_rows_per_depth_and_depth_one_is_the_matmul(tmp_path):
