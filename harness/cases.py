@@ -39,8 +39,6 @@ class Case:
         return asdict(self)
 
 
-
-
 def _shape_points(cfg: RunConfig) -> list[tuple[int, int, str | None]]:
     if cfg.weights.source == "safetensors":
         from .inputs import checkpoint_matrices

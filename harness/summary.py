@@ -6,7 +6,6 @@ import math
 
 import pandas as pd
 
-CASE_KEYS = ["shape_name", "N", "K", "M", "layers", "dtype", "bits", "scheme", "granularity", "group_size"]
 SCHEME_SHORT = {"asymmetric": "asym", "symmetric": "sym"}
 
 
@@ -32,9 +31,9 @@ def with_labels(d: pd.DataFrame) -> pd.DataFrame:
 
 
 def op_table(df: pd.DataFrame, op: str, copy_gbps: float | None = None) -> pd.DataFrame:
-    """One row per case of `op`: median ms per implementation, speedup of triton over torch,
-    triton's GB/s (and its share of the measured copy bandwidth), and the memory and error of the
-    quantized weight."""
+    """One row per case of `op`: median ms per implementation, the speedup of triton over each of
+    the others, triton's GB/s (its share of the measured copy bandwidth) and TFLOP/s, and the
+    memory and error of the quantized weight (of the output, for products)."""
     d = df[(df["op"] == op) & (df["status"] == "ok")]
     if d["depth"].notna().any():
         d = d[d["ms"].notna()]  # a stack: its timed row is the last depth's
