@@ -1,4 +1,4 @@
-"""The `quantbench` command: run, validate, list, show."""
+"""The `quantbench` command: run, validate, list, show, compare."""
 
 from __future__ import annotations
 
@@ -108,6 +108,24 @@ def cmd_show(args, console: Console) -> int:
     return 0
 
 
+def cmd_compare(args, console: Console) -> int:
+    from pathlib import Path
+
+    from .compare import Thresholds, compare_runs, write_report
+    table = compare_runs(args.base, args.candidate, Thresholds(args.alpha, args.min_effect, args.snr_tolerance_db))
+    out = Path(args.out or Path(args.candidate) / "compare")
+    verdict = write_report(table, out)
+    console.print(", ".join(f"{k}: {v}" for k, v in verdict["counts"].items()))
+    changed = table[table["verdict"] != "same"]
+    if not changed.empty:
+        cols = [c for c in ("op", "impl", "bits", "granularity", "M", "N", "K", "base_ms", "cand_ms", "ratio",
+                            "latency", "accuracy", "verdict") if c in changed]
+        _print_table(console, "changed", changed[cols])
+    console.print(f"written: {out}/compare.md, compare.csv, verdict.json")
+    failing = verdict["counts"].get(args.fail_on, 0) if args.fail_on else 0
+    return 1 if failing else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="quantbench", description="Benchmark Triton quantization kernels "
                                 "against PyTorch: latency, memory and error on one table.")
@@ -125,6 +143,18 @@ def build_parser() -> argparse.ArgumentParser:
     v.set_defaults(func=cmd_validate)
     ls = sub.add_parser("list", help="ops, implementations and sweep axes")
     ls.set_defaults(func=cmd_list)
+    c = sub.add_parser("compare", help="compare a candidate run with a baseline, case by case")
+    c.add_argument("base", help="baseline run folder")
+    c.add_argument("candidate", help="candidate run folder")
+    c.add_argument("--out", default=None, help="where to write compare.md/.csv and verdict.json "
+                                               "(default: CANDIDATE/compare)")
+    c.add_argument("--fail-on", choices=("regression",), default=None, help="exit 1 if any case has this verdict")
+    c.add_argument("--alpha", type=float, default=0.002, help="Mann-Whitney U significance level (default 0.002)")
+    c.add_argument("--min-effect", type=float, default=0.10, help="smallest change of the median that counts "
+                                                                   "(default 0.10 = 10%%)")
+    c.add_argument("--snr-tolerance-db", type=float, default=0.5, help="largest SNR drop that is not a "
+                                                                        "regression (default 0.5 dB)")
+    c.set_defaults(func=cmd_compare)
     s = sub.add_parser("show", help="print the tables of a run folder")
     s.add_argument("run")
     s.set_defaults(func=cmd_show)
