@@ -1,4 +1,4 @@
-"""The `quantbench` command: run, validate, list, show, compare."""
+"""The `quantbench` command: run, validate, list, show, compare, merge."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .config import AXES, ConfigError, RunConfig, Sweep, load_config
+from .merge import MergeError
 from .results import RunFolderError
 
 EXIT_CONFIG = 2
@@ -52,12 +53,31 @@ def show_run(path, console: Console) -> None:
 def cmd_run(args, console: Console) -> int:
     from .runner import run_sweep
     cfg = load_config(args.config)
-    writer = run_sweep(cfg, args.out, args.device, show_progress=not args.no_progress, resume=args.resume)
+    writer = run_sweep(cfg, args.out, args.device, show_progress=not args.no_progress, resume=args.resume,
+                       shard=_shard(args.shard))
     show_run(writer.path, console)
     console.print(f"results: {writer.path}")
     if writer.meta.get("stopped_early"):
         console.print(f"stopped early: continue with  quantbench run {args.config} --resume {writer.path}")
         return 130
+    return 0
+
+
+def _shard(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard: expected I/N such as 1/4, got {text!r}") from None
+    return index, count
+
+
+def cmd_merge(args, console: Console) -> int:
+    from .merge import merge_runs
+    path = merge_runs(args.runs, args.out)
+    show_run(path, console)
+    console.print(f"merged: {path}")
     return 0
 
 
@@ -135,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default="results", help="folder to create the run folder in (default: results)")
     r.add_argument("--device", default=None, help="override the config's device: auto, cpu, cuda, cuda:N")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument("--shard", metavar="I/N", default=None,
+                   help="run only shard I of N (1-based): a deterministic split by workload, for CI matrices")
     r.add_argument("--resume", metavar="RUN", default=None,
                    help="continue the run folder RUN (made with the same config), skipping its finished cases")
     r.set_defaults(func=cmd_run)
@@ -143,6 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.set_defaults(func=cmd_validate)
     ls = sub.add_parser("list", help="ops, implementations and sweep axes")
     ls.set_defaults(func=cmd_list)
+    mg = sub.add_parser("merge", help="join run folders (shards, machines) into one")
+    mg.add_argument("runs", nargs="+", help="run folders of one config and schema")
+    mg.add_argument("--out", default="results", help="folder to create the merged run folder in")
+    mg.set_defaults(func=cmd_merge)
     c = sub.add_parser("compare", help="compare a candidate run with a baseline, case by case")
     c.add_argument("base", help="baseline run folder")
     c.add_argument("candidate", help="candidate run folder")
@@ -171,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:  # plain text, unwrapped: one message per line, greppable in CI logs
         print(f"config error:\n{e}", file=sys.stderr)
         return EXIT_CONFIG
-    except (FileNotFoundError, RunFolderError) as e:  # a missing or damaged run folder
+    except (FileNotFoundError, RunFolderError, MergeError) as e:  # a missing, damaged or mismatched run folder
         print(f"error: {e}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:

@@ -169,11 +169,12 @@ def _differences(a: Any, b: Any, path: str = "") -> list[str]:
     return [] if a == b else [path or "(config)"]
 
 
-def open_writer(cfg: RunConfig, out_root: str | Path, resume: str | Path | None, meta: dict[str, Any]) -> RunWriter:
+def open_writer(cfg: RunConfig, out_root: str | Path, resume: str | Path | None, name: str,
+                meta: dict[str, Any]) -> RunWriter:
     """A new run folder, or the folder of a run to resume, which must have been made with this
     config (a changed config would mix two sweeps in one table)."""
     if resume is None:
-        return RunWriter.create(out_root, cfg.name, meta)
+        return RunWriter.create(out_root, name, meta)
     meta_file = Path(resume) / "meta.json"
     if not meta_file.exists():
         raise ConfigError(f"--resume: {resume} is not a run folder (no meta.json)")
@@ -184,17 +185,33 @@ def open_writer(cfg: RunConfig, out_root: str | Path, resume: str | Path | None,
     return RunWriter.resume(resume)
 
 
+def shard_of(cases: list[Case], index: int, count: int) -> list[Case]:
+    """Shard `index` (1-based) of `count`: every count-th workload, all implementations of a
+    workload in one shard (so its inputs and reference are made once). Deterministic: the same
+    config always splits the same way, and the shards together are the whole sweep."""
+    if not 1 <= index <= count:
+        raise ConfigError(f"--shard: expected I/N with 1 <= I <= N, got {index}/{count}")
+    workloads = list(dict.fromkeys(c.workload for c in cases))
+    mine = set(workloads[index - 1::count])
+    return [c for c in cases if c.workload in mine]
+
+
 def run_sweep(cfg: RunConfig, out_root: str | Path = "results", device: str | None = None,
-              show_progress: bool = True, resume: str | Path | None = None) -> RunWriter:
-    """Run every case of `cfg`, writing into a new folder under `out_root` (or continuing the run
-    folder `resume`, skipping its finished cases); returns the writer (its .path is the run folder,
-    its .rows the rows)."""
+              show_progress: bool = True, resume: str | Path | None = None,
+              shard: tuple[int, int] | None = None) -> RunWriter:
+    """Run every case of `cfg` (or of one shard of it), writing into a new folder under
+    `out_root` (or continuing the run folder `resume`, skipping its finished cases); returns the
+    writer (its .path is the run folder, its .rows the rows)."""
     dev = resolve_device(device or cfg.device)
     use_interpreter_on_cpu(dev)
     cases = expand(cfg)
+    if shard is not None:
+        cases = shard_of(cases, *shard)
     env = collect_env(dev)
-    writer = open_writer(cfg, out_root, resume, {"config": cfg.model_dump(mode="json"), "env": env,
-                                                 "calibration": calibrate(dev), "cases": len(cases)})
+    name = cfg.name if shard is None else f"{cfg.name}-shard{shard[0]}of{shard[1]}"
+    writer = open_writer(cfg, out_root, resume, name, {"config": cfg.model_dump(mode="json"), "env": env,
+                                                       "calibration": calibrate(dev), "cases": len(cases),
+                                                       "shard": list(shard) if shard else None})
     common = {"run_id": writer.run_id, "device": str(dev), "gpu": gpu_name(dev),
               "schema_version": SCHEMA_VERSION, "torch_version": env["torch"], "triton_version": env["triton"]}
     source = InputSource(cfg.weights, cfg.seed, str(dev))

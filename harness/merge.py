@@ -1,0 +1,51 @@
+"""Join run folders (the shards of a CI matrix, or one config run on several machines) into one."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .results import SCHEMA_VERSION, _atomic_write, read_cases, read_lines, to_frame, utc_now
+from .summary import summary_markdown
+
+
+class MergeError(Exception):
+    """Run folders that cannot be merged; the message says which and why."""
+
+
+def merge_runs(runs: list[str | Path], out_root: str | Path) -> Path:
+    """A new run folder holding every case of `runs`. Refused when their schema versions or
+    configs differ, or when one case appears in two of them."""
+    runs = [Path(r) for r in runs]
+    metas = [json.loads((r / "meta.json").read_text()) for r in runs]
+    for run, meta in zip(runs, metas, strict=True):
+        if meta.get("schema_version") != SCHEMA_VERSION:
+            raise MergeError(f"{run}: schema version {meta.get('schema_version')}, this quantbench writes "
+                             f"{SCHEMA_VERSION}: columns would not line up")
+        if meta.get("config") != metas[0].get("config"):
+            raise MergeError(f"{run}: made with a different config than {runs[0]}")
+    cases, samples, seen = [], [], {}
+    for run in runs:
+        for key, rows in read_cases(run / "rows.jsonl"):
+            if key in seen:
+                raise MergeError(f"case {key} is in both {seen[key]} and {run}")
+            seen[key] = run
+            cases.append((key, rows))
+        samples += read_lines(run / "samples.jsonl")
+    name = metas[0]["config"]["name"]
+    run_id = f"{name}-merged-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}"
+    path = Path(out_root) / run_id
+    path.mkdir(parents=True, exist_ok=False)
+    df = to_frame([row for _, rows in cases for row in rows])
+    meta = {"schema_version": SCHEMA_VERSION, "run_id": run_id, "merged_utc": utc_now(),
+            "merged_from": [m["run_id"] for m in metas], "config": metas[0]["config"],
+            "env": metas[0].get("env", {}), "envs": [m.get("env", {}) for m in metas],
+            "calibration": metas[0].get("calibration", {}), "rows": len(df),
+            "status_counts": df["status"].value_counts().to_dict()}
+    _atomic_write(path / "rows.jsonl", "".join(json.dumps({"case": k, "rows": r}) + "\n" for k, r in cases))
+    _atomic_write(path / "samples.jsonl", "".join(json.dumps(rec) + "\n" for rec in samples))
+    _atomic_write(path / "results.csv", df.to_csv(index=False))
+    _atomic_write(path / "meta.json", json.dumps(meta, indent=2, default=str))
+    _atomic_write(path / "summary.md", summary_markdown(df, meta))
+    return path

@@ -1,0 +1,57 @@
+"""Shards of a sweep split it deterministically; merged, they are the whole sweep."""
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from quantbench.harness.cases import expand
+from quantbench.harness.config import load_config
+from quantbench.harness.merge import MergeError, merge_runs
+from quantbench.harness.results import load_run
+from quantbench.harness.runner import run_sweep, shard_of
+
+CONFIG = """\
+name: sh
+timing: {cpu_reps: 1}
+sweep: {op: [quantize, dequantize], bits: [8, 4, 2], scheme: symmetric, granularity: channel, N: [8], K: [64]}
+"""
+SAME = ["op", "impl", "bits", "status", "weight_bytes", "mse", "snr_db"]
+
+
+def test_shards_partition_the_sweep_by_workload(tmp_path):
+    path = tmp_path / "sh.yaml"
+    path.write_text(CONFIG)
+    cases = expand(load_config(path))
+    shards = [shard_of(cases, i, 3) for i in (1, 2, 3)]
+    assert sorted(c.key() for s in shards for c in s) == sorted(c.key() for c in cases)
+    for s in shards:  # both implementations of a workload land in one shard
+        assert {c.workload for c in s}.isdisjoint({c.workload for o in shards if o is not s for c in o})
+    assert shard_of(cases, 2, 3) == shards[1]  # deterministic
+
+
+def test_merged_shards_equal_the_whole_run(tmp_path):
+    path = tmp_path / "sh.yaml"
+    path.write_text(CONFIG)
+    cfg = load_config(path)
+    parts = [run_sweep(cfg, tmp_path / "parts", device="cpu", show_progress=False, shard=(i, 2)).path for i in (1, 2)]
+    out = subprocess.run([sys.executable, "-m", "quantbench.harness.cli", "merge", *map(str, parts),
+                          "--out", str(tmp_path / "merged")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    (merged,) = (tmp_path / "merged").iterdir()
+    whole = run_sweep(cfg, tmp_path / "whole", device="cpu", show_progress=False).path
+    got, meta = load_run(merged)
+    want, _ = load_run(whole)
+    key = ["op", "impl", "bits"]
+    pd.testing.assert_frame_equal(got[SAME].sort_values(key).reset_index(drop=True),
+                                  want[SAME].sort_values(key).reset_index(drop=True))
+    assert len(meta["merged_from"]) == 2 and (merged / "samples.jsonl").read_text().count("\n") == len(got)
+
+    with pytest.raises(MergeError, match="is in both"):
+        merge_runs([parts[0], parts[0]], tmp_path / "dup")
+    other = tmp_path / "other.yaml"
+    other.write_text(CONFIG.replace("N: [8]", "N: [16]"))
+    different = run_sweep(load_config(other), tmp_path / "o", device="cpu", show_progress=False, shard=(1, 2)).path
+    with pytest.raises(MergeError, match="different config"):
+        merge_runs([parts[0], different], tmp_path / "mixed")
