@@ -146,6 +146,22 @@ def cmd_compare(args, console: Console) -> int:
     return 1 if failing else 0
 
 
+def cmd_compare_gpus(args, console: Console) -> int:
+    from pathlib import Path
+
+    from .compare import gpu_table
+    from .summary import to_markdown
+    table = gpu_table(args.runs)
+    _print_table(console, "GPU against GPU", table)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        table.to_csv(out / "gpus.csv", index=False)
+        (out / "gpus.md").write_text("# GPU against GPU\n\n" + to_markdown(table) + "\n")
+        console.print(f"written: {out}/gpus.md, gpus.csv")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="quantbench", description="Benchmark Triton quantization kernels "
                                 "against PyTorch: latency, memory and error on one table.")
@@ -181,6 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--snr-tolerance-db", type=float, default=0.5, help="largest SNR drop that is not a "
                                                                         "regression (default 0.5 dB)")
     c.set_defaults(func=cmd_compare)
+    g = sub.add_parser("compare-gpus", help="the same cases on several GPUs, side by side")
+    g.add_argument("runs", nargs="+", help="run folders of the same config on different GPUs")
+    g.add_argument("--out", default=None, help="also write gpus.md and gpus.csv there")
+    g.set_defaults(func=cmd_compare_gpus)
     s = sub.add_parser("show", help="print the tables of a run folder")
     s.add_argument("run")
     s.set_defaults(func=cmd_show)

@@ -110,3 +110,34 @@ def write_report(table: pd.DataFrame, out: Path) -> dict:
         lines += [to_markdown(changed[cols]), ""]
     (out / "compare.md").write_text("\n".join(lines))
     return verdict
+
+
+WORKLOAD = [c for c in KEY if c != "impl"]
+
+
+def gpu_table(runs: list[str | Path]) -> pd.DataFrame:
+    """GPU against GPU: for each case the runs share, each run's Triton time, its speedup over
+    every other implementation measured beside it, and its share of that GPU's own measured copy
+    bandwidth, side by side (ratios within one GPU compare fairly across GPUs; absolute times do
+    not). Columns are named after the GPU (and the run, where two runs share a GPU)."""
+    loaded = [load_run(run) for run in runs]
+    gpus = [meta.get("env", {}).get("gpu", "?") for _, meta in loaded]
+    frames, labels = [], None
+    for (df, meta), gpu in zip(loaded, gpus, strict=True):
+        name = gpu if gpus.count(gpu) == 1 else f"{gpu} [{meta.get('run_id')}]"
+        ok = df[(df["status"] == "ok") & df["ms"].notna()].copy()
+        ok["workload"] = [_key(row) for row in ok[WORKLOAD].itertuples(index=False)]
+        ms = ok.pivot_table(index="workload", columns="impl", values="ms", aggfunc="first")
+        if "triton" not in ms:
+            raise ValueError(f"{meta.get('run_id')}: no triton rows to compare")
+        wide = pd.DataFrame({f"{name}: ms triton": ms["triton"]})
+        for impl in ms.columns.drop("triton"):
+            wide[f"{name}: triton vs {impl}"] = ms[impl] / ms["triton"]
+        copy_gbps = meta.get("calibration", {}).get("copy_gbps")
+        if copy_gbps:
+            wide[f"{name}: % of copy"] = 100 * ok[ok["impl"] == "triton"].set_index("workload")["gbps"] / copy_gbps
+        frames.append(wide)
+        labels = ok.drop_duplicates("workload").set_index("workload")[
+            ["op", "bits", "scheme", "granularity", "group_size", "dtype", "M", "N", "K"]]
+    table = pd.concat(frames, axis=1, join="inner")
+    return labels.join(table, how="inner").reset_index(drop=True)

@@ -65,3 +65,13 @@ def test_new_missing_and_an_accuracy_regression(tmp_path, monkeypatch):
     verdict = json.loads((tmp_path / "cmp" / "verdict.json").read_text())
     assert verdict["counts"] == {"regression": 1, "improvement": 0, "same": 1, "noisy": 0, "new": 2, "missing": 2}
     assert "regression" in (tmp_path / "cmp" / "compare.md").read_text()
+
+
+def test_gpu_table_puts_runs_side_by_side(tmp_path):
+    from quantbench.harness.compare import gpu_table
+    a, b = run(tmp_path, "a", "[8, 4]"), run(tmp_path, "b", "[4]")
+    table = gpu_table([a, b])
+    assert len(table) == 1 and table["bits"].tolist() == [4]  # only the cases both runs have
+    speedups = [c for c in table.columns if c.endswith("triton vs torch")]
+    assert len(speedups) == 2 and all(table[c].iloc[0] > 0 for c in speedups)
+    assert len({c.split(": ")[0] for c in speedups}) == 2  # same GPU name: told apart by run id
