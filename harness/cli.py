@@ -1,4 +1,5 @@
-"""The `quantbench` command: run, validate, list, show, compare, merge."""
+"""The `quantbench` command: run, validate, list, show, compare, compare-gpus, merge, and
+conversion to and from pytest-benchmark JSON."""
 
 from __future__ import annotations
 
@@ -162,6 +163,28 @@ def cmd_compare_gpus(args, console: Console) -> int:
     return 0
 
 
+def cmd_to_pytest_benchmark(args, console: Console) -> int:
+    import json
+
+    from .pytest_benchmark_json import to_pytest_benchmark
+    text = json.dumps(to_pytest_benchmark(args.run), indent=2, default=str)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+        console.print(f"written: {args.out}")
+    else:
+        print(text)
+    return 0
+
+
+def cmd_from_pytest_benchmark(args, console: Console) -> int:
+    from .pytest_benchmark_json import from_pytest_benchmark
+    path = from_pytest_benchmark(args.json, args.out)
+    show_run(path, console)
+    console.print(f"results: {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="quantbench", description="Benchmark Triton quantization kernels "
                                 "against PyTorch: latency, memory and error on one table.")
@@ -201,6 +224,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("runs", nargs="+", help="run folders of the same config on different GPUs")
     g.add_argument("--out", default=None, help="also write gpus.md and gpus.csv there")
     g.set_defaults(func=cmd_compare_gpus)
+    tp = sub.add_parser("to-pytest-benchmark", help="a run folder as pytest-benchmark JSON")
+    tp.add_argument("run")
+    tp.add_argument("--out", default=None, help="file to write (default: standard output)")
+    tp.set_defaults(func=cmd_to_pytest_benchmark)
+    fp = sub.add_parser("from-pytest-benchmark", help="pytest-benchmark JSON as a run folder")
+    fp.add_argument("json")
+    fp.add_argument("--out", default="results", help="folder to create the run folder in")
+    fp.set_defaults(func=cmd_from_pytest_benchmark)
     s = sub.add_parser("show", help="print the tables of a run folder")
     s.add_argument("run")
     s.set_defaults(func=cmd_show)

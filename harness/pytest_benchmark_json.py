@@ -1,0 +1,100 @@
+"""Conversion between quantbench run folders and pytest-benchmark's JSON, both ways.
+
+A row becomes one pytest-benchmark entry named like the test in tests/benchmarks (so
+`pytest --benchmark-compare` can line a converted run up with a pytest run), its statistics
+computed by pytest-benchmark's own Stats from the raw samples (seconds), and its case in `params`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pytest_benchmark.stats import Stats
+
+from .results import COLUMNS, RunWriter, load_run, read_lines
+from .summary import summary_markdown
+from .timing import Measurement
+
+BENCH_MODULE = "tests/benchmarks/test_kernels.py"
+CASE_COLUMNS = ["op", "impl", "bits", "scheme", "granularity", "group_size", "dtype", "M", "N", "K", "layers",
+                "depth", "shape_name"]
+
+
+def _plain(v):
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return None
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return v
+
+
+def bench_id(case: dict) -> str:
+    """The pytest id of a case: readable, unique within a sweep."""
+    parts = [case["op"], case["impl"]]
+    if case.get("bits") is not None:
+        gran = f"g{case['group_size']}" if case["granularity"] == "group" else case["granularity"]
+        parts += [f"int{case['bits']}", case["scheme"][:4], gran]
+    parts.append(case["dtype"])
+    if case.get("M") is not None:
+        parts.append(f"M{case['M']}")
+    parts.append(case.get("shape_name") or f"{case['N']}x{case['K']}")
+    if case.get("layers") is not None:
+        parts.append(f"L{case['layers']}")
+    return "-".join(str(p) for p in parts)
+
+
+def to_pytest_benchmark(run: str | Path) -> dict:
+    """A run folder as pytest-benchmark JSON (rows with timings only)."""
+    run = Path(run)
+    df, meta = load_run(run)
+    samples = {}
+    for rec in read_lines(run / "samples.jsonl"):
+        samples[bench_id({c: _plain(rec.get(c)) for c in CASE_COLUMNS})] = rec["samples_ms"]
+    benchmarks = []
+    for row in df[df["ms"].notna()].to_dict("records"):
+        case = {c: _plain(row[c]) for c in CASE_COLUMNS}
+        name = bench_id(case)
+        stats = Stats()
+        for ms in samples.get(name, [row["ms"]]):
+            stats.update(ms / 1e3)
+        benchmarks.append({
+            "group": case["op"], "name": f"test_kernel[{name}]", "fullname": f"{BENCH_MODULE}::test_kernel[{name}]",
+            "params": {"case": name}, "param": name,
+            "extra_info": {"case": case, "timing_valid": bool(row["timing_valid"]), "gpu": row["gpu"],
+                           "run_id": row["run_id"]},
+            "options": {"disable_gc": False, "timer": "cuda events", "min_rounds": 1, "max_time": None,
+                        "min_time": None, "warmup": True},
+            "stats": {**stats.as_dict(), "data": [ms / 1e3 for ms in samples.get(name, [])]},
+        })
+    env = meta.get("env", {})
+    return {"machine_info": {"node": env.get("hostname"), "gpu": env.get("gpu"), "python_version": env.get("python")},
+            "commit_info": {"id": env.get("git_commit"), "dirty": env.get("git_dirty")},
+            "benchmarks": benchmarks, "datetime": meta.get("started_utc"), "version": "5.3.1"}
+
+
+def from_pytest_benchmark(path: str | Path, out_root: str | Path) -> Path:
+    """A pytest-benchmark JSON file (of tests/benchmarks, or converted from a run) as a run folder."""
+    data = json.loads(Path(path).read_text())
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    writer = RunWriter.create(out_root, f"pytest-benchmark-{Path(path).stem}", {
+        "source": str(path), "machine_info": data.get("machine_info"), "commit_info": data.get("commit_info"),
+        "env": {"gpu": data.get("machine_info", {}).get("gpu"), "git_commit": data.get("commit_info", {}).get("id")},
+        "imported_utc": stamp})
+    for bench in data["benchmarks"]:
+        stats, extra = bench["stats"], bench.get("extra_info", {})
+        ms = tuple(s * 1e3 for s in stats.get("data") or [])
+        row = {**extra["case"], "run_id": writer.run_id, "status": "ok", "message": "",
+               "gpu": extra.get("gpu")}
+        if ms:  # saved with --benchmark-save-data: every statistic from the samples themselves
+            row.update(Measurement(ms, bool(extra.get("timing_valid"))).stats())
+        else:
+            row.update(ms=stats["median"] * 1e3, ms_min=stats["min"] * 1e3, ms_mean=stats["mean"] * 1e3,
+                       ms_std=stats["stddev"] * 1e3, n_samples=stats["rounds"], timing_valid=extra.get("timing_valid"),
+                       cv=stats["stddev"] / stats["mean"] if stats["mean"] else None)
+        writer.append_case(bench["fullname"], [{c: row.get(c) for c in COLUMNS}], [ms])
+    writer.finish(summary_markdown)
+    return writer.path
+

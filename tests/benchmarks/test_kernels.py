@@ -1,0 +1,55 @@
+"""pytest-benchmark over a quantbench config, GPU-synchronised, L2 flushed before every round:
+
+    pytest tests/benchmarks --benchmark-json=out.json [--benchmark-save-data]
+    pytest tests/benchmarks --benchmark-compare --benchmark-compare-fail=median:5%
+    QUANTBENCH_BENCH_CONFIG=configs/default.yaml pytest tests/benchmarks ...
+
+Skipped without a GPU: it times kernels, and interpreter timings mean nothing. Each case is also
+checked against its reference, as in `quantbench run`; the case goes into extra_info, so that
+`quantbench from-pytest-benchmark` can turn the JSON into a run folder.
+"""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from quantbench.harness.cases import expand
+from quantbench.harness.config import load_config
+from quantbench.harness.inputs import InputSource
+from quantbench.harness.ops import OPS, Skipped
+from quantbench.harness.pytest_benchmark_json import bench_id
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = load_config(os.environ.get("QUANTBENCH_BENCH_CONFIG", ROOT / "configs" / "quick.yaml"))
+CASES = [c for c in expand(CONFIG) if not c.layers]  # a stack has one row per depth: use quantbench run
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="benchmarks time GPU kernels")
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: bench_id(c.as_dict()))
+def test_kernel(benchmark, case):
+    op = OPS[case.op]
+    inputs = op.prepare(case, InputSource(CONFIG.weights, CONFIG.seed, "cuda"))
+    try:
+        fn = op.impls[case.impl](inputs)
+    except Skipped as e:
+        pytest.skip(str(e))
+    out = fn()  # compiles and autotunes outside the rounds
+    if case.impl in op.checked:
+        assert op.verify(out, op.impls[op.reference](inputs)(), inputs) is None
+    l2 = torch.cuda.get_device_properties(0).L2_cache_size
+    flush = torch.empty(2 * l2 // 4, dtype=torch.int32, device="cuda")
+
+    def flush_l2():
+        flush.zero_()
+        torch.cuda.synchronize()
+
+    def synchronised():
+        fn()
+        torch.cuda.synchronize()
+
+    benchmark.extra_info.update(timing_valid=True, gpu=torch.cuda.get_device_name(0))
+    benchmark.pedantic(synchronised, setup=flush_l2, rounds=50, warmup_rounds=5)
+    benchmark.extra_info["case"] = case.as_dict()

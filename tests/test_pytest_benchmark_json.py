@@ -1,0 +1,32 @@
+"""quantbench runs and pytest-benchmark JSON convert both ways without losing the timings."""
+
+import json
+
+import pandas as pd
+import pytest
+from pytest_benchmark.stats import Stats
+
+from quantbench.harness.config import load_config
+from quantbench.harness.pytest_benchmark_json import from_pytest_benchmark, to_pytest_benchmark
+from quantbench.harness.results import load_run
+from quantbench.harness.runner import run_sweep
+
+
+def test_round_trip(tmp_path):
+    path = tmp_path / "pb.yaml"
+    path.write_text("name: pb\ntiming: {cpu_reps: 4}\nsweep: {op: [quantize, matmul], bits: [8, 4], "
+                    "granularity: channel, M: 2, N: [8], K: [64]}\n")
+    run = run_sweep(load_config(path), tmp_path, device="cpu", show_progress=False).path
+    data = to_pytest_benchmark(run)
+    assert len(data["benchmarks"]) == 8
+    bench = data["benchmarks"][0]
+    assert bench["fullname"].startswith("tests/benchmarks/test_kernels.py::test_kernel[quantize-triton-int8")
+    assert set(Stats.fields) <= set(bench["stats"]) and len(bench["stats"]["data"]) == 4
+    (tmp_path / "pb.json").write_text(json.dumps(data))
+    back, _ = load_run(from_pytest_benchmark(tmp_path / "pb.json", tmp_path / "back"))
+    orig, _ = load_run(run)
+    cols = ["op", "impl", "bits", "M", "N", "K", "n_samples", "timing_valid"]
+    pd.testing.assert_frame_equal(back[cols].reset_index(drop=True), orig[cols].reset_index(drop=True),
+                                  check_dtype=False)
+    for col in ("ms", "ms_p20", "ms_p80", "ms_min", "ms_std"):
+        assert back[col].to_numpy() == pytest.approx(orig[col].to_numpy(), rel=1e-9)
