@@ -41,21 +41,26 @@ def case_lines(run: Path) -> int:
     return path.read_text().count("\n") if path.exists() else 0
 
 
+def start_sweep(cfg_path: Path, out: Path, cases: int) -> tuple[subprocess.Popen, Path | None]:
+    """`quantbench run` in a subprocess, returned once `cases` cases are on disk (run None if the
+    sweep never got that far in two minutes)."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.Popen(cli("run", str(cfg_path), "--out", str(out), "--no-progress"), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        runs = list(out.glob("crash-*"))
+        if runs and case_lines(runs[0]) >= cases:
+            return proc, runs[0]
+        time.sleep(0.05)
+    return proc, None
+
+
 def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
     cfg_path = tmp_path / "crash.yaml"
     cfg_path.write_text(CONFIG)
-    out = tmp_path / "killed"
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.Popen(cli("run", str(cfg_path), "--out", str(out), "--no-progress"), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    run = None
-    while time.time() < deadline:
-        runs = list(out.glob("crash-*"))
-        if runs and case_lines(runs[0]) >= 5:
-            run = runs[0]
-            break
-        time.sleep(0.05)
+    proc, run = start_sweep(cfg_path, tmp_path / "killed", cases=5)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert run is not None, "the sweep never got going"
@@ -112,17 +117,10 @@ def test_damaged_rows_file_names_file_and_line(tmp_path):
 def test_ctrl_c_stops_after_the_case_and_writes_what_was_measured(tmp_path):
     cfg_path = tmp_path / "crash.yaml"
     cfg_path.write_text(CONFIG)
-    out = tmp_path / "stopped"
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.Popen(cli("run", str(cfg_path), "--out", str(out), "--no-progress"), env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and not (list(out.glob("crash-*")) and case_lines(next(out.glob("crash-*"))) >= 3):
-        time.sleep(0.05)
+    proc, run = start_sweep(cfg_path, tmp_path / "stopped", cases=3)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr
-    run = next(out.glob("crash-*"))
+    assert run is not None and proc.returncode == 130, stderr
     df, meta = load_run(run)  # results.csv was written
     assert (run / "results.csv").exists() and meta["stopped_early"] is True
     assert 3 <= len(df) < 24 and len(df) == case_lines(run)
