@@ -185,6 +185,38 @@ def cmd_from_pytest_benchmark(args, console: Console) -> int:
     return 0
 
 
+def cmd_fit(args, console: Console) -> int:
+    from .fit import GPUS, fit, gpu_memory, parse_memory
+    try:
+        gib = parse_memory(args.gpu_mem) if args.gpu_mem else gpu_memory(args.gpu)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if not 0 <= args.headroom < 1:
+        raise ConfigError(f"--headroom: expected a fraction in [0, 1), got {args.headroom}")
+    rows, best = fit(args.params, gib, args.headroom, args.group_size)
+    where = f"{args.gpu} ({gib:.1f} GiB)" if args.gpu else f"{gib:g} GiB"
+    console.print(f"{args.params:.3g} parameters on {where}; {args.headroom:.0%} kept for activations, KV cache "
+                  f"and the runtime leaves {gib * (1 - args.headroom):.1f} GiB for the weights.")
+    t = Table()
+    for col in ("precision", "bytes/param", "weights GiB", "codes alone GiB", "fits"):
+        t.add_column(col, justify="left" if col == "precision" else "right")
+    for r in rows:
+        t.add_row(r.precision.name, f"{r.precision.bytes_per_param:.5g}", f"{r.weights_gib:.1f}",
+                  f"{args.params * r.precision.code_bytes_per_param / (1 << 30):.1f}", "yes" if r.fits else "no")
+    console.print(t)
+    console.print("bytes/param and weights count codes + one fp16 scale and zero per group; 'codes alone' is "
+                  "the seed notebook's figure, which leaves them out.")
+    if best is None:
+        console.print(f"Nothing fits: even {rows[-1].precision.name} needs {rows[-1].weights_gib:.1f} GiB. "
+                      f"Use a GPU with more memory, several GPUs, or offloading.")
+    else:
+        console.print(f"Recommendation: {best.precision.name}, the most precise format whose weights "
+                      f"({best.weights_gib:.1f} GiB) fit with the headroom kept.")
+    if args.gpu is None and args.gpu_mem is None:
+        console.print(f"known GPUs: {', '.join(GPUS)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="quantbench", description="Benchmark Triton quantization kernels "
                                 "against PyTorch: latency, memory and error on one table.")
@@ -232,6 +264,16 @@ def build_parser() -> argparse.ArgumentParser:
     fp.add_argument("json")
     fp.add_argument("--out", default="results", help="folder to create the run folder in")
     fp.set_defaults(func=cmd_from_pytest_benchmark)
+    ft = sub.add_parser("fit", help="which precision lets a model fit a GPU")
+    ft.add_argument("--params", type=float, required=True, help="number of parameters, e.g. 7e9")
+    where = ft.add_mutually_exclusive_group(required=True)
+    where.add_argument("--gpu-mem", help="GPU memory, e.g. 8GiB or 24GB (taken as GiB)")
+    where.add_argument("--gpu", help="a GPU by name, e.g. 'RTX 4090' (see the table in harness/fit.py)")
+    ft.add_argument("--headroom", type=float, default=0.2,
+                    help="fraction of the GPU kept for activations, KV cache and the runtime (default 0.2)")
+    ft.add_argument("--group-size", type=int, default=128, choices=(32, 64, 128, 256),
+                    help="group size of the int formats (one fp16 scale and zero per group)")
+    ft.set_defaults(func=cmd_fit)
     s = sub.add_parser("show", help="print the tables of a run folder")
     s.add_argument("run")
     s.set_defaults(func=cmd_show)
