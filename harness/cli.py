@@ -51,13 +51,18 @@ def show_run(path, console: Console) -> None:
         _print_table(console, "not ok", bad)
 
 
+def _show_new_run(path, console: Console) -> None:
+    """The tables of a run folder a command just wrote, and where it is."""
+    show_run(path, console)
+    console.print(f"results: {path}")
+
+
 def cmd_run(args, console: Console) -> int:
     from .runner import run_sweep
     cfg = load_config(args.config)
     writer = run_sweep(cfg, args.out, args.device, show_progress=not args.no_progress, resume=args.resume,
                        shard=_shard(args.shard))
-    show_run(writer.path, console)
-    console.print(f"results: {writer.path}")
+    _show_new_run(writer.path, console)
     if writer.meta.get("stopped_early"):
         console.print(f"stopped early: continue with  quantbench run {args.config} --resume {writer.path}")
         return 130
@@ -76,9 +81,7 @@ def _shard(text: str | None) -> tuple[int, int] | None:
 
 def cmd_merge(args, console: Console) -> int:
     from .merge import merge_runs
-    path = merge_runs(args.runs, args.out)
-    show_run(path, console)
-    console.print(f"merged: {path}")
+    _show_new_run(merge_runs(args.runs, args.out), console)
     return 0
 
 
@@ -179,9 +182,7 @@ def cmd_to_pytest_benchmark(args, console: Console) -> int:
 
 def cmd_from_pytest_benchmark(args, console: Console) -> int:
     from .pytest_benchmark_json import from_pytest_benchmark
-    path = from_pytest_benchmark(args.json, args.out)
-    show_run(path, console)
-    console.print(f"results: {path}")
+    _show_new_run(from_pytest_benchmark(args.json, args.out), console)
     return 0
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import hashlib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -259,9 +258,3 @@ def load_config(path: str | Path) -> RunConfig:
         problem = getattr(e, "problem", None) or str(e)
         raise ConfigError(f"{at}: YAML syntax error: {problem}") from None
     return parse_config(data, str(path), root)
-
-
-def config_digest(cfg: RunConfig) -> str:
-    """A short stable hash of the config as loaded (to tell runs of one config apart from others)."""
-    return hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:12]
-

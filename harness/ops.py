@@ -122,6 +122,10 @@ class MatmulInputs:
     q: QuantizedTensor
     y_exact: torch.Tensor  # float64 x @ W^T, the original weights
     y_quant: torch.Tensor  # float64 x @ W_hat^T, the same quantized weights every kernel uses
+    weight_error: dict[str, float]  # of W_hat against W: the same for every quantized implementation
+
+
+UNQUANTIZED_WEIGHT_ERROR = {"mse": 0.0, "mae": 0.0, "max_abs_err": 0.0, "snr_db": math.inf, "rel_err": 0.0}
 
 
 def _tinygemm(inp: MatmulInputs) -> Callable[[], torch.Tensor]:
@@ -204,15 +208,16 @@ class MatmulOp(FormatOp):
     def prepare(self, case, source) -> MatmulInputs:
         w, x = source.weight(case), source.x(case)
         q = kernels.quantize_ref(w, _spec(case))
+        w_hat = kernels.dequantize_ref(q, torch.float32)
         x64 = x.double()
-        return MatmulInputs(x, w, q, x64 @ w.double().t(), x64 @ kernels.dequantize_ref(q, torch.float32).double().t())
+        return MatmulInputs(x, w, q, x64 @ w.double().t(), x64 @ w_hat.double().t(), metrics.weight_error(w, w_hat))
 
     def verify(self, out: torch.Tensor, ref: torch.Tensor, inp: MatmulInputs) -> str | None:
         return _product_problem(out, inp.y_quant)
 
     def error(self, impl: str, out: torch.Tensor, inp: MatmulInputs) -> dict[str, float]:
-        w_hat = inp.w if impl == "fp16" else kernels.dequantize_ref(inp.q, torch.float32)
-        return {**metrics.weight_error(inp.w, w_hat), **_output_errors(impl, out, inp.y_exact, inp.y_quant)}
+        weight_error = UNQUANTIZED_WEIGHT_ERROR if impl == "fp16" else inp.weight_error
+        return {**weight_error, **_output_errors(impl, out, inp.y_exact, inp.y_quant)}
 
     def memory(self, case) -> dict[str, float]:
         return _layer_memory(case)

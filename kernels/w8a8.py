@@ -17,10 +17,11 @@ import triton
 import triton.language as tl
 
 from .checks import check_matrix, interpreting
-from .quantization import round_half_even
-from .spec import QuantizedTensor
+from .quantization import qparams_ref, round_half_even
+from .spec import QuantizedTensor, QuantSpec
 
 TOKEN_BLOCK_K = 1024
+TOKEN_SPEC = QuantSpec(8, "symmetric", "channel")  # one scale per token (row of x)
 
 
 @triton.jit
@@ -105,9 +106,8 @@ def quantize_tokens(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def quantize_tokens_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """PyTorch reference for quantize_tokens, same contract and identical codes."""
     xf = x.float()
-    amax = xf.abs().amax(dim=1)
-    sx = amax / torch.full_like(amax, 127.0)  # a tensor divisor: correctly rounded on CUDA too
-    sx = torch.where(sx == 0, torch.ones_like(sx), sx)
+    # the format's own scale rule (absmax / 127, 1 for an all-zero token), kept in float32
+    sx, _ = qparams_ref(xf.amin(dim=1), xf.amax(dim=1), TOKEN_SPEC, torch.float32)
     xq = (xf / sx[:, None]).clamp(-127, 127).round().to(torch.int8)
     return xq, sx
 
