@@ -71,9 +71,14 @@ class Timing(Strict):
     engine adaptive: samples until the median's relative standard error is at most target_rse,
     with at least min_samples samples and min_time_ms of sampling, and at most max_time_ms
     (nvbench's defaults: 0.5%, 10 samples, 0.5 s, 15 s). Not yet validated on a GPU.
+    engine cuda_graph: for launch-bound kernels. One CUDA graph holds graph_reps repetitions of
+    (L2 flush, kernel), another graph_reps flushes alone; each sample is one replay of the first
+    less the median replay of the second, over graph_reps. warmup_ms of replays, then rep_ms of
+    samples (at least min_samples).
+    On the CPU every engine falls back to cpu_reps wall-clock samples (timing_valid False).
     """
 
-    engine: Literal["do_bench", "adaptive"] = "do_bench"
+    engine: Literal["do_bench", "adaptive", "cuda_graph"] = "do_bench"
     warmup_ms: Annotated[int, Field(ge=0)] = 25
     rep_ms: Annotated[int, Field(gt=0)] = 100
     flush_l2: bool = True
@@ -81,6 +86,7 @@ class Timing(Strict):
     min_time_ms: Annotated[int, Field(ge=0)] = 500
     max_time_ms: Annotated[int, Field(gt=0)] = 15000
     target_rse: Annotated[float, Field(gt=0, lt=1)] = 0.005
+    graph_reps: Annotated[int, Field(ge=1, le=1000)] = 20  # kernels per CUDA graph (engine cuda_graph)
     cpu_reps: Annotated[int, Field(gt=0, le=100)] = 3  # repetitions on the interpreter (not valid timings)
     case_timeout_s: Annotated[float, Field(gt=0)] = 600.0  # a case running longer is recorded as timeout
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from .gpu_state import GpuMonitor
+
 CPU_GPU_NAME = "cpu (Triton interpreter)"
 
 
@@ -34,23 +36,28 @@ def _git(*args: str) -> str | None:
     return None
 
 
-def _driver_version() -> str | None:
-    try:
-        import pynvml
-        pynvml.nvmlInit()
-        try:
-            return pynvml.nvmlSystemGetDriverVersion()
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception as e:  # NVML absent or unusable: the driver is then recorded as unknown
-        return f"unknown ({type(e).__name__})"
+def _nvml_env(monitor: GpuMonitor | None, why_not: str | None) -> dict:
+    """Driver versions and the GPU's settings and clocks now (ECC, MIG, power limit), from NVML;
+    where NVML cannot be read, the driver is recorded as unknown with the reason."""
+    if monitor is None:
+        return {"driver": f"unknown ({why_not})", "gpu_state_start": None}
+    nvml = monitor.nvml
+    cuda_driver = monitor.query(nvml.nvmlSystemGetCudaDriverVersion)  # e.g. 12040 for 12.4
+    return {
+        "driver": monitor.query(nvml.nvmlSystemGetDriverVersion),
+        "cuda_driver": None if cuda_driver is None else f"{cuda_driver // 1000}.{cuda_driver % 1000 // 10}",
+        "nvml_uuid": monitor.query(nvml.nvmlDeviceGetUUID, monitor.handle),
+        "gpu_state_start": monitor.state(),
+    }
 
 
 def gpu_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else CPU_GPU_NAME
 
 
-def collect_env(device: torch.device) -> dict:
+def collect_env(device: torch.device, monitor: GpuMonitor | None = None, why_no_monitor: str | None = None) -> dict:
+    """The environment of a run. On a GPU, `monitor` (gpu_state.open_monitor) adds what NVML
+    knows; the clocks and power limit at the end of the run go in meta.json `gpu_state_end`."""
     status = _git("status", "--porcelain", "--untracked-files=no")
     commit = _git("rev-parse", "HEAD")
     if commit is None and os.environ.get("QUANTBENCH_GIT_COMMIT"):
@@ -79,6 +86,6 @@ def collect_env(device: torch.device) -> dict:
             "sm_count": props.multi_processor_count,
             "gpu_memory_bytes": props.total_memory,
             "l2_cache_bytes": getattr(props, "L2_cache_size", None),
-            "driver": _driver_version(),
+            **_nvml_env(monitor, why_no_monitor or "NVML was not opened"),
         })
     return env

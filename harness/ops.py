@@ -17,6 +17,7 @@ from quantbench import kernels
 from quantbench.kernels.spec import FLOAT_DTYPES, QuantizedTensor, QuantSpec
 
 from . import metrics
+from .calibrate import DTYPE_CEILING, INT8_CEILING
 
 Provider = Callable[[Any], Callable[[], Any]]
 
@@ -47,7 +48,17 @@ def _elem(case) -> int:
 
 
 class FormatOp:
-    """What the ops on one weight matrix share: their axes, no FLOPs, the quantized weight's memory."""
+    """What the ops on one weight matrix share: their axes, no FLOPs, the quantized weight's memory.
+
+    Byte counts (`bytes_moved`) are the compulsory traffic of the op, the same for every
+    implementation that reads the same weight: each input read once and each output written once
+    (packed codes, scales and zeros exactly, activations, outputs), nothing for intermediates an
+    implementation chooses to make (a dequantized copy, split-K partials, int8 activations): those
+    show as a lower rate, which is the point of comparing implementations on one count.
+    FLOPs (`flops`) count the multiply-adds of products as 2 M N K. Quantize and dequantize have
+    none: their elementwise arithmetic (a few operations per weight, how many depends on the
+    implementation) is far from any compute ceiling, and they are judged on bandwidth alone.
+    """
 
     axes = frozenset({"bits", "scheme", "granularity", "group_size", "dtype", "N", "K"})
     fixed: dict[str, object] = {}  # identity values of axes an op does not take (its one format)
@@ -55,6 +66,11 @@ class FormatOp:
     checked = frozenset({"triton"})  # implementations whose output is checked against the reference
 
     def flops(self, case) -> int | None:
+        return None
+
+    def flops_ceiling(self, case) -> str | None:
+        """The calibration key (calibrate.py) of the rate this case's arithmetic runs at, for
+        `pct_peak_flops`; None where the op has no FLOPs."""
         return None
 
     def memory(self, case) -> dict[str, float]:
@@ -230,6 +246,11 @@ class MatmulOp(FormatOp):
     def flops(self, case) -> int | None:
         return 2 * case.M * case.N * case.K
 
+    def flops_ceiling(self, case) -> str | None:
+        """The weight is dequantized to the activations' dtype before the multiply-adds, so the
+        products run at that dtype's rate (float32: IEEE, no TF32, see calibrate.py)."""
+        return DTYPE_CEILING[case.dtype]
+
 
 @dataclass(frozen=True)
 class StackInputs:
@@ -289,6 +310,9 @@ class StackOp(FormatOp):
 
     def flops(self, case) -> int | None:
         return 2 * case.M * case.N * case.K * case.layers
+
+    def flops_ceiling(self, case) -> str | None:
+        return DTYPE_CEILING[case.dtype]
 
 
 @dataclass(frozen=True)
@@ -358,11 +382,18 @@ class W8A8MatmulOp(FormatOp):
                 "compression_vs_fp32": 4 * case.N * case.K / nbytes}
 
     def bytes_moved(self, case) -> int:
+        """Read x (in its float dtype: quantizing it per token is the implementation's work) and
+        the weight once, write y once."""
         e = _elem(case)
         return case.M * case.K * e + self.memory(case)["weight_bytes"] + case.M * case.N * e
 
     def flops(self, case) -> int | None:
         return 2 * case.M * case.N * case.K
+
+    def flops_ceiling(self, case) -> str | None:
+        """The op's arithmetic is int8 x int8 -> int32, whatever an implementation does with it
+        (the float64 reference too); the unquantized fp16 baseline runs at its dtype's rate."""
+        return DTYPE_CEILING[case.dtype] if case.impl == "fp16" else INT8_CEILING
 
 
 OPS = {op.name: op for op in (QuantizeOp(), DequantizeOp(), MatmulOp(), StackOp(), W8A8MatmulOp())}

@@ -22,15 +22,22 @@ from typing import Any, Callable
 
 import pandas as pd
 
-SCHEMA_VERSION = 1
+# 2: pct_peak_flops, the clock columns, flags and peak_mem_bytes (runs of version 1 read them as missing)
+SCHEMA_VERSION = 2
 
 IDENTITY = ["run_id", "op", "impl", "bits", "scheme", "granularity", "group_size", "dtype",
             "M", "N", "K", "layers", "depth", "shape_name", "device", "gpu", "status", "message"]
 # first_call_ms: the untimed first call, which compiles (Triton, torch.compile) and autotunes
-# intensity: FLOPs per byte moved; pct_peak_bw: gbps against the run's measured copy bandwidth
+# intensity: FLOPs per byte moved; pct_peak_bw: gbps against the run's measured copy bandwidth;
+# pct_peak_flops: tflops against the run's measured matmul rate for the op's arithmetic (ops.py)
 TIME = ["ms", "ms_p20", "ms_p80", "ms_min", "ms_mean", "ms_std", "cv", "n_samples", "timing_valid",
-        "gbps", "tflops", "intensity", "pct_peak_bw", "first_call_ms"]
-MEMORY = ["weight_bytes", "bits_per_weight", "compression_vs_fp16", "compression_vs_fp32"]
+        "gbps", "tflops", "intensity", "pct_peak_bw", "pct_peak_flops", "first_call_ms"]
+# read through NVML while the row was timed (gpu_state.py): lowest clocks, highest power and
+# temperature; flags: reasons to distrust the time, semicolon-joined (flags.py)
+CLOCKS = ["sm_clock_mhz", "mem_clock_mhz", "power_w", "temp_c"]
+FLAGS = ["flags"]
+# peak_mem_bytes: the allocator's high-water mark during one call, above what was allocated before it
+MEMORY = ["weight_bytes", "bits_per_weight", "compression_vs_fp16", "compression_vs_fp32", "peak_mem_bytes"]
 ERROR = ["mse", "mae", "max_abs_err", "snr_db", "rel_err"]
 # matmul and stack rows: the method's error (float64 output with W_hat against the one with W), the
 # kernel's error (its output against the float64 output with the same W_hat), the total error
@@ -38,7 +45,7 @@ ERROR = ["mse", "mae", "max_abs_err", "snr_db", "rel_err"]
 OUTPUT_ERROR = ["method_rel_err", "method_snr_db", "kernel_rel_err", "kernel_snr_db", "out_rel_err",
                 "out_mean_abs_diff", "out_max_abs_diff", "out_mean_rel_diff_pct"]
 PROVENANCE = ["schema_version", "torch_version", "triton_version", "utc"]
-COLUMNS = IDENTITY + TIME + MEMORY + ERROR + OUTPUT_ERROR + PROVENANCE
+COLUMNS = IDENTITY + TIME + CLOCKS + FLAGS + MEMORY + ERROR + OUTPUT_ERROR + PROVENANCE
 
 
 def utc_now() -> str:
@@ -158,9 +165,10 @@ def read_cases(path: Path, drop_torn_tail: bool = False) -> list[tuple[str, list
 
 def to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=COLUMNS)
-    for col in [c for c in TIME + MEMORY + ERROR + OUTPUT_ERROR if c != "timing_valid"]:
+    for col in [c for c in TIME + CLOCKS + MEMORY + ERROR + OUTPUT_ERROR if c != "timing_valid"]:
         df[col] = pd.to_numeric(df[col], errors="coerce")  # JSON lines carry inf as "inf"
-    for col in ("bits", "group_size", "M", "N", "K", "layers", "depth", "n_samples", "weight_bytes"):
+    for col in ("bits", "group_size", "M", "N", "K", "layers", "depth", "n_samples", "weight_bytes",
+                "peak_mem_bytes"):
         df[col] = df[col].astype("Int64")
     return df
 

@@ -18,15 +18,18 @@ from typing import Any
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from .calibrate import calibrate
+from .calibrate import calibrate, pct_peak_flops
 from .cases import Case, expand
 from .config import ConfigError, RunConfig
+from .datasheets import datasheet_meta
 from .env import collect_env, gpu_name
+from .flags import row_flags
+from .gpu_state import GpuMonitor, open_monitor, watched
 from .inputs import InputSource
 from .ops import OPS, Skipped
 from .results import SCHEMA_VERSION, RunWriter, utc_now
 from .summary import summary_markdown
-from .timing import measure
+from .timing import engine_note, measure
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -109,8 +112,25 @@ def _first_call(fn, device: torch.device) -> tuple[Any, float]:
     return out, (time.perf_counter() - start) * 1e3
 
 
+def _peak_memory(fn, device: torch.device) -> int | None:
+    """Bytes: the allocator's high-water mark during one more untimed call, above what was
+    allocated before it (its output and every temporary). Not the first call: Triton's autotuner
+    allocates its own L2-flush buffer there, and torch.compile compiles. None on the CPU."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    out = fn()
+    torch.cuda.synchronize(device)
+    peak = torch.cuda.max_memory_allocated(device) - before
+    del out
+    return peak
+
+
 def _measure_rows(op, case: Case, inputs: Any, ref_out: Any, ref_error: str | None, cfg: RunConfig,
-                  device: torch.device, copy_gbps: float | None) -> list[dict[str, Any]]:
+                  device: torch.device, calibration: dict[str, Any],
+                  monitor: GpuMonitor | None = None) -> list[dict[str, Any]]:
     """The rows of one case and implementation: one, or one per depth for a stack (the time of
     the whole stack then goes on the last depth's row)."""
     try:
@@ -118,6 +138,7 @@ def _measure_rows(op, case: Case, inputs: Any, ref_out: Any, ref_error: str | No
     except Skipped as e:
         return [{"status": "skipped", "message": str(e)}]
     out, first_call_ms = _first_call(fn, device)
+    peak_mem_bytes = _peak_memory(fn, device)
     status = {"status": "ok", "message": ""}
     if case.impl in op.checked:
         problem = ref_error or op.verify(out, ref_out, inputs)
@@ -126,14 +147,21 @@ def _measure_rows(op, case: Case, inputs: Any, ref_out: Any, ref_error: str | No
     errors = op.error(case.impl, out, inputs)
     rows = [{**status, **e} for e in (errors if isinstance(errors, list) else [errors])]
     timed = rows[-1]
-    m = measure(fn, device, cfg.timing)
-    timed.update(m.stats(), first_call_ms=first_call_ms, samples_ms=m.samples_ms)
+    with watched(monitor) as watch:
+        m = measure(fn, device, cfg.timing)
+    stats, clocks = m.stats(), (watch.columns() if watch else {})
+    timed.update(stats, **clocks, first_call_ms=first_call_ms, peak_mem_bytes=peak_mem_bytes,
+                 samples_ms=m.samples_ms)
+    timed["flags"] = row_flags(stats, clocks.get("sm_clock_mhz"), monitor and monitor.max_sm_clock_mhz,
+                               cfg.timing.target_rse)
     seconds = timed["ms"] * 1e-3
     nbytes, flops = op.bytes_moved(case), op.flops(case)
+    copy_gbps = calibration.get("copy_gbps")
     timed["gbps"] = nbytes / seconds / 1e9 if seconds > 0 else None
     timed["tflops"] = flops / seconds / 1e12 if flops and seconds > 0 else None
     timed["intensity"] = flops / nbytes if flops else None
     timed["pct_peak_bw"] = 100 * timed["gbps"] / copy_gbps if copy_gbps and timed["gbps"] else None
+    timed["pct_peak_flops"] = pct_peak_flops(timed["tflops"], op.flops_ceiling(case), calibration)
     return rows
 
 
@@ -207,10 +235,16 @@ def run_sweep(cfg: RunConfig, out_root: str | Path = "results", device: str | No
     cases = expand(cfg)
     if shard is not None:
         cases = shard_of(cases, *shard)
-    env = collect_env(dev)
+    monitor, why_no_monitor = open_monitor(dev)
+    env = collect_env(dev, monitor, why_no_monitor)
+    note = engine_note(dev, cfg.timing)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     name = cfg.name if shard is None else f"{cfg.name}-shard{shard[0]}of{shard[1]}"
     writer = open_writer(cfg, out_root, resume, name, {"config": cfg.model_dump(mode="json"), "env": env,
-                                                       "calibration": calibrate(dev), "cases": len(cases),
+                                                       "calibration": calibrate(dev),
+                                                       "datasheet": datasheet_meta(env["gpu"]),
+                                                       "timing_note": note, "cases": len(cases),
                                                        "shard": list(shard) if shard else None})
     common = {"run_id": writer.run_id, "device": str(dev), "gpu": gpu_name(dev),
               "schema_version": SCHEMA_VERSION, "torch_version": env["torch"], "triton_version": env["triton"]}
@@ -244,11 +278,14 @@ def run_sweep(cfg: RunConfig, out_root: str | Path = "results", device: str | No
                     try:
                         with case_time_limit(cfg.timing.case_timeout_s):
                             rows = _measure_rows(op, case, inputs, ref_out, ref_error, cfg, dev,
-                                                 writer.meta["calibration"].get("copy_gbps"))
+                                                 writer.meta["calibration"], monitor)
                     except Exception as e:  # one failing case is recorded and the sweep goes on
                         rows = [_failed(e)]
                 samples = [row.pop("samples_ms", ()) for row in rows]
                 writer.append_case(case.key(), [{**base, **op.memory(case), **row} for row in rows], samples)
                 progress.advance(task)
-    writer.finish(summary_markdown, stopped_early=stop.requested)
+    gpu_state_end = monitor.state() if monitor else None
+    if monitor:
+        monitor.close()
+    writer.finish(summary_markdown, stopped_early=stop.requested, gpu_state_end=gpu_state_end)
     return writer

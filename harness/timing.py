@@ -3,8 +3,15 @@
 On a GPU, by default: triton.testing.do_bench, which flushes the L2 cache before every sample and
 keeps every sample (return_mode="all"). Or the adaptive engine: L2 flushed before each sample with
 a buffer twice the device's L2, sampling until the median is known well enough (see Timing in
-config.py). The first call, outside the samples, compiles. On the CPU (Triton's interpreter) the
-wall-clock samples are kept too but marked invalid: they time numpy, not a GPU.
+config.py). Or the CUDA-graph engine, for kernels of a few microseconds whose launch would
+otherwise be timed: N repetitions of (flush, kernel) captured in one graph, less a graph of N
+flushes alone. The first call, outside the samples, compiles. On the CPU (Triton's interpreter)
+the wall-clock samples are kept too but marked invalid: they time numpy, not a GPU.
+
+Rotating input buffers (several copies of the inputs, one per repetition) are not used: every
+engine but `flush_l2: false` writes a buffer twice the L2 before each kernel, so no input of the
+previous repetition is left in L2 whatever its size, and one set of inputs is what the providers
+give (a closure over one prepared set).
 """
 
 from __future__ import annotations
@@ -65,12 +72,15 @@ def _cuda_events(fn: Callable[[], Any], warmup_ms: int, rep_ms: int) -> list[flo
     return samples
 
 
+MEDIAN_SE_FACTOR = 1.2533  # sqrt(pi / 2): standard error of a median over that of a mean (normal, large n)
+
+
 def median_rse(samples: list[float]) -> float:
     """Relative standard error of the median: 1.2533 s / sqrt(n) / median (large-sample, normal)."""
     s = np.asarray(samples, dtype=np.float64)
     if s.size < 2:
         return math.inf
-    return 1.2533 * float(s.std(ddof=1)) / math.sqrt(s.size) / float(np.median(s))
+    return MEDIAN_SE_FACTOR * float(s.std(ddof=1)) / math.sqrt(s.size) / float(np.median(s))
 
 
 def enough(samples: list[float], elapsed_ms: float, timing) -> bool:
@@ -91,10 +101,15 @@ def adaptive_samples(sample: Callable[[], float], clock_ms: Callable[[], float],
     return samples
 
 
+def _l2_flush_buffer(device: torch.device) -> torch.Tensor:
+    """A buffer twice the device's L2: zeroing it leaves none of a kernel's inputs in L2."""
+    l2 = torch.cuda.get_device_properties(device).L2_cache_size
+    return torch.empty(2 * l2 // 4, dtype=torch.int32, device=device)
+
+
 def _flushed_event_sample(fn: Callable[[], Any], device: torch.device) -> Callable[[], float]:
     """One sample: zero a buffer twice the L2 (so no input stays cached), then time fn alone."""
-    l2 = torch.cuda.get_device_properties(device).L2_cache_size
-    flush = torch.empty(2 * l2 // 4, dtype=torch.int32, device=device)
+    flush = _l2_flush_buffer(device)
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
 
     def sample() -> float:
@@ -105,6 +120,89 @@ def _flushed_event_sample(fn: Callable[[], Any], device: torch.device) -> Callab
         end.synchronize()
         return start.elapsed_time(end)
     return sample
+
+
+def graph_samples(replay_kernels: Callable[[], float], replay_flushes: Callable[[], float] | None,
+                  reps: int, timing) -> list[float]:
+    """Per-kernel samples (ms) from replays of two CUDA graphs, each call returning one replay's
+    time: `replay_kernels` runs `reps` times (flush, kernel), `replay_flushes` `reps` flushes alone
+    (None when the L2 is not flushed). Replays alternate, warmup_ms of them first; then pairs until
+    rep_ms of replay time and at least min_samples. Each sample is one kernel-graph replay less
+    the median flush-graph replay, over reps: the median, not the neighbouring replay, so that
+    the flush's own jitter is not added to every sample."""
+    def pair() -> tuple[float, float]:
+        k = replay_kernels()
+        return k, (replay_flushes() if replay_flushes is not None else 0.0)
+
+    spent = 0.0
+    while spent < timing.warmup_ms:
+        spent += sum(pair())
+    kernel_ms, flush_ms, spent = [], [], 0.0
+    while len(kernel_ms) < timing.min_samples or spent < timing.rep_ms:
+        k, f = pair()
+        kernel_ms.append(k)
+        flush_ms.append(f)
+        spent += k + f
+    flush_median = float(np.median(flush_ms))
+    return [(k - flush_median) / reps for k in kernel_ms]
+
+
+class GraphCaptureError(RuntimeError):
+    """An implementation that cannot be captured in a CUDA graph (it synchronises, or copies to
+    the host): the row says so; time it with engine do_bench or adaptive."""
+
+
+def _cuda_graph_samples(fn: Callable[[], Any], device: torch.device, timing) -> list[float]:
+    """Capture the two graphs of `graph_samples` and replay them, timed with CUDA events."""
+    flush = _l2_flush_buffer(device) if timing.flush_l2 else None
+    reps = timing.graph_reps
+    # warm up on a side stream before capture, as PyTorch asks (lazy cuBLAS workspaces and the like)
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(side)
+    torch.cuda.synchronize(device)
+
+    def capture(with_kernel: bool) -> torch.cuda.CUDAGraph:
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(reps):
+                if flush is not None:
+                    flush.zero_()
+                if with_kernel:
+                    fn()
+        return graph
+
+    try:
+        kernel_graph = capture(with_kernel=True)
+    except RuntimeError as e:
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise GraphCaptureError(f"timing.engine cuda_graph: this implementation cannot be captured in a "
+                                f"CUDA graph ({first}); time it with engine do_bench or adaptive") from None
+    flush_graph = capture(with_kernel=False) if flush is not None else None
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+    def replay(graph: torch.cuda.CUDAGraph) -> Callable[[], float]:
+        def timed() -> float:
+            start.record()
+            graph.replay()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end)
+        return timed
+
+    return graph_samples(replay(kernel_graph), replay(flush_graph) if flush_graph else None, reps, timing)
+
+
+def engine_note(device: torch.device, timing) -> str | None:
+    """What a run should say once when the timing engine it asked for cannot run here (every
+    engine but the default needs a GPU); None when it can."""
+    if device.type == "cuda" or timing.engine == "do_bench":
+        return None
+    return (f"timing.engine {timing.engine} needs a CUDA GPU: on the CPU each case gets {timing.cpu_reps} "
+            f"wall-clock samples through Triton's interpreter, marked timing_valid = False")
 
 
 def measure(fn: Callable[[], Any], device: torch.device, timing) -> Measurement:
@@ -123,6 +221,8 @@ def measure(fn: Callable[[], Any], device: torch.device, timing) -> Measurement:
             while time.perf_counter() < warm_until:
                 sample()
             samples = adaptive_samples(sample, lambda: time.perf_counter() * 1e3, timing)
+        elif timing.engine == "cuda_graph":
+            samples = _cuda_graph_samples(fn, device, timing)
         elif timing.flush_l2:
             import triton.testing
             samples = triton.testing.do_bench(fn, warmup=timing.warmup_ms, rep=timing.rep_ms, return_mode="all")

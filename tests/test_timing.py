@@ -1,4 +1,5 @@
-"""Statistics of a measurement."""
+"""Statistics of a measurement, the adaptive stopping rule and the CUDA-graph engine's arithmetic
+(with fake clocks and fake graph replays: no test here asserts a time)."""
 
 import math
 
@@ -68,3 +69,97 @@ def test_max_time_bounds_a_kernel_that_never_settles():
     fake = FakeClock([1.0, 100.0] * 10000)
     samples = adaptive_samples(fake.sample, fake.clock, timing(max_time_ms=2000, target_rse=0.001))
     assert sum(samples) <= 2000 + 100 + 1 and median_rse(samples) > 0.001
+
+
+class FakeGraphs:
+    """Two CUDA graphs' replay times: reps x (flush + kernel), and reps flushes alone, with noise."""
+
+    def __init__(self, kernel_ms, flush_ms, reps, noise=0.0, seed=0):
+        import random
+        self.rng = random.Random(seed)
+        self.kernel_ms, self.flush_ms, self.reps, self.noise = kernel_ms, flush_ms, reps, noise
+        self.kernel_replays = self.flush_replays = 0
+
+    def _jitter(self, t):
+        return t * (1 + self.noise * self.rng.gauss(0, 1))
+
+    def replay_kernels(self):
+        self.kernel_replays += 1
+        return self._jitter(self.reps * (self.flush_ms + self.kernel_ms))
+
+    def replay_flushes(self):
+        self.flush_replays += 1
+        return self._jitter(self.reps * self.flush_ms)
+
+
+def test_graph_samples_subtract_the_flush_and_divide_by_the_repetitions():
+    from quantbench.harness.timing import graph_samples
+    fake = FakeGraphs(kernel_ms=0.004, flush_ms=0.035, reps=20)
+    t = timing(engine="cuda_graph", warmup_ms=5, rep_ms=50, min_samples=10, graph_reps=20)
+    samples = graph_samples(fake.replay_kernels, fake.replay_flushes, 20, t)
+    assert samples == pytest.approx([0.004] * len(samples))
+    # warm-up replays are not samples; replays alternate, one flush graph per kernel graph
+    assert fake.kernel_replays == fake.flush_replays > len(samples)
+    # rep_ms of replay time: each pair takes 20 * (0.039 + 0.035) = 1.48 ms
+    assert len(samples) == math.ceil(50 / 1.48)
+
+
+def test_graph_samples_keep_every_sample_and_recover_the_median_under_noise():
+    from quantbench.harness.timing import graph_samples
+    fake = FakeGraphs(kernel_ms=0.010, flush_ms=0.035, reps=50, noise=0.002)
+    t = timing(engine="cuda_graph", warmup_ms=0, rep_ms=1000, min_samples=10, graph_reps=50)
+    samples = graph_samples(fake.replay_kernels, fake.replay_flushes, 50, t)
+    m = Measurement(tuple(samples), valid=True).stats()
+    assert m["n_samples"] == len(samples) == fake.kernel_replays
+    assert m["ms"] == pytest.approx(0.010, rel=0.02) and m["ms_std"] > 0
+
+
+def test_graph_samples_take_min_samples_of_a_long_kernel():
+    from quantbench.harness.timing import graph_samples
+    fake = FakeGraphs(kernel_ms=50.0, flush_ms=0.035, reps=2)
+    t = timing(engine="cuda_graph", warmup_ms=0, rep_ms=1, min_samples=7, graph_reps=2)
+    assert len(graph_samples(fake.replay_kernels, fake.replay_flushes, 2, t)) == 7
+
+
+def test_graph_samples_without_flush():
+    from quantbench.harness.timing import graph_samples
+    fake = FakeGraphs(kernel_ms=0.004, flush_ms=0.0, reps=10)
+    t = timing(engine="cuda_graph", flush_l2=False, warmup_ms=0, rep_ms=1, min_samples=5, graph_reps=10)
+    samples = graph_samples(fake.replay_kernels, None, 10, t)
+    assert samples == pytest.approx([0.004] * 25)  # 1 ms of replays of 10 x 0.004 ms
+    assert fake.flush_replays == 0
+
+
+def test_engines_other_than_do_bench_say_they_need_a_gpu():
+    import torch
+
+    from quantbench.harness.timing import engine_note
+    assert "needs a CUDA GPU" in engine_note(torch.device("cpu"), timing(engine="cuda_graph"))
+    assert "needs a CUDA GPU" in engine_note(torch.device("cpu"), timing(engine="adaptive"))
+    assert engine_note(torch.device("cpu"), timing()) is None
+    assert engine_note(torch.device("cuda"), timing(engine="cuda_graph")) is None
+
+
+def test_cuda_graph_engine_on_the_cpu_degrades_with_a_note(tmp_path, capsys):
+    import json
+
+    import pandas as pd
+
+    from quantbench.harness.config import parse_config
+    from quantbench.harness.runner import run_sweep
+    cfg = parse_config({"name": "g", "timing": {"engine": "cuda_graph", "graph_reps": 5, "cpu_reps": 2},
+                        "sweep": {"op": "dequantize", "bits": 8, "N": [4], "K": [32]}})
+    path = run_sweep(cfg, tmp_path, device="cpu", show_progress=False).path
+    assert "timing.engine cuda_graph needs a CUDA GPU" in capsys.readouterr().err
+    meta = json.loads((path / "meta.json").read_text())
+    assert "needs a CUDA GPU" in meta["timing_note"] and meta["calibration"] == {} and meta["datasheet"] is None
+    df = pd.read_csv(path / "results.csv")
+    assert (df["status"] == "ok").all() and not df["timing_valid"].any() and (df["n_samples"] == 2).all()
+    assert df["peak_mem_bytes"].isna().all() and df["sm_clock_mhz"].isna().all()
+
+
+def test_graph_reps_is_validated():
+    from quantbench.harness.config import ConfigError, parse_config
+    with pytest.raises(ConfigError, match="graph_reps"):
+        parse_config({"name": "g", "timing": {"engine": "cuda_graph", "graph_reps": 0},
+                      "sweep": {"op": "dequantize", "N": [4], "K": [32]}})
