@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from quantbench.kernels.checks import check_finite
 from quantbench.kernels.spec import FLOAT_DTYPES
 
 from .config import NormalWeights, SafetensorsWeights
@@ -61,11 +62,16 @@ def make_weights(weights: NormalWeights | SafetensorsWeights, seed: int, n: int,
         w = _checkpoint_tensor(weights, name)
         if tuple(w.shape) != (n, k):
             raise ValueError(f"tensor {name!r} in {weights.path} is {list(w.shape)}, expected [{n}, {k}]")
-        return w.to(FLOAT_DTYPES[dtype]).contiguous().to(device)
+        w = w.to(FLOAT_DTYPES[dtype]).contiguous()
+        # NaN or Inf would only poison scales (spec.py): refuse it here, once, outside any timing;
+        # a cast to float16 turns values beyond 65504 into Inf
+        check_finite(f"tensor {name!r} in {weights.path} (as {dtype})", w)
+        return w.to(device)
     parts = ("weights", n, k) if layer == 0 else ("weights", n, k, "layer", layer)
     gen = torch.Generator().manual_seed(derived_seed(seed, *parts))
-    w = torch.randn(n, k, generator=gen, dtype=torch.float32) * weights.std + weights.mean
-    return w.to(FLOAT_DTYPES[dtype]).to(device)
+    w = (torch.randn(n, k, generator=gen, dtype=torch.float32) * weights.std + weights.mean).to(FLOAT_DTYPES[dtype])
+    check_finite(f"normal weights (mean {weights.mean}, std {weights.std}) as {dtype}", w)
+    return w.to(device)
 
 
 @dataclass(frozen=True)

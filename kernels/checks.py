@@ -47,3 +47,17 @@ def check_same_device(**tensors: torch.Tensor | None) -> None:
     if len(devices) > 1:
         where = ", ".join(f"{n} on {t.device}" for n, t in present.items())
         raise ValueError(f"tensors must be on one device, got {where}")
+
+
+def check_finite(name: str, t: torch.Tensor) -> None:
+    """Raise a ValueError naming `name` if t holds NaN or +-Inf: how many, and the first one.
+
+    Cost: one read of t, a temporary bool tensor of t's size and one device-to-host sync; meant
+    for when a tensor is loaded, not for a timed call.
+    """
+    bad = ~torch.isfinite(t)
+    if bool(bad.any()):
+        where = bad.nonzero()
+        first = tuple(where[0].tolist())
+        raise ValueError(f"{name} holds {where.shape[0]} non-finite value(s) (NaN or Inf), "
+                         f"first {t[first].item()} at {list(first)}")

@@ -1,7 +1,8 @@
 """Dequantize packed low-bit codes back to floats: Triton kernel, launcher and PyTorch reference.
 
-``w_hat = (field - offset) * scale + zero`` in float32, then rounded to the output dtype
-(zero is absent for the symmetric scheme). The format is documented in spec.py.
+``w_hat = (field - offset) * scale + zero`` in float32, saturated to the output dtype's finite
+range, then rounded to the output dtype (zero is absent for the symmetric scheme). A NaN scale (a
+poisoned segment) dequantizes to NaN. The format is documented in spec.py.
 """
 
 from __future__ import annotations
@@ -87,9 +88,10 @@ def dequant_tile(codes_ptr, scales_ptr, zeros_ptr, rows, k0, N, K, stride_cn, st
 @triton.jit
 def dequantize_kernel(codes_ptr, scales_ptr, zeros_ptr, out_ptr, N, K, stride_cn, stride_on, stride_sn,
                       BITS: tl.constexpr, OFFSET: tl.constexpr, SYMMETRIC: tl.constexpr,
-                      GRANULARITY: tl.constexpr, GROUP: tl.constexpr,
+                      GRANULARITY: tl.constexpr, GROUP: tl.constexpr, OUT_MAX: tl.constexpr,
                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """out[N, K] = dequantized codes (layout and scales as in dequant_tile).
+    """out[N, K] = dequantized codes (layout and scales as in dequant_tile), clamped to
+    [-OUT_MAX, OUT_MAX] (the output dtype's largest finite value) with NaN kept.
     Grid: (cdiv(K, BLOCK_K), cdiv(N, BLOCK_N))."""
     pid_k = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -99,6 +101,8 @@ def dequantize_kernel(codes_ptr, scales_ptr, zeros_ptr, out_ptr, N, K, stride_cn
                      BITS, OFFSET, SYMMETRIC, GRANULARITY, GROUP, BLOCK_N, BLOCK_K)
     cols = k0 + tl.arange(0, BLOCK_K)
     mask = (rows < N)[:, None] & (cols[None, :] < K)
+    # q * scale + zero can pass the dtype's maximum by rounding (fp16: 127 * 516 = 65532 > 65504)
+    w = tl.clamp(w, -OUT_MAX, OUT_MAX, propagate_nan=tl.PropagateNan.ALL)
     tl.store(out_ptr + rows[:, None] * stride_on + cols[None, :], round_to(w, out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -130,7 +134,8 @@ def _out_dtype(q: QuantizedTensor, out_dtype: torch.dtype | None) -> torch.dtype
 
 def dequantize(q: QuantizedTensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Dequantize with the Triton kernel into a new [N, K] tensor of `out_dtype` (default: the
-    scales' dtype, which is the dtype that was quantized)."""
+    scales' dtype, which is the dtype that was quantized). Values saturate at the output dtype's
+    largest finite magnitude; a poisoned segment (NaN scale) comes out NaN."""
     _check_quantized(q, on_kernel_device=True)
     n, k = q.shape
     spec = q.spec
@@ -143,7 +148,7 @@ def dequantize(q: QuantizedTensor, out_dtype: torch.dtype | None = None) -> torc
         q.codes.stride(0), out.stride(0), q.scales.stride(0),
         BITS=spec.bits, OFFSET=spec.offset, SYMMETRIC=spec.symmetric,
         GRANULARITY=GRANULARITY_IDS[spec.granularity], GROUP=spec.group_size or block_k,
-        BLOCK_N=block_n, BLOCK_K=block_k,
+        OUT_MAX=torch.finfo(out.dtype).max, BLOCK_N=block_n, BLOCK_K=block_k,
     )
     return out
 
@@ -158,11 +163,13 @@ def expand_params(p: torch.Tensor, q: QuantizedTensor) -> torch.Tensor:
 
 def dequantize_ref(q: QuantizedTensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """PyTorch reference for `dequantize`, same contract. The per-tensor asymmetric case is the
-    seed notebook's dequantize_from_int8 / dequantize_from_int4 arithmetic."""
+    seed notebook's dequantize_from_int8 / dequantize_from_int4 arithmetic (plus the saturation)."""
     _check_quantized(q, on_kernel_device=False)
     n, k = q.shape
     codes = (unpack_fields(q.codes, q.spec.bits, k) - q.spec.offset).float()
     w = codes * expand_params(q.scales, q)
     if q.zeros is not None:
         w = w + expand_params(q.zeros, q)
-    return w.to(_out_dtype(q, out_dtype))
+    dtype = _out_dtype(q, out_dtype)
+    fmax = torch.finfo(dtype).max
+    return w.clamp(-fmax, fmax).to(dtype)  # clamp keeps NaN

@@ -1,7 +1,13 @@
 """Quantize a weight matrix to packed low-bit codes: Triton kernel, launcher and PyTorch reference.
 
-The format (schemes, granularities, packing order, degenerate ranges) is written once, in
-``spec.py``; ``quantize`` and ``quantize_ref`` both follow it and produce identical codes.
+The format (schemes, granularities, packing order, degenerate ranges, non-finite values) is written
+once, in ``spec.py``; ``quantize`` and ``quantize_ref`` both follow it and produce identical codes.
+
+NaN needs care on both sides: ``tl.min``/``tl.max`` drop NaN on the GPU (but not in the
+interpreter, which reduces with numpy), where ``torch.amin``/``amax`` propagate it. The kernel
+therefore never lets a NaN reach a reduction: it counts it as -inf for the minimum and +inf for
+the maximum (``minmax_operands``), so a NaN, like an infinity, makes the segment's range infinite
+and its scale is poisoned to NaN on both sides (spec.py, "Non-finite values").
 """
 
 from __future__ import annotations
@@ -41,7 +47,9 @@ def round_to(x, ty: tl.constexpr):
     if ty == tl.bfloat16:
         bits = x.to(tl.uint32, bitcast=True)
         bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-        return bits.to(tl.float32, bitcast=True)
+        # A NaN stays a NaN: the GPU's canonical NaN 0x7FFFFFFF would otherwise carry into the
+        # sign bit and come out as -0.0.
+        return tl.where(x != x, x, bits.to(tl.float32, bitcast=True))
     elif ty == tl.float16:
         return x.to(tl.float16).to(tl.float32)
     else:
@@ -49,25 +57,47 @@ def round_to(x, ty: tl.constexpr):
 
 
 @triton.jit
+def minmax_operands(x, mask):
+    """(operand for the minimum, operand for the maximum) of a float32 tile: elements outside
+    `mask` are +inf / -inf, and a NaN is -inf / +inf, so that it poisons its segment's range
+    whether or not the reduction would have dropped it."""
+    is_nan = x != x
+    for_min = tl.where(mask, tl.where(is_nan, float("-inf"), x), float("inf"))
+    for_max = tl.where(mask, tl.where(is_nan, float("inf"), x), float("-inf"))
+    return for_min, for_max
+
+
+@triton.jit
 def qparams(lo, hi, scale_ty: tl.constexpr, QMAX: tl.constexpr, SYMMETRIC: tl.constexpr):
-    """Stored scale and zero (as float32) from a segment's min and max; see spec.py."""
+    """Stored scale and zero (as float32) from a segment's min and max; see spec.py.
+
+    lo and hi are never NaN here (minmax_operands). A scale that is not finite (an infinite
+    element, a NaN, or a range wider than float32) poisons the segment: scale and zero are NaN.
+    """
     if SYMMETRIC:
         span = tl.maximum(-lo, hi)
     else:
         span = hi - lo
     scale = round_to(tl.div_rn(span, tl.full(span.shape, QMAX, tl.float32)), scale_ty)
+    finite = tl.abs(scale) < float("inf")  # False for +-inf and for NaN (inf - inf)
     scale = tl.where(scale == 0.0, 1.0, scale)
-    zero = round_to(lo, scale_ty)
+    scale = tl.where(finite, scale, float("nan"))
+    zero = tl.where(finite, round_to(lo, scale_ty), float("nan"))
     return scale, zero
 
 
 @triton.jit
 def quantize_tile(x, scale, zero, QMIN: tl.constexpr, QMAX: tl.constexpr, SYMMETRIC: tl.constexpr):
-    """float32 tile -> unsigned int32 fields (code + offset), broadcasting scale/zero per row."""
+    """float32 tile -> unsigned int32 fields (code + offset), broadcasting scale/zero per row.
+
+    v is NaN exactly in a poisoned segment (NaN scale); its fields are 0. That is said here rather
+    than left to tl.maximum, whose NaN behaviour differs between the GPU and the interpreter.
+    """
     if SYMMETRIC:
         v = tl.div_rn(x, scale)
     else:
         v = tl.div_rn(x - zero, scale)
+    v = tl.where(v == v, v, QMIN)
     v = tl.minimum(tl.maximum(v, QMIN), QMAX)
     return (round_half_even(v) - QMIN).to(tl.int32)
 
@@ -120,8 +150,9 @@ def minmax_partials_kernel(x_ptr, lo_ptr, hi_ptr, N, K, stride_xn,
     mask = (rows[:, None] < N) & (cols[None, :] < K)
     x = tl.load(x_ptr + rows[:, None] * stride_xn + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     pid = pid_n * tl.num_programs(0) + pid_k
-    tl.store(lo_ptr + pid, tl.min(tl.where(mask, x, float("inf"))))
-    tl.store(hi_ptr + pid, tl.max(tl.where(mask, x, float("-inf"))))
+    for_min, for_max = minmax_operands(x, mask)
+    tl.store(lo_ptr + pid, tl.min(for_min))
+    tl.store(hi_ptr + pid, tl.max(for_max))
 
 
 @triton.jit
@@ -178,8 +209,9 @@ def quantize_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, N, K, stride_xn, st
             cols = k0 + tl.arange(0, BLOCK_K)
             mask = row_ok[:, None] & (cols[None, :] < K)
             x = tl.load(x_rows + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-            lo = tl.minimum(lo, tl.min(tl.where(mask, x, float("inf")), axis=1))
-            hi = tl.maximum(hi, tl.max(tl.where(mask, x, float("-inf")), axis=1))
+            for_min, for_max = minmax_operands(x, mask)
+            lo = tl.minimum(lo, tl.min(for_min, axis=1))
+            hi = tl.maximum(hi, tl.max(for_max, axis=1))
         lo = tl.where(row_ok, lo, 0.0)  # rows past N: keep their (unstored) parameters finite
         hi = tl.where(row_ok, hi, 0.0)
         scale, zero = qparams(lo, hi, scales_ptr.dtype.element_ty, QMAX, SYMMETRIC)
@@ -204,8 +236,9 @@ def quantize_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, N, K, stride_xn, st
             else:
                 zero = tl.zeros((BLOCK_N, NG), tl.float32) + tl.load(zeros_ptr).to(tl.float32)
         else:
-            lo = tl.min(tl.reshape(tl.where(mask, x, float("inf")), (BLOCK_N, NG, GROUP)), axis=2)
-            hi = tl.max(tl.reshape(tl.where(mask, x, float("-inf")), (BLOCK_N, NG, GROUP)), axis=2)
+            for_min, for_max = minmax_operands(x, mask)
+            lo = tl.min(tl.reshape(for_min, (BLOCK_N, NG, GROUP)), axis=2)
+            hi = tl.max(tl.reshape(for_max, (BLOCK_N, NG, GROUP)), axis=2)
             groups = pid_k * NG + tl.arange(0, NG)
             g_mask = row_ok[:, None] & (groups[None, :] < tl.cdiv(K, GROUP))
             lo = tl.where(g_mask, lo, 0.0)  # groups past the matrix: keep them finite, never stored
@@ -232,11 +265,17 @@ def _tiling(spec: QuantSpec, k: int) -> tuple[int, int, int, int, int]:
     return (0 if spec.granularity == "tensor" else 1), max(1, TILE_ELEMS // block_k), block_k, block_k, 4
 
 
-def quantize(w: torch.Tensor, spec: QuantSpec) -> QuantizedTensor:
+def quantize(w: torch.Tensor, spec: QuantSpec, *, check_finite: bool = False) -> QuantizedTensor:
     """Quantize w[N, K] (float32/float16/bfloat16, unit stride along K) with the Triton kernel.
 
     Returns codes uint8 [N, ceil(K * bits / 8)], scales and zeros (asymmetric only) in w's dtype,
     shaped as ``spec.scales_shape(N, K)``. The format is documented in spec.py.
+
+    A segment holding NaN or +-Inf (or, float32/bfloat16 only, a range wider than float32) gets a
+    NaN scale (and zero) and zero codes; the rest of w quantizes as usual. ``check_finite=True``
+    raises a ValueError naming the first such segment instead. Its cost: one read of the scales
+    (N * K / group_size elements, 1/32 of w at most) and one device-to-host sync, which is why it is
+    off by default (a sync in a timed loop or a CUDA graph capture is not free or not allowed).
     """
     check_matrix("w", w)
     n, k = w.shape
@@ -258,24 +297,70 @@ def quantize(w: torch.Tensor, spec: QuantSpec) -> QuantizedTensor:
         BITS=spec.bits, QMIN=spec.qmin, QMAX=spec.qmax, SYMMETRIC=spec.symmetric,
         MODE=mode, GROUP=group, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps,
     )
-    return QuantizedTensor(codes, scales, zeros, spec, (n, k))
+    q = QuantizedTensor(codes, scales, zeros, spec, (n, k))
+    if check_finite:
+        refuse_poisoned_segments("w", w, q)
+    return q
 
 
 def qparams_ref(lo: torch.Tensor, hi: torch.Tensor, spec: QuantSpec,
                 dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Stored scale and zero (in `dtype`) from float32 segment minima and maxima; see spec.py."""
+    """Stored scale and zero (in `dtype`) from float32 segment minima and maxima; see spec.py.
+
+    lo and hi come from torch.amin / amax, which propagate NaN: a NaN or infinite element, or a
+    range wider than float32, makes the scale non-finite, and the segment is poisoned (scale and
+    zero NaN), as in the kernel.
+    """
     span = torch.maximum(-lo, hi) if spec.symmetric else hi - lo
     # Divide by a tensor: PyTorch on CUDA turns division by a Python scalar into a multiplication by
     # its reciprocal, which is not the correctly rounded quotient that the contract (and the kernel) use.
     scale = span / torch.full_like(span, spec.qmax)
     scale = scale.to(dtype)
+    finite = torch.isfinite(scale)
+    nan = torch.full_like(scale, float("nan"))
     scale = torch.where(scale == 0, torch.ones_like(scale), scale)
-    return scale, None if spec.symmetric else lo.to(dtype)
+    scale = torch.where(finite, scale, nan)
+    return scale, None if spec.symmetric else torch.where(finite, lo.to(dtype), nan)
 
 
-def quantize_ref(w: torch.Tensor, spec: QuantSpec) -> QuantizedTensor:
-    """PyTorch reference for `quantize`, same contract and identical codes. The per-tensor
-    asymmetric case is the seed notebook's quantize_to_int8 / quantize_to_int4 arithmetic."""
+def describe_segment(spec: QuantSpec, n: int, k: int, row: int, col: int) -> tuple[str, slice, slice]:
+    """Words for segment (row, col) of the scales of an [n, k] weight, and its rows and columns in W."""
+    if spec.granularity == "tensor":
+        return "the whole tensor (per-tensor scale)", slice(0, n), slice(0, k)
+    if spec.granularity == "channel":
+        return f"row {row}", slice(row, row + 1), slice(0, k)
+    g = spec.group_size
+    return (f"row {row}, group {col} (columns {col * g}..{(col + 1) * g - 1})",
+            slice(row, row + 1), slice(col * g, (col + 1) * g))
+
+
+def refuse_poisoned_segments(name: str, w: torch.Tensor, q: QuantizedTensor) -> None:
+    """Raise a ValueError naming `name` and its first poisoned segment (NaN scale), saying why.
+
+    Reads only the scales (and, on the error path, that one segment of w); one device-to-host sync.
+    """
+    bad = torch.isnan(q.scales)
+    if not bool(bad.any()):
+        return
+    first = bad.nonzero()[0].tolist()
+    where, rows, cols = describe_segment(q.spec, *q.shape, *first)
+    seg = w[rows, cols].float()
+    non_finite = (~torch.isfinite(seg)).nonzero()
+    if non_finite.numel():
+        r, c = non_finite[0].tolist()
+        why = (f"it holds {non_finite.shape[0]} non-finite value(s), first {seg[r, c].item()} at "
+               f"[{rows.start + r}, {cols.start + c}]")
+    else:
+        why = (f"its range [{seg.min().item():.4g}, {seg.max().item():.4g}] is wider than float32 can hold, "
+               f"so the scale overflows")
+    raise ValueError(f"{name}: {int(bad.sum())} of {bad.numel()} quantization segments cannot be quantized "
+                     f"(their scale would be NaN); first: {where}: {why}")
+
+
+def quantize_ref(w: torch.Tensor, spec: QuantSpec, *, check_finite: bool = False) -> QuantizedTensor:
+    """PyTorch reference for `quantize`, same contract and identical codes (NaN scales where the
+    kernel's are NaN; ``check_finite`` as there). The per-tensor asymmetric case is the seed
+    notebook's quantize_to_int8 / quantize_to_int4 arithmetic."""
     check_matrix("w", w, on_kernel_device=False)
     n, k = w.shape
     spec.check_shape(n, k)
@@ -292,6 +377,10 @@ def quantize_ref(w: torch.Tensor, spec: QuantSpec) -> QuantizedTensor:
         v = segs / s
     else:
         v = (segs - zero.float().unsqueeze(-1)) / s
+    v = torch.where(torch.isnan(v), float(spec.qmin), v)  # a poisoned segment: fields 0
     fields = v.clamp(spec.qmin, spec.qmax).round() - spec.qmin
     codes = pack_fields(fields.reshape(n, k), spec.bits)
-    return QuantizedTensor(codes, scale, zero, spec, (n, k))
+    q = QuantizedTensor(codes, scale, zero, spec, (n, k))
+    if check_finite:
+        refuse_poisoned_segments("w", w, q)
+    return q

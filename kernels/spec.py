@@ -29,6 +29,32 @@ Degenerate ranges
     Where the stored scale would be zero (a constant or all-zero segment, or a range so small that
     the scale underflows the storage dtype), the stored scale is 1. Every code is then 0 (or the
     symmetric zero), and the segment round-trips to ``zero`` (= its minimum) exactly: never a NaN.
+    A single element is a segment like any other (asymmetric: it round-trips exactly).
+
+Non-finite values (NaN, +Inf, -Inf) poison their segment, and only it
+    A segment holding a NaN or an infinity has no usable range: its stored scale (and zero, when
+    asymmetric) is NaN and its codes are 0 (zero bytes), so it dequantizes to NaN; every other
+    segment quantizes as if it were not there. The rule is "the float32 scale is not finite", which
+    also covers a finite range wider than float32 (``max - min`` overflows: only float32 or
+    bfloat16 values beyond about 1.7e38). NaN's bit pattern is not part of the contract. The
+    launchers take ``check_finite=True`` to raise a ValueError naming the first poisoned segment
+    instead (cost: one read of the scales and one device sync, hence off by default); the harness
+    refuses non-finite weights when it loads them. Why poison rather than always raise: it is free
+    in the kernel (no extra pass over W, no sync), it keeps a bad value local and visible, as
+    PyTorch's own ops do, and it is the same in kernel and reference by construction.
+
+Overflow near the dtype's maximum
+    A stored scale never overflows its dtype (the weight's): symmetric, ``max|w| / qmax <= max|w|``;
+    asymmetric, ``(max - min) / qmax <= 2 * dtype_max / 3``. What can overflow is the dequantized
+    value: the scale is rounded to nearest, so ``q * scale + zero`` may pass the largest finite
+    value (float16, 8-bit symmetric, max|w| = 65504: scale 516, 127 * 516 = 65532, which rounds to
+    inf). Dequantization therefore saturates at the output dtype's largest finite magnitude
+    (``torch.finfo(dtype).max``) before rounding; NaN stays NaN.
+
+Subnormals
+    Quantize normally: the arithmetic is IEEE float32 without flush-to-zero on both sides (Triton's
+    NVIDIA backend only flushes inside libdevice calls, which these kernels do not make). A range
+    so small that the scale rounds to 0 in the storage dtype is a degenerate range (above).
 """
 
 from __future__ import annotations

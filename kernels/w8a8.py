@@ -4,10 +4,11 @@
 
 Activations are quantized per token (row) on the fly, symmetric int8: ``sx = max|x| / 127``,
 ``xq = round(x / sx)`` (half to even) clamped to [-127, 127], with the same degenerate-range rule
-as spec.py (an all-zero row gets scale 1). Weights are a symmetric 8-bit per-channel
-QuantizedTensor; ``pack_weights`` turns its offset-binary codes into the int8 [N, K] matrix (row
-major, K contiguous) and float32 per-channel scales that the GEMM reads, once, outside the timed
-call, as weight-loading code would.
+as spec.py (an all-zero row gets scale 1) and the same non-finite rule (a row holding NaN or +-Inf
+gets scale NaN and codes 0, so its output row is NaN; the other rows are unaffected). Weights are
+a symmetric 8-bit per-channel QuantizedTensor; ``pack_weights`` turns its offset-binary codes into
+the int8 [N, K] matrix (row major, K contiguous) and float32 per-channel scales that the GEMM
+reads, once, outside the timed call, as weight-loading code would.
 """
 
 from __future__ import annotations
@@ -27,20 +28,24 @@ TOKEN_SPEC = QuantSpec(8, "symmetric", "channel")  # one scale per token (row of
 @triton.jit
 def quantize_tokens_kernel(x_ptr, xq_ptr, sx_ptr, M, K, stride_xm, stride_qm, BLOCK_K: tl.constexpr):
     """One program per row of x [M, K]: its absmax (a first pass over K), then the int8 codes.
-    Grid: (M,)."""
+    Grid: (M,). A NaN counts as +inf in the absmax (tl.maximum may drop NaN), so a row with a NaN
+    or an infinity gets scale NaN and codes 0, as in the reference."""
     row = tl.program_id(0)
     amax = tl.zeros((BLOCK_K,), tl.float32)
     for k0 in range(0, K, BLOCK_K):
         cols = k0 + tl.arange(0, BLOCK_K)
         x = tl.load(x_ptr + row * stride_xm + cols, mask=cols < K, other=0.0).to(tl.float32)
-        amax = tl.maximum(amax, tl.abs(x))
+        amax = tl.maximum(amax, tl.where(x == x, tl.abs(x), float("inf")))
     scale = tl.div_rn(tl.max(amax, axis=0), 127.0)
     scale = tl.where(scale == 0.0, 1.0, scale)
+    scale = tl.where(scale < float("inf"), scale, float("nan"))
     tl.store(sx_ptr + row, scale)
     for k0 in range(0, K, BLOCK_K):
         cols = k0 + tl.arange(0, BLOCK_K)
         x = tl.load(x_ptr + row * stride_xm + cols, mask=cols < K, other=0.0).to(tl.float32)
-        q = round_half_even(tl.minimum(tl.maximum(tl.div_rn(x, scale), -127.0), 127.0))
+        v = tl.div_rn(x, scale)
+        v = tl.where(v == v, v, 0.0)  # NaN only in a poisoned row: code 0
+        q = round_half_even(tl.minimum(tl.maximum(v, -127.0), 127.0))
         tl.store(xq_ptr + row * stride_qm + cols, q.to(tl.int8), mask=cols < K)
 
 
@@ -108,7 +113,8 @@ def quantize_tokens_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     xf = x.float()
     # the format's own scale rule (absmax / 127, 1 for an all-zero token), kept in float32
     sx, _ = qparams_ref(xf.amin(dim=1), xf.amax(dim=1), TOKEN_SPEC, torch.float32)
-    xq = (xf / sx[:, None]).clamp(-127, 127).round().to(torch.int8)
+    v = xf / sx[:, None]
+    xq = torch.where(torch.isnan(v), 0.0, v).clamp(-127, 127).round().to(torch.int8)  # poisoned row: 0
     return xq, sx
 
 
