@@ -140,13 +140,21 @@ def _load_nvml() -> Any:
 
 
 def _handle(nvml: Any, device: torch.device) -> Any:
-    """The NVML handle of a torch device: by UUID (right under CUDA_VISIBLE_DEVICES, which
-    renumbers devices for CUDA but not for NVML), else by index where nothing renumbers them."""
-    uuid = getattr(torch.cuda.get_device_properties(device), "uuid", None)
-    if uuid is not None:
-        return nvml.nvmlDeviceGetHandleByUUID(f"GPU-{uuid}")
+    """The NVML handle of a torch device: by UUID or PCI bus id (right under CUDA_VISIBLE_DEVICES,
+    which renumbers devices for CUDA but not for NVML), else by index where nothing renumbers them."""
+    props = torch.cuda.get_device_properties(device)
+    uuid = str(getattr(props, "uuid", "") or "")
+    if uuid:
+        try:  # torch prints the UUID bare; NVML names it GPU-<uuid>
+            return nvml.nvmlDeviceGetHandleByUUID(uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}")
+        except nvml.NVMLError:
+            pass  # try the PCI bus id
+    if hasattr(props, "pci_bus_id"):
+        return nvml.nvmlDeviceGetHandleByPciBusId(
+            f"{props.pci_domain_id:08X}:{props.pci_bus_id:02X}:{props.pci_device_id:02X}.0")
     if os.environ.get("CUDA_VISIBLE_DEVICES"):
-        raise LookupError("this torch gives no GPU UUID and CUDA_VISIBLE_DEVICES renumbers the GPUs")
+        raise LookupError("this torch gives neither a GPU UUID nor a PCI bus id, and CUDA_VISIBLE_DEVICES "
+                          "renumbers the GPUs")
     return nvml.nvmlDeviceGetHandleByIndex(device.index or 0)
 
 

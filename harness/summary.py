@@ -112,8 +112,23 @@ def summary_markdown(df: pd.DataFrame, meta: dict) -> str:
     if copy_gbps:
         lines += [f"Measured device-to-device copy bandwidth (1 GiB, read + write): {copy_gbps:.0f} GB/s; "
                   "'% of copy' is the Triton kernel's GB/s against it.", ""]
+    cal = meta.get("calibration", {})
+    rates = [f"{label} {cal[key]:.0f}" for key, label in (("fp16_tflops", "fp16"), ("bf16_tflops", "bf16"),
+                                                           ("fp32_tflops", "fp32"), ("int8_tops", "int8"))
+             if cal.get(key)]
+    if rates:
+        lines += [f"Measured dense matmul rates (TFLOP/s, int8 TOP/s, {cal.get('matmul_size')}^3): "
+                  + ", ".join(rates) + "; `pct_peak_flops` in results.csv is each row's share.", ""]
     counts = df["status"].value_counts().to_dict()
     lines += ["Rows: " + ", ".join(f"{k} {v}" for k, v in counts.items()), ""]
+    if "flags" in df:
+        flagged = df["flags"].dropna().astype(str).str.split(";").explode()
+        flagged = flagged[flagged != ""].value_counts().to_dict()
+        if flagged:
+            lines += ["Flagged rows (see `flags` in results.csv): "
+                      + ", ".join(f"{k} {v}" for k, v in flagged.items())
+                      + " (throttled: SM clock under 75% of its maximum while timed; noisy: the median's "
+                        "relative standard error over timing.target_rse).", ""]
     for op in df["op"].unique():
         table = op_table(df, op, copy_gbps)
         if not table.empty:

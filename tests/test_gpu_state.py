@@ -148,6 +148,23 @@ def test_open_monitor_finds_the_gpu_by_uuid(monkeypatch):
     assert fake.shutdowns == 1
 
 
+def test_open_monitor_falls_back_to_the_pci_bus_id(monkeypatch):
+    class Props:
+        uuid, pci_domain_id, pci_bus_id, pci_device_id = "GPU-unknown", 0, 0x1B, 0
+
+    class NoSuchUuid(FakeNvml):
+        def nvmlDeviceGetHandleByUUID(self, uuid):
+            raise self.NVMLError("Not Found")
+
+        def nvmlDeviceGetHandleByPciBusId(self, bus_id):
+            self.asked_bus = bus_id
+            return "handle"
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props())
+    fake = NoSuchUuid()
+    monitor, why = open_monitor(torch.device("cuda:0"), nvml=fake)
+    assert why is None and fake.asked_bus == "00000000:1B:00.0"
+
+
 def test_open_monitor_when_nvml_cannot_start(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: None)
     monitor, why = open_monitor(torch.device("cuda:0"), nvml=FakeNvml(unsupported=("init",)))
@@ -218,3 +235,14 @@ def test_measured_rows_carry_the_clock_columns(monkeypatch):
     assert row["sm_clock_mhz"] == 1300 and row["temp_c"] == 45 and row["power_w"] == 700.0
     assert row["flags"] == "" and row["peak_mem_bytes"] is None  # CPU: not a GPU timing, no allocator
     assert row["pct_peak_flops"] is None
+
+
+def test_summary_counts_flagged_rows_and_states_the_matmul_ceilings():
+    from quantbench.harness.results import to_frame
+    from quantbench.harness.summary import summary_markdown
+    rows = [{"op": "dequantize", "impl": "triton", "status": "ok", "timing_valid": True, "flags": "throttled;noisy"},
+            {"op": "dequantize", "impl": "torch", "status": "ok", "timing_valid": True, "flags": "noisy"},
+            {"op": "dequantize", "impl": "torch", "status": "ok", "timing_valid": True, "flags": ""}]
+    md = summary_markdown(to_frame(rows), {"calibration": {"fp16_tflops": 700.2, "int8_tops": None,
+                                                           "matmul_size": 8192}})
+    assert "noisy 2, throttled 1" in md and "8192^3): fp16 700;" in md  # int8 not measured: not listed
