@@ -86,9 +86,11 @@ def compare_runs(base_dir: str | Path, cand_dir: str | Path, t: Thresholds = Thr
                 if pd.notna(b.get(col)) and pd.notna(c.get(col)) and b[col] - c[col] > t.snr_tolerance_db:
                     accuracy = "regression"
         latency, p = ("same", math.nan)
-        if key in base_samples and key in cand_samples and bool(b["timing_valid"]) and bool(c["timing_valid"]):
+        # judged: GPU samples on both sides (interpreter timings and cases without samples are not)
+        judged = key in base_samples and key in cand_samples and bool(b["timing_valid"]) and bool(c["timing_valid"])
+        if judged:
             latency, p = latency_verdict(base_samples[key], cand_samples[key], t)
-        row.update(p_value=p, latency=latency, accuracy=accuracy,
+        row.update(p_value=p, latency=latency, latency_judged=judged, accuracy=accuracy,
                    verdict="regression" if "regression" in (latency, accuracy) else latency)
         rows.append(row)
     return pd.DataFrame(rows)

@@ -1,0 +1,245 @@
+"""Measure the latency detector of `quantbench compare` on real GPU samples: how often it raises a
+false alarm, and how often it catches a real slowdown.
+
+Input: K >= 6 run folders of one config recorded back to back on one GPU (configs/aa.yaml). Every
+ordered pair (base, candidate) of distinct runs goes through compare.compare_runs, the code behind
+`quantbench compare`, so the counts are those of the CI gate itself, thresholds included:
+
+- `aa`: the runs as recorded. Every `regression` or `improvement` is a false alarm.
+- `slow10`, `slow5` (--slowdowns): the candidate's raw samples (and its median columns) multiplied
+  by 1.10 and 1.05 in a scratch copy of its folder. A `regression` is a detection.
+- `noisy` (in any experiment): the U test and the minimum effect disagree (a significant change
+  smaller than min_effect, or a large one that is not significant). By design a slowdown smaller
+  than min_effect is never a `regression`: with the default 10%, `slow5` measures how often it is
+  at least flagged `noisy`.
+
+Only judged cases count (GPU samples on both sides: compare's `latency_judged`). The ordered pairs
+are not independent samples: each run is in 2(K - 1) of them, and a pair and its reverse see the
+same two sample sets (an A/A false alarm shows up once as `regression`, once as `improvement`).
+Read the rates as "the share of comparisons a CI gate would get wrong", not as a binomial estimate.
+
+Writes under OUT:
+- detector_power.csv: one row per experiment, pair and case (ratio of medians, p, verdicts);
+- detector_power_summary.csv: per experiment, the count of each verdict and the rate;
+- detector_power_cases.csv: per case, its median time, the A/A spread and the counts;
+- detector_power.md: the same tables, the thresholds used, the GPU and the run folders.
+
+Usage, on the GPU machine, after recording the runs:
+    for i in 1 2 3 4 5 6 7 8; do python3 -m quantbench.harness.cli run configs/aa.yaml --out results/h100/aa \\
+        --no-progress; done
+    python3 scripts/detector_power.py results/h100/aa/aa-* --out results/h100/detector-power
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from quantbench.harness.compare import KEY, Thresholds, compare_runs
+from quantbench.harness.results import load_run, read_lines
+from quantbench.harness.summary import to_markdown
+
+MIN_RUNS = 6
+SLOWDOWNS = (1.10, 1.05)  # factors applied to the candidate's times
+MEDIAN_COLUMNS = ["ms", "ms_p20", "ms_p80", "ms_min", "ms_mean", "ms_std"]
+VERDICTS = ["regression", "improvement", "same", "noisy"]
+
+
+class DetectorInputError(ValueError):
+    """Run folders that cannot be measured together; the message names the folder and the reason."""
+
+
+def check_runs(runs: list[str | Path]) -> list[Path]:
+    """At least MIN_RUNS distinct run folders with samples, one config, one GPU."""
+    paths = [Path(r) for r in runs]
+    if len(paths) < MIN_RUNS:
+        raise DetectorInputError(f"need at least {MIN_RUNS} run folders of one config, got {len(paths)}")
+    if len({p.resolve() for p in paths}) != len(paths):
+        raise DetectorInputError("the same run folder is given twice: an A/A pair of a run with itself "
+                                 "is no measurement")
+    metas = []
+    for p in paths:
+        if not (p / "samples.jsonl").is_file():
+            raise DetectorInputError(f"{p}: no samples.jsonl (not a run folder, or a run without raw samples)")
+        metas.append(json.loads((p / "meta.json").read_text()) if (p / "meta.json").is_file() else {})
+    first, first_meta = paths[0], metas[0]
+    for p, meta in zip(paths[1:], metas[1:], strict=True):
+        a, b = first_meta.get("config") or {}, meta.get("config") or {}
+        changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        if changed:
+            raise DetectorInputError(f"{p} was run with a different config than {first} "
+                                     f"(differs in: {', '.join(changed)}); A/A needs one config")
+        gpu_a, gpu_b = (m.get("env", {}).get("gpu_uuid") or m.get("env", {}).get("gpu") for m in (first_meta, meta))
+        if gpu_a != gpu_b:
+            raise DetectorInputError(f"{p} was recorded on {gpu_b!r}, {first} on {gpu_a!r}: A/A needs one GPU")
+    return paths
+
+
+def slowed_copy(run: Path, factor: float, dest: Path) -> Path:
+    """A copy of the run folder `run` in `dest` with every raw sample and every median column of
+    results.csv multiplied by `factor` (what a kernel that much slower would have recorded)."""
+    dest.mkdir(parents=True)
+    if (run / "meta.json").is_file():
+        (dest / "meta.json").write_text((run / "meta.json").read_text())
+    records = read_lines(run / "samples.jsonl")
+    (dest / "samples.jsonl").write_text("".join(
+        json.dumps({**rec, "samples_ms": [s * factor for s in rec["samples_ms"]]}) + "\n" for rec in records))
+    df, _ = load_run(run)
+    for col in MEDIAN_COLUMNS:
+        df[col] = df[col] * factor
+    df.to_csv(dest / "results.csv", index=False)
+    return dest
+
+
+def case_label(row) -> str:
+    """op impl bits granularity... in words, from the case key columns that are set."""
+    parts = []
+    for col in KEY:
+        v = row[col]
+        if v is None or (isinstance(v, float) and pd.isna(v)) or v == "":
+            continue
+        v = int(v) if isinstance(v, float) and v.is_integer() else v
+        parts.append(f"{col}={v}" if col in ("M", "N", "K", "bits", "group_size", "layers", "depth") else str(v))
+    return " ".join(parts)
+
+
+def experiments(slowdowns: tuple[float, ...] = SLOWDOWNS) -> dict[str, float]:
+    """{"aa": 1.0, "slow10": 1.1, ...}: experiment name and the factor on the candidate's times."""
+    for f in slowdowns:
+        if not f > 1.0:
+            raise DetectorInputError(f"a slowdown factor must be above 1 (1.10 is 10% slower), got {f}")
+    return {"aa": 1.0, **{f"slow{(f - 1) * 100:.3g}": f for f in slowdowns}}
+
+
+def measure(runs: list[Path], thresholds: Thresholds, slowdowns: tuple[float, ...] = SLOWDOWNS) -> pd.DataFrame:
+    """Every experiment on every ordered pair of distinct runs: one row per experiment, pair and case."""
+    tables = []
+    with tempfile.TemporaryDirectory(prefix="detector-power-") as scratch:
+        for name, factor in experiments(slowdowns).items():
+            cands = runs if factor == 1.0 else [slowed_copy(r, factor, Path(scratch) / name / str(i))
+                                                for i, r in enumerate(runs)]
+            for i, j in itertools.permutations(range(len(runs)), 2):
+                table = compare_runs(runs[i], cands[j], thresholds)
+                table.insert(0, "experiment", name)
+                table.insert(1, "factor", factor)
+                table.insert(2, "base", runs[i].name)
+                table.insert(3, "candidate", runs[j].name)
+                tables.append(table)
+    out = pd.concat(tables, ignore_index=True)
+    out["latency_judged"] = out["latency_judged"].fillna(False).astype(bool)  # new/missing rows: not judged
+    out["case"] = [case_label(row) for _, row in out.iterrows()]
+    return out
+
+
+def summarize(table: pd.DataFrame, n_runs: int) -> pd.DataFrame:
+    """Per experiment: pairs, cases, judged comparisons, the count of each latency verdict, and the
+    rate that matters (A/A: false alarms = regression + improvement; slowdowns: detections =
+    regression), each as a share of the judged comparisons."""
+    rows = []
+    for name, factor in table.groupby("experiment", sort=False)["factor"].first().items():
+        t = table[table["experiment"] == name]
+        judged = t[t["latency_judged"]]
+        counts = {v: int((judged["latency"] == v).sum()) for v in VERDICTS}
+        n = len(judged)
+        row = {"experiment": name, "factor": factor, "pairs": n_runs * (n_runs - 1), "cases": t["case"].nunique(),
+               "judged": n, "not_judged": int((~t["latency_judged"]).sum()), **counts}
+        alarms = counts["regression"] + counts["improvement"] if factor == 1.0 else counts["regression"]
+        row["measure"] = "false_alarm_rate" if factor == 1.0 else "detection_rate"
+        row["rate"] = alarms / n if n else float("nan")
+        row["noisy_rate"] = counts["noisy"] / n if n else float("nan")
+        row["accuracy_regressions"] = int((t["accuracy"] == "regression").sum())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def per_case(table: pd.DataFrame, runs: list[Path]) -> pd.DataFrame:
+    """Per case: its median time over the runs, the largest A/A change of the median, and the counts
+    of false alarms, noisy verdicts and detections over the pairs where it was judged."""
+    medians = pd.concat([load_run(r)[0].assign(case=lambda d: [case_label(row) for _, row in d.iterrows()])
+                         for r in runs])
+    judged = table[table["latency_judged"]]
+    rows = []
+    for case, t in judged.groupby("case", sort=False):
+        aa = t[t["experiment"] == "aa"]
+        row = {"case": case, "median_us": 1000 * medians.loc[medians["case"] == case, "ms"].median(),
+               "aa_max_change_pct": 100 * (aa["ratio"] - 1).abs().max(), "aa_pairs": len(aa),
+               "aa_false_alarms": int(aa["latency"].isin(["regression", "improvement"]).sum()),
+               "aa_noisy": int((aa["latency"] == "noisy").sum())}
+        for name in table["experiment"].unique():
+            if name != "aa":
+                s = t[t["experiment"] == name]
+                row[f"{name}_detected"] = int((s["latency"] == "regression").sum())
+                row[f"{name}_noisy"] = int((s["latency"] == "noisy").sum())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def markdown(summary: pd.DataFrame, cases: pd.DataFrame, runs: list[Path], thresholds: Thresholds) -> str:
+    meta = json.loads((runs[0] / "meta.json").read_text()) if (runs[0] / "meta.json").is_file() else {}
+    env = meta.get("env", {})
+    aa = summary.set_index("experiment")
+    lines = [
+        "# Detector power: `quantbench compare` on repeated identical runs", "",
+        f"GPU: {env.get('gpu', '?')} | config: {meta.get('config', {}).get('name', '?')} | "
+        f"{len(runs)} runs, {len(runs) * (len(runs) - 1)} ordered pairs | torch {env.get('torch', '?')} | "
+        f"triton {env.get('triton', '?')}", "",
+        f"Thresholds (compare.Thresholds): Mann-Whitney U two-sided p < alpha = {thresholds.alpha}, and the "
+        f"median must move by at least min_effect = {thresholds.min_effect:.0%}.", "",
+        f"- A/A false alarms: {int(aa.loc['aa', 'regression'] + aa.loc['aa', 'improvement'])} of "
+        f"{int(aa.loc['aa', 'judged'])} judged comparisons ({aa.loc['aa', 'rate']:.2%}); "
+        f"noisy: {int(aa.loc['aa', 'noisy'])}.",
+    ]
+    for name in summary["experiment"]:
+        if name != "aa":
+            lines.append(f"- slowdown x{aa.loc[name, 'factor']:.2f} detected: {int(aa.loc[name, 'regression'])} of "
+                         f"{int(aa.loc[name, 'judged'])} ({aa.loc[name, 'rate']:.2%}); noisy: "
+                         f"{int(aa.loc[name, 'noisy'])}, same: {int(aa.loc[name, 'same'])}.")
+    lines += ["", "## Counts by experiment", "", to_markdown(summary), "",
+              "## By case", "", to_markdown(cases), "",
+              "Pairs are not independent: each run is in 2(K - 1) ordered pairs, and an A/A false alarm "
+              "counts once as a regression and once, reversed, as an improvement. A slowdown equal to "
+              "min_effect sits on the threshold: with little noise it is caught about half the time, "
+              "by construction; one below it can only be `noisy`.", "",
+              "## Run folders", ""]
+    lines += [f"- `{r}`" for r in runs]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("runs", nargs="+", help=f"at least {MIN_RUNS} run folders of one config, recorded on one GPU")
+    ap.add_argument("--out", required=True, help="folder to write the CSV and markdown files into")
+    ap.add_argument("--alpha", type=float, default=Thresholds.alpha, help="Mann-Whitney U significance level")
+    ap.add_argument("--min-effect", type=float, default=Thresholds.min_effect,
+                    help="smallest relative change of the median that counts")
+    ap.add_argument("--slowdowns", type=float, nargs="+", default=list(SLOWDOWNS),
+                    help="factors to inject into the candidate's times (default: 1.10 1.05)")
+    args = ap.parse_args(argv)
+    try:
+        runs = check_runs(args.runs)
+        experiments(tuple(args.slowdowns))
+    except DetectorInputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    thresholds = Thresholds(alpha=args.alpha, min_effect=args.min_effect)
+    table = measure(runs, thresholds, tuple(args.slowdowns))
+    summary, cases = summarize(table, len(runs)), per_case(table, runs)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "detector_power.csv", index=False)
+    summary.to_csv(out / "detector_power_summary.csv", index=False)
+    cases.to_csv(out / "detector_power_cases.csv", index=False)
+    (out / "detector_power.md").write_text(markdown(summary, cases, runs, thresholds))
+    print(f"written: {out}/detector_power.md, detector_power.csv, detector_power_summary.csv, "
+          f"detector_power_cases.csv")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""scripts/detector_power.py on synthetic run folders (written by the harness's own RunWriter, noise
+from a seeded RNG): its counts are checked where they are known exactly."""
+
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from quantbench.harness.compare import Thresholds
+from quantbench.harness.results import RunWriter
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "detector_power.py"
+_spec = importlib.util.spec_from_file_location("detector_power", SCRIPT)
+dp = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(dp)
+
+# (op, N, K, median ms): one ~5 us kernel and two above 20 us, as in configs/aa.yaml
+CASES = [("quantize", 4096, 4096, 0.020), ("dequantize", 1024, 1024, 0.005), ("matmul", 4096, 4096, 0.030)]
+CONFIG = {"name": "aa", "seed": 0, "sweep": {"op": ["quantize", "dequantize", "matmul"]}}
+GPU = {"gpu": "NVIDIA H100 80GB HBM3", "gpu_uuid": "GPU-0"}
+DEFAULT_THRESHOLDS = Thresholds()  # what `quantbench compare` uses
+
+
+def make_run(root, index, seed, cv, n=300, shift=1.0, invalid=(), config=CONFIG, env=GPU):
+    """A run folder: each case's samples are median * shift * (1 + cv * N(0, 1)) from
+    RNG(seed, case); the same seed gives the same samples in every run."""
+    writer = RunWriter.create(root, f"aa{index}", {"config": config, "env": env})
+    for c, (op, n_, k, median) in enumerate(CASES):
+        rng = np.random.default_rng([seed, c])
+        samples = median * shift * (1 + cv * rng.standard_normal(n))
+        row = {"op": op, "impl": "triton", "bits": 4, "scheme": "asymmetric", "granularity": "group",
+               "group_size": 128, "dtype": "float16", "M": 1 if op == "matmul" else None, "N": n_, "K": k,
+               "status": "ok", "ms": float(np.median(samples)), "timing_valid": op not in invalid, "snr_db": 20.0}
+        writer.append_case(f"{op}-{n_}", [row], [tuple(samples.tolist())])
+    writer.finish(lambda df, meta: "")
+    return writer.path
+
+
+def summary_of(runs, slowdowns=(1.10, 1.05), thresholds=DEFAULT_THRESHOLDS):
+    table = dp.measure(runs, thresholds, slowdowns)
+    return table, dp.summarize(table, len(runs)).set_index("experiment")
+
+
+def test_identical_runs_raise_no_alarm_and_a_50_percent_slowdown_is_always_caught(tmp_path):
+    runs = [make_run(tmp_path, i, seed=7, cv=0.02) for i in range(6)]
+    _, s = summary_of(runs, slowdowns=(1.5,))
+    pairs_x_cases = 6 * 5 * len(CASES)
+    assert s.loc["aa", "judged"] == pairs_x_cases and s.loc["aa", "not_judged"] == 0
+    assert s.loc["aa", ["regression", "improvement", "noisy"]].tolist() == [0, 0, 0]
+    assert s.loc["aa", "same"] == pairs_x_cases and s.loc["aa", "rate"] == 0
+    assert s.loc["slow50", "regression"] == pairs_x_cases and s.loc["slow50", "rate"] == 1.0
+    assert s.loc["aa", "accuracy_regressions"] == 0
+
+
+def test_independent_low_noise_runs(tmp_path):
+    """1% noise, 300 samples: no A/A alarm; a 50% slowdown always caught; a 5% one is significant
+    but under the 10% minimum effect, so it is `noisy`, never a regression."""
+    runs = [make_run(tmp_path, i, seed=i, cv=0.01) for i in range(6)]
+    table, s = summary_of(runs, slowdowns=(1.5, 1.05))
+    n = 6 * 5 * len(CASES)
+    assert s.loc["aa", "regression"] + s.loc["aa", "improvement"] == 0
+    assert s.loc["slow50", "regression"] == n
+    assert s.loc["slow5", "regression"] == 0 and s.loc["slow5", "noisy"] == n and s.loc["slow5", "rate"] == 0
+    assert s.loc["slow5", "noisy_rate"] == 1.0
+    slow5 = table[table["experiment"] == "slow5"]
+    assert ((slow5["ratio"] > 1.03) & (slow5["ratio"] < 1.07)).all()  # the medians moved by the factor
+
+
+def test_one_shifted_run_gives_exactly_its_pairs_as_false_alarms(tmp_path):
+    """Five runs alike and a sixth 20% slower (a throttled GPU): every pair with the sixth as
+    candidate is a regression, as base an improvement: 2 * 5 of 30 pairs, all cases."""
+    runs = [make_run(tmp_path, i, seed=i, cv=0.01) for i in range(5)]
+    runs.append(make_run(tmp_path, 5, seed=5, cv=0.01, shift=1.2))
+    table, s = summary_of(runs)
+    assert s.loc["aa", "regression"] == 5 * len(CASES) and s.loc["aa", "improvement"] == 5 * len(CASES)
+    assert s.loc["aa", "rate"] == pytest.approx(10 / 30)
+    aa = table[(table["experiment"] == "aa") & (table["latency"] == "regression")]
+    assert set(aa["candidate"]) == {runs[5].name}
+    cases = dp.per_case(table, runs).set_index("case")
+    assert (cases["aa_false_alarms"] == 10).all() and (cases["aa_pairs"] == 30).all()
+    assert cases["aa_max_change_pct"].between(15, 25).all()
+
+
+def test_cases_without_valid_gpu_timing_are_not_judged(tmp_path):
+    runs = [make_run(tmp_path, i, seed=i, cv=0.01, invalid=("dequantize",)) for i in range(6)]
+    _, s = summary_of(runs, slowdowns=(1.5,))
+    assert s.loc["aa", "judged"] == 30 * 2 and s.loc["aa", "not_judged"] == 30
+    assert s.loc["slow50", "regression"] == 30 * 2
+
+
+def test_script_writes_its_tables_and_names_thresholds_and_runs(tmp_path):
+    runs = [make_run(tmp_path / "runs", i, seed=i, cv=0.02) for i in range(6)]
+    out = tmp_path / "power"
+    done = subprocess.run([sys.executable, str(SCRIPT), *map(str, runs), "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    for name in ("detector_power.csv", "detector_power_summary.csv", "detector_power_cases.csv"):
+        assert (out / name).stat().st_size > 0
+    md = (out / "detector_power.md").read_text()
+    assert "alpha = 0.002" in md and "min_effect = 10%" in md and "NVIDIA H100 80GB HBM3" in md
+    assert all(f"`{r}`" in md for r in runs)
+    assert "slow10" in md and "slow5" in md
+
+
+@pytest.mark.parametrize("change,message", [
+    ("too_few", "need at least 6 run folders of one config, got 5"),
+    ("twice", "the same run folder is given twice"),
+    ("config", r"aa5-\S* was run with a different config than .*aa0-\S* \(differs in: seed\)"),
+    ("gpu", r"aa5-\S* was recorded on 'GPU-1', .*aa0-\S* on 'GPU-0': A/A needs one GPU"),
+    ("not_a_run", "no samples.jsonl"),
+    ("speedup", "a slowdown factor must be above 1"),
+])
+def test_bad_input_is_refused_with_a_clear_message(tmp_path, capsys, change, message):
+    runs = [make_run(tmp_path, i, seed=i, cv=0.02) for i in range(5)]
+    extra = []
+    if change == "twice":
+        extra = [runs[0]]
+    elif change == "config":
+        extra = [make_run(tmp_path, 5, seed=5, cv=0.02, config={**CONFIG, "seed": 1})]
+    elif change == "gpu":
+        extra = [make_run(tmp_path, 5, seed=5, cv=0.02, env={**GPU, "gpu_uuid": "GPU-1"})]
+    elif change == "not_a_run":
+        (tmp_path / "empty").mkdir()
+        extra = [tmp_path / "empty"]
+    elif change == "speedup":
+        extra = [make_run(tmp_path, 5, seed=5, cv=0.02)]
+    args = [*map(str, runs + extra), "--out", str(tmp_path / "out")]
+    if change == "speedup":
+        args += ["--slowdowns", "0.9"]
+    assert dp.main(args) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err), err
+    assert not (tmp_path / "out").exists()
