@@ -41,7 +41,8 @@ def merge_runs(runs: list[str | Path], out_root: str | Path) -> Path:
     meta = {"schema_version": SCHEMA_VERSION, "run_id": run_id, "merged_utc": utc_now(),
             "merged_from": [m["run_id"] for m in metas], "config": metas[0]["config"],
             "env": metas[0].get("env", {}), "envs": [m.get("env", {}) for m in metas],
-            "calibration": metas[0].get("calibration", {}), "rows": len(df),
+            "calibration": metas[0].get("calibration", {}), "datasheet": metas[0].get("datasheet"),
+            "rows": len(df),
             "status_counts": df["status"].value_counts().to_dict()}
     _atomic_write(path / "rows.jsonl", "".join(json.dumps({"case": k, "rows": r}) + "\n" for k, r in cases))
     _atomic_write(path / "samples.jsonl", "".join(json.dumps(rec) + "\n" for rec in samples))
