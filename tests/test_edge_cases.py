@@ -89,10 +89,10 @@ def test_non_finite_value_poisons_exactly_its_segment(spec, bad, gen, device):
         if spec.bits == 8:  # one byte per element: the segment's codes are zero bytes
             assert (q_ref.codes.cpu()[seg] == 0).all()
         # every other segment is what it would be without the bad value
-        q_clean = quantize_ref(clean, spec)
+        q_clean = quantize_ref(clean.to(device), spec)
         scales, ok = q_ref.scales.cpu(), ~q_ref.scales.cpu().isnan()
-        assert torch.equal(scales[ok], q_clean.scales[ok])
-        assert torch.equal(dequantize_ref(q_ref).cpu()[~seg], dequantize_ref(q_clean)[~seg])
+        assert torch.equal(scales[ok], q_clean.scales.cpu()[ok])
+        assert torch.equal(dequantize_ref(q_ref).cpu()[~seg], dequantize_ref(q_clean).cpu()[~seg])
         w_hat = assert_dequantizations_agree(q, device)
         assert torch.equal(w_hat.isnan(), seg)  # NaN exactly where the segment is
 
@@ -259,8 +259,8 @@ def test_token_quantizer_poisons_only_rows_with_non_finite_values(gen, device):
         assert (xq[1:4] == 0).all()
         clean = x.clone()
         clean[1:4] = 0.0
-        xq_clean, sx_clean = quantize_tokens_ref(clean.to(dtype))
-        assert torch.equal(xq[[0, 4]].cpu(), xq_clean[[0, 4]]) and torch.equal(sx[[0, 4]].cpu(), sx_clean[[0, 4]])
+        xq_clean, sx_clean = quantize_tokens_ref(clean.to(dtype).to(device))
+        assert torch.equal(xq[[0, 4]], xq_clean[[0, 4]]) and torch.equal(sx[[0, 4]], sx_clean[[0, 4]])
 
 
 def test_w8a8_output_rows_of_poisoned_tokens_are_nan(gen, device):
