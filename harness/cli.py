@@ -1,5 +1,5 @@
-"""The `quantbench` command: run, validate, list, show, compare, compare-gpus, merge, and
-conversion to and from pytest-benchmark JSON."""
+"""The `quantbench` command: run, validate, list, show, compare, compare-gpus, merge, fit, report,
+and conversion to and from pytest-benchmark JSON."""
 
 from __future__ import annotations
 
@@ -218,6 +218,17 @@ def cmd_fit(args, console: Console) -> int:
     return 0
 
 
+def cmd_report(args, console: Console) -> int:
+    from .report import ReportError, write_report
+    try:
+        out = write_report(args.runs, args.out)
+    except ReportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    console.print(f"written: {out}/report.html, report.md and the PNGs they show")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="quantbench", description="Benchmark Triton quantization kernels "
                                 "against PyTorch: latency, memory and error on one table.")
@@ -275,6 +286,11 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--group-size", type=int, default=128, choices=(32, 64, 128, 256),
                     help="group size of the int formats (one fp16 scale and zero per group)")
     ft.set_defaults(func=cmd_fit)
+    rp = sub.add_parser("report", help="plots and an HTML/Markdown report of one or more runs")
+    rp.add_argument("runs", nargs="+", help="run folders (several: also GPU against GPU)")
+    rp.add_argument("--out", default=None, help="folder to write report.html, report.md and the PNGs in "
+                                                "(default: the run folder; required for several runs)")
+    rp.set_defaults(func=cmd_report)
     s = sub.add_parser("show", help="print the tables of a run folder")
     s.add_argument("run")
     s.set_defaults(func=cmd_show)
