@@ -2,16 +2,22 @@
 
 W8A16, W4A16 and W2A16 (any scheme and granularity of spec.py) with float32, float16 or bfloat16
 activations and float32 accumulation. The codes are read in the packed layout that ``quantize``
-writes ([N, ceil(K * bits / 8)] uint8, packed along K) and are never expanded in memory: each
-program unpacks and scales its [BLOCK_N, BLOCK_K] weight tile in registers.
+writes ([N, ceil(K * bits / 8)] uint8, packed along K, element k of a row in byte k // (8 // bits)
+at bit (k % (8 // bits)) * bits) and are never expanded in memory: each program unpacks and scales
+its weight tile in registers.
 
 Two kernels, chosen by M as the fast libraries do:
-- ``qgemv_kernel`` for M <= GEMV_MAX_M: no tensor cores (a tl.dot padded to 16 rows wastes most
-  of its work at M = 1); each program reduces a few output columns over all of K with a
-  broadcast multiply and a sum, and small BLOCK_N gives enough programs to fill the GPU.
-- ``qgemm_kernel`` otherwise: a tiled tl.dot GEMM with the dequantization inside the K loop.
-Both are autotuned, keyed on the M bucket, N, K and the format; configs that cannot apply are
-pruned. Under the interpreter one small config is used instead.
+- ``qgemv_kernel`` for M = 1, on the CUDA cores (a tl.dot padded to 16 rows wastes most of its
+  work). Each program streams BLOCK_N weight rows over all of K, reading the codes as int32 words
+  where it can, and keeps one float32 partial sum per word it holds, reduced once after the loop.
+- ``qgemm_kernel`` otherwise: a tiled tl.dot GEMM with the dequantization inside the K loop,
+  computed transposed (y^T = W_hat x^T) so that the dequantized weight, which lives in registers,
+  is the dot's left operand (Hopper's wgmma reads its left operand from registers, its right one
+  from shared memory, where the pipelined x tile already is). For M <= SPLIT_MAX_M there are too
+  few output tiles to fill the GPU, so K is split too: SPLIT_K programs share a tile and add
+  their partial sums atomically into a float32 buffer, then cast to x's dtype.
+Both are autotuned (the GEMM keyed on the M bucket, N, K and the format); configs that cannot
+apply are pruned. Under the interpreter one small config is used instead.
 """
 
 from __future__ import annotations
@@ -27,7 +33,6 @@ from .checks import check_matrix, check_same_device, interpreting
 from .dequantization import GRANULARITY_IDS, _check_quantized, dequant_tile, dequantize_ref, unpack_tile
 from .spec import QuantizedTensor
 
-GEMV_MAX_M = 4
 
 
 @triton.jit
@@ -43,26 +48,84 @@ def row_params(scales_ptr, zeros_ptr, rows, N, stride_sn, col, SYMMETRIC: tl.con
 
 
 @triton.jit
-def qgemv_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, y_ptr, M, N, K,
-                 stride_xm, stride_cn, stride_sn, stride_ym, M_BUCKET,
-                 BITS: tl.constexpr, OFFSET: tl.constexpr, SYMMETRIC: tl.constexpr,
+def store_tile(y_ptr, acc, rows_m, rows_n, M, N, stride_ym, SPLIT_K: tl.constexpr):
+    """Write (SPLIT_K == 1) or atomically add (float32 y, SPLIT_K > 1) acc[i, j] at y[rows_m[i], rows_n[j]]."""
+    ptrs = y_ptr + rows_m[:, None] * stride_ym + rows_n[None, :]
+    mask = (rows_m[:, None] < M) & (rows_n[None, :] < N)
+    if SPLIT_K == 1:
+        tl.store(ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask)
+    else:
+        tl.atomic_add(ptrs, acc, mask=mask, sem="relaxed")
+
+
+@triton.jit
+def qgemv_kernel(x_ptr, units_ptr, scales_ptr, zeros_ptr, y_ptr, N, K, stride_un, stride_sn, row_units,
+                 BITS: tl.constexpr, FIELDS: tl.constexpr, OFFSET: tl.constexpr, SYMMETRIC: tl.constexpr,
                  GRANULARITY: tl.constexpr, GROUP: tl.constexpr,
-                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """y[M, N] = x[M, K] @ W^T for M <= BLOCK_M (a power of two, at most GEMV_MAX_M).
-    Grid: (cdiv(N, BLOCK_N),). W as in dequant_tile; x and y have unit stride along their rows."""
-    pid_n = tl.program_id(0)
-    rows_w = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rows_x = tl.arange(0, BLOCK_M)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr):
+    """y[1, N] = x[1, K] @ W_hat^T. Grid: (cdiv(N, BLOCK_N),).
+
+    The codes are read as units of FIELDS bit fields: the packed bytes of ``quantize`` viewed as
+    int32 words (FIELDS = 32 // BITS, when a row's bytes are a whole number of aligned words) or
+    as uint8 (FIELDS = 8 // BITS); field j of unit u holds column u * FIELDS + j either way, since
+    the bytes are little endian. row_units: units per row; stride_un in units. Scales and zeros as
+    in dequant_tile. BLOCK_K is a multiple of FIELDS; with per-group scales BLOCK_K and GROUP are
+    powers of two. EVEN_N / EVEN_K: N / K are multiples of BLOCK_N / BLOCK_K (no masks needed).
+
+    The tile is held as [BLOCK_N, segments, units per segment], a segment being the columns that
+    share one scale (a group, or the whole tile), so a scale broadcasts without a reshape. Each
+    field is multiplied by the activations of its own columns (a strided read of x, which is
+    small and stays in cache), so the fields are never interleaved, and each program keeps one
+    float32 partial sum per unit it holds, reduced once after the loop. Per-channel and
+    per-tensor scales are applied after the loop: s (x . (q - offset)) + z sum(x).
+    """
+    FIELD_MASK: tl.constexpr = (1 << BITS) - 1
+    SEG: tl.constexpr = min(GROUP, BLOCK_K) if GRANULARITY == 2 else BLOCK_K
+    NSEG: tl.constexpr = BLOCK_K // SEG
+    SEG_UNITS: tl.constexpr = SEG // FIELDS
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < N
+    segs = tl.arange(0, NSEG)
+    tile_units = segs[:, None] * SEG_UNITS + tl.arange(0, SEG_UNITS)[None, :]  # [NSEG, SEG_UNITS]
+    acc = tl.zeros((BLOCK_N, NSEG, SEG_UNITS), tl.float32)
+    x_sum = tl.zeros((NSEG, SEG_UNITS), tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        cols = k0 + tl.arange(0, BLOCK_K)
-        x = tl.load(x_ptr + rows_x[:, None] * stride_xm + cols[None, :],
-                    mask=(rows_x[:, None] < M) & (cols[None, :] < K), other=0.0).to(tl.float32)
-        w = dequant_tile(codes_ptr, scales_ptr, zeros_ptr, rows_w, k0, N, K, stride_cn, stride_sn,
-                         BITS, OFFSET, SYMMETRIC, GRANULARITY, GROUP, BLOCK_N, BLOCK_K)
-        acc += tl.sum(x[:, None, :] * w[None, :, :], axis=2)
-    mask = (rows_x[:, None] < M) & (rows_w[None, :] < N)
-    tl.store(y_ptr + rows_x[:, None] * stride_ym + rows_w[None, :], acc.to(y_ptr.dtype.element_ty), mask=mask)
+        unit_cols = k0 // FIELDS + tile_units
+        unit_ptrs = units_ptr + rows[:, None, None] * stride_un + unit_cols[None, :, :]
+        if EVEN_N and EVEN_K:
+            packed = tl.load(unit_ptrs)
+        else:
+            packed = tl.load(unit_ptrs, mask=row_ok[:, None, None] & (unit_cols < row_units)[None, :, :], other=0)
+        packed = packed.to(tl.int32)
+        if GRANULARITY == 2:
+            seg_cols = k0 + segs * SEG
+            s_off = rows[:, None] * stride_sn + (seg_cols // GROUP)[None, :]
+            s_ok = row_ok[:, None] & (seg_cols < K)[None, :]
+            scale = tl.load(scales_ptr + s_off, mask=s_ok, other=1.0).to(tl.float32)[:, :, None]
+            if SYMMETRIC:
+                zero = 0.0
+            else:
+                zero = tl.load(zeros_ptr + s_off, mask=s_ok, other=0.0).to(tl.float32)[:, :, None]
+        for j in tl.static_range(FIELDS):
+            field = (packed >> (j * BITS)) & FIELD_MASK
+            # int -> float by the exponent trick (see unpack_tile)
+            q = (field | 0x4B000000).to(tl.float32, bitcast=True) - (8388608.0 + OFFSET)
+            cols = k0 + tile_units * FIELDS + j
+            if EVEN_K:
+                xv = tl.load(x_ptr + cols).to(tl.float32)
+            else:
+                xv = tl.load(x_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)
+            if GRANULARITY == 2:
+                acc += xv[None, :, :] * (q * scale + zero)
+            else:
+                acc += xv[None, :, :] * q
+                if not SYMMETRIC:
+                    x_sum += xv
+    y = tl.sum(tl.sum(acc, axis=2), axis=1)
+    if GRANULARITY != 2:
+        scale, zero = row_params(scales_ptr, zeros_ptr, rows * (GRANULARITY == 1), N, stride_sn, 0, SYMMETRIC)
+        y = y * scale + tl.sum(tl.sum(x_sum, axis=1), axis=0) * zero
+    tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=row_ok)
 
 
 @triton.jit
@@ -71,17 +134,21 @@ def qgemm_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, y_ptr, M, N, K,
                  BITS: tl.constexpr, OFFSET: tl.constexpr, SYMMETRIC: tl.constexpr,
                  GRANULARITY: tl.constexpr, GROUP: tl.constexpr, IEEE: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 GROUP_M: tl.constexpr):
-    """y[M, N] = x[M, K] @ W^T with tl.dot. Grid: (cdiv(M, BLOCK_M) * cdiv(N, BLOCK_N),), programs
-    ordered in GROUP_M-row bands so that neighbouring programs share weight tiles in L2.
+                 GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr):
+    """y[M, N] = x[M, K] @ W_hat^T with tl.dot, computed as y^T tiles [BLOCK_N, BLOCK_M] = W_hat x^T.
 
-    Per-group scales: each weight tile is dequantized to x's dtype inside the K loop. Per-channel
-    and per-tensor scales: the integer codes (exact in fp16 and bf16) go into the dot and the
-    scale and zero are applied once, in the epilogue: s (x . q) + z sum(x).
+    Grid: (cdiv(M, BLOCK_M) * cdiv(N, BLOCK_N), SPLIT_K), programs ordered in GROUP_M-row bands so
+    that neighbouring programs share weight tiles in L2; y is float32 and zeroed when SPLIT_K > 1.
+    Each weight tile is dequantized to x's dtype inside the K loop, except with symmetric
+    per-channel or per-tensor scales: then the integer codes (exact in fp16 and bf16) go into the
+    dot and the scale is applied once, in the epilogue. (The asymmetric form s (q . x) + z sum(x)
+    needs sum(x) from the x tile that also feeds the dot, and Triton 3.6 on Hopper computed that
+    sum wrongly for some tile shapes, so the zero is applied to the tile instead.)
     IEEE: both operands in float32, multiplied without TF32 (float32 activations; bfloat16 under
     the interpreter, whose dot reads bfloat16's raw bits as integers).
     """
     pid = tl.program_id(0)
+    pid_k = tl.program_id(1)
     num_m = tl.cdiv(M, BLOCK_M)
     num_n = tl.cdiv(N, BLOCK_N)
     band = GROUP_M * num_n
@@ -89,32 +156,34 @@ def qgemm_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, y_ptr, M, N, K,
     band_m = min(num_m - first_m, GROUP_M)
     pid_m = first_m + (pid % band) % band_m
     pid_n = (pid % band) // band_m
+    k_per_split = tl.cdiv(tl.cdiv(K, SPLIT_K), BLOCK_K) * BLOCK_K
+    k_lo = pid_k * k_per_split
+    k_hi = min(K, k_lo + k_per_split)
 
     rows_x = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rows_w = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-    x_sum = tl.zeros((BLOCK_M,), tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    # symmetric per-channel or per-tensor: integer codes in the dot, one scale per output column
+    EPILOGUE_SCALE: tl.constexpr = SYMMETRIC and GRANULARITY != 2
+    acc = tl.zeros((BLOCK_N, BLOCK_M), tl.float32)
+    for k0 in range(k_lo, k_hi, BLOCK_K):
         cols = k0 + tl.arange(0, BLOCK_K)
-        x = tl.load(x_ptr + rows_x[:, None] * stride_xm + cols[None, :],
-                    mask=(rows_x[:, None] < M) & (cols[None, :] < K), other=0.0)
-        if GRANULARITY == 2:
+        # x^T tile [BLOCK_K, BLOCK_M], read straight from row-major x
+        xt = tl.load(x_ptr + rows_x[None, :] * stride_xm + cols[:, None],
+                     mask=(rows_x[None, :] < M) & (cols[:, None] < K), other=0.0)
+        # columns past K meet zeros of x; their weights are finite (codes read as 0, scales as 1)
+        if EPILOGUE_SCALE:
+            w = unpack_tile(codes_ptr, rows_w, k0, N, K, stride_cn, BITS, OFFSET, BLOCK_N, BLOCK_K)
+        else:
             w = dequant_tile(codes_ptr, scales_ptr, zeros_ptr, rows_w, k0, N, K, stride_cn, stride_sn,
                              BITS, OFFSET, SYMMETRIC, GRANULARITY, GROUP, BLOCK_N, BLOCK_K)
-        else:
-            w = unpack_tile(codes_ptr, rows_w, k0, N, K, stride_cn, BITS, OFFSET, BLOCK_N, BLOCK_K)
-            if not SYMMETRIC:
-                x_sum += tl.sum(x.to(tl.float32), axis=1)
-        w = tl.where((cols < K)[None, :], w, 0.0)
         if IEEE:
-            acc = tl.dot(x.to(tl.float32), tl.trans(w), acc, input_precision="ieee")
+            acc = tl.dot(w, xt.to(tl.float32), acc, input_precision="ieee")
         else:
-            acc = tl.dot(x, tl.trans(w.to(x.dtype)), acc)
-    if GRANULARITY != 2:
-        scale, zero = row_params(scales_ptr, zeros_ptr, rows_w * (GRANULARITY == 1), N, stride_sn, 0, SYMMETRIC)
-        acc = acc * scale[None, :] + x_sum[:, None] * zero[None, :]
-    mask = (rows_x[:, None] < M) & (rows_w[None, :] < N)
-    tl.store(y_ptr + rows_x[:, None] * stride_ym + rows_w[None, :], acc.to(y_ptr.dtype.element_ty), mask=mask)
+            acc = tl.dot(w.to(xt.dtype), xt, acc)
+    if EPILOGUE_SCALE:
+        scale, _ = row_params(scales_ptr, zeros_ptr, rows_w * (GRANULARITY == 1), N, stride_sn, 0, True)
+        acc = acc * scale[:, None]
+    store_tile(y_ptr, tl.trans(acc), rows_x, rows_w, M, N, stride_ym, SPLIT_K)
 
 
 def _prune(configs, named_args, **kwargs):
@@ -122,35 +191,92 @@ def _prune(configs, named_args, **kwargs):
     n, k = named_args["N"], named_args["K"]
     kept = [c for c in configs
             if c.kwargs["BLOCK_K"] <= max(32, triton.next_power_of_2(k))
-            and c.kwargs["BLOCK_N"] <= max(32, triton.next_power_of_2(n))]
+            and c.kwargs["BLOCK_N"] <= max(64, triton.next_power_of_2(n))]
     return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_K"])]
 
 
-GEMV_CONFIGS = [
-    triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
-    for bn, bk, w, s in [(8, 256, 4, 3), (16, 256, 4, 3), (16, 512, 8, 3), (32, 256, 8, 3),
-                         (8, 512, 4, 4), (32, 128, 4, 4), (16, 128, 4, 4), (64, 64, 4, 4),
-                         (32, 64, 4, 4), (64, 32, 4, 4)]
-]
-GEMM_CONFIGS = [
-    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=s)
-    for bm, bn, bk, w, s in [
-        (16, 64, 128, 4, 4), (16, 128, 128, 4, 4), (32, 128, 64, 4, 4), (64, 128, 64, 4, 3),
-        (64, 128, 128, 8, 3), (128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (128, 128, 32, 4, 4),
-    ]
-]
+def _prune_gemm(configs, named_args, **kwargs):
+    """As _prune, and x tiles no taller than the M bucket (a 256-row tile at M = 16 is mostly padding)."""
+    bucket = named_args["M_BUCKET"]
+    kept = [c for c in _prune(configs, named_args) if c.kwargs["BLOCK_M"] <= max(16, bucket)]
+    return kept or _prune(configs, named_args)[:1]
+
+
+# (BLOCK_N, BLOCK_K, num_warps)
+GEMV_TILES = [(8, 512, 4), (16, 512, 4), (16, 256, 4), (8, 256, 2), (8, 1024, 4), (32, 512, 8), (4, 1024, 2)]
+GEMV_CONFIGS = [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w) for bn, bk, w in GEMV_TILES]
+# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages)
+GEMM_TILES = [(128, 128, 64, 8, 3), (128, 128, 128, 8, 3), (256, 128, 64, 8, 3), (128, 256, 64, 8, 3),
+              (64, 256, 64, 8, 4), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (64, 64, 128, 4, 4)]
+GEMM_CONFIGS = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "SPLIT_K": 1},
+                              num_warps=w, num_stages=s) for bm, bn, bk, w, s in GEMM_TILES]
+
+
+def _zero_output(nargs):
+    """A split-K config adds its partial sums into y, which must start at zero."""
+    nargs["y_ptr"].zero_()
+
+
+# Small M (up to SPLIT_MAX_M): few output tiles, so K is split too; y is a float32 buffer.
+# (BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages)
+SPLIT_TILES = [(16, 64, 256, 4, 4, 3), (16, 64, 128, 4, 4, 4), (16, 64, 256, 8, 4, 3), (16, 32, 256, 4, 4, 3),
+               (32, 64, 256, 4, 4, 3), (32, 64, 128, 2, 4, 4), (64, 64, 128, 2, 4, 4), (64, 64, 256, 4, 4, 3),
+               (16, 64, 128, 1, 4, 4), (64, 128, 64, 1, 4, 4)]
+SPLIT_CONFIGS = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "SPLIT_K": sk},
+                               num_warps=w, num_stages=s, pre_hook=_zero_output if sk > 1 else None)
+                 for bm, bn, bk, sk, w, s in SPLIT_TILES]
+SPLIT_MAX_M = 64
 KEY = ["M_BUCKET", "N", "K", "BITS", "SYMMETRIC", "GRANULARITY", "GROUP"]
 # Short autotuning samples: a sweep tunes once per M bucket, shape and format, and the harness
 # times the chosen config properly afterwards.
 _tune_bench = functools.partial(triton.testing.do_bench, warmup=5, rep=25)
-qgemv_tuned = triton.autotune(GEMV_CONFIGS, key=KEY, prune_configs_by={"early_config_prune": _prune},
-                              do_bench=_tune_bench)(qgemv_kernel)
-qgemm_tuned = triton.autotune(GEMM_CONFIGS, key=KEY + ["IEEE"], prune_configs_by={"early_config_prune": _prune},
+qgemv_tuned = triton.autotune(GEMV_CONFIGS, key=["N", "K", "BITS", "FIELDS", "SYMMETRIC", "GRANULARITY", "GROUP"],
+                              prune_configs_by={"early_config_prune": _prune}, do_bench=_tune_bench)(
+    triton.heuristics({"EVEN_N": lambda a: a["N"] % a["BLOCK_N"] == 0,
+                       "EVEN_K": lambda a: a["K"] % a["BLOCK_K"] == 0})(qgemv_kernel))
+qgemm_tuned = triton.autotune(GEMM_CONFIGS, key=KEY + ["IEEE"], prune_configs_by={"early_config_prune": _prune_gemm},
                               do_bench=_tune_bench)(qgemm_kernel)
+qgemm_split_tuned = triton.autotune(SPLIT_CONFIGS, key=KEY + ["IEEE"], prune_configs_by={"early_config_prune": _prune_gemm},
+                                    do_bench=_tune_bench)(qgemm_kernel)
 
 
 def _m_bucket(m: int) -> int:
     return min(triton.next_power_of_2(m), 4096)
+
+
+def launch_args(x: torch.Tensor, q: QuantizedTensor, y: torch.Tensor) -> tuple[tuple, dict]:
+    """Positional arguments and format constants of qgemm_kernel."""
+    n, k = q.shape
+    m = x.shape[0]
+    spec = q.spec
+    zeros = q.scales if q.zeros is None else q.zeros
+    args = (x, q.codes, q.scales, zeros, y, m, n, k, x.stride(0), q.codes.stride(0), q.scales.stride(0),
+            y.stride(0), _m_bucket(m))
+    fmt = dict(BITS=spec.bits, OFFSET=spec.offset, SYMMETRIC=spec.symmetric,
+               GRANULARITY=GRANULARITY_IDS[spec.granularity], GROUP=spec.group_size or 1)
+    return args, fmt
+
+
+def code_units(codes: torch.Tensor) -> torch.Tensor:
+    """The packed codes as int32 words where each row is a whole number of 4-byte aligned words
+    (fewer, wider loads), else as they are (uint8)."""
+    if codes.shape[1] % 4 == 0 and codes.stride(0) % 4 == 0 and codes.data_ptr() % 4 == 0:
+        return codes.view(torch.int32)
+    return codes
+
+
+def _gemv(x: torch.Tensor, q: QuantizedTensor, y: torch.Tensor) -> None:
+    n, k = q.shape
+    spec = q.spec
+    units = code_units(q.codes)
+    args = (x, units, q.scales, q.scales if q.zeros is None else q.zeros, y, n, k, units.stride(0),
+            q.scales.stride(0), units.shape[1])
+    fmt = dict(BITS=spec.bits, FIELDS=units.element_size() * spec.per_byte, OFFSET=spec.offset,
+               SYMMETRIC=spec.symmetric, GRANULARITY=GRANULARITY_IDS[spec.granularity], GROUP=spec.group_size or 1)
+    if interpreting():
+        qgemv_kernel[(triton.cdiv(n, 16),)](*args, **fmt, BLOCK_N=16, BLOCK_K=64, EVEN_N=False, EVEN_K=False)
+    else:
+        qgemv_tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](*args, **fmt)
 
 
 def qmatmul(x: torch.Tensor, q: QuantizedTensor) -> torch.Tensor:
@@ -167,28 +293,28 @@ def qmatmul(x: torch.Tensor, q: QuantizedTensor) -> torch.Tensor:
     m = x.shape[0]
     if x.shape[1] != k:
         raise ValueError(f"x must be [M, K] with K = {k} (the weight's K), got {list(x.shape)}")
-    spec = q.spec
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    zeros = q.scales if q.zeros is None else q.zeros
-    args = (x, q.codes, q.scales, zeros, y, m, n, k, x.stride(0), q.codes.stride(0), q.scales.stride(0),
-            y.stride(0), _m_bucket(m))
-    fmt = dict(BITS=spec.bits, OFFSET=spec.offset, SYMMETRIC=spec.symmetric,
-               GRANULARITY=GRANULARITY_IDS[spec.granularity], GROUP=spec.group_size or 1)
-    if m <= GEMV_MAX_M:
-        block_m = triton.next_power_of_2(m)
+    if m == 1:
+        _gemv(x, q, y)
+        return y
+    ieee = x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and interpreting())
+    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])
+    if m > SPLIT_MAX_M:
+        args, fmt = launch_args(x, q, y)
         if interpreting():
-            qgemv_kernel[(triton.cdiv(n, 16),)](*args, **fmt, BLOCK_M=block_m, BLOCK_N=16, BLOCK_K=64)
+            qgemm_kernel[(triton.cdiv(m, 16) * triton.cdiv(n, 32), 1)](
+                *args, **fmt, IEEE=ieee, BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, GROUP_M=4, SPLIT_K=1)
         else:
-            qgemv_tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](*args, **fmt, BLOCK_M=block_m)
-    else:
-        ieee = x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and interpreting())
-        if interpreting():
-            qgemm_kernel[(triton.cdiv(m, 16) * triton.cdiv(n, 32),)](
-                *args, **fmt, IEEE=ieee, BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, GROUP_M=4)
-        else:
-            grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
             qgemm_tuned[grid](*args, **fmt, IEEE=ieee)
-    return y
+        return y
+    partial_sums = torch.zeros((m, n), dtype=torch.float32, device=x.device)
+    args, fmt = launch_args(x, q, partial_sums)
+    if interpreting():
+        qgemm_kernel[(triton.cdiv(m, 16) * triton.cdiv(n, 32), 2)](
+            *args, **fmt, IEEE=ieee, BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, GROUP_M=4, SPLIT_K=2)
+    else:
+        qgemm_split_tuned[grid](*args, **fmt, IEEE=ieee)
+    return y.copy_(partial_sums)
 
 
 def qmatmul_ref(x: torch.Tensor, q: QuantizedTensor) -> torch.Tensor:

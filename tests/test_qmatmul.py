@@ -37,9 +37,10 @@ def test_qmatmul_matches_float64_on_the_same_weights(spec, m, gen, device):
         assert err <= tolerance(dtype, k), f"{dtype}: rel err {err:.2e} > {tolerance(dtype, k):.2e}"
 
 
-@pytest.mark.parametrize("m", [1, 20])
-def test_k_not_a_multiple_of_any_block(m, gen, device):
-    spec = QuantSpec(4, "asymmetric", "channel")
+@pytest.mark.parametrize("m", [1, 20, 70])  # the GEMV, the split-K GEMM and the GEMM
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_k_not_a_multiple_of_any_block(m, scheme, gen, device):
+    spec = QuantSpec(4, scheme, "channel")
     w = torch.randn(19, 150, generator=gen).to(device)
     x = torch.randn(m, 150, generator=gen).to(device)
     q = quantize_ref(w, spec)
