@@ -66,7 +66,7 @@ def latency_vs_m(df: pd.DataFrame, op: str):
         raise NoData(f"{op}: latency against M needs timed rows at two or more values of M")
     d = labelled(d)
     shapes, formats = _ordered(d, "shape", "_shape_key"), _ordered(d, "format", "_fmt_key")
-    fig = new_figure(0.6 + 3.0 * len(formats), 0.7 + 2.5 * len(shapes))
+    fig = new_figure(max(7.5, 0.6 + 3.0 * len(formats)), 0.7 + 2.5 * len(shapes))  # 7.5: room for the title
     axes = fig.subplots(len(shapes), len(formats), squeeze=False)
     ms = sorted(int(m) for m in d["M"].unique())
     handles = {}
@@ -142,9 +142,10 @@ def speedup_heatmap(speed: pd.DataFrame, op: str, peer: str):
         ax.set_xlabel("M (tokens)" if speed.attrs["column_name"] == "M" else "shape")
         ax.set_title(panel or op, fontsize=9)
         ax.grid(False)
-    ticks = [t for t in range(-int(limit), int(limit) + 1)]
+    step = 1 + int(limit) // 4  # at most about 9 ticks
+    ticks = [t for t in range(-int(limit), int(limit) + 1) if t % step == 0]
     bar = fig.colorbar(image, ax=list(axes), shrink=0.9, ticks=ticks)
-    bar.ax.set_yticklabels([f"{2.0 ** t:g}x" for t in ticks])
+    bar.ax.set_yticklabels([f"{2 ** t:g}x" if t >= 0 else f"1/{2 ** -t:g}x" for t in ticks])
     bar.set_label(f"ms {peer} / ms triton")
     fig.suptitle(f"{op}: Triton's speedup over {peer}\nms {peer} / ms triton; above 1: Triton faster; "
                  "blank: not measured", fontsize=10)
