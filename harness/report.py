@@ -21,6 +21,9 @@ from .results import load_run
 from .summary import depth_table, failures, op_table
 
 
+SNR_MATCH_DB = 0.01  # float rounding of W_hat on another device moves the SNR by far less
+
+
 class ReportError(Exception):
     """Runs that cannot make one report (the message says why)."""
 
@@ -58,15 +61,24 @@ def _weight_panels(df: pd.DataFrame, meta: dict, prefix: str) -> list[Block]:
         sample = sample_weights(df, meta)
     except NoData as e:
         return [Skipped("weight distribution, quantization error and weight sample", str(e))]
+    checked = [abs(f.snr_db - f.run_snr_db) <= SNR_MATCH_DB for f in sample.formats if f.run_snr_db is not None]
+    if not checked:
+        verdict = "The run has no `snr_db` to check them against."
+    elif all(checked):
+        verdict = (f"The SNR of each format, recomputed on the whole matrix, matches the run's (within "
+                   f"{SNR_MATCH_DB} dB):")
+    else:
+        verdict = ("The SNR recomputed on the whole matrix does NOT match the run's for every format: these panels "
+                   "may not show the weights the run measured (a changed weight generator?).")
     blocks: list[Block] = [Text(
         f"The run's weights are not stored; its smallest matrix ({sample.shape}, {sample.dtype}, layer 0) was drawn "
         "again on the CPU from meta.json's config and seed and quantized with the PyTorch reference, whose codes "
-        "equal the Triton kernel's. The SNR of each format, recomputed on the whole matrix, matches the run's:")]
+        "equal the Triton kernel's. " + verdict)]
     blocks.append(Table(pd.DataFrame({"format": [f.label for f in sample.formats],
                                       "SNR dB, drawn again": [f.snr_db for f in sample.formats],
                                       "SNR dB, results.csv": [f.run_snr_db for f in sample.formats]})))
     _add_figure(blocks, f"{prefix}weight_distribution.png", "Weight distribution: original against dequantized, "
-                "one panel per bit width (log density, so the clipped or rounded tails show).",
+                "per scheme and bit width (log density, so the clipped or rounded tails show).",
                 "weight distribution", lambda: weight_distribution(sample))
     _add_figure(blocks, f"{prefix}quantization_error.png", "Quantization error W_hat - W per format, with its SNR.",
                 "quantization error", lambda: error_histograms(sample))

@@ -49,8 +49,10 @@ class WeightSample:
 
 def _weights_config(meta: dict):
     from .config import NormalWeights, SafetensorsWeights
-    cfg = meta.get("config") or {}
-    weights = cfg.get("weights") or {"source": "normal"}
+    cfg = meta.get("config")
+    if not cfg:
+        raise NoData("meta.json holds no config: the run's weights cannot be drawn again")
+    weights = cfg.get("weights") or {"source": "normal"}  # the config's default
     try:
         model = SafetensorsWeights if weights.get("source") == "safetensors" else NormalWeights
         return model.model_validate(weights), int(cfg.get("seed", 0))

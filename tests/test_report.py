@@ -240,3 +240,24 @@ def test_other_commands_do_not_import_matplotlib():
     code = "import sys, quantbench.harness.cli as c; c.build_parser(); print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_weights_that_are_not_the_runs_are_called_out():
+    """Another seed gives other weights: the report must say that its weight panels do not show
+    the measured weights, not claim a match."""
+    from quantbench.harness.report import _weight_panels
+    df, meta = load_run(QUICK_H100)
+    meta = {**meta, "config": {**meta["config"], "seed": meta["config"]["seed"] + 1}}
+    text = " ".join(b.text for b in _weight_panels(df, meta, "") if hasattr(b, "text"))
+    assert "does NOT match" in text
+
+
+def test_weights_from_a_checkpoint_that_is_not_here(tmp_path):
+    from quantbench.harness.plots import NoData
+    from quantbench.harness.weight_sample import sample_weights
+    df, meta = load_run(QUICK_H100)
+    missing = {"source": "safetensors", "path": str(tmp_path / "model.safetensors"), "tensors": "*"}
+    with pytest.raises(NoData, match="no such safetensors file"):
+        sample_weights(df, {**meta, "config": {**meta["config"], "weights": missing}})
+    with pytest.raises(NoData, match="no config"):
+        sample_weights(df, {})
