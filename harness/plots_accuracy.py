@@ -84,8 +84,8 @@ def error_histograms(sample: WeightSample):
             continue
         errors = [f.w_hat.numpy() - w for f in formats]
         lim = max(float(np.abs(e).max()) for e in errors) or 1.0
-        bins = np.linspace(-lim, lim, 102)  # 101 bins: zero in the middle of the centre bin
-        centre = 50
+        bins = _error_bins(lim, w, sample.dtype)
+        centre = len(bins) // 2 - 1
         top, cut = 0.0, False
         for f, e in zip(formats, errors, strict=True):
             h, _ = np.histogram(e, bins=bins, density=True)
@@ -105,6 +105,19 @@ def error_histograms(sample: WeightSample):
             ax.set_ylabel("density")
     fig.suptitle(f"Quantization error: {sample.shape} {sample.dtype}, every {sample.stride}th weight")
     return fig
+
+
+def _error_bins(lim: float, w: np.ndarray, dtype: str, target: int = 61) -> np.ndarray:
+    """About `target` bins over [-lim, lim], an odd number with zero in the middle of the centre
+    one, each a whole number of the weights' ulp. Errors sit on the grid of the weight dtype (W
+    is float16, say): bins that are not whole multiples of that grid catch alternately more and
+    fewer grid points and the histogram shows a comb that is not in the data."""
+    import torch
+    typical = float(np.quantile(np.abs(w), 0.99)) or 1.0
+    ulp = torch.finfo(FLOAT_DTYPES[dtype]).eps * 2.0 ** np.floor(np.log2(typical))
+    width = np.ceil(2 * lim / target / ulp) * ulp
+    count = int(np.ceil(2 * lim / width)) | 1
+    return (np.arange(count + 1) - count / 2) * width
 
 
 def weight_row(sample: WeightSample):
