@@ -67,7 +67,8 @@ Weights = Annotated[NormalWeights | SafetensorsWeights, Field(discriminator="sou
 class Timing(Strict):
     """How GPU samples are taken.
 
-    engine do_bench: triton.testing.do_bench, warmup_ms then rep_ms of samples.
+    engine do_bench: triton.testing.do_bench's method, warmup_ms then rep_ms of samples, with a GPU spin
+    before each sample so that launch latency is not timed (see harness/timing.py).
     engine adaptive: samples until the median's relative standard error is at most target_rse,
     with at least min_samples samples and min_time_ms of sampling, and at most max_time_ms
     (nvbench's defaults: 0.5%, 10 samples, 0.5 s, 15 s). Not yet validated on a GPU.
