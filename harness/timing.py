@@ -5,7 +5,8 @@ events around every sample, warmup_ms then rep_ms of samples, all kept, with one
 each flush the GPU spins for SHIELD_CYCLES before the start event. Without it a launcher whose
 Python dispatch takes longer than the flush is timed with its own launch latency: on an H100 the
 autotuned Triton matmul at M = 1 measured a median of 98 us (cv 0.27, minimum 28 us) under
-triton.testing.do_bench inside a sweep, where cuBLAS, dispatched faster, was unaffected. Or the adaptive engine: L2 flushed before each sample with
+triton.testing.do_bench inside a sweep, where cuBLAS, dispatched faster, was unaffected.
+Or the adaptive engine: L2 flushed before each sample with
 a buffer twice the device's L2, sampling until the median is known well enough (see Timing in
 config.py). Or the CUDA-graph engine, for kernels of a few microseconds whose launch would
 otherwise be timed: N repetitions of (flush, kernel) captured in one graph, less a graph of N
@@ -234,14 +235,14 @@ def _shielded_samples(fn: Callable[[], Any], device: torch.device, warmup_ms: fl
         fn()
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(n_repeat)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(n_repeat)]
-    for start, end in zip(starts, ends):
+    for start, end in zip(starts, ends, strict=True):
         flush.zero_()
         torch.cuda._sleep(SHIELD_CYCLES)
         start.record()
         fn()
         end.record()
     torch.cuda.synchronize()
-    return [start.elapsed_time(end) for start, end in zip(starts, ends)]
+    return [start.elapsed_time(end) for start, end in zip(starts, ends, strict=True)]
 
 
 def measure(fn: Callable[[], Any], device: torch.device, timing) -> Measurement:
