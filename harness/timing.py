@@ -112,9 +112,9 @@ def _l2_flush_buffer(device: torch.device) -> torch.Tensor:
     return torch.empty(2 * l2 // 4, dtype=torch.int32, device=device)
 
 
-# GPU cycles spun between the flush and the start event (about 100 us on an H100), time for the
+# GPU cycles spun between the flush and the start event (about 0.5 ms on an H100), time for the
 # CPU to enqueue the timed call before the GPU reaches it
-SHIELD_CYCLES = 200_000
+SHIELD_CYCLES = 1_000_000
 
 
 def _flushed_event_sample(fn: Callable[[], Any], device: torch.device) -> Callable[[], float]:

@@ -236,7 +236,8 @@ qgemv_tuned = triton.autotune(GEMV_CONFIGS, key=["N", "K", "BITS", "FIELDS", "SY
                        "EVEN_K": lambda a: a["K"] % a["BLOCK_K"] == 0})(qgemv_kernel))
 qgemm_tuned = triton.autotune(GEMM_CONFIGS, key=KEY + ["IEEE"], prune_configs_by={"early_config_prune": _prune_gemm},
                               do_bench=_tune_bench)(qgemm_kernel)
-qgemm_split_tuned = triton.autotune(SPLIT_CONFIGS, key=KEY + ["IEEE"], prune_configs_by={"early_config_prune": _prune_gemm},
+qgemm_split_tuned = triton.autotune(SPLIT_CONFIGS, key=KEY + ["IEEE"],
+                                    prune_configs_by={"early_config_prune": _prune_gemm},
                                     do_bench=_tune_bench)(qgemm_kernel)
 
 
