@@ -58,12 +58,15 @@ def gpu_name(device: torch.device) -> str:
 def collect_env(device: torch.device, monitor: GpuMonitor | None = None, why_no_monitor: str | None = None) -> dict:
     """The environment of a run. On a GPU, `monitor` (gpu_state.open_monitor) adds what NVML
     knows; the clocks and power limit at the end of the run go in meta.json `gpu_state_end`."""
-    status = _git("status", "--porcelain", "--untracked-files=no")
-    commit = _git("rev-parse", "HEAD")
-    if commit is None and os.environ.get("QUANTBENCH_GIT_COMMIT"):
-        # a tree copied without its .git (a remote GPU machine): the caller says what it is
+    if os.environ.get("QUANTBENCH_GIT_COMMIT"):
+        # a tree copied to a remote GPU machine: the caller says what it is. This wins over git,
+        # because such a copy may carry a stale .git (seen: every H100 run of session 2 recorded
+        # the commit the machine's .git was left at, not the tree's)
         commit = os.environ["QUANTBENCH_GIT_COMMIT"]
         status = os.environ.get("QUANTBENCH_GIT_DIRTY", "")
+    else:
+        status = _git("status", "--porcelain", "--untracked-files=no")
+        commit = _git("rev-parse", "HEAD")
     env = {
         "device": str(device),
         "gpu": gpu_name(device),

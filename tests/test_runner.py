@@ -239,3 +239,13 @@ sweep: {op: [quantize, dequantize], bits: [8, 4], granularity: channel, N: [8], 
     assert meta["status_counts"] == {"oom": 2, "timeout": 2, "ok": 4}
     assert df.loc[df["status"] == "timeout", "message"].str.contains("per-case limit of 0.5 s").all()
     assert df.loc[df["status"] == "oom", "message"].str.startswith("OutOfMemoryError: CUDA out of memory").all()
+
+
+def test_environment_takes_the_commit_the_caller_names(monkeypatch):
+    """A tree copied to a GPU machine may carry a stale .git: QUANTBENCH_GIT_COMMIT wins over it."""
+    import torch
+    from quantbench.harness.env import collect_env
+    monkeypatch.setenv("QUANTBENCH_GIT_COMMIT", "0123456789abcdef")
+    monkeypatch.delenv("QUANTBENCH_GIT_DIRTY", raising=False)
+    env = collect_env(torch.device("cpu"))
+    assert env["git_commit"] == "0123456789abcdef" and not env["git_dirty"]
