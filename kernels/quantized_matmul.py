@@ -153,9 +153,10 @@ def qgemm_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, y_ptr, partials_ptr, t
     (unused when SPLIT_K is 1).
     Each weight tile is dequantized to x's dtype inside the K loop, except with symmetric
     per-channel or per-tensor scales: then the integer codes (exact in fp16 and bf16) go into the
-    dot and the scale is applied once, in the epilogue. (The asymmetric form s (q . x) + z sum(x)
-    needs sum(x) from the x tile that also feeds the dot, and Triton 3.6 on Hopper computed that
-    sum wrongly for some tile shapes, so the zero is applied to the tile instead.)
+    dot and the scale is applied once, in the epilogue. (The asymmetric form, s (q . x) + z sum(x)
+    with sum(x) taken from the x tile that also feeds the dot, gave wrong outputs, relative error
+    near 1, on an H100 with Triton 3.6 for some tile shapes (e.g. 128 x 128 x 64, 8 warps, 3
+    stages) and right ones for others; not isolated further, so the zero goes into the tile.)
     IEEE: both operands in float32, multiplied without TF32 (float32 activations; bfloat16 under
     the interpreter, whose dot reads bfloat16's raw bits as integers).
     """
