@@ -9,8 +9,10 @@ Measured once per GPU run and stored in meta.json `calibration`:
 - `int8_tops`: torch._int_mm (cuBLASLt int8 x int8 -> int32) at 8192^3, the second operand a
   transposed row-major [N, K] matrix, the layout cuBLASLt is fastest with.
 
-All timed like every case: triton.testing.do_bench, L2 flushed before every sample, median. A
-rate this GPU or library cannot measure is None, with the reason under `failed`.
+All timed with triton.testing.do_bench, L2 flushed before every sample, median (copy and cuBLAS
+dispatch fast enough that do_bench's loop does not time the host, unlike the cases, which use
+timing.py's engine). A rate this GPU or library cannot measure is None, with the reason under
+`failed`.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ def _copy_ms(device: torch.device) -> float:
 
 
 def copy_bandwidth_gbps(device: torch.device) -> float:
-    """Device-to-device copy of 1 GiB, timed like every case; GB/s counting read + write."""
+    """Device-to-device copy of 1 GiB; GB/s counting read + write."""
     ms = _copy_ms(device)
     torch.cuda.empty_cache()  # give the 2 GiB back before the sweep
     return 2 * COPY_BYTES / (ms * 1e-3) / 1e9

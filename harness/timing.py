@@ -106,7 +106,7 @@ def adaptive_samples(sample: Callable[[], float], clock_ms: Callable[[], float],
     return samples
 
 
-def _l2_flush_buffer(device: torch.device) -> torch.Tensor:
+def l2_flush_buffer(device: torch.device) -> torch.Tensor:
     """A buffer twice the device's L2: zeroing it leaves none of a kernel's inputs in L2."""
     l2 = torch.cuda.get_device_properties(device).L2_cache_size
     return torch.empty(2 * l2 // 4, dtype=torch.int32, device=device)
@@ -117,17 +117,24 @@ def _l2_flush_buffer(device: torch.device) -> torch.Tensor:
 SHIELD_CYCLES = 1_000_000
 
 
+def _enqueue_sample(fn: Callable[[], Any], flush: torch.Tensor, start: torch.cuda.Event,
+                    end: torch.cuda.Event) -> None:
+    """Enqueue one sample: zero the flush buffer (so no input stays in L2), spin, then fn between
+    two events. Nothing waits for the GPU here."""
+    flush.zero_()
+    torch.cuda._sleep(SHIELD_CYCLES)
+    start.record()
+    fn()
+    end.record()
+
+
 def _flushed_event_sample(fn: Callable[[], Any], device: torch.device) -> Callable[[], float]:
-    """One sample: zero a buffer twice the L2 (so no input stays cached), spin, then time fn alone."""
-    flush = _l2_flush_buffer(device)
+    """One sample at a time (the adaptive engine decides after each whether to go on)."""
+    flush = l2_flush_buffer(device)
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
 
     def sample() -> float:
-        flush.zero_()
-        torch.cuda._sleep(SHIELD_CYCLES)
-        start.record()
-        fn()
-        end.record()
+        _enqueue_sample(fn, flush, start, end)
         end.synchronize()
         return start.elapsed_time(end)
     return sample
@@ -165,7 +172,7 @@ class GraphCaptureError(RuntimeError):
 
 def _cuda_graph_samples(fn: Callable[[], Any], device: torch.device, timing) -> list[float]:
     """Capture the two graphs of `graph_samples` and replay them, timed with CUDA events."""
-    flush = _l2_flush_buffer(device) if timing.flush_l2 else None
+    flush = l2_flush_buffer(device) if timing.flush_l2 else None
     reps = timing.graph_reps
     # warm up on a side stream before capture, as PyTorch asks (lazy cuBLAS workspaces and the like)
     side = torch.cuda.Stream(device)
@@ -220,7 +227,7 @@ def _shielded_samples(fn: Callable[[], Any], device: torch.device, warmup_ms: fl
     """triton.testing.do_bench's loop (estimate from 5 calls, then warmup_ms of untimed calls and
     rep_ms of timed ones, all enqueued before one synchronisation) with a flush twice the L2 and
     a spin before every timed call."""
-    flush = _l2_flush_buffer(device)
+    flush = l2_flush_buffer(device)
     first, last = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     first.record()
     for _ in range(5):
@@ -236,11 +243,7 @@ def _shielded_samples(fn: Callable[[], Any], device: torch.device, warmup_ms: fl
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(n_repeat)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(n_repeat)]
     for start, end in zip(starts, ends, strict=True):
-        flush.zero_()
-        torch.cuda._sleep(SHIELD_CYCLES)
-        start.record()
-        fn()
-        end.record()
+        _enqueue_sample(fn, flush, start, end)
     torch.cuda.synchronize()
     return [start.elapsed_time(end) for start, end in zip(starts, ends, strict=True)]
 

@@ -86,9 +86,9 @@ def cuda_events(fn: Callable[[], Any], device: torch.device, warmup_ms: float = 
     sample's pair of events recorded before one synchronisation at the end."""
     if device.type != "cuda":
         raise NeedsGpu("CUDA events need a CUDA GPU")
+    from quantbench.harness.timing import l2_flush_buffer
     with torch.cuda.device(device):
-        flush = torch.empty(2 * torch.cuda.get_device_properties(device).L2_cache_size // 4,
-                            dtype=torch.int32, device=device)
+        flush = l2_flush_buffer(device)
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         for _ in range(5):
@@ -231,8 +231,9 @@ def markdown(summary: pd.DataFrame, df: pd.DataFrame, meta: dict) -> str:
         "`run_to_run_cv_pct`: standard deviation over mean of the repeats' medians. Targets "
         "(../shared/TARGETS.md): agreement with do_bench within 3%; run-to-run CV under 2% for "
         "kernels over 20 us (blank below that).", "",
-        "`harness_do_bench` is triton.testing.do_bench called through the harness (timing.measure): "
-        "it checks the wrapper; the hand-placed events are the independent timer. "
+        "`harness_do_bench` is the harness's default engine (timing.measure): do_bench's loop with the GPU "
+        "spinning after each flush, so that the host's dispatch of the call is not timed; the hand-placed "
+        "events are the independent timer, without that spin. "
         "The CUDA-graph engine is expected to read below do_bench for launch-bound kernels: do_bench "
         "and the events time each call from the host, launch gaps included, which the graph removes.", "",
     ]
