@@ -13,19 +13,14 @@ Only GPU timings are flagged: interpreter wall-clock rows (`timing_valid` False)
 
 from __future__ import annotations
 
-import math
-
-from .timing import MEDIAN_SE_FACTOR
+from . import timing
 
 THROTTLE_FRACTION = 0.75
 
 
 def median_rse_of(stats: dict) -> float:
     """The median's relative standard error from a row's statistics (std, n, median)."""
-    n, std, median = stats.get("n_samples"), stats.get("ms_std"), stats.get("ms")
-    if not n or n < 2 or std is None or not median or median <= 0:
-        return math.inf
-    return MEDIAN_SE_FACTOR * std / math.sqrt(n) / median
+    return timing.median_rse_of(stats.get("ms_std"), stats.get("n_samples"), stats.get("ms"))
 
 
 def row_flags(stats: dict, sm_clock_mhz: float | None, max_sm_clock_mhz: float | None,

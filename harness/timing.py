@@ -80,12 +80,20 @@ def _cuda_events(fn: Callable[[], Any], warmup_ms: int, rep_ms: int) -> list[flo
 MEDIAN_SE_FACTOR = 1.2533  # sqrt(pi / 2): standard error of a median over that of a mean (normal, large n)
 
 
+def median_rse_of(std: float | None, n: int | None, median: float | None) -> float:
+    """Relative standard error of the median: 1.2533 std / sqrt(n) / median (large-sample,
+    normal); infinite when it cannot be known (fewer than 2 samples, no positive median)."""
+    if not n or n < 2 or std is None or not median or median <= 0:
+        return math.inf
+    return MEDIAN_SE_FACTOR * std / math.sqrt(n) / median
+
+
 def median_rse(samples: list[float]) -> float:
-    """Relative standard error of the median: 1.2533 s / sqrt(n) / median (large-sample, normal)."""
+    """median_rse_of the samples."""
     s = np.asarray(samples, dtype=np.float64)
     if s.size < 2:
         return math.inf
-    return MEDIAN_SE_FACTOR * float(s.std(ddof=1)) / math.sqrt(s.size) / float(np.median(s))
+    return median_rse_of(float(s.std(ddof=1)), int(s.size), float(np.median(s)))
 
 
 def enough(samples: list[float], elapsed_ms: float, timing) -> bool:
