@@ -207,6 +207,12 @@ def _compiled(fn, *args) -> Callable[[], Any]:
     return lambda: compiled(*args)
 
 
+def _linear_bytes(case, weight_bytes: float) -> float:
+    """y [M, N] = x [M, K] W^T: x read once in its dtype, the weight once, y written once."""
+    e = _elem(case)
+    return case.M * case.K * e + weight_bytes + case.M * case.N * e
+
+
 class MatmulOp(FormatOp):
     """y [M, N] = x [M, K] @ W_hat^T: weight-only quantized matmul (WxA16), dequantization fused."""
 
@@ -240,8 +246,7 @@ class MatmulOp(FormatOp):
 
     def bytes_moved(self, case) -> int:
         """Read x and the weight (quantized, or fp16 for the unquantized baseline) once, write y once."""
-        e = _elem(case)
-        return case.M * case.K * e + self.memory(case)["weight_bytes"] + case.M * case.N * e
+        return _linear_bytes(case, self.memory(case)["weight_bytes"])
 
     def flops(self, case) -> int | None:
         return 2 * case.M * case.N * case.K
@@ -384,8 +389,7 @@ class W8A8MatmulOp(FormatOp):
     def bytes_moved(self, case) -> int:
         """Read x (in its float dtype: quantizing it per token is the implementation's work) and
         the weight once, write y once."""
-        e = _elem(case)
-        return case.M * case.K * e + self.memory(case)["weight_bytes"] + case.M * case.N * e
+        return _linear_bytes(case, self.memory(case)["weight_bytes"])
 
     def flops(self, case) -> int | None:
         return 2 * case.M * case.N * case.K
