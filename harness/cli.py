@@ -132,20 +132,43 @@ def cmd_show(args, console: Console) -> int:
     return 0
 
 
+def _thresholds(args):
+    """The thresholds file (or the built-in defaults), with any flag given on the command line
+    put over every op's value."""
+    from .thresholds import ThresholdSet, load_thresholds
+    base = load_thresholds(args.thresholds) if args.thresholds else ThresholdSet()
+    flags = {k: v for k, v in (("alpha", args.alpha), ("min_effect", args.min_effect),
+                               ("snr_tolerance_db", args.snr_tolerance_db)) if v is not None}
+    for name, value in flags.items():
+        low, high = (0, 1) if name != "snr_tolerance_db" else (0, float("inf"))
+        if not (low < value < high if name == "alpha" else low <= value < high):
+            raise ConfigError(f"--{name.replace('_', '-')}: expected a value in [{low}, {high}), got {value}")
+    return base.overridden(**flags)
+
+
 def cmd_compare(args, console: Console) -> int:
     from pathlib import Path
 
-    from .compare import Thresholds, compare_runs, write_report
-    table = compare_runs(args.base, args.candidate, Thresholds(args.alpha, args.min_effect, args.snr_tolerance_db))
-    out = Path(args.out or Path(args.candidate) / "compare")
-    verdict = write_report(table, out)
+    from .compare import compare_all, write_report
+    runs = [args.base, *args.candidates]
+    views = compare_all(runs, _thresholds(args))
+    out = Path(args.out or Path(runs[-1]) / "compare")
+    verdict = write_report(views, out)
     console.print(", ".join(f"{k}: {v}" for k, v in verdict["counts"].items()))
-    changed = table[table["verdict"] != "same"]
+    versus = views.versus
+    changed = versus[versus["verdict"] != "same"]
     if not changed.empty:
-        cols = [c for c in ("op", "impl", "bits", "granularity", "M", "N", "K", "base_ms", "cand_ms", "ratio",
-                            "latency", "accuracy", "verdict") if c in changed]
+        cols = [c for c in ("candidate", "op", "impl", "bits", "granularity", "M", "N", "K", "base_ms", "cand_ms",
+                            "ratio", "latency", "accuracy", "verdict") if c in changed
+                and (c != "candidate" or len(args.candidates) > 1)]
         _print_table(console, "changed", changed[cols])
-    console.print(f"written: {out}/compare.md, compare.csv, verdict.json")
+    if views.gpus is not None:
+        _print_table(console, "GPU against GPU", views.gpus)
+    for note in views.notes:
+        console.print(note)
+    written = ["compare.md", "compare.csv", "verdict.json"] + [f for f in ("gpus.csv", "unshared.csv", "impls.csv")
+                                                                 if (out / f).exists()]
+    console.print(f"written under {out}: {', '.join(written)}")
     failing = verdict["counts"].get(args.fail_on, 0) if args.fail_on else 0
     return 1 if failing else 0
 
@@ -153,16 +176,22 @@ def cmd_compare(args, console: Console) -> int:
 def cmd_compare_gpus(args, console: Console) -> int:
     from pathlib import Path
 
-    from .compare import gpu_table
+    from .compare import gpu_table, unshared_cases
     from .summary import to_markdown
-    table = gpu_table(args.runs)
+    table, unshared = gpu_table(args.runs), unshared_cases(args.runs)
     _print_table(console, "GPU against GPU", table)
+    if not unshared.empty:
+        _print_table(console, "not in every run (left out above)", unshared)
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         table.to_csv(out / "gpus.csv", index=False)
-        (out / "gpus.md").write_text("# GPU against GPU\n\n" + to_markdown(table) + "\n")
-        console.print(f"written: {out}/gpus.md, gpus.csv")
+        unshared.to_csv(out / "unshared.csv", index=False)
+        text = "# GPU against GPU\n\n" + to_markdown(table) + "\n"
+        if not unshared.empty:
+            text += "\nCases not in every run (left out above):\n\n" + to_markdown(unshared) + "\n"
+        (out / "gpus.md").write_text(text)
+        console.print(f"written: {out}/gpus.md, gpus.csv, unshared.csv")
     return 0
 
 
@@ -252,21 +281,26 @@ def build_parser() -> argparse.ArgumentParser:
     mg.add_argument("runs", nargs="+", help="run folders of one config and schema")
     mg.add_argument("--out", default="results", help="folder to create the merged run folder in")
     mg.set_defaults(func=cmd_merge)
-    c = sub.add_parser("compare", help="compare a candidate run with a baseline, case by case")
+    c = sub.add_parser("compare", help="candidates against a baseline case by case, GPU against GPU, "
+                                       "implementation against implementation")
     c.add_argument("base", help="baseline run folder")
-    c.add_argument("candidate", help="candidate run folder")
-    c.add_argument("--out", default=None, help="where to write compare.md/.csv and verdict.json "
-                                               "(default: CANDIDATE/compare)")
+    c.add_argument("candidates", nargs="+", help="candidate run folder(s): same GPU for regression verdicts, "
+                                                 "other GPUs for the GPU-against-GPU table")
+    c.add_argument("--out", default=None, help="where to write compare.md, compare.csv, verdict.json, impls.csv "
+                                               "(and gpus.csv, unshared.csv) (default: LAST_CANDIDATE/compare)")
     c.add_argument("--fail-on", choices=("regression",), default=None, help="exit 1 if any case has this verdict")
-    c.add_argument("--alpha", type=float, default=0.002, help="Mann-Whitney U significance level (default 0.002)")
-    c.add_argument("--min-effect", type=float, default=0.10, help="smallest change of the median that counts "
-                                                                   "(default 0.10 = 10%%)")
-    c.add_argument("--snr-tolerance-db", type=float, default=0.5, help="largest SNR drop that is not a "
-                                                                        "regression (default 0.5 dB)")
+    c.add_argument("--thresholds", default=None, help="YAML file of thresholds per op and metric "
+                                                      "(configs/thresholds.yaml holds the defaults)")
+    c.add_argument("--alpha", type=float, default=None, help="Mann-Whitney U significance level, for every op "
+                                                             "(default 0.002)")
+    c.add_argument("--min-effect", type=float, default=None, help="smallest change of the median that counts, for "
+                                                                  "every op (default 0.07 = 7%%)")
+    c.add_argument("--snr-tolerance-db", type=float, default=None, help="largest SNR drop that is not a "
+                                                                        "regression, for every op (default 0.5 dB)")
     c.set_defaults(func=cmd_compare)
     g = sub.add_parser("compare-gpus", help="the same cases on several GPUs, side by side")
     g.add_argument("runs", nargs="+", help="run folders of the same config on different GPUs")
-    g.add_argument("--out", default=None, help="also write gpus.md and gpus.csv there")
+    g.add_argument("--out", default=None, help="also write gpus.md, gpus.csv and unshared.csv there")
     g.set_defaults(func=cmd_compare_gpus)
     tp = sub.add_parser("to-pytest-benchmark", help="a run folder as pytest-benchmark JSON")
     tp.add_argument("run")

@@ -1,33 +1,33 @@
-"""Compare runs: a baseline against a candidate, case by case, with verdicts a CI gate can trust.
+"""Compare runs: a baseline against candidates case by case with verdicts a CI gate can trust,
+GPU against GPU, and implementation against implementation within a run.
 
 Latency is decided on the raw samples (samples.jsonl): a two-sided Mann-Whitney U test (asv's
 choice) must reject "same distribution" at `alpha`, and the ratio of medians must move by at
-least `min_effect`; a difference that passes only one of the two is noise, not a change.
-Accuracy is decided on the error columns: an SNR that drops by more than `snr_tolerance_db` is a
-regression, as is a case that was ok and now is not.
+least `min_effect`; a difference that passes only one of the two is noise, not a change. Latency
+is judged only between GPU timings on the same GPU model.
+Accuracy is decided on the error columns: an SNR that drops by more than its tolerance, an error
+that rises by more than its tolerance, or a case that was ok and now is not, is a regression.
+Thresholds come per op from thresholds.py (YAML).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 from scipy.stats import mannwhitneyu
 
 from .results import IDENTITY, load_run, read_lines
+from .thresholds import Thresholds, ThresholdSet
 
 KEY = [c for c in IDENTITY if c not in ("run_id", "device", "gpu", "status", "message")]
 VERDICTS = ("regression", "improvement", "same", "noisy", "new", "missing")
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    alpha: float = 0.002
-    min_effect: float = 0.10
-    snr_tolerance_db: float = 0.5
+SNR_COLUMNS = ("snr_db", "kernel_snr_db")
+DEFAULT = Thresholds()
+ERROR_COLUMNS = ("rel_err", "kernel_rel_err")  # a weight's error; an output's error against its own float64 reference
 
 
 def latency_verdict(base: list[float], cand: list[float], t: Thresholds) -> tuple[str, float]:
@@ -40,6 +40,22 @@ def latency_verdict(base: list[float], cand: list[float], t: Thresholds) -> tupl
         # within the noise, or too small to matter: "noisy" when the test alone saw a change
         return ("noisy" if p < t.alpha or abs(ratio - 1) >= t.min_effect else "same"), p
     return ("regression" if ratio > 1 else "improvement"), p
+
+
+def accuracy_verdict(b: pd.Series, c: pd.Series, t: Thresholds) -> tuple[str, str]:
+    """(verdict, reason) for one case's row in the baseline and in the candidate."""
+    if b["status"] == "ok" and c["status"] != "ok":
+        return "regression", f"was ok, now {c['status']}: {c.get('message')}"
+    reasons = []
+    for col in SNR_COLUMNS:
+        # written as a comparison, not a difference: an SNR may be inf (an exact result) on both sides
+        if pd.notna(b.get(col)) and pd.notna(c.get(col)) and c[col] + t.snr_tolerance_db < b[col]:
+            reasons.append(f"{col} {b[col]:.2f} -> {c[col]:.2f} dB")
+    for col in ERROR_COLUMNS:
+        before, after = b.get(col), c.get(col)
+        if pd.notna(before) and pd.notna(after) and after - before > max(t.error_rise * before, t.error_floor):
+            reasons.append(f"{col} {before:.3g} -> {after:.3g}")
+    return ("regression", "; ".join(reasons)) if reasons else ("same", "")
 
 
 def _key(values) -> str:
@@ -62,12 +78,19 @@ def _keyed(df: pd.DataFrame) -> pd.DataFrame:
     return df.set_index(pd.Index([_key(row) for row in df[KEY].itertuples(index=False)], name="key"))
 
 
-def compare_runs(base_dir: str | Path, cand_dir: str | Path, t: Thresholds = Thresholds()) -> pd.DataFrame:
+def _gpu(meta: dict) -> str | None:
+    return (meta.get("env") or {}).get("gpu")
+
+
+def compare_runs(base_dir: str | Path, cand_dir: str | Path, t: Thresholds | ThresholdSet = DEFAULT) -> pd.DataFrame:
     """One row per case of either run, joined on the case key: medians, their ratio, p-value, and
-    the latency and accuracy verdicts; `verdict` is the worse of the two."""
+    the latency and accuracy verdicts (each case judged by its op's thresholds); `verdict` is the
+    worse of the two. Latency is judged only where both runs hold GPU samples from one GPU model."""
     base_dir, cand_dir = Path(base_dir), Path(cand_dir)
-    base, cand = _keyed(load_run(base_dir)[0]), _keyed(load_run(cand_dir)[0])
+    (base_df, base_meta), (cand_df, cand_meta) = load_run(base_dir), load_run(cand_dir)
+    base, cand = _keyed(base_df), _keyed(cand_df)
     base_samples, cand_samples = _samples(base_dir), _samples(cand_dir)
+    same_gpu = _gpu(base_meta) == _gpu(cand_meta)
     rows = []
     for key in dict.fromkeys([*base.index, *cand.index]):
         first = base.loc[key] if key in base.index else cand.loc[key]
@@ -77,69 +100,186 @@ def compare_runs(base_dir: str | Path, cand_dir: str | Path, t: Thresholds = Thr
             rows.append(row)
             continue
         b, c = base.loc[key], cand.loc[key]
+        op_t = t.for_op(row["op"])
         row.update(base_ms=b["ms"], cand_ms=c["ms"], ratio=c["ms"] / b["ms"] if b["ms"] else math.nan)
-        accuracy = "same"
-        if b["status"] == "ok" and c["status"] != "ok":
-            accuracy = "regression"
-        else:
-            for col in ("kernel_snr_db", "snr_db"):
-                if pd.notna(b.get(col)) and pd.notna(c.get(col)) and b[col] - c[col] > t.snr_tolerance_db:
-                    accuracy = "regression"
+        accuracy, reason = accuracy_verdict(b, c, op_t)
         latency, p = ("same", math.nan)
-        # judged: GPU samples on both sides (interpreter timings and cases without samples are not)
-        judged = key in base_samples and key in cand_samples and bool(b["timing_valid"]) and bool(c["timing_valid"])
+        # judged: GPU samples on both sides, one GPU model (interpreter timings and cases without samples are not)
+        judged = (same_gpu and key in base_samples and key in cand_samples
+                  and bool(b["timing_valid"]) and bool(c["timing_valid"]))
         if judged:
-            latency, p = latency_verdict(base_samples[key], cand_samples[key], t)
-        row.update(p_value=p, latency=latency, latency_judged=judged, accuracy=accuracy,
+            latency, p = latency_verdict(base_samples[key], cand_samples[key], op_t)
+        row.update(p_value=p, min_effect=op_t.min_effect, latency=latency, latency_judged=judged,
+                   accuracy=accuracy, accuracy_reason=reason,
                    verdict="regression" if "regression" in (latency, accuracy) else latency)
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def write_report(table: pd.DataFrame, out: Path) -> dict:
-    """compare.csv, compare.md (a CI job summary) and verdict.json (counts and regressions)."""
-    from .summary import to_markdown
-    out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "compare.csv", index=False)
-    counts = {v: int((table["verdict"] == v).sum()) for v in VERDICTS}
-    verdict = {"counts": counts, "regressions": table[table["verdict"] == "regression"].to_dict("records")}
-    (out / "verdict.json").write_text(json.dumps(verdict, indent=2, default=str))
-    lines = ["# quantbench compare", "", ", ".join(f"{k}: {v}" for k, v in counts.items()), ""]
-    changed = table[table["verdict"] != "same"]
-    if not changed.empty:
-        cols = [c for c in ["op", "impl", "bits", "granularity", "group_size", "dtype", "M", "N", "K", "base_ms",
-                            "cand_ms", "ratio", "p_value", "latency", "accuracy", "verdict"] if c in changed]
-        lines += [to_markdown(changed[cols]), ""]
-    (out / "compare.md").write_text("\n".join(lines))
-    return verdict
-
-
 WORKLOAD = [c for c in KEY if c != "impl"]
+LABELS = ["op", "bits", "scheme", "granularity", "group_size", "dtype", "M", "N", "K"]
+
+
+def roofline_share(df: pd.DataFrame) -> pd.Series:
+    """Each row's share (%) of its own GPU's roofline: the roofline's time for the row's bytes and
+    FLOPs at the run's measured copy bandwidth and matmul rate, max(bytes / BW, FLOPs / peak), over
+    the measured time; that is the larger of pct_peak_bw and pct_peak_flops."""
+    return df[["pct_peak_bw", "pct_peak_flops"]].astype(float).max(axis=1, skipna=True)
+
+
+def _names(metas: list[dict]) -> list[str]:
+    """A run's column prefix: its GPU, with the run id where two runs share a GPU."""
+    gpus = [_gpu(m) or "?" for m in metas]
+    return [g if gpus.count(g) == 1 else f"{g} [{m.get('run_id')}]" for g, m in zip(gpus, metas, strict=True)]
+
+
+def _timed_workloads(df: pd.DataFrame) -> pd.DataFrame:
+    ok = df[(df["status"] == "ok") & df["ms"].notna()].copy()
+    ok["workload"] = [_key(row) for row in ok[WORKLOAD].itertuples(index=False)]
+    return ok
 
 
 def gpu_table(runs: list[str | Path]) -> pd.DataFrame:
     """GPU against GPU: for each case the runs share, each run's Triton time, its speedup over
-    every other implementation measured beside it, and its share of that GPU's own measured copy
-    bandwidth, side by side (ratios within one GPU compare fairly across GPUs; absolute times do
-    not). Columns are named after the GPU (and the run, where two runs share a GPU)."""
+    every other implementation measured beside it, and its share of that GPU's own roofline and of
+    its measured copy bandwidth, side by side (ratios within one GPU compare fairly across GPUs;
+    absolute times do not). Columns are named after the GPU (and the run, where two runs share a
+    GPU). `unshared_cases` lists what this table leaves out."""
     loaded = [load_run(run) for run in runs]
-    gpus = [meta.get("env", {}).get("gpu", "?") for _, meta in loaded]
-    frames, labels = [], None
-    for (df, meta), gpu in zip(loaded, gpus, strict=True):
-        name = gpu if gpus.count(gpu) == 1 else f"{gpu} [{meta.get('run_id')}]"
-        ok = df[(df["status"] == "ok") & df["ms"].notna()].copy()
-        ok["workload"] = [_key(row) for row in ok[WORKLOAD].itertuples(index=False)]
+    frames, labels = [], []
+    for (df, meta), name in zip(loaded, _names([m for _, m in loaded]), strict=True):
+        ok = _timed_workloads(df)
         ms = ok.pivot_table(index="workload", columns="impl", values="ms", aggfunc="first")
         if "triton" not in ms:
             raise ValueError(f"{meta.get('run_id')}: no triton rows to compare")
+        triton = ok[ok["impl"] == "triton"].set_index("workload")
         wide = pd.DataFrame({f"{name}: ms triton": ms["triton"]})
         for impl in ms.columns.drop("triton"):
             wide[f"{name}: triton vs {impl}"] = ms[impl] / ms["triton"]
+        wide[f"{name}: % of roofline"] = roofline_share(triton)
         copy_gbps = meta.get("calibration", {}).get("copy_gbps")
         if copy_gbps:
-            wide[f"{name}: % of copy"] = 100 * ok[ok["impl"] == "triton"].set_index("workload")["gbps"] / copy_gbps
+            wide[f"{name}: % of copy"] = 100 * triton["gbps"] / copy_gbps
         frames.append(wide)
-        labels = ok.drop_duplicates("workload").set_index("workload")[
-            ["op", "bits", "scheme", "granularity", "group_size", "dtype", "M", "N", "K"]]
+        labels.append(ok.drop_duplicates("workload").set_index("workload")[LABELS])
     table = pd.concat(frames, axis=1, join="inner")
-    return labels.join(table, how="inner").reset_index(drop=True)
+    return labels[0].join(table, how="inner").reset_index(drop=True)
+
+
+def unshared_cases(runs: list[str | Path]) -> pd.DataFrame:
+    """The timed cases (with a Triton row) that some of the runs lack: their labels and the runs
+    that have them, so that a GPU-against-GPU table never drops a case unsaid."""
+    loaded = [load_run(run) for run in runs]
+    names = _names([m for _, m in loaded])
+    present, labels = {}, []
+    for (df, _), name in zip(loaded, names, strict=True):
+        ok = _timed_workloads(df)
+        ok = ok[ok["impl"] == "triton"]
+        for w in ok["workload"]:
+            present.setdefault(w, []).append(name)
+        labels.append(ok.drop_duplicates("workload").set_index("workload")[LABELS])
+    partial = [w for w, where in present.items() if len(where) < len(runs)]
+    if not partial:
+        return pd.DataFrame(columns=[*LABELS, "only in"])
+    all_labels = pd.concat(labels)
+    out = all_labels[~all_labels.index.duplicated()].loc[partial].copy()
+    out["only in"] = [", ".join(present[w]) for w in partial]
+    return out.reset_index(drop=True)
+
+
+def impl_table(run: str | Path) -> pd.DataFrame:
+    """Implementation against implementation within one run: per op, shape and format, each
+    implementation's median ms, the speedup of triton over each reference and peer, and triton's
+    share of the GPU's roofline."""
+    from .summary import op_table
+    df, meta = load_run(run)
+    frames = []
+    for op in df["op"].dropna().unique():
+        table = op_table(df, op)
+        if table.empty:
+            continue
+        keep = [c for c in table.columns if c in ("shape", "dtype", "format") or c.startswith(("ms ", "triton vs "))]
+        table = table[keep]
+        d = df[(df["op"] == op) & (df["impl"] == "triton") & (df["status"] == "ok") & df["ms"].notna()]
+        if len(d) == len(table):
+            table = table.assign(**{"% of roofline triton": roofline_share(d).to_numpy()})
+        frames.append(table.assign(op=op))
+    if not frames:
+        return pd.DataFrame()
+    out = pd.concat(frames, ignore_index=True)
+    ms = [c for c in out.columns if c.startswith("ms ")]
+    speedups = [c for c in out.columns if c.startswith("triton vs ")]
+    return out[["op", "shape", "dtype", "format", *ms, *speedups,
+                *[c for c in out.columns if c == "% of roofline triton"]]]
+
+
+@dataclass
+class Comparison:
+    """Every view of two or more runs, the first being the baseline."""
+
+    versus: pd.DataFrame  # each later run against the baseline, case by case (`candidate` names it)
+    impls: pd.DataFrame  # implementation against implementation, per run (`run` names it)
+    gpus: pd.DataFrame | None = None  # GPU against GPU, when the runs span more than one GPU model
+    unshared: pd.DataFrame | None = None  # the cases the GPU table leaves out
+    notes: list[str] = field(default_factory=list)
+
+
+def compare_all(runs: list[str | Path], t: Thresholds | ThresholdSet = DEFAULT) -> Comparison:
+    if len(runs) < 2:
+        raise ValueError(f"compare needs a baseline and at least one candidate run, got {len(runs)} run folder(s)")
+    metas = [load_run(r)[1] for r in runs]
+    versus = pd.concat([compare_runs(runs[0], cand, t).assign(candidate=meta.get("run_id", str(cand)))
+                        for cand, meta in zip(runs[1:], metas[1:], strict=True)], ignore_index=True)
+    impls = [impl_table(r).assign(run=m.get("run_id", str(r))) for r, m in zip(runs, metas, strict=True)]
+    impls = [i for i in impls if len(i.columns) > 1]
+    result = Comparison(versus, pd.concat(impls, ignore_index=True) if impls else pd.DataFrame())
+    if len({_gpu(m) for m in metas}) > 1:
+        try:
+            result.gpus, result.unshared = gpu_table(runs), unshared_cases(runs)
+        except ValueError as e:  # a run without Triton rows
+            result.notes.append(f"No GPU-against-GPU table: {e}.")
+    return result
+
+
+VERSUS_COLUMNS = ["candidate", "op", "impl", "bits", "scheme", "granularity", "group_size", "dtype", "M", "N", "K",
+                  "base_ms", "cand_ms", "ratio", "p_value", "min_effect", "latency", "accuracy", "accuracy_reason",
+                  "verdict"]
+
+
+def write_report(views: Comparison, out: Path) -> dict:
+    """compare.csv (run against run), gpus.csv and unshared.csv (GPU against GPU, where there is
+    more than one GPU), impls.csv (implementation against implementation), compare.md (all of
+    them, the verdicts first: a CI job summary) and verdict.json (counts and regressions)."""
+    from .summary import to_markdown
+    out.mkdir(parents=True, exist_ok=True)
+    versus = views.versus
+    versus.to_csv(out / "compare.csv", index=False)
+    counts = {v: int((versus["verdict"] == v).sum()) for v in VERDICTS}
+    regressions = versus[versus["verdict"] == "regression"]
+    verdict = {"counts": counts, "regressions": regressions.to_dict("records")}
+    (out / "verdict.json").write_text(json.dumps(verdict, indent=2, default=str))
+    lines = ["# quantbench compare", "", "## Run against run", "", ", ".join(f"{k}: {v}" for k, v in counts.items()),
+             ""]
+    judged = versus.get("latency_judged", pd.Series(dtype=bool)).fillna(False).astype(bool)
+    unjudged = int((~judged & versus["verdict"].isin(["same", "regression"])).sum())
+    if unjudged:
+        lines += [f"Latency not judged for {unjudged} case(s): interpreter timings, no raw samples, or runs on "
+                  "different GPU models (see GPU against GPU); their accuracy is.", ""]
+    changed = versus[versus["verdict"] != "same"]
+    if not changed.empty:
+        cols = [c for c in VERSUS_COLUMNS if c in changed and (c != "candidate" or versus[c].nunique() > 1)]
+        lines += [to_markdown(changed[cols].dropna(axis=1, how="all")), ""]
+    if views.gpus is not None:
+        views.gpus.to_csv(out / "gpus.csv", index=False)
+        views.unshared.to_csv(out / "unshared.csv", index=False)
+        lines += ["## GPU against GPU", "", "Triton's time, its speedup over each implementation measured beside it, "
+                  "and its share of its own GPU's roofline and copy bandwidth: the ratios compare across GPUs.", "",
+                  to_markdown(views.gpus), ""]
+        if not views.unshared.empty:
+            lines += ["Cases not in every run (left out above):", "", to_markdown(views.unshared), ""]
+    lines += [*views.notes, ""] if views.notes else []
+    if not views.impls.empty:
+        views.impls.to_csv(out / "impls.csv", index=False)
+        lines += ["## Implementation against implementation", "", to_markdown(views.impls), ""]
+    (out / "compare.md").write_text("\n".join(lines))
+    return verdict

@@ -198,7 +198,7 @@ def _path(loc: tuple[Any, ...]) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         elif str(part).startswith(("function-", "literal[", "list[", "int", "str", "float", "bool")) \
-                or part in ("normal", "safetensors"):
+                or part in ("normal", "safetensors", "[key]"):
             continue  # pydantic's names for the union member it tried, not a key
         else:
             out += f".{part}" if out else str(part)
@@ -223,20 +223,25 @@ def _line_of(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
     return line
 
 
-def _describe(err: dict[str, Any], root: yaml.Node | None, source: str) -> str:
+def _describe(err: dict[str, Any], root: yaml.Node | None, source: str, known_keys: set[str]) -> str:
     loc = tuple(err["loc"])
     where = _path(loc)
     line = _line_of(root, loc)
     at = f"{source}:{line}: " if line else f"{source}: "
     if err["type"] == "extra_forbidden":
         key = loc[-1]
-        return f"{at}unknown key '{where}'{_did_you_mean(key, sorted(_known_keys(RunConfig)))}"
+        return f"{at}unknown key '{where}'{_did_you_mean(key, sorted(known_keys))}"
     if err["type"] == "missing":
         return f"{at}missing required key '{where}'"
     msg = err["msg"].removeprefix("Value error, ")
     got = err.get("input")
     shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
     return f"{at}{where}: {msg}{shown}"
+
+
+def validation_message(e: ValidationError, root: yaml.Node | None, source: str, known_keys: set[str]) -> str:
+    """One line per error of a YAML file validated by pydantic: file, line, key path, what was expected."""
+    return "\n".join(_describe(err, root, source, known_keys) for err in e.errors())
 
 
 def parse_config(data: Any, source: str = "config", root: yaml.Node | None = None) -> RunConfig:
@@ -246,11 +251,11 @@ def parse_config(data: Any, source: str = "config", root: yaml.Node | None = Non
     try:
         return RunConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError("\n".join(_describe(err, root, source) for err in e.errors())) from None
+        raise ConfigError(validation_message(e, root, source, _known_keys(RunConfig))) from None
 
 
-def load_config(path: str | Path) -> RunConfig:
-    """Read and validate a YAML config; raises ConfigError naming the key path and line."""
+def read_yaml(path: str | Path) -> tuple[Any, yaml.Node | None]:
+    """The parsed YAML file and its node tree (for line numbers); ConfigError if unreadable."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -264,4 +269,10 @@ def load_config(path: str | Path) -> RunConfig:
         at = f"{path}:{mark.line + 1}" if mark else str(path)
         problem = getattr(e, "problem", None) or str(e)
         raise ConfigError(f"{at}: YAML syntax error: {problem}") from None
+    return data, root
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read and validate a YAML config; raises ConfigError naming the key path and line."""
+    data, root = read_yaml(path)
     return parse_config(data, str(path), root)

@@ -41,9 +41,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from quantbench.harness.compare import KEY, Thresholds, compare_runs
+from quantbench.harness.compare import KEY, compare_runs
+from quantbench.harness.config import ConfigError
 from quantbench.harness.results import load_run, read_lines
 from quantbench.harness.summary import to_markdown
+from quantbench.harness.thresholds import ThresholdSet, load_thresholds
 
 MIN_RUNS = 6
 SLOWDOWNS = (1.10, 1.05)  # factors applied to the candidate's times
@@ -117,7 +119,7 @@ def experiments(slowdowns: tuple[float, ...] = SLOWDOWNS) -> dict[str, float]:
     return {"aa": 1.0, **{f"slow{(f - 1) * 100:.3g}": f for f in slowdowns}}
 
 
-def measure(runs: list[Path], thresholds: Thresholds, slowdowns: tuple[float, ...] = SLOWDOWNS) -> pd.DataFrame:
+def measure(runs: list[Path], thresholds: ThresholdSet, slowdowns: tuple[float, ...] = SLOWDOWNS) -> pd.DataFrame:
     """Every experiment on every ordered pair of distinct runs: one row per experiment, pair and case."""
     tables = []
     with tempfile.TemporaryDirectory(prefix="detector-power-") as scratch:
@@ -180,7 +182,20 @@ def per_case(table: pd.DataFrame, runs: list[Path]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def markdown(summary: pd.DataFrame, cases: pd.DataFrame, runs: list[Path], thresholds: Thresholds) -> str:
+def describe(thresholds: ThresholdSet) -> str:
+    """The latency thresholds in words: the default, then each op that has its own."""
+    default = thresholds.default
+    text = f"Mann-Whitney U two-sided p < alpha = {default.alpha}, and the median must move by at least " \
+           f"min_effect = {default.min_effect:.0%}"
+    own = {op: t for op, t in thresholds.ops.items() if (t.alpha, t.min_effect) != (default.alpha, default.min_effect)}
+    if own:
+        text += "; except " + ", ".join(f"{op}: alpha {t.alpha}, min_effect {t.min_effect:.0%}"
+                                        for op, t in own.items())
+    return text + "."
+
+
+def markdown(summary: pd.DataFrame, cases: pd.DataFrame, runs: list[Path],
+             thresholds: ThresholdSet, source: str) -> str:
     meta = json.loads((runs[0] / "meta.json").read_text()) if (runs[0] / "meta.json").is_file() else {}
     env = meta.get("env", {})
     aa = summary.set_index("experiment")
@@ -189,8 +204,7 @@ def markdown(summary: pd.DataFrame, cases: pd.DataFrame, runs: list[Path], thres
         f"GPU: {env.get('gpu', '?')} | config: {meta.get('config', {}).get('name', '?')} | "
         f"{len(runs)} runs, {len(runs) * (len(runs) - 1)} ordered pairs | torch {env.get('torch', '?')} | "
         f"triton {env.get('triton', '?')}", "",
-        f"Thresholds (compare.Thresholds): Mann-Whitney U two-sided p < alpha = {thresholds.alpha}, and the "
-        f"median must move by at least min_effect = {thresholds.min_effect:.0%}.", "",
+        f"Thresholds ({source}): {describe(thresholds)}", "",
         f"- A/A false alarms: {int(aa.loc['aa', 'regression'] + aa.loc['aa', 'improvement'])} of "
         f"{int(aa.loc['aa', 'judged'])} judged comparisons ({aa.loc['aa', 'rate']:.2%}); "
         f"noisy: {int(aa.loc['aa', 'noisy'])}.",
@@ -215,19 +229,26 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", help=f"at least {MIN_RUNS} run folders of one config, recorded on one GPU")
     ap.add_argument("--out", required=True, help="folder to write the CSV and markdown files into")
-    ap.add_argument("--alpha", type=float, default=Thresholds.alpha, help="Mann-Whitney U significance level")
-    ap.add_argument("--min-effect", type=float, default=Thresholds.min_effect,
-                    help="smallest relative change of the median that counts")
+    ap.add_argument("--thresholds", default=None, help="thresholds YAML, as `quantbench compare --thresholds` takes "
+                                                       "(default: compare's built-in defaults)")
+    ap.add_argument("--alpha", type=float, default=None, help="Mann-Whitney U significance level, for every op")
+    ap.add_argument("--min-effect", type=float, default=None,
+                    help="smallest relative change of the median that counts, for every op")
     ap.add_argument("--slowdowns", type=float, nargs="+", default=list(SLOWDOWNS),
                     help="factors to inject into the candidate's times (default: 1.10 1.05)")
     args = ap.parse_args(argv)
     try:
         runs = check_runs(args.runs)
         experiments(tuple(args.slowdowns))
-    except DetectorInputError as e:
+        thresholds = load_thresholds(args.thresholds) if args.thresholds else ThresholdSet()
+    except (DetectorInputError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    thresholds = Thresholds(alpha=args.alpha, min_effect=args.min_effect)
+    flags = {k: v for k, v in (("alpha", args.alpha), ("min_effect", args.min_effect)) if v is not None}
+    thresholds = thresholds.overridden(**flags)
+    source = args.thresholds or "compare's defaults"
+    if flags:
+        source += " with " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in flags.items())
     table = measure(runs, thresholds, tuple(args.slowdowns))
     summary, cases = summarize(table, len(runs)), per_case(table, runs)
     out = Path(args.out)
@@ -235,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     table.to_csv(out / "detector_power.csv", index=False)
     summary.to_csv(out / "detector_power_summary.csv", index=False)
     cases.to_csv(out / "detector_power_cases.csv", index=False)
-    (out / "detector_power.md").write_text(markdown(summary, cases, runs, thresholds))
+    (out / "detector_power.md").write_text(markdown(summary, cases, runs, thresholds, source))
     print(f"written: {out}/detector_power.md, detector_power.csv, detector_power_summary.csv, "
           f"detector_power_cases.csv")
     return 0

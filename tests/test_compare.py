@@ -6,7 +6,9 @@ import subprocess
 import sys
 
 from quantbench.harness import ops
-from quantbench.harness.compare import Thresholds, compare_runs, latency_verdict
+import pandas as pd
+
+from quantbench.harness.compare import Thresholds, accuracy_verdict, compare_all, compare_runs, latency_verdict
 from quantbench.harness.config import load_config
 from quantbench.harness.runner import run_sweep
 
@@ -75,3 +77,71 @@ def test_gpu_table_puts_runs_side_by_side(tmp_path):
     speedups = [c for c in table.columns if c.endswith("triton vs torch")]
     assert len(speedups) == 2 and all(table[c].iloc[0] > 0 for c in speedups)
     assert len({c.split(": ")[0] for c in speedups}) == 2  # same GPU name: told apart by run id
+
+
+def row(**values):
+    return pd.Series({"status": "ok", "message": None, "snr_db": 30.0, "kernel_snr_db": float("nan"),
+                      "rel_err": 0.03, "kernel_rel_err": float("nan"), **values})
+
+
+def test_an_error_that_rises_beyond_its_tolerance_is_an_accuracy_regression():
+    t = Thresholds(error_rise=0.10, error_floor=1e-6)
+    assert accuracy_verdict(row(), row(rel_err=0.0325), t)[0] == "same"  # +8%
+    verdict, reason = accuracy_verdict(row(), row(rel_err=0.034), t)  # +13%
+    assert verdict == "regression" and "rel_err 0.03 -> 0.034" in reason
+    # relative rises of tiny errors are not regressions: the floor
+    assert accuracy_verdict(row(kernel_rel_err=1e-9), row(kernel_rel_err=5e-9), t)[0] == "same"
+    assert accuracy_verdict(row(kernel_rel_err=1e-4), row(kernel_rel_err=2e-4), t)[0] == "regression"
+    # an exact result on both sides (inf SNR) is no drop; a finite SNR below it is
+    assert accuracy_verdict(row(snr_db=float("inf")), row(snr_db=float("inf")), t)[0] == "same"
+    assert accuracy_verdict(row(), row(snr_db=29.0), t)[1] == "snr_db 30.00 -> 29.00 dB"
+    assert accuracy_verdict(row(), row(status="failed", message="NaN in output"), t)[0] == "regression"
+
+
+def test_each_op_is_judged_by_its_own_thresholds():
+    from quantbench.harness.thresholds import ThresholdSet
+    loose = ThresholdSet(Thresholds(), {"matmul": Thresholds(min_effect=0.5)})
+    base, slower = samples(10, 0.01, n=100), samples(12, 0.01, n=100, seed=9)
+    assert latency_verdict(base, slower, loose.for_op("quantize"))[0] == "regression"
+    assert latency_verdict(base, slower, loose.for_op("matmul"))[0] == "noisy"
+
+
+def on_gpu(run_dir, gpu):
+    """The run folder as if recorded on `gpu`, with GPU timings (the samples are the CPU ones)."""
+    meta = json.loads((run_dir / "meta.json").read_text())
+    meta["env"]["gpu"] = gpu
+    (run_dir / "meta.json").write_text(json.dumps(meta))
+    df = pd.read_csv(run_dir / "results.csv")
+    df["timing_valid"] = True
+    df.to_csv(run_dir / "results.csv", index=False)
+    return run_dir
+
+
+def test_runs_on_two_gpus_get_a_gpu_table_that_lists_what_it_leaves_out(tmp_path):
+    a = on_gpu(run(tmp_path, "a", "[8, 4]"), "GPU A")
+    b = on_gpu(run(tmp_path, "b", "[4]"), "GPU B")
+    views = compare_all([a, b])
+    assert views.gpus["bits"].tolist() == [4]
+    assert {"GPU A: % of roofline", "GPU B: triton vs torch"} <= set(views.gpus.columns)
+    assert views.unshared["bits"].tolist() == [8] and views.unshared["only in"].tolist() == ["GPU A"]
+    # latency across GPU models is never a verdict; accuracy still is
+    judged = views.versus.dropna(subset=["latency_judged"])
+    assert not judged["latency_judged"].any() and set(views.versus["verdict"]) == {"same", "missing"}
+    assert {r.split("-")[0] for r in views.impls["run"]} == {"a", "b"} and "triton vs torch" in views.impls
+
+
+def test_compare_takes_several_candidates_and_a_thresholds_file(tmp_path):
+    base, c1, c2 = (run(tmp_path, name, "[4]") for name in ("base", "c1", "c2"))
+    thresholds = tmp_path / "t.yaml"
+    thresholds.write_text("ops:\n  dequantize: {latency: {min_effect: 0.2}}\n")
+    out = subprocess.run([sys.executable, "-m", "quantbench.harness.cli", "compare", str(base), str(c1), str(c2),
+                          "--thresholds", str(thresholds), "--out", str(tmp_path / "cmp")],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    table = pd.read_csv(tmp_path / "cmp" / "compare.csv")
+    assert sorted(c.split("-")[0] for c in table["candidate"].unique()) == ["c1", "c2"]
+    assert (table["min_effect"] == 0.2).all()
+    assert "## Implementation against implementation" in (tmp_path / "cmp" / "compare.md").read_text()
+    bad = subprocess.run([sys.executable, "-m", "quantbench.harness.cli", "compare", str(base), str(c1),
+                          "--min-effect", "2"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--min-effect: expected a value in [0, 1), got 2.0" in bad.stderr

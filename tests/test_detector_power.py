@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from quantbench.harness.compare import Thresholds
+from quantbench.harness.thresholds import ThresholdSet
 from quantbench.harness.results import RunWriter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,7 +23,7 @@ _spec.loader.exec_module(dp)
 CASES = [("quantize", 4096, 4096, 0.020), ("dequantize", 1024, 1024, 0.005), ("matmul", 4096, 4096, 0.030)]
 CONFIG = {"name": "aa", "seed": 0, "sweep": {"op": ["quantize", "dequantize", "matmul"]}}
 GPU = {"gpu": "NVIDIA H100 80GB HBM3", "gpu_uuid": "GPU-0"}
-DEFAULT_THRESHOLDS = Thresholds()  # what `quantbench compare` uses
+DEFAULT_THRESHOLDS = ThresholdSet()  # what `quantbench compare` uses
 
 
 def make_run(root, index, seed, cv, n=300, shift=1.0, invalid=(), config=CONFIG, env=GPU):
@@ -102,7 +102,7 @@ def test_script_writes_its_tables_and_names_thresholds_and_runs(tmp_path):
     for name in ("detector_power.csv", "detector_power_summary.csv", "detector_power_cases.csv"):
         assert (out / name).stat().st_size > 0
     md = (out / "detector_power.md").read_text()
-    assert "alpha = 0.002" in md and "min_effect = 10%" in md and "NVIDIA H100 80GB HBM3" in md
+    assert "alpha = 0.002" in md and "min_effect = 7%" in md and "NVIDIA H100 80GB HBM3" in md
     assert all(f"`{r}`" in md for r in runs)
     assert "slow10" in md and "slow5" in md
 
