@@ -290,13 +290,16 @@ def gpu_names(metas: list[dict]) -> list[str]:
 
 def gpu_vs_gpu(table: pd.DataFrame, metas: list[dict]):
     """Each GPU against the first, case by case: Triton's median ms (with the ratio the copy
-    bandwidths predict for a bandwidth-bound kernel) and its share of its own GPU's copy bandwidth."""
+    bandwidths predict for a bandwidth-bound kernel) and its share of its own GPU's roofline (of its
+    copy bandwidth, for runs that predate the roofline columns)."""
     if table.empty:
         raise NoData("the runs share no timed case with Triton rows")
     names = gpu_names(metas)
     copies = [(m.get("calibration") or {}).get("copy_gbps") for m in metas]
     base = names[0]
-    has_pct = all(f"{n}: % of copy" in table for n in names)
+    share = next((col for col in ("% of roofline", "% of copy")
+                  if all(table.get(f"{n}: {col}", pd.Series(dtype=float)).notna().any() for n in names)), None)
+    has_pct = share is not None
     fig = new_figure(10.0 if has_pct else 5.2, 4.4)
     axes = fig.subplots(1, 2 if has_pct else 1, squeeze=False)[0]
     x = table[f"{base}: ms triton"]
@@ -317,14 +320,15 @@ def gpu_vs_gpu(table: pd.DataFrame, metas: list[dict]):
     if has_pct:
         ax = axes[1]
         for name in names[1:]:
-            ax.scatter(table[f"{base}: % of copy"], table[f"{name}: % of copy"], s=14, alpha=0.8, label=name)
-        top = float(np.nanmax(table[[f"{n}: % of copy" for n in names]].to_numpy(dtype=float))) * 1.1
+            ax.scatter(table[f"{base}: {share}"], table[f"{name}: {share}"], s=14, alpha=0.8, label=name)
+        top = float(np.nanmax(table[[f"{n}: {share}" for n in names]].to_numpy(dtype=float))) * 1.1
         ax.plot([0, top], [0, top], color="black", linewidth=1, label="same share")
         ax.set_xlim(0, top)
         ax.set_ylim(0, top)
-        ax.set_xlabel(f"% of {base}'s measured copy bandwidth")
-        ax.set_ylabel("% of the other GPU's copy bandwidth")
-        ax.set_title("Share of each GPU's own bandwidth")
+        what = "roofline" if share == "% of roofline" else "measured copy bandwidth"
+        ax.set_xlabel(f"% of {base}'s {what}")
+        ax.set_ylabel(f"% of the other GPU's {what}")
+        ax.set_title(f"Share of each GPU's own {what}")
         ax.legend(fontsize=7, loc="upper left")
     fig.suptitle(f"GPU against GPU: {len(table)} shared cases", fontsize=10)
     return fig

@@ -209,7 +209,7 @@ def gpu_section(runs: list[Path], metas: list[dict]) -> list[Block]:
                 "GPU against GPU", lambda: gpu_vs_gpu(table, metas))
     if not table.empty:
         blocks.append(Table(table, "The shared cases (`quantbench compare-gpus`): Triton's ms, its speedup over "
-                            "each peer, and its share of that GPU's measured copy bandwidth."))
+                            "each peer, and its share of that GPU's roofline and measured copy bandwidth."))
     return blocks
 
 

@@ -225,6 +225,17 @@ def markdown(summary: pd.DataFrame, cases: pd.DataFrame, runs: list[Path],
     return "\n".join(lines) + "\n"
 
 
+def min_effect_sweep(runs: list[Path], thresholds: ThresholdSet, slowdowns: tuple[float, ...],
+                     effects: list[float]) -> pd.DataFrame:
+    """Per min_effect (put over every op): the A/A false-alarm rate and each slowdown's detection rate."""
+    rows = []
+    for effect in effects:
+        summary = summarize(measure(runs, thresholds.overridden(min_effect=effect), slowdowns), len(runs))
+        rows.append({"min_effect": effect, **{f"{name} {measure_}": rate for name, measure_, rate
+                                              in summary[["experiment", "measure", "rate"]].itertuples(index=False)}})
+    return pd.DataFrame(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", help=f"at least {MIN_RUNS} run folders of one config, recorded on one GPU")
@@ -236,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="smallest relative change of the median that counts, for every op")
     ap.add_argument("--slowdowns", type=float, nargs="+", default=list(SLOWDOWNS),
                     help="factors to inject into the candidate's times (default: 1.10 1.05)")
+    ap.add_argument("--sweep-min-effect", type=float, nargs="+", default=[], metavar="E",
+                    help="also measure with each of these min_effect values for every op (min_effect_sweep.csv "
+                         "and a table in detector_power.md)")
     args = ap.parse_args(argv)
     try:
         runs = check_runs(args.runs)
@@ -251,14 +265,21 @@ def main(argv: list[str] | None = None) -> int:
         source += " with " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in flags.items())
     table = measure(runs, thresholds, tuple(args.slowdowns))
     summary, cases = summarize(table, len(runs)), per_case(table, runs)
+    sweep = min_effect_sweep(runs, thresholds, tuple(args.slowdowns), args.sweep_min_effect)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "detector_power.csv", index=False)
     summary.to_csv(out / "detector_power_summary.csv", index=False)
     cases.to_csv(out / "detector_power_cases.csv", index=False)
-    (out / "detector_power.md").write_text(markdown(summary, cases, runs, thresholds, source))
+    text = markdown(summary, cases, runs, thresholds, source)
+    if not sweep.empty:
+        sweep.to_csv(out / "min_effect_sweep.csv", index=False)
+        text += ("\n## Other minimum effects (every op, the same pairs)\n\n"
+                 "Share of judged comparisons: A/A false alarms, and each injected slowdown caught.\n\n"
+                 + to_markdown(sweep) + "\n")
+    (out / "detector_power.md").write_text(text)
     print(f"written: {out}/detector_power.md, detector_power.csv, detector_power_summary.csv, "
-          f"detector_power_cases.csv")
+          f"detector_power_cases.csv" + (", min_effect_sweep.csv" if not sweep.empty else ""))
     return 0
 
 

@@ -136,3 +136,11 @@ def test_bad_input_is_refused_with_a_clear_message(tmp_path, capsys, change, mes
     err = capsys.readouterr().err
     assert re.search(message, err), err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_min_effect_sweep_trades_false_alarms_for_detections(tmp_path):
+    runs = [make_run(tmp_path, i, seed=i, cv=0.01) for i in range(6)]
+    sweep = dp.min_effect_sweep(runs, DEFAULT_THRESHOLDS, (1.10,), [0.05, 0.5]).set_index("min_effect")
+    assert sweep.loc[0.05, "slow10 detection_rate"] > 0.9  # a 10% slowdown clears a 5% bar
+    assert sweep.loc[0.5, "slow10 detection_rate"] == 0  # and never a 50% one
+    assert sweep["aa false_alarm_rate"].max() <= 0.05

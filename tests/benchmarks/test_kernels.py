@@ -13,6 +13,7 @@ run folder.
 """
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -23,10 +24,13 @@ from quantbench.harness.config import load_config
 from quantbench.harness.inputs import InputSource
 from quantbench.harness.ops import OPS, Skipped
 from quantbench.harness.pytest_benchmark_json import bench_id
+from quantbench.harness.timing import l2_flush_buffer
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = load_config(os.environ.get("QUANTBENCH_BENCH_CONFIG", ROOT / "configs" / "quick.yaml"))
-CASES = [c for c in expand(CONFIG) if not c.layers]  # a stack has one row per depth: use quantbench run
+CASES = [c for c in expand(CONFIG) if not c.layers]
+WARMUP_S = 0.2
+ROUNDS = 200  # a stack has one row per depth: use quantbench run
 
 pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="benchmarks time GPU kernels"),
@@ -48,8 +52,7 @@ def test_kernel(benchmark, case):
     out = fn()  # compiles and autotunes outside the rounds
     if case.impl in op.checked:
         assert op.verify(out, op.impls[op.reference](inputs)(), inputs) is None
-    l2 = torch.cuda.get_device_properties(0).L2_cache_size
-    flush = torch.empty(2 * l2 // 4, dtype=torch.int32, device="cuda")
+    flush = l2_flush_buffer(torch.device("cuda"))
 
     def flush_l2():
         flush.zero_()
@@ -59,6 +62,12 @@ def test_kernel(benchmark, case):
         fn()
         torch.cuda.synchronize()
 
+    # Warm up for a time, not a count (as do_bench does): a few rounds of a microsecond kernel
+    # leave the GPU clocks and the host's caches cold, and the first run of a session read slower.
+    warm_until = time.perf_counter() + WARMUP_S
+    while time.perf_counter() < warm_until:
+        flush_l2()
+        synchronised()
     benchmark.extra_info.update(timing_valid=True, gpu=torch.cuda.get_device_name(0))
-    benchmark.pedantic(synchronised, setup=flush_l2, rounds=50, warmup_rounds=5)
+    benchmark.pedantic(synchronised, setup=flush_l2, rounds=ROUNDS, warmup_rounds=1)
     benchmark.extra_info["case"] = case.as_dict()
