@@ -125,12 +125,17 @@ def l2_flush_buffer(device: torch.device) -> torch.Tensor:
 SHIELD_CYCLES = 1_000_000
 
 
-def _enqueue_sample(fn: Callable[[], Any], flush: torch.Tensor, start: torch.cuda.Event,
-                    end: torch.cuda.Event) -> None:
-    """Enqueue one sample: zero the flush buffer (so no input stays in L2), spin, then fn between
-    two events. Nothing waits for the GPU here."""
+def enqueue_flush_and_spin(flush: torch.Tensor) -> None:
+    """Zero the flush buffer (so no input stays in L2), then spin the GPU, without waiting: what
+    precedes every timed call."""
     flush.zero_()
     torch.cuda._sleep(SHIELD_CYCLES)
+
+
+def _enqueue_sample(fn: Callable[[], Any], flush: torch.Tensor, start: torch.cuda.Event,
+                    end: torch.cuda.Event) -> None:
+    """Enqueue one sample: flush and spin, then fn between two events. Nothing waits for the GPU here."""
+    enqueue_flush_and_spin(flush)
     start.record()
     fn()
     end.record()
@@ -280,3 +285,33 @@ def measure(fn: Callable[[], Any], device: torch.device, timing) -> Measurement:
             samples = _cuda_events(fn, timing.warmup_ms, timing.rep_ms)
     return Measurement(tuple(float(t) for t in samples), valid=True)
 
+
+
+class GpuEventClock:
+    """A timer for pytest-benchmark (`@pytest.mark.benchmark(timer=GpuEventClock())`) that reads
+    GPU time, so that a round times the kernel as the default engine does, not its launch.
+
+    pytest-benchmark calls its timer just before and just after the target, once each per round.
+    The first call records a start event without waiting (behind the flush and spin the round's
+    setup enqueued: see `enqueue_flush_and_spin`) and returns 0; the second records the end event,
+    waits for it and returns the GPU time between the two, in seconds, so that end - start is the
+    round's GPU time. Only pedantic rounds with one iteration call it that way."""
+
+    __name__ = "GpuEventClock"  # pytest-benchmark names the timer in its JSON by __name__
+
+    def __init__(self) -> None:
+        self._start: torch.cuda.Event | None = None
+
+    def reset(self) -> None:
+        """Forget a start left by a round that raised between its two calls."""
+        self._start = None
+
+    def __call__(self) -> float:
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        if self._start is None:
+            self._start = event
+            return 0.0
+        start, self._start = self._start, None
+        event.synchronize()
+        return start.elapsed_time(event) / 1e3

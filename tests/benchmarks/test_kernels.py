@@ -1,16 +1,15 @@
-"""pytest-benchmark over a quantbench config, GPU-synchronised, L2 flushed before every round:
+"""pytest-benchmark over a quantbench config, timed on the GPU, L2 flushed before every round:
 
     pytest tests/benchmarks --benchmark-json=out.json [--benchmark-save-data]
     pytest tests/benchmarks --benchmark-compare --benchmark-compare-fail=median:5%
     QUANTBENCH_BENCH_CONFIG=configs/default.yaml pytest tests/benchmarks ...
 
 Skipped without a GPU, and under Triton's interpreter (a whole-suite run): it times compiled kernels.
-pytest-benchmark's clock is the host's, so a round is the kernel's launch and run up to a
-synchronisation: kernels of a few microseconds read their launch cost (`quantbench run` times
-them with CUDA events). Each case is also checked against its reference, as in `quantbench run`;
-the case goes into extra_info, so that `quantbench from-pytest-benchmark` can turn the JSON into a
-run folder.
-"""
+Each round's time is GPU time between two CUDA events (timing.GpuEventClock), after a flush and a
+spin, as `quantbench run` takes a sample: the host clock would time the Python call, launch and
+synchronisation, which for these kernels is most of it. Each case is also checked against its
+reference, as in `quantbench run`; the case goes into extra_info, so that `quantbench
+from-pytest-benchmark` can turn the JSON into a run folder."""
 
 import os
 import time
@@ -24,13 +23,14 @@ from quantbench.harness.config import load_config
 from quantbench.harness.inputs import InputSource
 from quantbench.harness.ops import OPS, Skipped
 from quantbench.harness.pytest_benchmark_json import bench_id
-from quantbench.harness.timing import l2_flush_buffer
+from quantbench.harness.timing import GpuEventClock, enqueue_flush_and_spin, l2_flush_buffer
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = load_config(os.environ.get("QUANTBENCH_BENCH_CONFIG", ROOT / "configs" / "quick.yaml"))
 CASES = [c for c in expand(CONFIG) if not c.layers]
 WARMUP_S = 0.2
-ROUNDS = 200  # a stack has one row per depth: use quantbench run
+ROUNDS = 200
+GPU_CLOCK = GpuEventClock()  # a stack has one row per depth: use quantbench run
 
 pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="benchmarks time GPU kernels"),
@@ -41,6 +41,7 @@ pytestmark = [
 ]
 
 
+@pytest.mark.benchmark(timer=GPU_CLOCK)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: bench_id(c.as_dict()))
 def test_kernel(benchmark, case):
     op = OPS[case.op]
@@ -54,20 +55,16 @@ def test_kernel(benchmark, case):
         assert op.verify(out, op.impls[op.reference](inputs)(), inputs) is None
     flush = l2_flush_buffer(torch.device("cuda"))
 
-    def flush_l2():
-        flush.zero_()
-        torch.cuda.synchronize()
+    def flush_and_spin():
+        enqueue_flush_and_spin(flush)
 
-    def synchronised():
-        fn()
-        torch.cuda.synchronize()
-
-    # Warm up for a time, not a count (as do_bench does): a few rounds of a microsecond kernel
-    # leave the GPU clocks and the host's caches cold, and the first run of a session read slower.
+    # Warm up for a time, not a count (as do_bench does), so that the clocks and caches are warm.
     warm_until = time.perf_counter() + WARMUP_S
     while time.perf_counter() < warm_until:
-        flush_l2()
-        synchronised()
+        flush_and_spin()
+        fn()
+        torch.cuda.synchronize()
     benchmark.extra_info.update(timing_valid=True, gpu=torch.cuda.get_device_name(0))
-    benchmark.pedantic(synchronised, setup=flush_l2, rounds=ROUNDS, warmup_rounds=1)
+    GPU_CLOCK.reset()
+    benchmark.pedantic(fn, setup=flush_and_spin, rounds=ROUNDS, warmup_rounds=1)
     benchmark.extra_info["case"] = case.as_dict()
