@@ -26,8 +26,8 @@ from .thresholds import Thresholds, ThresholdSet
 KEY = [c for c in IDENTITY if c not in ("run_id", "device", "gpu", "status", "message")]
 VERDICTS = ("regression", "improvement", "same", "noisy", "new", "missing")
 SNR_COLUMNS = ("snr_db", "kernel_snr_db")
-DEFAULT = Thresholds()
 ERROR_COLUMNS = ("rel_err", "kernel_rel_err")  # a weight's error; an output's error against its own float64 reference
+DEFAULT = Thresholds()
 
 
 def latency_verdict(base: list[float], cand: list[float], t: Thresholds) -> tuple[str, float]:
@@ -117,6 +117,7 @@ def compare_runs(base_dir: str | Path, cand_dir: str | Path, t: Thresholds | Thr
 
 
 WORKLOAD = [c for c in KEY if c != "impl"]
+CASE_LABELS = ["shape", "dtype", "format"]  # summary.with_labels' names for a case within an op
 LABELS = ["op", "bits", "scheme", "granularity", "group_size", "dtype", "M", "N", "K"]
 
 
@@ -191,25 +192,27 @@ def impl_table(run: str | Path) -> pd.DataFrame:
     """Implementation against implementation within one run: per op, shape and format, each
     implementation's median ms, the speedup of triton over each reference and peer, and triton's
     share of the GPU's roofline."""
-    from .summary import op_table
-    df, meta = load_run(run)
+    from .summary import op_table, with_labels
+    df, _ = load_run(run)
     frames = []
     for op in df["op"].dropna().unique():
         table = op_table(df, op)
         if table.empty:
             continue
-        keep = [c for c in table.columns if c in ("shape", "dtype", "format") or c.startswith(("ms ", "triton vs "))]
+        keep = [c for c in table.columns if c in CASE_LABELS or c.startswith(("ms ", "triton vs "))]
         table = table[keep]
-        d = df[(df["op"] == op) & (df["impl"] == "triton") & (df["status"] == "ok") & df["ms"].notna()]
-        if len(d) == len(table):
-            table = table.assign(**{"% of roofline triton": roofline_share(d).to_numpy()})
+        triton = with_labels(df[(df["op"] == op) & (df["impl"] == "triton") & (df["status"] == "ok")
+                                & df["ms"].notna()])
+        if not triton.empty:
+            share = roofline_share(triton).groupby([triton[c] for c in CASE_LABELS]).last()  # a stack: its last depth
+            table["% of roofline triton"] = share.reindex(pd.MultiIndex.from_frame(table[CASE_LABELS])).to_numpy()
         frames.append(table.assign(op=op))
     if not frames:
         return pd.DataFrame()
     out = pd.concat(frames, ignore_index=True)
     ms = [c for c in out.columns if c.startswith("ms ")]
     speedups = [c for c in out.columns if c.startswith("triton vs ")]
-    return out[["op", "shape", "dtype", "format", *ms, *speedups,
+    return out[["op", *CASE_LABELS, *ms, *speedups,
                 *[c for c in out.columns if c == "% of roofline triton"]]]
 
 

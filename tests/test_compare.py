@@ -145,3 +145,15 @@ def test_compare_takes_several_candidates_and_a_thresholds_file(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "quantbench.harness.cli", "compare", str(base), str(c1),
                           "--min-effect", "2"], capture_output=True, text=True)
     assert bad.returncode == 2 and "--min-effect: expected a value in [0, 1), got 2.0" in bad.stderr
+
+
+def test_the_implementation_table_puts_each_roofline_share_on_its_own_case(tmp_path):
+    run_dir = run(tmp_path, "r", "[8, 4, 2]")
+    df = pd.read_csv(run_dir / "results.csv")
+    df["pct_peak_bw"] = df["bits"] * 10.0  # a share that names its case
+    df.iloc[::-1].to_csv(run_dir / "results.csv", index=False)  # rows in another order than the cases
+    from quantbench.harness.compare import impl_table
+    table = impl_table(run_dir)
+    assert len(table) == 3
+    for fmt, share in zip(table["format"], table["% of roofline triton"], strict=True):
+        assert share == 10.0 * int(fmt.split()[0].removeprefix("int"))
