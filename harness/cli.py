@@ -139,10 +139,12 @@ def _thresholds(args):
     base = load_thresholds(args.thresholds) if args.thresholds else ThresholdSet()
     flags = {k: v for k, v in (("alpha", args.alpha), ("min_effect", args.min_effect),
                                ("snr_tolerance_db", args.snr_tolerance_db)) if v is not None}
+    allowed = {"alpha": ("in (0, 1)", lambda v: 0 < v < 1), "min_effect": ("in [0, 1)", lambda v: 0 <= v < 1),
+               "snr_tolerance_db": ("of at least 0", lambda v: v >= 0)}
     for name, value in flags.items():
-        low, high = (0, 1) if name != "snr_tolerance_db" else (0, float("inf"))
-        if not (low < value < high if name == "alpha" else low <= value < high):
-            raise ConfigError(f"--{name.replace('_', '-')}: expected a value in [{low}, {high}), got {value}")
+        what, ok = allowed[name]
+        if not ok(value):
+            raise ConfigError(f"--{name.replace('_', '-')}: expected a value {what}, got {value}")
     return base.overridden(**flags)
 
 
