@@ -268,10 +268,15 @@ def write_report(views: Comparison, out: Path) -> dict:
     if unjudged:
         lines += [f"Latency not judged for {unjudged} case(s): interpreter timings, no raw samples, or runs on "
                   "different GPU models (see GPU against GPU); their accuracy is.", ""]
-    changed = versus[versus["verdict"] != "same"]
+    cols = [c for c in VERSUS_COLUMNS if c in versus and (c != "candidate" or versus[c].nunique() > 1)]
+    changed = versus[~versus["verdict"].isin(["same", "noisy"])]
     if not changed.empty:
-        cols = [c for c in VERSUS_COLUMNS if c in changed and (c != "candidate" or versus[c].nunique() > 1)]
         lines += [to_markdown(changed[cols].dropna(axis=1, how="all")), ""]
+    noisy = versus[versus["verdict"] == "noisy"]
+    if not noisy.empty:
+        lines += ["### Noisy", "", "The U test and the size of the change disagree: a significant change smaller "
+                  "than min_effect, or one at least that large that the test does not confirm. Not a verdict.", "",
+                  to_markdown(noisy[cols].dropna(axis=1, how="all")), ""]
     if views.gpus is not None:
         views.gpus.to_csv(out / "gpus.csv", index=False)
         views.unshared.to_csv(out / "unshared.csv", index=False)
