@@ -162,13 +162,9 @@ def qgemm_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, y_ptr, partials_ptr, t
     """
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
-    num_m = tl.cdiv(M, BLOCK_M)
     num_n = tl.cdiv(N, BLOCK_N)
-    band = GROUP_M * num_n
-    first_m = (pid // band) * GROUP_M
-    band_m = min(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % band) % band_m
-    pid_n = (pid % band) // band_m
+    # GROUP_M-row bands, column-major within a band (Triton's grouped ordering)
+    pid_m, pid_n = tl.swizzle2d(pid // num_n, pid % num_n, tl.cdiv(M, BLOCK_M), num_n, GROUP_M)
     k_per_split = tl.cdiv(tl.cdiv(K, SPLIT_K), BLOCK_K) * BLOCK_K
     k_lo = pid_k * k_per_split
     k_hi = min(K, k_lo + k_per_split)

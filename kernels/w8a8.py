@@ -57,13 +57,9 @@ def int8_gemm_kernel(a_ptr, b_ptr, sa_ptr, sb_ptr, y_ptr, M, N, K, stride_am, st
     float32 epilogue, y in its own dtype. Grid: (cdiv(M, BLOCK_M) * cdiv(N, BLOCK_N),), programs
     ordered in GROUP_M-row bands."""
     pid = tl.program_id(0)
-    num_m = tl.cdiv(M, BLOCK_M)
     num_n = tl.cdiv(N, BLOCK_N)
-    band = GROUP_M * num_n
-    first_m = (pid // band) * GROUP_M
-    band_m = min(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % band) % band_m
-    pid_n = (pid % band) // band_m
+    # GROUP_M-row bands, column-major within a band (Triton's grouped ordering)
+    pid_m, pid_n = tl.swizzle2d(pid // num_n, pid % num_n, tl.cdiv(M, BLOCK_M), num_n, GROUP_M)
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.int32)
