@@ -24,8 +24,9 @@ TILE_ELEMS = 4096  # elements of W one program holds at a time
 MAX_CHUNK_K = 2048
 GROUP_TILE_K = 512  # columns per program for per-group scales: several groups per tile
 # Per-group scales: smaller tiles on 2 warps. On an H100, fp16 8192 x 8192 (GB/s the op must move,
-# against 2863 for a clone): int4 g128 1022 -> 1453, int4 g32 947 -> 1159, at 4096 elements and 4
-# warps before (codes identical; swept over tile shapes and 2 to 16 warps).
+# against 2863 for a clone), from 4096 elements on 4 warps: int4 g128 1018 -> 1451 (asymmetric),
+# 1051 -> 1752 (symmetric), int4 g32 947 -> 1159; int8 and int2 within 2% either way (codes
+# identical; swept over tile shapes and 2 to 16 warps with scratch scripts, not committed).
 GROUP_TILE_ELEMS = 2048
 GROUP_WARPS = 2
 MAX_ROW_TILE_K = 8192  # per-channel scales: rows up to this long are held in one tile
@@ -264,8 +265,11 @@ def _tiling(spec: QuantSpec, k: int) -> tuple[int, int, int, int, int]:
         block_k = max(spec.group_size, min(row_k, GROUP_TILE_K))
         return 2, max(1, GROUP_TILE_ELEMS // block_k), block_k, spec.group_size, GROUP_WARPS
     if spec.granularity == "channel" and row_k <= MAX_ROW_TILE_K:
-        # a whole row in one tile: read once, one "group" per row
-        return 2, max(1, TILE_ELEMS // row_k), row_k, row_k, 8 if row_k >= 4096 else 4
+        # a whole row in one tile: read once, one "group" per row. int4 rows of 8192 on 16 warps:
+        # on an H100 (fp16 8192 x 8192) 997 -> 1425 GB/s asymmetric, 1034 -> 1624 symmetric, where
+        # int8 and int2 are fastest on 8 warps (2194 and 1593 GB/s; 2016 and 1543 on 16).
+        warps = 16 if spec.bits == 4 and row_k >= 8192 else 8 if row_k >= 4096 else 4
+        return 2, max(1, TILE_ELEMS // row_k), row_k, row_k, warps
     block_k = min(row_k, MAX_CHUNK_K)
     return (0 if spec.granularity == "tensor" else 1), max(1, TILE_ELEMS // block_k), block_k, block_k, 4
 
