@@ -178,9 +178,9 @@ def cmd_compare(args, console: Console) -> int:
 def cmd_compare_gpus(args, console: Console) -> int:
     from pathlib import Path
 
-    from .compare import gpu_table, unshared_cases
+    from .compare import gpu_views
     from .summary import to_markdown
-    table, unshared = gpu_table(args.runs), unshared_cases(args.runs)
+    table, unshared = gpu_views(args.runs)
     _print_table(console, "GPU against GPU", table)
     if not unshared.empty:
         _print_table(console, "not in every run (left out above)", unshared)

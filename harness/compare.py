@@ -82,15 +82,37 @@ def _gpu(meta: dict) -> str | None:
     return (meta.get("env") or {}).get("gpu")
 
 
-def compare_runs(base_dir: str | Path, cand_dir: str | Path, t: Thresholds | ThresholdSet = DEFAULT) -> pd.DataFrame:
+@dataclass
+class LoadedRun:
+    """A run folder read once: its table, its metadata and (on first use) its raw samples by case."""
+
+    path: Path
+    df: pd.DataFrame
+    meta: dict
+    _samples: dict[str, list[float]] | None = None
+
+    @classmethod
+    def of(cls, run: str | Path | LoadedRun) -> LoadedRun:
+        return run if isinstance(run, LoadedRun) else cls(Path(run), *load_run(run))
+
+    @property
+    def samples(self) -> dict[str, list[float]]:
+        if self._samples is None:
+            self._samples = _samples(self.path)
+        return self._samples
+
+
+Run = str | Path | LoadedRun
+
+
+def compare_runs(base_run: Run, cand_run: Run, t: Thresholds | ThresholdSet = DEFAULT) -> pd.DataFrame:
     """One row per case of either run, joined on the case key: medians, their ratio, p-value, and
     the latency and accuracy verdicts (each case judged by its op's thresholds); `verdict` is the
     worse of the two. Latency is judged only where both runs hold GPU samples from one GPU model."""
-    base_dir, cand_dir = Path(base_dir), Path(cand_dir)
-    (base_df, base_meta), (cand_df, cand_meta) = load_run(base_dir), load_run(cand_dir)
-    base, cand = _keyed(base_df), _keyed(cand_df)
-    base_samples, cand_samples = _samples(base_dir), _samples(cand_dir)
-    same_gpu = _gpu(base_meta) == _gpu(cand_meta)
+    base_run, cand_run = LoadedRun.of(base_run), LoadedRun.of(cand_run)
+    base, cand = _keyed(base_run.df), _keyed(cand_run.df)
+    base_samples, cand_samples = base_run.samples, cand_run.samples
+    same_gpu = _gpu(base_run.meta) == _gpu(cand_run.meta)
     rows = []
     for key in dict.fromkeys([*base.index, *cand.index]):
         first = base.loc[key] if key in base.index else cand.loc[key]
@@ -128,72 +150,67 @@ def roofline_share(df: pd.DataFrame) -> pd.Series:
     return df[["pct_peak_bw", "pct_peak_flops"]].astype(float).max(axis=1, skipna=True)
 
 
-def _names(metas: list[dict]) -> list[str]:
-    """A run's column prefix: its GPU, with the run id where two runs share a GPU."""
+def gpu_names(metas: list[dict]) -> list[str]:
+    """Each run's column prefix in the GPU table: its GPU, with the run id where two runs share a GPU."""
     gpus = [_gpu(m) or "?" for m in metas]
     return [g if gpus.count(g) == 1 else f"{g} [{m.get('run_id')}]" for g, m in zip(gpus, metas, strict=True)]
 
 
-def _timed_workloads(df: pd.DataFrame) -> pd.DataFrame:
-    ok = df[(df["status"] == "ok") & df["ms"].notna()].copy()
+def _triton_workloads(run: LoadedRun) -> pd.DataFrame:
+    """The run's timed ok rows, each with its workload (the case key less the implementation)."""
+    ok = run.df[(run.df["status"] == "ok") & run.df["ms"].notna()].copy()
     ok["workload"] = [_key(row) for row in ok[WORKLOAD].itertuples(index=False)]
     return ok
 
 
-def gpu_table(runs: list[str | Path]) -> pd.DataFrame:
-    """GPU against GPU: for each case the runs share, each run's Triton time, its speedup over
-    every other implementation measured beside it, and its share of that GPU's own roofline and of
-    its measured copy bandwidth, side by side (ratios within one GPU compare fairly across GPUs;
-    absolute times do not). Columns are named after the GPU (and the run, where two runs share a
-    GPU). `unshared_cases` lists what this table leaves out."""
-    loaded = [load_run(run) for run in runs]
-    frames, labels = [], []
-    for (df, meta), name in zip(loaded, _names([m for _, m in loaded]), strict=True):
-        ok = _timed_workloads(df)
+def gpu_views(runs: list[Run]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """GPU against GPU: (table, unshared).
+
+    table: for each case the runs share, each run's Triton time, its speedup over every other
+    implementation measured beside it, and its share of that GPU's own roofline and of its measured
+    copy bandwidth, side by side (ratios within one GPU compare fairly across GPUs; absolute times
+    do not). Columns are named after the GPU (and the run, where two runs share a GPU).
+    unshared: the timed cases with a Triton row that some runs lack, with the runs that have them,
+    so that the table never drops a case unsaid."""
+    loaded = [LoadedRun.of(r) for r in runs]
+    names = gpu_names([r.meta for r in loaded])
+    frames, labels, present = [], [], {}
+    for run, name in zip(loaded, names, strict=True):
+        ok = _triton_workloads(run)
         ms = ok.pivot_table(index="workload", columns="impl", values="ms", aggfunc="first")
         if "triton" not in ms:
-            raise ValueError(f"{meta.get('run_id')}: no triton rows to compare")
+            raise ValueError(f"{run.meta.get('run_id')}: no triton rows to compare")
         triton = ok[ok["impl"] == "triton"].set_index("workload")
         wide = pd.DataFrame({f"{name}: ms triton": ms["triton"]})
         for impl in ms.columns.drop("triton"):
             wide[f"{name}: triton vs {impl}"] = ms[impl] / ms["triton"]
         wide[f"{name}: % of roofline"] = roofline_share(triton)
-        copy_gbps = meta.get("calibration", {}).get("copy_gbps")
+        copy_gbps = run.meta.get("calibration", {}).get("copy_gbps")
         if copy_gbps:
             wide[f"{name}: % of copy"] = 100 * triton["gbps"] / copy_gbps
         frames.append(wide)
         labels.append(ok.drop_duplicates("workload").set_index("workload")[LABELS])
-    table = pd.concat(frames, axis=1, join="inner")
-    return labels[0].join(table, how="inner").reset_index(drop=True)
-
-
-def unshared_cases(runs: list[str | Path]) -> pd.DataFrame:
-    """The timed cases (with a Triton row) that some of the runs lack: their labels and the runs
-    that have them, so that a GPU-against-GPU table never drops a case unsaid."""
-    loaded = [load_run(run) for run in runs]
-    names = _names([m for _, m in loaded])
-    present, labels = {}, []
-    for (df, _), name in zip(loaded, names, strict=True):
-        ok = _timed_workloads(df)
-        ok = ok[ok["impl"] == "triton"]
-        for w in ok["workload"]:
+        for w in triton.index:
             present.setdefault(w, []).append(name)
-        labels.append(ok.drop_duplicates("workload").set_index("workload")[LABELS])
-    partial = [w for w, where in present.items() if len(where) < len(runs)]
-    if not partial:
-        return pd.DataFrame(columns=[*LABELS, "only in"])
+    table = labels[0].join(pd.concat(frames, axis=1, join="inner"), how="inner").reset_index(drop=True)
+    partial = [w for w, where in present.items() if len(where) < len(loaded)]
     all_labels = pd.concat(labels)
-    out = all_labels[~all_labels.index.duplicated()].loc[partial].copy()
-    out["only in"] = [", ".join(present[w]) for w in partial]
-    return out.reset_index(drop=True)
+    unshared = all_labels[~all_labels.index.duplicated()].reindex(partial)
+    unshared["only in"] = [", ".join(present[w]) for w in partial]
+    return table, unshared.reset_index(drop=True)
 
 
-def impl_table(run: str | Path) -> pd.DataFrame:
+def gpu_table(runs: list[Run]) -> pd.DataFrame:
+    """The table of gpu_views."""
+    return gpu_views(runs)[0]
+
+
+def impl_table(run: Run) -> pd.DataFrame:
     """Implementation against implementation within one run: per op, shape and format, each
     implementation's median ms, the speedup of triton over each reference and peer, and triton's
     share of the GPU's roofline."""
     from .summary import op_table, with_labels
-    df, _ = load_run(run)
+    df = LoadedRun.of(run).df
     frames = []
     for op in df["op"].dropna().unique():
         table = op_table(df, op)
@@ -227,18 +244,19 @@ class Comparison:
     notes: list[str] = field(default_factory=list)
 
 
-def compare_all(runs: list[str | Path], t: Thresholds | ThresholdSet = DEFAULT) -> Comparison:
+def compare_all(runs: list[Run], t: Thresholds | ThresholdSet = DEFAULT) -> Comparison:
     if len(runs) < 2:
         raise ValueError(f"compare needs a baseline and at least one candidate run, got {len(runs)} run folder(s)")
-    metas = [load_run(r)[1] for r in runs]
-    versus = pd.concat([compare_runs(runs[0], cand, t).assign(candidate=meta.get("run_id", str(cand)))
-                        for cand, meta in zip(runs[1:], metas[1:], strict=True)], ignore_index=True)
-    impls = [impl_table(r).assign(run=m.get("run_id", str(r))) for r, m in zip(runs, metas, strict=True)]
+    loaded = [LoadedRun.of(r) for r in runs]
+    base, cands = loaded[0], loaded[1:]
+    versus = pd.concat([compare_runs(base, cand, t).assign(candidate=cand.meta.get("run_id", str(cand.path)))
+                        for cand in cands], ignore_index=True)
+    impls = [impl_table(r).assign(run=r.meta.get("run_id", str(r.path))) for r in loaded]
     impls = [i for i in impls if len(i.columns) > 1]
     result = Comparison(versus, pd.concat(impls, ignore_index=True) if impls else pd.DataFrame())
-    if len({_gpu(m) for m in metas}) > 1:
+    if len({_gpu(r.meta) for r in loaded}) > 1:
         try:
-            result.gpus, result.unshared = gpu_table(runs), unshared_cases(runs)
+            result.gpus, result.unshared = gpu_views(loaded)
         except ValueError as e:  # a run without Triton rows
             result.notes.append(f"No GPU-against-GPU table: {e}.")
     return result

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.colors import TwoSlopeNorm
 
+from .compare import gpu_names
 from .plots import NoData, format_label, format_order, impl_color, new_figure, plain_log, shape_label
 
 # meta.json `calibration` key of the matmul ceiling for each activation dtype (calibrate.py), and
@@ -279,13 +280,6 @@ def bandwidth(df: pd.DataFrame, meta: dict):
 def _elements_label(n: float) -> str:
     side = int(round(n ** 0.5))
     return f"{side}²" if side * side == int(n) else f"{n:.3g}"
-
-
-def gpu_names(metas: list[dict]) -> list[str]:
-    """The names compare.gpu_table gives each run's columns: the GPU, with the run id where two
-    runs share a GPU."""
-    gpus = [m.get("env", {}).get("gpu", "?") for m in metas]
-    return [g if gpus.count(g) == 1 else f"{g} [{m.get('run_id')}]" for g, m in zip(gpus, metas, strict=True)]
 
 
 def gpu_vs_gpu(table: pd.DataFrame, metas: list[dict]):
