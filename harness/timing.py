@@ -236,19 +236,25 @@ def engine_note(device: torch.device, timing) -> str | None:
             f"wall-clock samples through Triton's interpreter, marked timing_valid = False")
 
 
+def estimate_call_ms(fn: Callable[[], Any], flush: torch.Tensor, calls: int = 5) -> float:
+    """ms per call of fn (after a flush), from `calls` back-to-back calls between two events: what
+    do_bench sizes its warmup and repetitions by."""
+    first, last = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    first.record()
+    for _ in range(calls):
+        flush.zero_()
+        fn()
+    last.record()
+    torch.cuda.synchronize()
+    return max(first.elapsed_time(last) / calls, 1e-3)
+
+
 def _shielded_samples(fn: Callable[[], Any], device: torch.device, warmup_ms: float, rep_ms: float) -> list[float]:
     """triton.testing.do_bench's loop (estimate from 5 calls, then warmup_ms of untimed calls and
     rep_ms of timed ones, all enqueued before one synchronisation) with a flush twice the L2 and
     a spin before every timed call."""
     flush = l2_flush_buffer(device)
-    first, last = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    first.record()
-    for _ in range(5):
-        flush.zero_()
-        fn()
-    last.record()
-    torch.cuda.synchronize()
-    estimate_ms = max(first.elapsed_time(last) / 5, 1e-3)
+    estimate_ms = estimate_call_ms(fn, flush)
     n_warmup = max(1, int(warmup_ms / estimate_ms))
     n_repeat = max(1, int(rep_ms / estimate_ms))
     for _ in range(n_warmup):

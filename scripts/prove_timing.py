@@ -86,17 +86,10 @@ def cuda_events(fn: Callable[[], Any], device: torch.device, warmup_ms: float = 
     sample's pair of events recorded before one synchronisation at the end."""
     if device.type != "cuda":
         raise NeedsGpu("CUDA events need a CUDA GPU")
-    from quantbench.harness.timing import l2_flush_buffer
+    from quantbench.harness.timing import estimate_call_ms, l2_flush_buffer
     with torch.cuda.device(device):
         flush = l2_flush_buffer(device)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(5):
-            flush.zero_()
-            fn()
-        end.record()
-        torch.cuda.synchronize(device)
-        per_call = max(start.elapsed_time(end) / 5, 1e-3)
+        per_call = estimate_call_ms(fn, flush)
         for _ in range(max(1, int(warmup_ms / per_call))):
             flush.zero_()
             fn()
