@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 from scipy.stats import mannwhitneyu
 
-from .results import IDENTITY, load_run, read_lines
+from .results import IDENTITY, RunFolderError, load_run, read_lines
 from .thresholds import Thresholds, ThresholdSet
 
 KEY = [c for c in IDENTITY if c not in ("run_id", "device", "gpu", "status", "message")]
@@ -80,6 +80,10 @@ def _keyed(df: pd.DataFrame) -> pd.DataFrame:
 
 def _gpu(meta: dict) -> str | None:
     return (meta.get("env") or {}).get("gpu")
+
+
+class CompareError(RunFolderError):
+    """A run folder that cannot be compared as asked; the message names it and the reason."""
 
 
 @dataclass
@@ -179,7 +183,7 @@ def gpu_views(runs: list[Run]) -> tuple[pd.DataFrame, pd.DataFrame]:
         ok = _triton_workloads(run)
         ms = ok.pivot_table(index="workload", columns="impl", values="ms", aggfunc="first")
         if "triton" not in ms:
-            raise ValueError(f"{run.meta.get('run_id')}: no triton rows to compare")
+            raise CompareError(f"{run.path}: no timed triton rows to put beside the other GPUs")
         triton = ok[ok["impl"] == "triton"].set_index("workload")
         wide = pd.DataFrame({f"{name}: ms triton": ms["triton"]})
         for impl in ms.columns.drop("triton"):
@@ -257,7 +261,7 @@ def compare_all(runs: list[Run], t: Thresholds | ThresholdSet = DEFAULT) -> Comp
     if len({_gpu(r.meta) for r in loaded}) > 1:
         try:
             result.gpus, result.unshared = gpu_views(loaded)
-        except ValueError as e:  # a run without Triton rows
+        except CompareError as e:  # a run without Triton rows
             result.notes.append(f"No GPU-against-GPU table: {e}.")
     return result
 

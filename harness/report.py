@@ -198,12 +198,12 @@ def fit_section(metas: list[dict]) -> list[Block]:
 
 
 def gpu_section(runs: list[Path], metas: list[dict]) -> list[Block]:
-    from .compare import gpu_table
+    from .compare import CompareError, gpu_table
     from .plots_speed import gpu_vs_gpu
     blocks: list[Block] = [Heading("GPU against GPU", 2)]
     try:
         table = gpu_table(runs)
-    except ValueError as e:  # a run without Triton rows
+    except CompareError as e:  # a run without Triton rows
         return [*blocks, Skipped("GPU against GPU", str(e))]
     _add_figure(blocks, "gpu_vs_gpu.png", "Each GPU against the first, case by case (`quantbench compare-gpus`).",
                 "GPU against GPU", lambda: gpu_vs_gpu(table, metas))

@@ -157,3 +157,14 @@ def test_the_implementation_table_puts_each_roofline_share_on_its_own_case(tmp_p
     assert len(table) == 3
     for fmt, share in zip(table["format"], table["% of roofline triton"], strict=True):
         assert share == 10.0 * int(fmt.split()[0].removeprefix("int"))
+
+
+def test_compare_gpus_names_a_run_without_triton_rows(tmp_path):
+    a = on_gpu(run(tmp_path, "a", "[4]"), "GPU A")
+    path = tmp_path / "torch_only.yaml"
+    path.write_text(CONFIG.format(name="b", bits="[4]").replace("sweep: {", "sweep: {impl: torch, "))
+    b = on_gpu(run_sweep(load_config(path), tmp_path / "b", device="cpu", show_progress=False).path, "GPU B")
+    out = subprocess.run([sys.executable, "-m", "quantbench.harness.cli", "compare-gpus", str(a), str(b)],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "no timed triton rows to put beside the other GPUs" in out.stderr
+    assert str(b) in out.stderr
