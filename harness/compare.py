@@ -1,7 +1,7 @@
 """Compare runs: a baseline against candidates case by case with verdicts a CI gate can trust,
 GPU against GPU, and implementation against implementation within a run.
 
-Latency is decided on the raw samples (samples.jsonl): a two-sided Mann-Whitney U test (asv's
+Latency is decided on the raw samples (samples.jsonl[.gz]): a two-sided Mann-Whitney U test (asv's
 choice) must reject "same distribution" at `alpha`, and the ratio of medians must move by at
 least `min_effect`; a difference that passes only one of the two is noise, not a change. Latency
 is judged only between GPU timings on the same GPU model.
@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 from scipy.stats import mannwhitneyu
 
-from .results import IDENTITY, RunFolderError, load_run, read_lines
+from .results import IDENTITY, RunFolderError, load_run, read_samples
 from .thresholds import Thresholds, ThresholdSet
 
 KEY = [c for c in IDENTITY if c not in ("run_id", "device", "gpu", "status", "message")]
@@ -71,7 +71,7 @@ def _key(values) -> str:
 
 
 def _samples(run: Path) -> dict[str, list[float]]:
-    return {_key(rec.get(c) for c in KEY): rec["samples_ms"] for rec in read_lines(run / "samples.jsonl")}
+    return {_key(rec.get(c) for c in KEY): rec["samples_ms"] for rec in read_samples(run)}
 
 
 def _keyed(df: pd.DataFrame) -> pd.DataFrame:

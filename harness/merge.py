@@ -6,7 +6,7 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .results import SCHEMA_VERSION, _atomic_write, read_cases, read_lines, to_frame, utc_now
+from .results import SCHEMA_VERSION, _atomic_write, read_cases, read_samples, to_frame, utc_now, write_samples
 from .summary import summary_markdown
 
 
@@ -32,7 +32,7 @@ def merge_runs(runs: list[str | Path], out_root: str | Path) -> Path:
                 raise MergeError(f"case {key} is in both {seen[key]} and {run}")
             seen[key] = run
             cases.append((key, rows))
-        samples += read_lines(run / "samples.jsonl")
+        samples += read_samples(run)
     name = metas[0]["config"]["name"]
     run_id = f"{name}-merged-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}"
     path = Path(out_root) / run_id
@@ -45,7 +45,7 @@ def merge_runs(runs: list[str | Path], out_root: str | Path) -> Path:
             "rows": len(df),
             "status_counts": df["status"].value_counts().to_dict()}
     _atomic_write(path / "rows.jsonl", "".join(json.dumps({"case": k, "rows": r}) + "\n" for k, r in cases))
-    _atomic_write(path / "samples.jsonl", "".join(json.dumps(rec) + "\n" for rec in samples))
+    write_samples(path, samples)
     _atomic_write(path / "results.csv", df.to_csv(index=False))
     _atomic_write(path / "meta.json", json.dumps(meta, indent=2, default=str))
     _atomic_write(path / "summary.md", summary_markdown(df, meta))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pytest_benchmark.stats import Stats
 
-from .results import COLUMNS, RunWriter, load_run, read_lines
+from .results import COLUMNS, RunWriter, load_run, read_samples
 from .summary import summary_markdown
 from .timing import Measurement
 
@@ -51,7 +51,7 @@ def to_pytest_benchmark(run: str | Path) -> dict:
     run = Path(run)
     df, meta = load_run(run)
     samples = {}
-    for rec in read_lines(run / "samples.jsonl"):
+    for rec in read_samples(run):
         samples[bench_id({c: _plain(rec.get(c)) for c in CASE_COLUMNS})] = rec["samples_ms"]
     benchmarks = []
     for row in df[df["ms"].notna()].to_dict("records"):

@@ -2,7 +2,9 @@
 
     results/<name>-<UTC timestamp>/
         rows.jsonl   one JSON line per finished case (all its rows), fsynced before the next case
-        samples.jsonl  every timed sample (ms) of every row, for statistics across runs
+        samples.jsonl.gz  every timed sample (ms) of every row, for statistics across runs: appended
+                     to samples.jsonl while the run goes, compressed when it finishes (runs written
+                     before that keep a plain samples.jsonl, and every reader takes both)
         results.csv  the long-format table (one row per case and implementation), written atomically
         meta.json    the config as loaded, the environment, the schema version
         summary.md   pivot tables people read
@@ -13,6 +15,7 @@ SCHEMA_VERSION.
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import os
@@ -48,6 +51,10 @@ PROVENANCE = ["schema_version", "torch_version", "triton_version", "utc"]
 COLUMNS = IDENTITY + TIME + CLOCKS + FLAGS + MEMORY + ERROR + OUTPUT_ERROR + PROVENANCE
 
 
+SAMPLES = "samples.jsonl"         # appended, one line per timed row, while the run goes
+SAMPLES_GZ = "samples.jsonl.gz"   # the same lines, compressed (about 6x) once the run has finished
+
+
 def utc_now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -59,6 +66,48 @@ def _atomic_write(path: Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def _atomic_write_gz(path: Path, text: str) -> None:
+    """`text` gzipped, atomically; mtime 0 so that the same samples give the same bytes (git stores
+    a re-written run without growing)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(gzip.compress(text.encode(), compresslevel=9, mtime=0))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def samples_path(run: Path) -> Path:
+    """Where a run folder's raw samples are. The plain file wins when both exist: it is only ever
+    beside the compressed one when a finish was cut between the two (same lines in both) or a
+    resume has started appending to it again (the plain file is the newer)."""
+    plain = run / SAMPLES
+    return plain if plain.exists() or not (run / SAMPLES_GZ).exists() else run / SAMPLES_GZ
+
+
+def has_samples(run: Path) -> bool:
+    return (run / SAMPLES).is_file() or (run / SAMPLES_GZ).is_file()
+
+
+def read_samples(run: Path, drop_torn_tail: bool = False) -> list[dict[str, Any]]:
+    """Every sample record of a run folder, from samples.jsonl or samples.jsonl.gz (none: [])."""
+    return read_lines(samples_path(run), drop_torn_tail)
+
+
+def write_samples(run: Path, records: list[dict[str, Any]]) -> None:
+    """The sample records of a finished run, compressed, in place of any plain samples.jsonl."""
+    _atomic_write_gz(run / SAMPLES_GZ, "".join(json.dumps(rec) + "\n" for rec in records))
+    (run / SAMPLES).unlink(missing_ok=True)
+
+
+def compress_samples(run: Path) -> None:
+    """Replace a finished run's samples.jsonl by samples.jsonl.gz (the same lines)."""
+    plain = run / SAMPLES
+    if plain.exists():
+        _atomic_write_gz(run / SAMPLES_GZ, plain.read_text())
+        plain.unlink()
 
 
 def _append_line(f, record: dict[str, Any]) -> None:
@@ -86,7 +135,7 @@ class RunWriter:
         self.rows = [row for _, rows in done for row in rows]
         _atomic_write(self.path / "meta.json", json.dumps(self.meta, indent=2, default=str))
         self._rows_file = open(self.path / "rows.jsonl", "a")
-        self._samples_file = open(self.path / "samples.jsonl", "a")
+        self._samples_file = open(self.path / SAMPLES, "a")
 
     @classmethod
     def create(cls, out_root: str | Path, name: str, meta: dict[str, Any]) -> "RunWriter":
@@ -103,9 +152,12 @@ class RunWriter:
         meta = json.loads((path / "meta.json").read_text())
         done = read_cases(path / "rows.jsonl", drop_torn_tail=True)
         keys = {key for key, _ in done}
-        samples = [rec for rec in read_lines(path / "samples.jsonl", drop_torn_tail=True) if rec["case"] in keys]
+        samples = [rec for rec in read_samples(path, drop_torn_tail=True) if rec["case"] in keys]
         _atomic_write(path / "rows.jsonl", "".join(json.dumps({"case": k, "rows": r}) + "\n" for k, r in done))
-        _atomic_write(path / "samples.jsonl", "".join(json.dumps(rec) + "\n" for rec in samples))
+        # appending goes on in the plain file; the compressed one of a finished run goes once the
+        # plain one holds its lines (the plain file wins while both exist: samples_path)
+        _atomic_write(path / SAMPLES, "".join(json.dumps(rec) + "\n" for rec in samples))
+        (path / SAMPLES_GZ).unlink(missing_ok=True)
         meta.setdefault("resumed_utc", []).append(utc_now())
         return cls(path, meta, done)
 
@@ -121,9 +173,11 @@ class RunWriter:
         self.done.add(key)
 
     def finish(self, summarize: Callable[[pd.DataFrame, dict[str, Any]], str], **meta: Any) -> pd.DataFrame:
-        """Write results.csv, meta.json (with the end time, status counts and `meta`) and summary.md."""
+        """Write results.csv, meta.json (with the end time, status counts and `meta`) and summary.md,
+        and compress the samples."""
         self._rows_file.close()
         self._samples_file.close()
+        compress_samples(self.path)
         df = to_frame(self.rows)
         _atomic_write(self.path / "results.csv", df.to_csv(index=False))
         counts = df["status"].value_counts().to_dict() if len(df) else {}
@@ -143,7 +197,13 @@ def read_lines(path: Path, drop_torn_tail: bool = False) -> list[dict[str, Any]]
     file and line (the lines before it are intact)."""
     if not path.exists():
         return []
-    text = path.read_text()
+    if path.suffix == ".gz":
+        try:
+            text = gzip.decompress(path.read_bytes()).decode()
+        except (OSError, EOFError, UnicodeDecodeError) as e:  # gzip.BadGzipFile is an OSError
+            raise RunFolderError(f"{path}: not a readable gzip file of JSON lines ({e})") from None
+    else:
+        text = path.read_text()
     lines = text.split("\n")
     torn = lines.pop()  # "" when the file ends with a newline
     records = []

@@ -43,7 +43,7 @@ import pandas as pd
 
 from quantbench.harness.compare import KEY, compare_runs
 from quantbench.harness.config import ConfigError
-from quantbench.harness.results import load_run, read_lines
+from quantbench.harness.results import has_samples, load_run, read_samples, write_samples
 from quantbench.harness.summary import to_markdown
 from quantbench.harness.thresholds import ThresholdSet, load_thresholds
 
@@ -67,8 +67,8 @@ def check_runs(runs: list[str | Path]) -> list[Path]:
                                  "is no measurement")
     metas = []
     for p in paths:
-        if not (p / "samples.jsonl").is_file():
-            raise DetectorInputError(f"{p}: no samples.jsonl (not a run folder, or a run without raw samples)")
+        if not has_samples(p):
+            raise DetectorInputError(f"{p}: no samples.jsonl(.gz) (not a run folder, or a run without raw samples)")
         metas.append(json.loads((p / "meta.json").read_text()) if (p / "meta.json").is_file() else {})
     first, first_meta = paths[0], metas[0]
     for p, meta in zip(paths[1:], metas[1:], strict=True):
@@ -89,9 +89,7 @@ def slowed_copy(run: Path, factor: float, dest: Path) -> Path:
     dest.mkdir(parents=True)
     if (run / "meta.json").is_file():
         (dest / "meta.json").write_text((run / "meta.json").read_text())
-    records = read_lines(run / "samples.jsonl")
-    (dest / "samples.jsonl").write_text("".join(
-        json.dumps({**rec, "samples_ms": [s * factor for s in rec["samples_ms"]]}) + "\n" for rec in records))
+    write_samples(dest, [{**rec, "samples_ms": [s * factor for s in rec["samples_ms"]]} for rec in read_samples(run)])
     df, _ = load_run(run)
     for col in MEDIAN_COLUMNS:
         df[col] = df[col] * factor

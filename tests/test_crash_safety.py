@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from quantbench.harness.config import ConfigError, load_config
-from quantbench.harness.results import RunFolderError, load_run
+from quantbench.harness.results import RunFolderError, load_run, read_samples
 from quantbench.harness.runner import run_sweep
 
 CONFIG = """\
@@ -75,8 +75,8 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
     want, _ = load_run(whole)
     assert len(got) == len(want) == 24 and meta["resumed_utc"]
     pd.testing.assert_frame_equal(got[DETERMINISTIC].reset_index(drop=True), want[DETERMINISTIC].reset_index(drop=True))
-    samples = (run / "samples.jsonl").read_text().splitlines()
-    assert len(samples) == 24  # one record per row, none duplicated by the resume
+    assert not (run / "samples.jsonl").exists()  # compressed when the resumed run finished
+    assert len(read_samples(run)) == 24  # one record per row, none duplicated by the resume
 
 
 def test_resume_refuses_a_changed_config(tmp_path):

@@ -18,7 +18,7 @@ from quantbench.harness.summary import fmt, with_labels
 from quantbench.kernels.spec import QuantSpec
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICK_H100 = ROOT / "results/h100/quick-20261123T201153Z"  # quantize and dequantize on an H100
+QUICK_H100 = ROOT / "results/h100/quick-20261124T001945Z"  # quantize and dequantize on an H100
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -218,7 +218,7 @@ def test_several_runs_gpu_against_gpu(tmp_path):
 
 def test_bad_requests(tmp_path):
     with pytest.raises(ReportError, match="--out"):
-        write_report([QUICK_H100, ROOT / "results/h100/default-20261123T201043Z"])
+        write_report([QUICK_H100, ROOT / "results/h100/default-20261124T002009Z"])
     with pytest.raises(ReportError, match="twice"):
         write_report([QUICK_H100, QUICK_H100], tmp_path)
     with pytest.raises(FileNotFoundError):

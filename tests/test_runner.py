@@ -11,7 +11,7 @@ import pytest
 
 from quantbench.harness import ops
 from quantbench.harness.config import load_config
-from quantbench.harness.results import COLUMNS, SCHEMA_VERSION, load_run
+from quantbench.harness.results import COLUMNS, SCHEMA_VERSION, load_run, read_samples
 from quantbench.harness.runner import run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,7 +62,8 @@ def test_meta_and_summary(quick_run):
     assert "## quantize" in summary and "## dequantize" in summary and "interpreter" in summary
     rows = (quick_run / "rows.jsonl").read_text().splitlines()
     assert len(rows) == meta["rows"]
-    samples = [json.loads(line) for line in (quick_run / "samples.jsonl").read_text().splitlines()]
+    assert (quick_run / "samples.jsonl.gz").is_file() and not (quick_run / "samples.jsonl").exists()
+    samples = read_samples(quick_run)
     df = pd.read_csv(quick_run / "results.csv")
     assert len(samples) == len(df)
     for rec, (_, row) in zip(samples, df.iterrows(), strict=True):

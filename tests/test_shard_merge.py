@@ -9,7 +9,7 @@ import pytest
 from quantbench.harness.cases import expand
 from quantbench.harness.config import load_config
 from quantbench.harness.merge import MergeError, merge_runs
-from quantbench.harness.results import load_run
+from quantbench.harness.results import load_run, read_samples
 from quantbench.harness.runner import run_sweep, shard_of
 
 CONFIG = """\
@@ -46,7 +46,7 @@ def test_merged_shards_equal_the_whole_run(tmp_path):
     key = ["op", "impl", "bits"]
     pd.testing.assert_frame_equal(got[SAME].sort_values(key).reset_index(drop=True),
                                   want[SAME].sort_values(key).reset_index(drop=True))
-    assert len(meta["merged_from"]) == 2 and (merged / "samples.jsonl").read_text().count("\n") == len(got)
+    assert len(meta["merged_from"]) == 2 and len(read_samples(merged)) == len(got)
 
     with pytest.raises(MergeError, match="is in both"):
         merge_runs([parts[0], parts[0]], tmp_path / "dup")
