@@ -6,6 +6,11 @@ accepts code that the GPU compiler rejects, so a changed kernel is checked there
 
 `pytest tests/benchmarks` alone times compiled kernels on the GPU and never turns the interpreter
 on: interpreter timings would be no benchmark (in a whole-suite run the benchmarks skip instead).
+
+tests/gpu is the GPU suite (`make test-gpu`, which sets QUANTBENCH_TEST_DEVICE=cuda): the real
+kernels compiled, on shapes that take every kernel path, and the timing engines on kernels of
+known duration. In the CPU suite its tests skip; asked for without a GPU it stops with an error
+rather than passing by skipping.
 """
 
 import os
@@ -15,6 +20,7 @@ import pytest
 import torch
 
 BENCHMARKS = Path(__file__).resolve().parent / "benchmarks"
+GPU_SUITE = Path(__file__).resolve().parent / "gpu"
 DEVICE = "cpu"
 
 
@@ -29,6 +35,18 @@ def pytest_configure(config):
     DEVICE = os.environ.get("QUANTBENCH_TEST_DEVICE") or ("cuda" if _benchmarks_only(config.args) else "cpu")
     if DEVICE == "cpu":
         os.environ["TRITON_INTERPRET"] = "1"
+
+
+def pytest_collection_modifyitems(config, items):
+    gpu_items = [item for item in items if GPU_SUITE in Path(item.fspath).resolve().parents]
+    if not gpu_items:
+        return
+    if DEVICE != "cuda":
+        skip = pytest.mark.skip(reason="the GPU suite: run it with `make test-gpu` on a machine with a CUDA GPU")
+        for item in gpu_items:
+            item.add_marker(skip)
+    elif not torch.cuda.is_available():
+        pytest.exit("the GPU suite (QUANTBENCH_TEST_DEVICE=cuda) needs a CUDA GPU, and torch sees none", returncode=2)
 
 
 @pytest.fixture

@@ -1,0 +1,190 @@
+"""Every kernel path compiled for the GPU, checked against its reference or float64.
+
+The interpreter runs one small config of each kernel with every mask on; these shapes are chosen
+so that the compiled kernels take the paths the interpreter never does: the GEMV's unmasked
+(EVEN_N and EVEN_K) loads over int32 words, its masked loads over words and over bytes, the
+split-K GEMM's atomics and tickets, the plain GEMM, each autotuned config that the shape leaves.
+Formats are chosen to take every value of every format constant (bits, scheme, granularity,
+group) through each path without compiling the whole product (each format is a compile per
+config; the whole product would take the suite past a few minutes).
+
+Tolerances by rule, as in tests/test_qmatmul.py: products against float64 with the same
+quantized weights within 2 eps(dtype) + K eps(float32).
+"""
+
+import pytest
+import torch
+
+from quantbench.harness.metrics import dequant_close
+from quantbench.kernels import (QuantSpec, dequantize, dequantize_ref, pack_weights, qmatmul, quantize,
+                                quantize_ref, quantize_tokens, quantize_tokens_ref, w8a8_matmul, w8a8_matmul_ref)
+
+CUDA = torch.device("cuda")
+ALL_SPECS = [QuantSpec(b, s, g, gs) for b in (8, 4, 2) for s in ("asymmetric", "symmetric")
+             for g, gs in (("tensor", None), ("channel", None), ("group", 32), ("group", 128))]
+# each bits, scheme, granularity and group size at least once, and every bits x granularity pair
+MATMUL_SPECS = [QuantSpec(8, "symmetric", "channel"), QuantSpec(8, "asymmetric", "group", 128),
+                QuantSpec(4, "asymmetric", "group", 128), QuantSpec(4, "symmetric", "group", 32),
+                QuantSpec(4, "asymmetric", "channel"), QuantSpec(4, "symmetric", "tensor"),
+                QuantSpec(2, "asymmetric", "group", 32), QuantSpec(2, "symmetric", "channel"),
+                QuantSpec(8, "asymmetric", "tensor"), QuantSpec(2, "asymmetric", "group", 128)]
+# (M, N, K, what it takes)
+MATMUL_PATHS = [
+    (1, 64, 256, "gemv-even"),         # N, K multiples of every GEMV tile left: no masks, int32 words
+    (1, 64, 384, "gemv-odd-k"),        # K cut inside every tile left, N whole: masked loads
+    (1, 37, 512, "gemv-odd-n"),        # N cut inside a tile, K whole: masked loads
+    (16, 64, 512, "split-k"),          # M <= 64: K split over programs, atomics and tickets
+    (100, 96, 512, "gemm"),            # M > 64: the plain tiled GEMM
+]
+
+
+def fmt(spec: QuantSpec) -> str:
+    return f"int{spec.bits}-{spec.scheme[:4]}-{spec.granularity}{spec.group_size or ''}"
+
+
+def tolerance(dtype: torch.dtype, k: int) -> float:
+    return 2 * torch.finfo(dtype).eps + k * torch.finfo(torch.float32).eps
+
+
+def rel_err(y: torch.Tensor, exact: torch.Tensor) -> float:
+    return ((y.double() - exact).norm() / exact.norm()).item()
+
+
+def exact_product(x: torch.Tensor, q) -> torch.Tensor:
+    """x @ W_hat^T in float64 with the same quantized weights."""
+    return x.double() @ dequantize_ref(q, torch.float32).double().t()
+
+
+def assert_same(a, b) -> None:
+    for part in ("codes", "scales", "zeros"):
+        x, y = getattr(a, part), getattr(b, part)
+        if y is None:
+            assert x is None, part
+            continue
+        bad = (x != y).nonzero()
+        assert bad.numel() == 0, f"{part}: {len(bad)} differ, first at {bad[:3].tolist()}"
+
+
+# --- quantize and dequantize --------------------------------------------------------------------
+
+@pytest.mark.parametrize("spec", ALL_SPECS, ids=fmt)
+@pytest.mark.parametrize("n,k", [(64, 1024), (33, 384)])
+def test_quantize_and_dequantize_every_format(spec, n, k):
+    w = (torch.randn(n, k, generator=torch.Generator().manual_seed(n * k)) * 2).half().to(CUDA)
+    q = quantize(w, spec)
+    assert_same(q, quantize_ref(w, spec))
+    got, want = dequantize(q), dequantize_ref(q)
+    close = dequant_close(got, want)
+    assert close.all(), f"{(~close).sum().item()} of {close.numel()} differ"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("spec", [QuantSpec(4, "asymmetric", "group", 128), QuantSpec(8, "symmetric", "channel"),
+                                  QuantSpec(2, "asymmetric", "tensor")], ids=fmt)
+@pytest.mark.parametrize("n,k", [(17, 8192), (5, 130)])
+def test_quantize_other_dtypes_long_and_odd_rows(spec, n, k, dtype):
+    """Rows of 8192 (the per-channel tiling of whole rows), rows cut inside a byte, float32 and bfloat16."""
+    if spec.group_size and k % spec.group_size:
+        pytest.skip("a group must divide K")
+    w = torch.randn(n, k, generator=torch.Generator().manual_seed(k)).to(dtype).to(CUDA)
+    q = quantize(w, spec)
+    assert_same(q, quantize_ref(w, spec))
+    assert dequant_close(dequantize(q), dequantize_ref(q)).all()
+
+
+# --- the weight-only matmul ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("m,n,k,path", MATMUL_PATHS, ids=[p[3] for p in MATMUL_PATHS])
+@pytest.mark.parametrize("spec", MATMUL_SPECS, ids=fmt)
+def test_qmatmul_every_path_and_format(spec, m, n, k, path):
+    g = torch.Generator().manual_seed(m * n + k)
+    w = torch.randn(n, k, generator=g).half().to(CUDA)
+    x = torch.randn(m, k, generator=g).half().to(CUDA)
+    q = quantize(w, spec)
+    y = qmatmul(x, q)
+    err, bound = rel_err(y, exact_product(x, q)), tolerance(torch.float16, k)
+    assert y.shape == (m, n) and err <= bound, f"{path} {fmt(spec)}: rel err {err:.2e} > {bound:.2e}"
+
+
+@pytest.mark.parametrize("m,n,k,path", MATMUL_PATHS, ids=[p[3] for p in MATMUL_PATHS])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+def test_qmatmul_every_path_in_bfloat16_and_float32(dtype, m, n, k, path):
+    g = torch.Generator().manual_seed(7)
+    w = torch.randn(n, k, generator=g).to(dtype).to(CUDA)
+    x = torch.randn(m, k, generator=g).to(dtype).to(CUDA)
+    q = quantize(w, QuantSpec(4, "asymmetric", "group", 128))
+    y = qmatmul(x, q)
+    err, bound = rel_err(y, exact_product(x, q)), tolerance(dtype, k)
+    assert y.dtype == dtype and err <= bound, f"{path} {dtype}: rel err {err:.2e} > {bound:.2e}"
+
+
+def test_gemv_over_bytes_when_rows_are_not_whole_words():
+    """int4 rows of 150 codes are 75 bytes: the GEMV reads them as bytes, not int32 words."""
+    g = torch.Generator().manual_seed(3)
+    w, x = torch.randn(19, 150, generator=g).half().to(CUDA), torch.randn(1, 150, generator=g).half().to(CUDA)
+    q = quantize(w, QuantSpec(4, "symmetric", "channel"))
+    assert rel_err(qmatmul(x, q), exact_product(x, q)) <= tolerance(torch.float16, 150)
+
+
+@pytest.mark.parametrize("m,n,k,path", [p for p in MATMUL_PATHS if p[0] > 1], ids=[p[3] for p in MATMUL_PATHS if p[0] > 1])
+def test_float32_is_multiplied_in_float32_not_tf32(m, n, k, path):
+    """TF32 keeps 10 mantissa bits: its products are off by ~1e-4 relative, over the float32
+    bound at this K. The test first shows that TF32 would fail it, then that the kernel passes
+    (the shapes and format of the float32 path test above, so its tuned kernels are reused)."""
+    g = torch.Generator().manual_seed(11)
+    w, x = torch.randn(n, k, generator=g).to(CUDA), torch.randn(m, k, generator=g).to(CUDA)
+    q = quantize(w, QuantSpec(4, "asymmetric", "group", 128))
+    exact, bound = exact_product(x, q), tolerance(torch.float32, k)
+    w_hat = dequantize_ref(q, torch.float32)
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        tf32_err = rel_err(x @ w_hat.t(), exact)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+    assert tf32_err > 2 * bound, f"TF32 error {tf32_err:.2e} would pass the bound {bound:.2e}: no test"
+    err = rel_err(qmatmul(x, q), exact)
+    assert err <= bound, f"rel err {err:.2e} > {bound:.2e} (TF32 gives {tf32_err:.2e})"
+
+
+def test_split_k_sums_every_partial_on_every_call():
+    """Many split-K programs per tile racing on the same tickets, 30 calls in a row without a
+    synchronisation between them: each output must hold every partial sum (a program that took
+    its ticket before all of its threads had added their partials would drop some), and the
+    shared workspace must be clear afterwards."""
+    from quantbench.kernels import quantized_matmul
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(4096, 4096, generator=g).half().to(CUDA)
+    x = torch.randn(16, 4096, generator=g).half().to(CUDA)
+    q = quantize(w, QuantSpec(4, "asymmetric", "group", 128))
+    exact, bound = exact_product(x, q), tolerance(torch.float16, 4096)
+    outputs = [qmatmul(x, q) for _ in range(30)]
+    errors = [rel_err(y, exact) for y in outputs]
+    assert max(errors) <= bound, f"worst of 30 calls: rel err {max(errors):.2e} > {bound:.2e}"
+    torch.cuda.synchronize()
+    partials, tickets = quantized_matmul._workspaces[x.device]
+    assert not partials.any() and not tickets.any()
+
+
+# --- W8A8 -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("m,k", [(5, 1500), (33, 130), (4, 8192)])
+def test_token_codes_equal_reference(m, k):
+    for dtype in (torch.float16, torch.bfloat16, torch.float32):
+        x = (torch.randn(m, k, generator=torch.Generator().manual_seed(k)) * 3).to(dtype).to(CUDA)
+        xq, sx = quantize_tokens(x)
+        xq_ref, sx_ref = quantize_tokens_ref(x)
+        assert torch.equal(sx, sx_ref) and torch.equal(xq, xq_ref)
+
+
+@pytest.mark.parametrize("m", [1, 40, 100])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+def test_int8_gemm_matches_reference(m, dtype):
+    g = torch.Generator().manual_seed(m)
+    w = torch.randn(96, 512, generator=g).to(dtype).to(CUDA)
+    x = torch.randn(m, 512, generator=g).to(dtype).to(CUDA)
+    w_int8, w_scales = pack_weights(quantize_ref(w, QuantSpec(8, "symmetric", "channel")))
+    y, ref = w8a8_matmul(x, w_int8, w_scales), w8a8_matmul_ref(x, w_int8, w_scales)
+    # integer sums are exact; what remains is the float32 epilogue and one rounding to dtype
+    rel = ((y.double() - ref.double()).norm() / ref.double().norm()).item()
+    assert y.dtype == dtype and rel <= 2 * torch.finfo(dtype).eps, f"{rel:.2e}"
