@@ -9,6 +9,14 @@ import torch
 from quantbench.kernels.spec import FLOAT_DTYPES, QuantSpec
 
 
+def _snr_db(signal: float, noise: float, factor: int) -> float:
+    """factor * log10(signal / noise): +inf without noise, -inf for noise over no signal (a
+    wrong answer to an all-zero reference is no signal at all, never a perfect one)."""
+    if noise == 0:
+        return math.inf
+    return factor * math.log10(signal / noise) if signal > 0 else -math.inf
+
+
 def weight_error(w: torch.Tensor, w_hat: torch.Tensor) -> dict[str, float]:
     """Error of w_hat against w, both taken to float64: the seed notebook's MSE, MAE, max error and
     SNR (10 log10 of mean(w^2) / MSE), plus the relative Frobenius error ||w - w_hat|| / ||w||."""
@@ -21,7 +29,7 @@ def weight_error(w: torch.Tensor, w_hat: torch.Tensor) -> dict[str, float]:
         "mse": mse,
         "mae": diff.abs().mean().item(),
         "max_abs_err": diff.abs().max().item(),
-        "snr_db": 10 * math.log10(signal / mse) if mse > 0 and signal > 0 else math.inf,
+        "snr_db": _snr_db(signal, mse, 10),
         "rel_err": diff.norm().item() / ref_norm if ref_norm > 0 else (0.0 if mse == 0 else math.inf),
     }
 
@@ -70,7 +78,7 @@ def output_error(y: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
     noise = (y.double() - ref).norm().item()
     signal = ref.norm().item()
     rel = noise / signal if signal > 0 else (0.0 if noise == 0 else math.inf)
-    snr = 20 * math.log10(signal / noise) if noise > 0 and signal > 0 else math.inf
+    snr = _snr_db(signal, noise, 20)
     return rel, snr
 
 

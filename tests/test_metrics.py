@@ -44,3 +44,12 @@ def test_weight_error_by_hand():
     assert e["snr_db"] == pytest.approx(10 * math.log10((1 + 4 + 9) / 4 / e["mse"]))
     assert e["rel_err"] == pytest.approx(math.sqrt(1.25) / math.sqrt(14))
     assert weight_error(w, w)["snr_db"] == math.inf
+
+
+def test_noise_over_an_all_zero_reference_is_no_signal_not_a_perfect_one():
+    from quantbench.harness.metrics import output_error
+    zero = torch.zeros(2)
+    assert output_error(torch.tensor([1.0, 2.0]), zero) == (math.inf, -math.inf)
+    assert output_error(zero, zero) == (0.0, math.inf)
+    assert weight_error(zero, torch.tensor([0.5, 0.0]))["snr_db"] == -math.inf
+    assert weight_error(zero, zero)["snr_db"] == math.inf
