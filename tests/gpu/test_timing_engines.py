@@ -160,6 +160,8 @@ def test_a_large_copy_runs_at_the_calibrated_rate(engine):
     src = torch.ones(COPY_BYTES // 4, dtype=torch.float32, device=CUDA)
     dst = torch.empty_like(src)
     expected_ms = 2 * COPY_BYTES / (copy_bandwidth_gbps(CUDA) * 1e9) * 1e3
-    m = measure(lambda: dst.copy_(src), CUDA, ENGINES[engine]).stats()["ms"]
+    # an elementwise kernel, not copy_: a contiguous copy_ captured in a CUDA graph becomes a memcpy
+    # node, which the copy engines run (2.76 TB/s on an H200, against 4.25 for the SMs' copy)
+    m = measure(lambda: torch.mul(src, 1.0, out=dst), CUDA, ENGINES[engine]).stats()["ms"]
     print(f"{engine}: copy of {COPY_BYTES >> 20} MiB median {m * 1e3:.1f} us, {expected_ms * 1e3:.1f} us at the calibrated rate")
     assert abs(m - expected_ms) <= COPY_TOLERANCE * expected_ms
