@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, fields, replace
 
 from .config import ConfigError, RunConfig
 from .ops import OPS
+from .registry import Registry, load_registry
 
 
 @dataclass(frozen=True)
@@ -60,9 +61,23 @@ def _excluded(case: Case, exclude: list[dict]) -> bool:
     return False
 
 
-def expand(cfg: RunConfig) -> list[Case]:
-    """All cases of a config, in sweep order, each once. Raises ConfigError for a grid point that
-    cannot run (a group size that does not divide K)."""
+def _check_impl_names(cfg: RunConfig, registry: Registry) -> None:
+    import difflib
+    known = list(dict.fromkeys(impl.name for op in cfg.sweep.op for impl in registry.of(op)))
+    for name in cfg.sweep.impl:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"sweep.impl: no implementation {name!r} of {', '.join(cfg.sweep.op)}{hint}; "
+                              f"known: {', '.join(known)} (`quantbench list`; a plugin's come with `plugins:`)")
+
+
+def expand(cfg: RunConfig, registry: Registry | None = None) -> list[Case]:
+    """All cases of a config, in sweep order, each once. Raises ConfigError for an implementation
+    no op of the sweep has, or a grid point that cannot run (a group size that does not divide K).
+    `registry`: the implementations (default: the built-ins, installed plugins and the config's)."""
+    registry = registry or load_registry(cfg.plugins)
+    _check_impl_names(cfg, registry)
     sw = cfg.sweep
     seen: dict[Case, None] = {}
     product = itertools.product(
@@ -70,7 +85,7 @@ def expand(cfg: RunConfig) -> list[Case]:
         sw.group_size or [None], sw.M or [None], sw.layers or [None], sw.impl,
     )
     for op, (n, k, shape_name), dtype, bits, scheme, gran, group, m, layers, impl in product:
-        if impl not in OPS[op].impls:
+        if impl not in registry.names(op):
             continue
         applies, fixed = OPS[op].axes, OPS[op].fixed
         case = Case(

@@ -96,17 +96,30 @@ def cmd_validate(args, console: Console) -> int:
 
 def cmd_list(args, console: Console) -> int:
     from .ops import OPS
+    from .registry import load_registry
+    registry = load_registry(args.plugin or ())
     t = Table(title="ops", title_justify="left")
-    for col in ("op", "implementations", "axes", "about"):
+    for col in ("op", "axes", "about"):
         t.add_column(col)
     for op in OPS.values():
-        t.add_row(op.name, ", ".join(op.impls), ", ".join(a for a in AXES if a in op.axes),
-                  (op.__doc__ or "").strip().splitlines()[0])
+        t.add_row(op.name, ", ".join(a for a in AXES if a in op.axes), (op.__doc__ or "").strip().splitlines()[0])
+    console.print(t)
+    t = Table(title="implementations", title_justify="left")
+    for col in ("op", "impl", "role", "needs", "from", "about"):
+        t.add_column(col)
+    for impl in registry.impls:
+        needs = [*(["CUDA"] if impl.needs.cuda else []), *impl.needs.packages,
+                 *([f"sm_{impl.needs.min_capability[0]}{impl.needs.min_capability[1]}"] if impl.needs.min_capability else [])]
+        about = impl.description + (" (own weight format)" if impl.own_format else "")
+        t.add_row(impl.op, impl.name, impl.role.value, ", ".join(needs) or "-", impl.origin, about)
     console.print(t)
     t = Table(title="sweep axes", title_justify="left")
     t.add_column("axis")
     t.add_column("values")
     for name, field in Sweep.model_fields.items():
+        if name == "impl":
+            t.add_row(name, "names from the implementations table (an op takes the ones it has)")
+            continue
         t.add_row(name, "list of {name, N, K}" if name == "shapes" else _allowed(field.annotation))
     t.add_row("dtype (top level)", _allowed(RunConfig.model_fields["dtype"].annotation))
     console.print(t)
@@ -277,7 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="check a config and count its cases, running nothing")
     v.add_argument("config")
     v.set_defaults(func=cmd_validate)
-    ls = sub.add_parser("list", help="ops, implementations and sweep axes")
+    ls = sub.add_parser("list", help="ops, implementations (with their roles and origin) and sweep axes")
+    ls.add_argument("--plugin", action="append", metavar="MODULE",
+                    help="also load this plugin module (as a config's `plugins:` does); repeatable")
     ls.set_defaults(func=cmd_list)
     mg = sub.add_parser("merge", help="join run folders (shards, machines) into one")
     mg.add_argument("runs", nargs="+", help="run folders of one config and schema")

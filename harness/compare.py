@@ -160,7 +160,7 @@ def gpu_names(metas: list[dict]) -> list[str]:
     return [g if gpus.count(g) == 1 else f"{g} [{m.get('run_id')}]" for g, m in zip(gpus, metas, strict=True)]
 
 
-def _triton_workloads(run: LoadedRun) -> pd.DataFrame:
+def _timed_workloads(run: LoadedRun) -> pd.DataFrame:
     """The run's timed ok rows, each with its workload (the case key less the implementation)."""
     ok = run.df[(run.df["status"] == "ok") & run.df["ms"].notna()].copy()
     ok["workload"] = [_key(row) for row in ok[WORKLOAD].itertuples(index=False)]
@@ -170,32 +170,41 @@ def _triton_workloads(run: LoadedRun) -> pd.DataFrame:
 def gpu_views(runs: list[Run]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """GPU against GPU: (table, unshared).
 
-    table: for each case the runs share, each run's Triton time, its speedup over every other
-    implementation measured beside it, and its share of that GPU's own roofline and of its measured
-    copy bandwidth, side by side (ratios within one GPU compare fairly across GPUs; absolute times
-    do not). Columns are named after the GPU (and the run, where two runs share a GPU).
-    unshared: the timed cases with a Triton row that some runs lack, with the runs that have them,
-    so that the table never drops a case unsaid."""
+    table: for each case the runs share, each run's candidate times (the implementations in the
+    candidate role), each candidate's speedup over every other implementation measured beside it,
+    and its share of that GPU's own roofline and of its measured copy bandwidth, side by side
+    (ratios within one GPU compare fairly across GPUs; absolute times do not). Columns are named
+    after the GPU (and the run, where two runs share a GPU), and the share columns after the
+    candidate where a run has several.
+    unshared: the timed cases with a candidate row that some runs lack, with the runs that have
+    them, so that the table never drops a case unsaid."""
     loaded = [LoadedRun.of(r) for r in runs]
     names = gpu_names([r.meta for r in loaded])
     frames, labels, present = [], [], {}
     for run, name in zip(loaded, names, strict=True):
-        ok = _triton_workloads(run)
+        from .summary import impls_in_role
+        ok = _timed_workloads(run)
         ms = ok.pivot_table(index="workload", columns="impl", values="ms", aggfunc="first")
-        if "triton" not in ms:
-            raise CompareError(f"{run.path}: no timed triton rows to put beside the other GPUs")
-        triton = ok[ok["impl"] == "triton"].set_index("workload")
-        wide = pd.DataFrame({f"{name}: ms triton": ms["triton"]})
-        for impl in ms.columns.drop("triton"):
-            wide[f"{name}: triton vs {impl}"] = ms[impl] / ms["triton"]
-        wide[f"{name}: % of roofline"] = roofline_share(triton)
+        candidates = [c for c in impls_in_role(ok, "candidate") if c in ms]
+        if not candidates:
+            raise CompareError(f"{run.path}: no timed rows of a candidate implementation to put beside the other GPUs")
         copy_gbps = run.meta.get("calibration", {}).get("copy_gbps")
-        if copy_gbps:
-            wide[f"{name}: % of copy"] = 100 * triton["gbps"] / copy_gbps
-        frames.append(wide)
+        wide = pd.DataFrame(index=ms.index)
+        for cand in candidates:
+            rows = ok[ok["impl"] == cand].set_index("workload")
+            suffix = "" if len(candidates) == 1 else f" {cand}"
+            wide[f"{name}: ms {cand}"] = ms[cand]
+            for impl in ms.columns.drop(cand):
+                wide[f"{name}: {cand} vs {impl}"] = ms[impl] / ms[cand]
+            wide[f"{name}: % of roofline{suffix}"] = roofline_share(rows)
+            if copy_gbps:
+                wide[f"{name}: % of copy{suffix}"] = 100 * rows["gbps"] / copy_gbps
+            for w in rows.index:
+                present.setdefault(w, [])
+                if name not in present[w]:
+                    present[w].append(name)
+        frames.append(wide.dropna(how="all", subset=[f"{name}: ms {c}" for c in candidates]))
         labels.append(ok.drop_duplicates("workload").set_index("workload")[LABELS])
-        for w in triton.index:
-            present.setdefault(w, []).append(name)
     table = labels[0].join(pd.concat(frames, axis=1, join="inner"), how="inner").reset_index(drop=True)
     partial = [w for w, where in present.items() if len(where) < len(loaded)]
     all_labels = pd.concat(labels)
@@ -211,30 +220,29 @@ def gpu_table(runs: list[Run]) -> pd.DataFrame:
 
 def impl_table(run: Run) -> pd.DataFrame:
     """Implementation against implementation within one run: per op, shape and format, each
-    implementation's median ms, the speedup of triton over each reference and peer, and triton's
-    share of the GPU's roofline."""
-    from .summary import op_table, with_labels
+    implementation's median ms, the speedup of each candidate over every other implementation, and
+    each candidate's share of the GPU's roofline."""
+    from .summary import impls_in_role, op_table, with_labels
     df = LoadedRun.of(run).df
     frames = []
     for op in df["op"].dropna().unique():
         table = op_table(df, op)
         if table.empty:
             continue
-        keep = [c for c in table.columns if c in CASE_LABELS or c.startswith(("ms ", "triton vs "))]
+        keep = [c for c in table.columns if c in CASE_LABELS or c.startswith("ms ") or " vs " in c]
         table = table[keep]
-        triton = with_labels(df[(df["op"] == op) & (df["impl"] == "triton") & (df["status"] == "ok")
-                                & df["ms"].notna()])
-        if not triton.empty:
-            share = roofline_share(triton).groupby([triton[c] for c in CASE_LABELS]).last()  # a stack: its last depth
-            table["% of roofline triton"] = share.reindex(pd.MultiIndex.from_frame(table[CASE_LABELS])).to_numpy()
+        timed = df[(df["op"] == op) & (df["status"] == "ok") & df["ms"].notna()]
+        for cand in impls_in_role(timed, "candidate"):
+            rows = with_labels(timed[timed["impl"] == cand])
+            share = roofline_share(rows).groupby([rows[c] for c in CASE_LABELS]).last()  # a stack: its last depth
+            table[f"% of roofline {cand}"] = share.reindex(pd.MultiIndex.from_frame(table[CASE_LABELS])).to_numpy()
         frames.append(table.assign(op=op))
     if not frames:
         return pd.DataFrame()
     out = pd.concat(frames, ignore_index=True)
     ms = [c for c in out.columns if c.startswith("ms ")]
-    speedups = [c for c in out.columns if c.startswith("triton vs ")]
-    return out[["op", *CASE_LABELS, *ms, *speedups,
-                *[c for c in out.columns if c == "% of roofline triton"]]]
+    speedups = [c for c in out.columns if " vs " in c]
+    return out[["op", *CASE_LABELS, *ms, *speedups, *[c for c in out.columns if c.startswith("% of roofline ")]]]
 
 
 @dataclass

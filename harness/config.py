@@ -9,7 +9,6 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .ops import IMPLS, OPS
 
 DType = Literal["float32", "float16", "bfloat16"]
 Bits = Literal[8, 4, 2]
@@ -17,8 +16,13 @@ Scheme = Literal["asymmetric", "symmetric"]
 Granularity = Literal["tensor", "channel", "group"]
 GroupSize = Literal[32, 64, 128, 256]
 PosInt = Annotated[int, Field(gt=0)]
-OpName = Literal[tuple(OPS)]
-ImplName = Literal[IMPLS]
+# The ops (their contracts are harness/ops.py's OPS, which tests/test_registry.py holds to this list).
+OP_NAMES = ("quantize", "dequantize", "matmul", "stack", "matmul_w8a8")
+OpName = Literal[OP_NAMES]
+# An implementation's name; which exist for which op is the registry's (built-ins and plugins),
+# checked when the sweep is expanded (cases.py).
+ImplName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")]
+ModuleName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")]
 
 # The axes of a sweep, in the order a case's identity lists them.
 AXES = ("op", "impl", "bits", "scheme", "granularity", "group_size", "dtype", "M", "N", "K", "layers")
@@ -150,6 +154,8 @@ class RunConfig(Strict):
     dtype: DType = "float16"
     weights: Weights = NormalWeights()
     timing: Timing = Timing()
+    # modules that define quantbench_impls() (harness/registry): their implementations join the sweep
+    plugins: list[ModuleName] = []
     sweep: Sweep
     exclude: list[dict[str, Any]] = []
 

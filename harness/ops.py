@@ -1,15 +1,23 @@
-"""The table of ops and their implementations. Each op says which axes apply to it, how to make
-its inputs, how to check an implementation against the reference, and what it moves.
+"""The op contracts. Each op says which axes apply to it, how to make its inputs (the frozen
+records below, handed to every implementation's factory), how to check an output against the
+reference, what its rows' error and memory are, and what it moves. Which implementations exist,
+and in which role, is the registry's (harness/registry).
 
-An implementation is a plain closure: it takes the prepared inputs and returns a zero-argument
-callable, which is what gets timed.
+The inputs an implementation receives, by op (all on the run's device):
+- quantize: WeightInputs(w [N, K] float, spec)
+- dequantize: CodeInputs(w, q: QuantizedTensor of w in the case's format)
+- matmul: MatmulInputs(x [M, K], w [N, K], q, ..., own: the implementation's own prepared
+  weights where it declares its own format, else None)
+- stack: StackInputs(x, ws: one weight per layer, qs: their QuantizedTensors, ...)
+- matmul_w8a8: W8A8Inputs(x, w, w_int8 [N, K] int8, w_scales [N] float32, ...)
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
@@ -19,7 +27,8 @@ from quantbench.kernels.spec import FLOAT_DTYPES, QuantizedTensor, QuantSpec
 from . import metrics
 from .calibrate import DTYPE_CEILING, INT8_CEILING
 
-Provider = Callable[[Any], Callable[[], Any]]
+if TYPE_CHECKING:
+    from .registry import Impl, OwnWeights
 
 
 class Skipped(Exception):
@@ -62,29 +71,28 @@ class FormatOp:
 
     axes = frozenset({"bits", "scheme", "granularity", "group_size", "dtype", "N", "K"})
     fixed: dict[str, object] = {}  # identity values of axes an op does not take (its one format)
-    reference = "torch"
-    checked = frozenset({"triton"})  # implementations whose output is checked against the reference
 
     def flops(self, case) -> int | None:
         return None
 
-    def flops_ceiling(self, case) -> str | None:
+    def flops_ceiling(self, case, impl: "Impl") -> str | None:
         """The calibration key (calibrate.py) of the rate this case's arithmetic runs at, for
         `pct_peak_flops`; None where the op has no FLOPs."""
         return None
 
-    def memory(self, case) -> dict[str, float]:
+    def memory(self, case, impl: "Impl") -> dict[str, float]:
+        """The memory columns of the weight this implementation reads."""
         return metrics.weight_memory(_spec(case), case.N, case.K, case.dtype)
+
+    def bytes_moved(self, case, weight_bytes: float) -> int:
+        """Read W once, write the quantized weight (`weight_bytes`) once, or the reverse."""
+        return case.N * case.K * _elem(case) + weight_bytes
 
 
 class QuantizeOp(FormatOp):
     """W [N, K] float -> packed codes, scales, zeros."""
 
     name = "quantize"
-    impls: dict[str, Provider] = {
-        "triton": lambda inp: lambda: kernels.quantize(inp.w, inp.spec),
-        "torch": lambda inp: lambda: kernels.quantize_ref(inp.w, inp.spec),
-    }
 
     def prepare(self, case, source) -> WeightInputs:
         return WeightInputs(source.weight(case), _spec(case))
@@ -97,23 +105,14 @@ class QuantizeOp(FormatOp):
                 return f"{part} differ from the reference: {msg}"
         return None
 
-    def error(self, impl: str, out: QuantizedTensor, inp: WeightInputs) -> dict[str, float]:
-        dequant = kernels.dequantize if impl == "triton" else kernels.dequantize_ref
-        return metrics.weight_error(inp.w, dequant(out))
-
-    def bytes_moved(self, case) -> int:
-        """Read W once, write the quantized weight once."""
-        return case.N * case.K * _elem(case) + _spec(case).nbytes(case.N, case.K, FLOAT_DTYPES[case.dtype])
+    def error(self, impl: "Impl", out: QuantizedTensor, inp: WeightInputs) -> dict[str, float]:
+        return metrics.weight_error(inp.w, kernels.dequantize_ref(out))
 
 
 class DequantizeOp(FormatOp):
     """Packed codes, scales, zeros -> W_hat [N, K] in the weight's dtype."""
 
     name = "dequantize"
-    impls: dict[str, Provider] = {
-        "triton": lambda inp: lambda: kernels.dequantize(inp.q),
-        "torch": lambda inp: lambda: kernels.dequantize_ref(inp.q),
-    }
 
     def prepare(self, case, source) -> CodeInputs:
         w = source.weight(case)
@@ -123,12 +122,8 @@ class DequantizeOp(FormatOp):
         msg = metrics.mismatches(out, ref, metrics.dequant_close(out, ref))
         return f"values differ from the reference beyond float rounding: {msg}" if msg else None
 
-    def error(self, impl: str, out: torch.Tensor, inp: CodeInputs) -> dict[str, float]:
+    def error(self, impl: "Impl", out: torch.Tensor, inp: CodeInputs) -> dict[str, float]:
         return metrics.weight_error(inp.w, out)
-
-    def bytes_moved(self, case) -> int:
-        """Read the quantized weight once, write W_hat once."""
-        return _spec(case).nbytes(case.N, case.K, FLOAT_DTYPES[case.dtype]) + case.N * case.K * _elem(case)
 
 
 @dataclass(frozen=True)
@@ -139,33 +134,10 @@ class MatmulInputs:
     y_exact: torch.Tensor  # float64 x @ W^T, the original weights
     y_quant: torch.Tensor  # float64 x @ W_hat^T, the same quantized weights every kernel uses
     weight_error: dict[str, float]  # of W_hat against W: the same for every quantized implementation
+    own: Any = None  # an implementation's own prepared weights (Impl.own_format), else None
 
 
 UNQUANTIZED_WEIGHT_ERROR = {"mse": 0.0, "mae": 0.0, "max_abs_err": 0.0, "snr_db": math.inf, "rel_err": 0.0}
-
-
-def _tinygemm(inp: MatmulInputs) -> Callable[[], torch.Tensor]:
-    """PyTorch's tinygemm int4 kernel on the same quantized weights. tinygemm dequantizes
-    (q - 8) * scale + zero, so our zero (the group minimum) becomes zero + 8 * scale."""
-    q, x = inp.q, inp.x
-    spec = q.spec
-    if not x.is_cuda:
-        raise Skipped("tinygemm needs a CUDA GPU")
-    if spec.bits != 4 or spec.granularity != "group":
-        raise Skipped("tinygemm takes 4-bit codes with per-group scales only")
-    if x.dtype != torch.bfloat16:
-        raise Skipped(f"tinygemm takes bfloat16 activations, not {str(x.dtype).removeprefix('torch.')}")
-    n, k = q.shape
-    if k % 1024 or n % 8:
-        raise Skipped(f"tinygemm's packing (8 inner K tiles) needs K % 1024 == 0 and N % 8 == 0, got [{n}, {k}]")
-    fields = kernels.unpack_fields(q.codes, 4, k)
-    high_first = ((fields[:, ::2] << 4) | fields[:, 1::2]).to(torch.uint8)
-    packed = torch.ops.aten._convert_weight_to_int4pack(high_first, 8)
-    scale = q.scales.float()
-    zero = (q.zeros.float() + 8 * scale) if q.zeros is not None else torch.zeros_like(scale)
-    scales_zeros = torch.stack([scale, zero], dim=2).transpose(0, 1).contiguous().to(torch.bfloat16)
-    group = spec.group_size
-    return lambda: torch.ops.aten._weight_int4pack_mm(x, packed, group, scales_zeros)
 
 
 def _product_problem(out: torch.Tensor, y_quant: torch.Tensor) -> str | None:
@@ -176,11 +148,16 @@ def _product_problem(out: torch.Tensor, y_quant: torch.Tensor) -> str | None:
     return None if rel <= bound else f"relative error {rel:.3g} against the float64 product exceeds {bound:.3g}"
 
 
-def _output_errors(impl: str, out: torch.Tensor, y_exact: torch.Tensor, y_quant: torch.Tensor) -> dict[str, float]:
+def _unquantized(impl: "Impl") -> bool:
+    from .registry import Role
+    return impl.role is Role.BASELINE
+
+
+def _output_errors(impl: "Impl", out: torch.Tensor, y_exact: torch.Tensor, y_quant: torch.Tensor) -> dict[str, float]:
     """The error columns of a product: the method's (float64 with quantized weights against float64
-    with the originals; none for the unquantized fp16 baseline), the kernel's (its output against
+    with the originals; none for the unquantized dense baseline), the kernel's (its output against
     the float64 output of the same method), the total, and the seed's output metrics."""
-    unquantized = impl == "fp16"
+    unquantized = _unquantized(impl)
     method_rel, method_snr = (0.0, math.inf) if unquantized else metrics.output_error(y_quant, y_exact)
     kernel_rel, kernel_snr = metrics.output_error(out, y_exact if unquantized else y_quant)
     return {"method_rel_err": method_rel, "method_snr_db": method_snr,
@@ -189,22 +166,17 @@ def _output_errors(impl: str, out: torch.Tensor, y_exact: torch.Tensor, y_quant:
             **metrics.output_difference(out, y_exact)}
 
 
-def _layer_memory(case) -> dict[str, float]:
-    """The weight one layer reads: quantized, or the unquantized one for the fp16 baseline."""
-    if case.impl != "fp16":
+def bytes_memory(case, nbytes: int) -> dict[str, float]:
+    """The memory columns of a weight of `nbytes` bytes holding the case's N x K values."""
+    return {"weight_bytes": nbytes, "bits_per_weight": 8 * nbytes / (case.N * case.K),
+            "compression_vs_fp16": 2 * case.N * case.K / nbytes, "compression_vs_fp32": 4 * case.N * case.K / nbytes}
+
+
+def _layer_memory(case, impl: "Impl") -> dict[str, float]:
+    """The weight one layer reads: quantized, or the unquantized one for the dense baseline."""
+    if not _unquantized(impl):
         return metrics.weight_memory(_spec(case), case.N, case.K, case.dtype)
-    e = _elem(case)
-    return {"weight_bytes": case.N * case.K * e, "bits_per_weight": 8 * e,
-            "compression_vs_fp16": 2 / e, "compression_vs_fp32": 4 / e}
-
-
-def _compiled(fn, *args) -> Callable[[], Any]:
-    """fn(*args) under torch.compile. Dynamo's caches are cleared first: every workload is a new
-    shape, and past its recompile limit Dynamo would fall back to eager without saying so. The
-    compilation happens in the first call, which the harness times apart (first_call_ms)."""
-    torch._dynamo.reset()
-    compiled = torch.compile(fn, dynamic=False)
-    return lambda: compiled(*args)
+    return bytes_memory(case, case.N * case.K * _elem(case))
 
 
 def _linear_bytes(case, weight_bytes: float) -> float:
@@ -218,14 +190,6 @@ class MatmulOp(FormatOp):
 
     name = "matmul"
     axes = FormatOp.axes | {"M"}
-    checked = frozenset({"triton", "tinygemm"})
-    impls: dict[str, Provider] = {
-        "triton": lambda inp: lambda: kernels.qmatmul(inp.x, inp.q),
-        "torch": lambda inp: lambda: kernels.qmatmul_ref(inp.x, inp.q),
-        "torch_compile": lambda inp: _compiled(kernels.qmatmul_ref, inp.x, inp.q),
-        "fp16": lambda inp: lambda: torch.nn.functional.linear(inp.x, inp.w),
-        "tinygemm": _tinygemm,
-    }
 
     def prepare(self, case, source) -> MatmulInputs:
         w, x = source.weight(case), source.x(case)
@@ -234,24 +198,34 @@ class MatmulOp(FormatOp):
         x64 = x.double()
         return MatmulInputs(x, w, q, x64 @ w.double().t(), x64 @ w_hat.double().t(), metrics.weight_error(w, w_hat))
 
+    def with_own(self, inp: MatmulInputs, own: "OwnWeights") -> MatmulInputs:
+        """The inputs of an implementation with its own weight format: its prepared state as `own`,
+        and the float64 product and weight error of its own W_hat, which its row is verified and
+        measured against."""
+        w_hat = own.w_hat.to(inp.w.device)
+        if tuple(w_hat.shape) != tuple(inp.w.shape):
+            raise ValueError(f"own_format returned W_hat of shape {list(w_hat.shape)}, the weight is {list(inp.w.shape)}")
+        return replace(inp, own=own.state, y_quant=inp.x.double() @ w_hat.double().t(),
+                       weight_error=metrics.weight_error(inp.w, w_hat))
+
     def verify(self, out: torch.Tensor, ref: torch.Tensor, inp: MatmulInputs) -> str | None:
         return _product_problem(out, inp.y_quant)
 
-    def error(self, impl: str, out: torch.Tensor, inp: MatmulInputs) -> dict[str, float]:
-        weight_error = UNQUANTIZED_WEIGHT_ERROR if impl == "fp16" else inp.weight_error
+    def error(self, impl: "Impl", out: torch.Tensor, inp: MatmulInputs) -> dict[str, float]:
+        weight_error = UNQUANTIZED_WEIGHT_ERROR if _unquantized(impl) else inp.weight_error
         return {**weight_error, **_output_errors(impl, out, inp.y_exact, inp.y_quant)}
 
-    def memory(self, case) -> dict[str, float]:
-        return _layer_memory(case)
+    def memory(self, case, impl: "Impl") -> dict[str, float]:
+        return _layer_memory(case, impl)
 
-    def bytes_moved(self, case) -> int:
-        """Read x and the weight (quantized, or fp16 for the unquantized baseline) once, write y once."""
-        return _linear_bytes(case, self.memory(case)["weight_bytes"])
+    def bytes_moved(self, case, weight_bytes: float) -> int:
+        """Read x and the weight (quantized, or dense for the unquantized baseline) once, write y once."""
+        return _linear_bytes(case, weight_bytes)
 
     def flops(self, case) -> int | None:
         return 2 * case.M * case.N * case.K
 
-    def flops_ceiling(self, case) -> str | None:
+    def flops_ceiling(self, case, impl: "Impl") -> str | None:
         """The weight is dequantized to the activations' dtype before the multiply-adds, so the
         products run at that dtype's rate (float32: IEEE, no TF32, see calibrate.py)."""
         return DTYPE_CEILING[case.dtype]
@@ -266,7 +240,7 @@ class StackInputs:
     y_quant: list[torch.Tensor]  # float64 output after each layer, quantized weights
 
 
-def _chain(layer: Callable[[torch.Tensor, Any], torch.Tensor], x: torch.Tensor, weights: list) -> list[torch.Tensor]:
+def chain(layer: Callable[[torch.Tensor, Any], torch.Tensor], x: torch.Tensor, weights: list) -> list[torch.Tensor]:
     outputs = []
     for w in weights:
         x = layer(x, w)
@@ -280,11 +254,6 @@ class StackOp(FormatOp):
 
     name = "stack"
     axes = FormatOp.axes | {"M", "layers"}
-    impls: dict[str, Provider] = {
-        "triton": lambda inp: lambda: _chain(kernels.qmatmul, inp.x, inp.qs),
-        "torch": lambda inp: lambda: _chain(kernels.qmatmul_ref, inp.x, inp.qs),
-        "fp16": lambda inp: lambda: _chain(torch.nn.functional.linear, inp.x, inp.ws),
-    }
 
     def prepare(self, case, source) -> StackInputs:
         """Layer 0 has the weights (and x) of the matmul op of the same shape, so the error at
@@ -292,8 +261,8 @@ class StackOp(FormatOp):
         x = source.x(case)
         ws = [source.weight(case, layer) for layer in range(case.layers)]
         qs = [kernels.quantize_ref(w, _spec(case)) for w in ws]
-        y_exact = _chain(lambda y, w: y @ w.double().t(), x.double(), ws)
-        y_quant = _chain(lambda y, q: y @ kernels.dequantize_ref(q, torch.float32).double().t(), x.double(), qs)
+        y_exact = chain(lambda y, w: y @ w.double().t(), x.double(), ws)
+        y_quant = chain(lambda y, q: y @ kernels.dequantize_ref(q, torch.float32).double().t(), x.double(), qs)
         return StackInputs(x, ws, qs, y_exact, y_quant)
 
     def verify(self, out: list[torch.Tensor], ref: list[torch.Tensor], inp: StackInputs) -> str | None:
@@ -301,22 +270,22 @@ class StackOp(FormatOp):
         (deeper layers compound rounding, which the kernel_* columns report)."""
         return _product_problem(out[0], inp.y_quant[0])
 
-    def error(self, impl: str, out: list[torch.Tensor], inp: StackInputs) -> list[dict[str, float]]:
+    def error(self, impl: "Impl", out: list[torch.Tensor], inp: StackInputs) -> list[dict[str, float]]:
         return [{"depth": depth, **_output_errors(impl, y, exact, quant)}
                 for depth, (y, exact, quant) in enumerate(zip(out, inp.y_exact, inp.y_quant, strict=True), start=1)]
 
-    def memory(self, case) -> dict[str, float]:
-        one = _layer_memory(case)
+    def memory(self, case, impl: "Impl") -> dict[str, float]:
+        one = _layer_memory(case, impl)
         return {**one, "weight_bytes": one["weight_bytes"] * case.layers}
 
-    def bytes_moved(self, case) -> int:
-        e = _elem(case)
-        return self.memory(case)["weight_bytes"] + case.layers * 2 * case.M * case.K * e
+    def bytes_moved(self, case, weight_bytes: float) -> int:
+        """Every layer's weight (`weight_bytes` for the whole stack) once, and each layer's input read and output written."""
+        return weight_bytes + case.layers * 2 * case.M * case.K * _elem(case)
 
     def flops(self, case) -> int | None:
         return 2 * case.M * case.N * case.K * case.layers
 
-    def flops_ceiling(self, case) -> str | None:
+    def flops_ceiling(self, case, impl: "Impl") -> str | None:
         return DTYPE_CEILING[case.dtype]
 
 
@@ -330,23 +299,6 @@ class W8A8Inputs:
     y_quant: torch.Tensor  # float64 result of the W8A8 method: quantized x and W, exact integer sums
 
 
-def _int_mm(inp: W8A8Inputs) -> Callable[[], torch.Tensor]:
-    """PyTorch's own int8 GEMM (cuBLASLt) in the same dynamic W8A8 recipe: per-token quantization
-    and the scales in PyTorch around torch._int_mm."""
-    m, k = inp.x.shape
-    n = inp.w_int8.shape[0]
-    if not inp.x.is_cuda:
-        raise Skipped("torch._int_mm needs a CUDA GPU")
-    if m <= 16 or k % 8 or n % 8:
-        raise Skipped(f"torch._int_mm needs M > 16 and K, N multiples of 8, got M={m}, N={n}, K={k}")
-    w_t = inp.w_int8.t()  # a transposed view of row-major [N, K]: the layout cuBLASLt is fastest with
-
-    def run() -> torch.Tensor:
-        xq, sx = kernels.quantize_tokens_ref(inp.x)
-        return (torch._int_mm(xq, w_t).float() * sx[:, None] * inp.w_scales[None, :]).to(inp.x.dtype)
-    return run
-
-
 class W8A8MatmulOp(FormatOp):
     """y [M, N] = x [M, K] @ W^T with x quantized per token on the fly and W per channel, both
     symmetric int8; int32 accumulation, scales in the epilogue."""
@@ -354,13 +306,6 @@ class W8A8MatmulOp(FormatOp):
     name = "matmul_w8a8"
     axes = frozenset({"dtype", "M", "N", "K"})
     fixed = {"bits": 8, "scheme": "symmetric", "granularity": "channel"}
-    checked = frozenset({"triton", "int_mm"})
-    impls: dict[str, Provider] = {
-        "triton": lambda inp: lambda: kernels.w8a8_matmul(inp.x, inp.w_int8, inp.w_scales),
-        "torch": lambda inp: lambda: kernels.w8a8_matmul_ref(inp.x, inp.w_int8, inp.w_scales),
-        "fp16": lambda inp: lambda: torch.nn.functional.linear(inp.x, inp.w),
-        "int_mm": _int_mm,
-    }
 
     def prepare(self, case, source) -> W8A8Inputs:
         w, x = source.weight(case), source.x(case)
@@ -375,30 +320,26 @@ class W8A8MatmulOp(FormatOp):
         bound = 2 * torch.finfo(out.dtype).eps
         return None if rel <= bound else f"relative error {rel:.3g} against the exact W8A8 result exceeds {bound:.3g}"
 
-    def error(self, impl: str, out: torch.Tensor, inp: W8A8Inputs) -> dict[str, float]:
+    def error(self, impl: "Impl", out: torch.Tensor, inp: W8A8Inputs) -> dict[str, float]:
         return _output_errors(impl, out, inp.y_exact, inp.y_quant)
 
-    def memory(self, case) -> dict[str, float]:
-        if case.impl == "fp16":
-            return _layer_memory(case)
-        nbytes = case.N * case.K + 4 * case.N  # int8 codes + float32 scales
-        return {"weight_bytes": nbytes, "bits_per_weight": 8 * nbytes / (case.N * case.K),
-                "compression_vs_fp16": 2 * case.N * case.K / nbytes,
-                "compression_vs_fp32": 4 * case.N * case.K / nbytes}
+    def memory(self, case, impl: "Impl") -> dict[str, float]:
+        if _unquantized(impl):
+            return _layer_memory(case, impl)
+        return bytes_memory(case, case.N * case.K + 4 * case.N)  # int8 codes + float32 scales
 
-    def bytes_moved(self, case) -> int:
+    def bytes_moved(self, case, weight_bytes: float) -> int:
         """Read x (in its float dtype: quantizing it per token is the implementation's work) and
         the weight once, write y once."""
-        return _linear_bytes(case, self.memory(case)["weight_bytes"])
+        return _linear_bytes(case, weight_bytes)
 
     def flops(self, case) -> int | None:
         return 2 * case.M * case.N * case.K
 
-    def flops_ceiling(self, case) -> str | None:
+    def flops_ceiling(self, case, impl: "Impl") -> str | None:
         """The op's arithmetic is int8 x int8 -> int32, whatever an implementation does with it
-        (the float64 reference too); the unquantized fp16 baseline runs at its dtype's rate."""
-        return DTYPE_CEILING[case.dtype] if case.impl == "fp16" else INT8_CEILING
+        (the float64 reference too); the unquantized dense baseline runs at its dtype's rate."""
+        return DTYPE_CEILING[case.dtype] if _unquantized(impl) else INT8_CEILING
 
 
 OPS = {op.name: op for op in (QuantizeOp(), DequantizeOp(), MatmulOp(), StackOp(), W8A8MatmulOp())}
-IMPLS = tuple(dict.fromkeys(impl for op in OPS.values() for impl in op.impls))

@@ -26,10 +26,17 @@ from typing import Any, Callable
 import pandas as pd
 
 # 2: pct_peak_flops, the clock columns, flags and peak_mem_bytes (runs of version 1 read them as missing)
-SCHEMA_VERSION = 2
+# 3: role (runs before it get the built-ins' roles by name when read: LEGACY_ROLES)
+SCHEMA_VERSION = 3
 
 IDENTITY = ["run_id", "op", "impl", "bits", "scheme", "granularity", "group_size", "dtype",
             "M", "N", "K", "layers", "depth", "shape_name", "device", "gpu", "status", "message"]
+# role: the implementation's role (reference, candidate, peer, baseline: harness/registry), which
+# decides what a table shows as its subject and its dense baseline; not part of a case's identity
+ROLE = ["role"]
+# runs written before the role column (schema < 3) knew only the built-ins, whose roles were these
+LEGACY_ROLES = {"triton": "candidate", "torch": "reference", "fp16": "baseline", "torch_compile": "peer",
+                "tinygemm": "peer", "int_mm": "peer"}
 # first_call_ms: the untimed first call, which compiles (Triton, torch.compile) and autotunes
 # intensity: FLOPs per byte moved; pct_peak_bw: gbps against the run's measured copy bandwidth;
 # pct_peak_flops: tflops against the run's measured matmul rate for the op's arithmetic (ops.py)
@@ -48,7 +55,7 @@ ERROR = ["mse", "mae", "max_abs_err", "snr_db", "rel_err"]
 OUTPUT_ERROR = ["method_rel_err", "method_snr_db", "kernel_rel_err", "kernel_snr_db", "out_rel_err",
                 "out_mean_abs_diff", "out_max_abs_diff", "out_mean_rel_diff_pct"]
 PROVENANCE = ["schema_version", "torch_version", "triton_version", "utc"]
-COLUMNS = IDENTITY + TIME + CLOCKS + FLAGS + MEMORY + ERROR + OUTPUT_ERROR + PROVENANCE
+COLUMNS = IDENTITY + ROLE + TIME + CLOCKS + FLAGS + MEMORY + ERROR + OUTPUT_ERROR + PROVENANCE
 
 
 SAMPLES = "samples.jsonl"         # appended, one line per timed row, while the run goes
@@ -243,7 +250,18 @@ def load_run(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     if (path / "results.csv").exists():
         df = pd.read_csv(path / "results.csv")
         # runs written before a column existed read it as missing, never as an error
-        return df.reindex(columns=COLUMNS + [c for c in df.columns if c not in COLUMNS]), meta
-    if (path / "rows.jsonl").exists():
-        return to_frame([row for _, rows in read_cases(path / "rows.jsonl") for row in rows]), meta
-    raise FileNotFoundError(f"{path}: neither results.csv nor rows.jsonl is there")
+        df = df.reindex(columns=COLUMNS + [c for c in df.columns if c not in COLUMNS])
+    elif (path / "rows.jsonl").exists():
+        df = to_frame([row for _, rows in read_cases(path / "rows.jsonl") for row in rows])
+    else:
+        raise FileNotFoundError(f"{path}: neither results.csv nor rows.jsonl is there")
+    return with_roles(df), meta
+
+
+def with_roles(df: pd.DataFrame) -> pd.DataFrame:
+    """Every row's role: as recorded, or for rows from before the column, the built-in's by name."""
+    missing = df["role"].isna()
+    if missing.any():
+        df = df.copy()
+        df["role"] = df["role"].astype(object).where(~missing, df["impl"].map(LEGACY_ROLES))
+    return df

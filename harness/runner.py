@@ -26,7 +26,8 @@ from .env import collect_env, gpu_name
 from .flags import row_flags
 from .gpu_state import GpuMonitor, open_monitor, watched
 from .inputs import InputSource
-from .ops import OPS, Skipped
+from .ops import OPS, Skipped, bytes_memory
+from .registry import Impl, load_registry
 from .results import SCHEMA_VERSION, RunWriter, utc_now
 from .summary import summary_markdown
 from .timing import engine_note, measure
@@ -128,23 +129,36 @@ def _peak_memory(fn, device: torch.device) -> int | None:
     return peak
 
 
-def _measure_rows(op, case: Case, inputs: Any, ref_out: Any, ref_error: str | None, cfg: RunConfig,
+def _prepared(op, impl: Impl, case: Case, inputs: Any) -> tuple[Any, dict[str, Any]]:
+    """The inputs this implementation is given and the memory columns of the weight it reads: the
+    case's format, or, for an implementation with its own weight format, its own W_hat and bytes."""
+    if impl.own_format is None:
+        return inputs, op.memory(case, impl)
+    own = impl.own_format(inputs.w, case)
+    return op.with_own(inputs, own), bytes_memory(case, own.weight_bytes)
+
+
+def _measure_rows(op, impl: Impl, case: Case, inputs: Any, ref_out: Any, ref_error: str | None, cfg: RunConfig,
                   device: torch.device, calibration: dict[str, Any],
                   monitor: GpuMonitor | None = None) -> list[dict[str, Any]]:
     """The rows of one case and implementation: one, or one per depth for a stack (the time of
     the whole stack then goes on the last depth's row)."""
+    missing = impl.needs.missing(device)
+    if missing:
+        return [{"status": "skipped", "message": f"{impl.name} {missing}"}]
     try:
-        fn = op.impls[case.impl](inputs)
+        inputs, memory = _prepared(op, impl, case, inputs)
+        fn = impl.factory(inputs)
     except Skipped as e:
         return [{"status": "skipped", "message": str(e)}]
     out, first_call_ms = _first_call(fn, device)
     peak_mem_bytes = _peak_memory(fn, device)
-    status = {"status": "ok", "message": ""}
-    if case.impl in op.checked:
+    status = {"status": "ok", "message": "", **memory}
+    if impl.role.verified:
         problem = ref_error or op.verify(out, ref_out, inputs)
         if problem:
-            status = {"status": "error", "message": problem}
-    errors = op.error(case.impl, out, inputs)
+            status = {**status, "status": "error", "message": problem}
+    errors = op.error(impl, out, inputs)
     rows = [{**status, **e} for e in (errors if isinstance(errors, list) else [errors])]
     timed = rows[-1]
     with watched(monitor) as watch:
@@ -155,13 +169,13 @@ def _measure_rows(op, case: Case, inputs: Any, ref_out: Any, ref_error: str | No
     timed["flags"] = row_flags(stats, clocks.get("sm_clock_mhz"), monitor and monitor.max_sm_clock_mhz,
                                cfg.timing.target_rse)
     seconds = timed["ms"] * 1e-3
-    nbytes, flops = op.bytes_moved(case), op.flops(case)
+    nbytes, flops = op.bytes_moved(case, memory["weight_bytes"]), op.flops(case)
     copy_gbps = calibration.get("copy_gbps")
     timed["gbps"] = nbytes / seconds / 1e9 if seconds > 0 else None
     timed["tflops"] = flops / seconds / 1e12 if flops and seconds > 0 else None
     timed["intensity"] = flops / nbytes if flops else None
     timed["pct_peak_bw"] = 100 * timed["gbps"] / copy_gbps if copy_gbps and timed["gbps"] else None
-    timed["pct_peak_flops"] = pct_peak_flops(timed["tflops"], op.flops_ceiling(case), calibration)
+    timed["pct_peak_flops"] = pct_peak_flops(timed["tflops"], op.flops_ceiling(case, impl), calibration)
     return rows
 
 
@@ -213,6 +227,13 @@ def open_writer(cfg: RunConfig, out_root: str | Path, resume: str | Path | None,
     return RunWriter.resume(resume)
 
 
+def _impls_meta(registry, cases: list[Case]) -> list[dict[str, str]]:
+    """The implementations a sweep runs: op, name, role and where each came from."""
+    used = dict.fromkeys((c.op, c.impl) for c in cases)
+    return [{"op": i.op, "name": i.name, "role": i.role.value, "origin": i.origin}
+            for i in registry.impls if (i.op, i.name) in used]
+
+
 def shard_of(cases: list[Case], index: int, count: int) -> list[Case]:
     """Shard `index` (1-based) of `count`: every count-th workload, all implementations of a
     workload in one shard (so its inputs and reference are made once). Deterministic: the same
@@ -232,7 +253,8 @@ def run_sweep(cfg: RunConfig, out_root: str | Path = "results", device: str | No
     writer (its .path is the run folder, its .rows the rows)."""
     dev = resolve_device(device or cfg.device)
     use_interpreter_on_cpu(dev)
-    cases = expand(cfg)
+    registry = load_registry(cfg.plugins)
+    cases = expand(cfg, registry)
     if shard is not None:
         cases = shard_of(cases, *shard)
     monitor, why_no_monitor = open_monitor(dev)
@@ -245,6 +267,7 @@ def run_sweep(cfg: RunConfig, out_root: str | Path = "results", device: str | No
                                                        "calibration": calibrate(dev),
                                                        "datasheet": datasheet_meta(env["gpu"]),
                                                        "timing_note": note, "cases": len(cases),
+                                                       "impls": _impls_meta(registry, cases),
                                                        "shard": list(shard) if shard else None})
     common = {"run_id": writer.run_id, "device": str(dev), "gpu": gpu_name(dev),
               "schema_version": SCHEMA_VERSION, "torch_version": env["torch"], "triton_version": env["triton"]}
@@ -257,32 +280,36 @@ def run_sweep(cfg: RunConfig, out_root: str | Path = "results", device: str | No
             todo = [case for case in group if case.key() not in writer.done]
             if not todo or stop.requested:
                 continue
-            op = OPS[workload.op]
+            op, reference = OPS[workload.op], registry.reference(workload.op)
             progress.update(task, description=f"{workload.op} {workload.bits}b {workload.granularity} "
                                               f"{workload.N}x{workload.K}")
             inputs = ref_out = setup_failure = ref_error = None
             try:
                 with case_time_limit(cfg.timing.case_timeout_s):
                     inputs = op.prepare(workload, source)
-                    ref_out = op.impls[op.reference](inputs)()
+                    ref_out = reference.factory(inputs)()
             except Exception as e:  # recorded on the rows of this workload; the sweep goes on
                 setup_failure = _failed(e, "could not prepare inputs or the reference: ")
                 ref_error = setup_failure["message"]
             for case in todo:
                 if stop.requested:
                     break
-                base = {**case.as_dict(), **common, "utc": utc_now()}
-                if setup_failure and (inputs is None or case.impl == op.reference):
+                impl = registry.get(case.op, case.impl)
+                base = {**case.as_dict(), **common, "role": impl.role.value, "utc": utc_now()}
+                if setup_failure and (inputs is None or impl is reference):
                     rows = [setup_failure]
                 else:
                     try:
                         with case_time_limit(cfg.timing.case_timeout_s):
-                            rows = _measure_rows(op, case, inputs, ref_out, ref_error, cfg, dev,
+                            rows = _measure_rows(op, impl, case, inputs, ref_out, ref_error, cfg, dev,
                                                  writer.meta["calibration"], monitor)
                     except Exception as e:  # one failing case is recorded and the sweep goes on
                         rows = [_failed(e)]
                 samples = [row.pop("samples_ms", ()) for row in rows]
-                writer.append_case(case.key(), [{**base, **op.memory(case), **row} for row in rows], samples)
+                # a skipped or failed row still says what the case's weight costs, unless the
+                # implementation brings its own format (then only its own bytes are ever reported)
+                memory = op.memory(case, impl) if impl.own_format is None else {}
+                writer.append_case(case.key(), [{**base, **memory, **row} for row in rows], samples)
                 progress.advance(task)
     gpu_state_end = monitor.state() if monitor else None
     if monitor:

@@ -30,10 +30,17 @@ def with_labels(d: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([labels, d.drop(columns=[c for c in ("dtype",) if c in d])], axis=1)
 
 
+def impls_in_role(df: pd.DataFrame, role: str) -> list[str]:
+    """The implementations of these rows that have `role` (reference, candidate, peer, baseline),
+    in the order they first appear."""
+    return list(dict.fromkeys(df.loc[df["role"] == role, "impl"]))
+
+
 def op_table(df: pd.DataFrame, op: str, copy_gbps: float | None = None) -> pd.DataFrame:
-    """One row per case of `op`: median ms per implementation, the speedup of triton over each of
-    the others, triton's GB/s (its share of the measured copy bandwidth) and TFLOP/s, and the
-    memory and error of the quantized weight (of the output, for products)."""
+    """One row per case of `op`: median ms per implementation, the speedup of each candidate over
+    every other implementation, each candidate's GB/s (its share of the measured copy bandwidth)
+    and TFLOP/s, and the memory and error of the case's quantized weight (of the output, for
+    products). With one candidate its share columns carry no name ("% of copy")."""
     d = df[(df["op"] == op) & (df["status"] == "ok")]
     if d["depth"].notna().any():
         d = d[d["ms"].notna()]  # a stack: its timed row is the last depth's
@@ -43,23 +50,27 @@ def op_table(df: pd.DataFrame, op: str, copy_gbps: float | None = None) -> pd.Da
     keys = ["shape", "dtype", "format"]
     ms = d.pivot_table(index=keys, columns="impl", values="ms", aggfunc="first", sort=False)
     out = ms.rename(columns=lambda impl: f"ms {impl}")
-    if "ms triton" in out:
+    candidates = [c for c in impls_in_role(d, "candidate") if c in ms.columns]
+    for cand in candidates:
         for impl in ms.columns:
-            if impl != "triton":
-                out[f"triton vs {impl}"] = out[f"ms {impl}"] / out["ms triton"]
-    triton = d[d["impl"] == "triton"].set_index(keys)
-    if not triton.empty:
-        out["GB/s triton"] = triton["gbps"]
+            if impl != cand:
+                out[f"{cand} vs {impl}"] = out[f"ms {impl}"] / out[f"ms {cand}"]
+    named = (lambda col, cand: col) if len(candidates) == 1 else (lambda col, cand: f"{col} {cand}")
+    by_candidate = {cand: d[d["impl"] == cand].set_index(keys) for cand in candidates}
+    for cand, rows in by_candidate.items():
+        out[f"GB/s {cand}"] = rows["gbps"]
         if copy_gbps:
-            out["% of copy"] = 100 * triton["gbps"] / copy_gbps
-        if triton["tflops"].notna().any():
-            out["TFLOP/s triton"] = triton["tflops"]
-    quantized = d[d["impl"] != "fp16"].groupby(keys, sort=False).first()
+            out[named("% of copy", cand)] = 100 * rows["gbps"] / copy_gbps
+        if rows["tflops"].notna().any():
+            out[f"TFLOP/s {cand}"] = rows["tflops"]
+    # the case's format: the reference's rows (an implementation with its own format has its own)
+    quantized = d[d["role"] == "reference"]
+    quantized = (quantized if not quantized.empty else d[d["role"] != "baseline"]).groupby(keys, sort=False).first()
     out["bits/weight"] = quantized["bits_per_weight"]
     if quantized["method_snr_db"].notna().any():
         out["method SNR dB"] = quantized["method_snr_db"]
-        if not triton.empty:
-            out["kernel SNR dB"] = triton["kernel_snr_db"]
+        for cand, rows in by_candidate.items():
+            out[named("kernel SNR dB", cand)] = rows["kernel_snr_db"]
     else:
         out["SNR dB"] = quantized["snr_db"]
         out["rel err"] = quantized["rel_err"]
@@ -111,7 +122,7 @@ def summary_markdown(df: pd.DataFrame, meta: dict) -> str:
     copy_gbps = meta.get("calibration", {}).get("copy_gbps")
     if copy_gbps:
         lines += [f"Measured device-to-device copy bandwidth (1 GiB, read + write): {copy_gbps:.0f} GB/s; "
-                  "'% of copy' is the Triton kernel's GB/s against it.", ""]
+                  "'% of copy' is the candidate's GB/s against it.", ""]
     cal = meta.get("calibration", {})
     rates = [f"{label} {cal[key]:.0f}" for key, label in (("fp16_tflops", "fp16"), ("bf16_tflops", "bf16"),
                                                            ("fp32_tflops", "fp32"), ("int8_tops", "int8"))

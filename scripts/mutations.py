@@ -121,6 +121,7 @@ def scratch_copy(base: Path) -> Path:
     (base / "shim" / "quantbench").mkdir(parents=True)
     for pkg in ("harness", "kernels"):
         (base / "shim" / "quantbench" / pkg).symlink_to(tree / pkg)
+    (base / "shim" / "quantbench" / "__init__.py").symlink_to(tree / "harness" / "public" / "__init__.py")
     return tree
 
 

@@ -132,6 +132,8 @@ def prepare(kernel_list: list[Kernel], device: torch.device) -> dict[str, Callab
     from quantbench.harness.config import NormalWeights
     from quantbench.harness.inputs import InputSource
     from quantbench.harness.ops import OPS
+    from quantbench.harness.registry import load_registry
+    registry = load_registry(entry_points=False)
     source = InputSource(NormalWeights(), 0, str(device))
     inputs: dict[Any, Any] = {}
     fns = {}
@@ -140,7 +142,7 @@ def prepare(kernel_list: list[Kernel], device: torch.device) -> dict[str, Callab
         op = OPS[k.op]
         if case.workload not in inputs:
             inputs[case.workload] = op.prepare(case.workload, source)
-        fn = op.impls[k.impl](inputs[case.workload])
+        fn = registry.get(k.op, k.impl).factory(inputs[case.workload])
         fn()
         fns[k.label] = fn
     if device.type == "cuda":

@@ -58,3 +58,18 @@ def gen():
 @pytest.fixture
 def device():
     return torch.device(DEVICE)
+
+
+@pytest.fixture
+def swap_impl(monkeypatch):
+    """swap_impl(op, name, factory): the built-in implementation `name` of `op` made with another
+    factory (a broken or slow one) for this test; its role and needs stay."""
+    import dataclasses
+
+    from quantbench.harness.registry import builtin
+
+    def swap(op: str, name: str, factory) -> None:
+        records = [dataclasses.replace(i, factory=factory) if (i.op, i.name) == (op, name) else i
+                   for i in builtin.BUILTIN_IMPLS]
+        monkeypatch.setattr(builtin, "BUILTIN_IMPLS", records)
+    return swap

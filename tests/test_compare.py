@@ -52,10 +52,10 @@ def run(tmp_path, name, bits):
     return run_sweep(load_config(path), tmp_path / name, device="cpu", show_progress=False).path
 
 
-def test_new_missing_and_an_accuracy_regression(tmp_path, monkeypatch):
+def test_new_missing_and_an_accuracy_regression(tmp_path, swap_impl):
     base = run(tmp_path, "base", "[8, 4]")
     from quantbench.kernels import dequantize
-    monkeypatch.setitem(ops.OPS["dequantize"].impls, "triton", lambda inp: lambda: dequantize(inp.q) * 1.01)
+    swap_impl("dequantize", "triton", lambda inp: lambda: dequantize(inp.q) * 1.01)
     cand = run(tmp_path, "cand", "[4, 2]")
     table = compare_runs(base, cand).set_index(["bits", "impl"])["verdict"]
     assert table[8, "triton"] == "missing" and table[2, "torch"] == "new"
@@ -159,12 +159,12 @@ def test_the_implementation_table_puts_each_roofline_share_on_its_own_case(tmp_p
         assert share == 10.0 * int(fmt.split()[0].removeprefix("int"))
 
 
-def test_compare_gpus_names_a_run_without_triton_rows(tmp_path):
+def test_compare_gpus_names_a_run_without_candidate_rows(tmp_path):
     a = on_gpu(run(tmp_path, "a", "[4]"), "GPU A")
     path = tmp_path / "torch_only.yaml"
     path.write_text(CONFIG.format(name="b", bits="[4]").replace("sweep: {", "sweep: {impl: torch, "))
     b = on_gpu(run_sweep(load_config(path), tmp_path / "b", device="cpu", show_progress=False).path, "GPU B")
     out = subprocess.run([sys.executable, "-m", "quantbench.harness.cli", "compare-gpus", str(a), str(b)],
                          capture_output=True, text=True)
-    assert out.returncode == 2 and "no timed triton rows to put beside the other GPUs" in out.stderr
+    assert out.returncode == 2 and "no timed rows of a candidate implementation to put beside the other GPUs" in out.stderr
     assert str(b) in out.stderr

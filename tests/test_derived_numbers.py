@@ -18,6 +18,7 @@ off by a power of ten, a halved share or a scaled error cannot pass:
 All arithmetic in the comments and literals is done by hand; none of it calls the code under test.
 """
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -51,10 +52,9 @@ CALIBRATION = {"copy_gbps": 2500.0, "fp16_tflops": 800.0, "matmul_size": 8192}
 
 
 class KnownMatmul(MatmulOp):
-    """The matmul op (its axes, FLOPs = 2 M N K, fp16 ceiling, weight memory) with no kernels: each
-    implementation returns its (M, impl), and every case moves exactly 8 MiB."""
-
-    impls = {impl: (lambda impl: lambda case: lambda: (case.M, impl))(impl) for impl in ("triton", "torch", "fp16")}
+    """The matmul op (its axes, FLOPs = 2 M N K, fp16 ceiling, weight memory) with no kernels: its
+    inputs are the case itself, each implementation (KNOWN_FACTORIES) returns its (M, impl), and
+    every case moves exactly 8 MiB."""
 
     def prepare(self, case, source):
         return case
@@ -65,8 +65,23 @@ class KnownMatmul(MatmulOp):
     def error(self, impl, out, inp):
         return {}
 
-    def bytes_moved(self, case):
+    def bytes_moved(self, case, weight_bytes):
         return 8 * MiB
+
+
+KNOWN_FACTORIES = {impl: (lambda impl: lambda case: lambda: (case.M, impl))(impl) for impl in ("triton", "torch", "fp16")}
+
+
+def _builtin(op, name):
+    from quantbench.harness.registry import load_registry
+    return load_registry(entry_points=False).get(op, name)
+
+
+def _known_builtins():
+    """The built-in records with the matmul triton, torch and fp16 factories of KnownMatmul."""
+    from quantbench.harness.registry import builtin
+    return [dataclasses.replace(i, factory=KNOWN_FACTORIES[i.name]) if i.op == "matmul" and i.name in KNOWN_FACTORIES
+            else i for i in builtin.BUILTIN_IMPLS]
 
 
 def _known_measure(fn, device, timing):
@@ -82,6 +97,8 @@ def known_run(tmp_path_factory):
     CALIBRATION."""
     mp = pytest.MonkeyPatch()
     try:
+        from quantbench.harness.registry import builtin
+        mp.setattr(builtin, "BUILTIN_IMPLS", _known_builtins())
         mp.setitem(OPS, "matmul", KnownMatmul())
         mp.setattr(runner, "measure", _known_measure)
         mp.setattr(runner, "calibrate", lambda device: dict(CALIBRATION))
@@ -341,7 +358,7 @@ def _matmul_inputs():
 
 
 def test_a_products_error_columns_by_hand():
-    e = MatmulOp().error("triton", _t(11.11, -22.22)[None], _matmul_inputs())
+    e = MatmulOp().error(_builtin("matmul", "triton"), _t(11.11, -22.22)[None], _matmul_inputs())
     assert e["method_rel_err"] == pytest.approx(0.1, rel=REL)  # ||[1, -2]|| / ||[10, -20]||
     assert e["method_snr_db"] == pytest.approx(20.0, rel=REL)  # 20 log10(10)
     assert e["kernel_rel_err"] == pytest.approx(0.01, rel=1e-7)  # ||[0.11, -0.22]|| / ||[11, -22]||
@@ -354,7 +371,7 @@ def test_a_products_error_columns_by_hand():
 
 
 def test_the_unquantized_baseline_has_no_method_error_and_is_judged_against_the_exact_output():
-    e = MatmulOp().error("fp16", _t(11.11, -22.22)[None], _matmul_inputs())
+    e = MatmulOp().error(_builtin("matmul", "fp16"), _t(11.11, -22.22)[None], _matmul_inputs())
     assert e["method_rel_err"] == 0.0 and e["method_snr_db"] == math.inf
     assert e["kernel_rel_err"] == pytest.approx(0.111, rel=1e-7)
     assert e["kernel_snr_db"] == pytest.approx(20 * math.log10(1 / 0.111), rel=1e-7)

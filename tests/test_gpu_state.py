@@ -227,11 +227,12 @@ def test_measured_rows_carry_the_clock_columns(monkeypatch):
     cfg = parse_config({"name": "t", "timing": {"cpu_reps": 2},
                         "sweep": {"op": "dequantize", "bits": 4, "N": [8], "K": [64]}})
     case = Case("dequantize", "torch", 4, "asymmetric", "channel", None, "float16", None, 8, 64, None)
-    op = OPS["dequantize"]
+    from quantbench.harness.registry import load_registry
+    op, impl = OPS["dequantize"], load_registry(entry_points=False).get("dequantize", "torch")
     inputs = op.prepare(case, InputSource(cfg.weights, 0, "cpu"))
-    ref = op.impls["torch"](inputs)()
+    ref = impl.factory(inputs)()
     monitor = GpuMonitor(FakeNvml(sm_clocks=(1300,)), "handle")
-    (row,) = runner._measure_rows(op, case, inputs, ref, None, cfg, torch.device("cpu"), {}, monitor)
+    (row,) = runner._measure_rows(op, impl, case, inputs, ref, None, cfg, torch.device("cpu"), {}, monitor)
     assert row["sm_clock_mhz"] == 1300 and row["temp_c"] == 45 and row["power_w"] == 700.0
     assert row["flags"] == "" and row["peak_mem_bytes"] is None  # CPU: not a GPU timing, no allocator
     assert row["pct_peak_flops"] is None

@@ -15,6 +15,9 @@ def test_wheel_maps_folders_into_the_quantbench_namespace(tmp_path):
     (wheel,) = tmp_path.glob("quantbench-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "quantbench/kernels/quantization.py" in names and "quantbench/harness/cli.py" in names
+    # the public surface (harness/public) is the package itself, and the registry is shipped
+    assert "quantbench/__init__.py" in names and "quantbench/harness/registry/records.py" in names
+    assert not any(n.startswith("quantbench/harness/public/") for n in names)
     assert not any(n.startswith(("kernels/", "harness/")) for n in names)
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     assert "quantbench = quantbench.harness.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()

@@ -79,13 +79,13 @@ def test_show_prints_the_tables(quick_run):
     assert "quantize" in out.stdout and "int4 asym g128" in out.stdout
 
 
-def test_a_failing_case_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
+def test_a_failing_case_is_recorded_and_the_sweep_goes_on(tmp_path, swap_impl):
     def broken(inputs):
         def run():
             raise RuntimeError("kernel exploded\nsecond line")
         return run
 
-    monkeypatch.setitem(ops.OPS["dequantize"].impls, "triton", broken)
+    swap_impl("dequantize", "triton", broken)
     cfg = load_config(ROOT / "configs" / "quick.yaml")
     cfg = cfg.model_copy(update={"sweep": cfg.sweep.model_copy(update={"bits": [4], "scheme": ["symmetric"]})})
     df, meta = load_run(run_sweep(cfg, tmp_path, device="cpu", show_progress=False).path)
@@ -96,14 +96,14 @@ def test_a_failing_case_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch)
     assert meta["status_counts"] == {"ok": len(df) - len(bad), "error": len(bad)}
 
 
-def test_a_wrong_kernel_result_is_an_error(tmp_path, monkeypatch):
+def test_a_wrong_kernel_result_is_an_error(tmp_path, swap_impl):
     """The harness checks Triton's output against the reference on every case."""
     from quantbench.kernels import dequantize
 
     def off_by_one(inputs):
         return lambda: dequantize(inputs.q) + 1.0
 
-    monkeypatch.setitem(ops.OPS["dequantize"].impls, "triton", off_by_one)
+    swap_impl("dequantize", "triton", off_by_one)
     cfg = load_config(ROOT / "configs" / "quick.yaml")
     cfg = cfg.model_copy(update={"sweep": cfg.sweep.model_copy(update={"op": ["dequantize"], "bits": [8],
                                                                       "scheme": ["asymmetric"]})})
@@ -210,7 +210,7 @@ sweep: {op: matmul_w8a8, impl: [triton, torch, fp16, int_mm], bits: [8, 4], M: [
     assert (quant["kernel_rel_err"] < quant["method_rel_err"] / 10).all()
 
 
-def test_out_of_memory_and_timeout_are_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
+def test_out_of_memory_and_timeout_are_recorded_and_the_sweep_goes_on(tmp_path, swap_impl):
     import time
 
     import torch
@@ -225,8 +225,8 @@ def test_out_of_memory_and_timeout_are_recorded_and_the_sweep_goes_on(tmp_path, 
             time.sleep(5)
         return run
 
-    monkeypatch.setitem(ops.OPS["quantize"].impls, "triton", out_of_memory)
-    monkeypatch.setitem(ops.OPS["dequantize"].impls, "triton", slow)
+    swap_impl("quantize", "triton", out_of_memory)
+    swap_impl("dequantize", "triton", slow)
     path = tmp_path / "faults.yaml"
     path.write_text("""\
 name: faults
