@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import asdict, dataclass, fields, replace
 
-from .config import ConfigError, RunConfig
+from .config import ConfigError, RunConfig, _did_you_mean
 from .ops import OPS
 from .registry import Registry, load_registry
 
@@ -62,13 +62,11 @@ def _excluded(case: Case, exclude: list[dict]) -> bool:
 
 
 def _check_impl_names(cfg: RunConfig, registry: Registry) -> None:
-    import difflib
     known = list(dict.fromkeys(impl.name for op in cfg.sweep.op for impl in registry.of(op)))
     for name in cfg.sweep.impl:
         if name not in known:
-            close = difflib.get_close_matches(name, known, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"sweep.impl: no implementation {name!r} of {', '.join(cfg.sweep.op)}{hint}; "
+            raise ConfigError(f"sweep.impl: no implementation {name!r} of {', '.join(cfg.sweep.op)}"
+                              f"{_did_you_mean(name, known)}; "
                               f"known: {', '.join(known)} (`quantbench list`; a plugin's come with `plugins:`)")
 
 
@@ -79,13 +77,14 @@ def expand(cfg: RunConfig, registry: Registry | None = None) -> list[Case]:
     registry = registry or load_registry(cfg.plugins)
     _check_impl_names(cfg, registry)
     sw = cfg.sweep
+    names = {op: set(registry.names(op)) for op in sw.op}
     seen: dict[Case, None] = {}
     product = itertools.product(
         sw.op, _shape_points(cfg), sw.dtype or [cfg.dtype], sw.bits, sw.scheme, sw.granularity,
         sw.group_size or [None], sw.M or [None], sw.layers or [None], sw.impl,
     )
     for op, (n, k, shape_name), dtype, bits, scheme, gran, group, m, layers, impl in product:
-        if impl not in registry.names(op):
+        if impl not in names[op]:
             continue
         applies, fixed = OPS[op].axes, OPS[op].fixed
         case = Case(

@@ -178,11 +178,11 @@ def gpu_views(runs: list[Run]) -> tuple[pd.DataFrame, pd.DataFrame]:
     candidate where a run has several.
     unshared: the timed cases with a candidate row that some runs lack, with the runs that have
     them, so that the table never drops a case unsaid."""
+    from .summary import impls_in_role
     loaded = [LoadedRun.of(r) for r in runs]
     names = gpu_names([r.meta for r in loaded])
     frames, labels, present = [], [], {}
     for run, name in zip(loaded, names, strict=True):
-        from .summary import impls_in_role
         ok = _timed_workloads(run)
         ms = ok.pivot_table(index="workload", columns="impl", values="ms", aggfunc="first")
         candidates = [c for c in impls_in_role(ok, "candidate") if c in ms]
@@ -199,10 +199,8 @@ def gpu_views(runs: list[Run]) -> tuple[pd.DataFrame, pd.DataFrame]:
             wide[f"{name}: % of roofline{suffix}"] = roofline_share(rows)
             if copy_gbps:
                 wide[f"{name}: % of copy{suffix}"] = 100 * rows["gbps"] / copy_gbps
-            for w in rows.index:
-                present.setdefault(w, [])
-                if name not in present[w]:
-                    present[w].append(name)
+        for w in ok.loc[ok["impl"].isin(candidates), "workload"].unique():
+            present.setdefault(w, []).append(name)
         frames.append(wide.dropna(how="all", subset=[f"{name}: ms {c}" for c in candidates]))
         labels.append(ok.drop_duplicates("workload").set_index("workload")[LABELS])
     table = labels[0].join(pd.concat(frames, axis=1, join="inner"), how="inner").reset_index(drop=True)

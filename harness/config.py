@@ -186,6 +186,12 @@ class RunConfig(Strict):
         return entries
 
 
+def first_line(e: BaseException) -> str:
+    """An exception as one line of a message: its type and the first line of its text."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"
+
+
 def _did_you_mean(word: str, choices: tuple[str, ...] | list[str]) -> str:
     close = difflib.get_close_matches(str(word), list(choices), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""

@@ -66,21 +66,10 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _atomic_write_gz(path: Path, text: str) -> None:
-    """`text` gzipped, atomically; mtime 0 so that the same samples give the same bytes (git stores
-    a re-written run without growing)."""
+def _atomic_write(path: Path, data: str | bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
-        f.write(gzip.compress(text.encode(), compresslevel=9, mtime=0))
+        f.write(data.encode() if isinstance(data, str) else data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -103,18 +92,22 @@ def read_samples(run: Path, drop_torn_tail: bool = False) -> list[dict[str, Any]
     return read_lines(samples_path(run), drop_torn_tail)
 
 
+def _replace_samples(run: Path, lines: str) -> None:
+    """samples.jsonl.gz holding `lines`, written atomically, then no plain samples.jsonl. mtime 0 in
+    the gzip header, so that the same samples give the same bytes (git keeps a re-written run as is)."""
+    _atomic_write(run / SAMPLES_GZ, gzip.compress(lines.encode(), compresslevel=9, mtime=0))
+    (run / SAMPLES).unlink(missing_ok=True)
+
+
 def write_samples(run: Path, records: list[dict[str, Any]]) -> None:
     """The sample records of a finished run, compressed, in place of any plain samples.jsonl."""
-    _atomic_write_gz(run / SAMPLES_GZ, "".join(json.dumps(rec) + "\n" for rec in records))
-    (run / SAMPLES).unlink(missing_ok=True)
+    _replace_samples(run, "".join(json.dumps(rec) + "\n" for rec in records))
 
 
 def compress_samples(run: Path) -> None:
     """Replace a finished run's samples.jsonl by samples.jsonl.gz (the same lines)."""
-    plain = run / SAMPLES
-    if plain.exists():
-        _atomic_write_gz(run / SAMPLES_GZ, plain.read_text())
-        plain.unlink()
+    if (run / SAMPLES).exists():
+        _replace_samples(run, (run / SAMPLES).read_text())
 
 
 def _append_line(f, record: dict[str, Any]) -> None:

@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .calibrate import calibrate, pct_peak_flops
 from .cases import Case, expand
-from .config import ConfigError, RunConfig
+from .config import ConfigError, RunConfig, first_line
 from .datasheets import datasheet_meta
 from .env import collect_env, gpu_name
 from .flags import row_flags
@@ -64,11 +64,6 @@ def use_interpreter_on_cpu(device: torch.device) -> None:
     os.environ["TRITON_INTERPRET"] = "1"
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"
-
-
 class CaseTimeout(Exception):
     """A case ran past timing.case_timeout_s."""
 
@@ -98,10 +93,10 @@ def _failed(e: Exception, context: str = "") -> dict[str, Any]:
     any other error, with its reason. The sweep goes on."""
     if isinstance(e, torch.cuda.OutOfMemoryError):
         torch.cuda.empty_cache()
-        return {"status": "oom", "message": context + _first_line(e)}
+        return {"status": "oom", "message": context + first_line(e)}
     if isinstance(e, CaseTimeout):
         return {"status": "timeout", "message": context + str(e)}
-    return {"status": "error", "message": context + _first_line(e)}
+    return {"status": "error", "message": context + first_line(e)}
 
 
 def _first_call(fn, device: torch.device) -> tuple[Any, float]:

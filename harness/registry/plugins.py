@@ -8,7 +8,7 @@ import importlib
 import importlib.metadata
 from typing import Any, Callable, Iterable
 
-from ..config import ConfigError
+from ..config import ConfigError, first_line
 from .records import Impl
 
 ENTRY_POINT_GROUP = "quantbench.impls"
@@ -20,16 +20,11 @@ class PluginError(ConfigError):
     command line exits with status 2)."""
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"
-
-
 def _records(origin: str, provide: Callable[[], Any]) -> list[Impl]:
     try:
         records = provide()
     except Exception as e:  # a plugin's own failure, reported as the plugin's
-        raise PluginError(f"{origin}: {HOOK}() raised {_first_line(e)}") from None
+        raise PluginError(f"{origin}: {HOOK}() raised {first_line(e)}") from None
     if not isinstance(records, list) or not all(isinstance(r, Impl) for r in records):
         got = type(records).__name__ if not isinstance(records, list) else \
             ", ".join(sorted({type(r).__name__ for r in records if not isinstance(r, Impl)}))
@@ -45,7 +40,7 @@ def from_entry_points() -> list[tuple[str, list[Impl]]]:
         try:
             provide = ep.load()
         except Exception as e:  # an installed plugin that does not import
-            raise PluginError(f"{origin}: cannot be loaded: {_first_line(e)}") from None
+            raise PluginError(f"{origin}: cannot be loaded: {first_line(e)}") from None
         if not callable(provide):
             raise PluginError(f"{origin}: names {type(provide).__name__}, not a function returning records")
         found.append((origin, _records(origin, provide)))
@@ -60,7 +55,7 @@ def from_modules(modules: Iterable[str]) -> list[tuple[str, list[Impl]]]:
         try:
             module = importlib.import_module(name)
         except Exception as e:  # ModuleNotFoundError, or the module's own error on import
-            raise PluginError(f"{origin}: cannot be imported: {_first_line(e)}") from None
+            raise PluginError(f"{origin}: cannot be imported: {first_line(e)}") from None
         provide = getattr(module, HOOK, None)
         if not callable(provide):
             raise PluginError(f"{origin}: defines no function {HOOK}() returning a list of quantbench.Impl")
