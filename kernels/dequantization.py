@@ -12,9 +12,8 @@ import triton
 import triton.language as tl
 
 from .quantization import round_to
-from .checks import check_matrix, check_same_device
-from .packing import unpack_fields
-from .spec import FLOAT_DTYPES, QuantizedTensor
+from .references import check_quantized, dequantize_ref, expand_params, out_dtype_of  # noqa: F401 (the reference beside its kernel)
+from .spec import QuantizedTensor
 
 GRANULARITY_IDS = {"tensor": 0, "channel": 1, "group": 2}
 TILE_ELEMS = 4096  # output elements one program writes
@@ -108,40 +107,14 @@ def dequantize_kernel(codes_ptr, scales_ptr, zeros_ptr, out_ptr, N, K, stride_cn
     tl.store(out_ptr + rows[:, None] * stride_on + cols[None, :], round_to(w, out_ptr.dtype.element_ty), mask=mask)
 
 
-def _check_quantized(q: QuantizedTensor, on_kernel_device: bool) -> None:
-    n, k = q.shape
-    spec = q.spec
-    check_matrix("codes", q.codes, (torch.uint8,), on_kernel_device)
-    check_matrix("scales", q.scales, None, on_kernel_device)
-    if q.codes.shape != (n, spec.packed_cols(k)):
-        raise ValueError(f"codes must be [N, ceil(K * bits / 8)] = [{n}, {spec.packed_cols(k)}] for a "
-                         f"{spec.bits}-bit [{n}, {k}] weight, got {list(q.codes.shape)}")
-    if tuple(q.scales.shape) != spec.scales_shape(n, k):
-        raise ValueError(f"scales must be {list(spec.scales_shape(n, k))} for granularity "
-                         f"{spec.granularity!r}, got {list(q.scales.shape)}")
-    if spec.symmetric != (q.zeros is None):
-        raise ValueError("zeros must be given exactly when the scheme is asymmetric")
-    if q.zeros is not None and (q.zeros.shape != q.scales.shape or q.zeros.dtype != q.scales.dtype):
-        raise ValueError(f"zeros must match scales' shape and dtype, got {list(q.zeros.shape)} "
-                         f"{q.zeros.dtype} against {list(q.scales.shape)} {q.scales.dtype}")
-    check_same_device(codes=q.codes, scales=q.scales, zeros=q.zeros)
-
-
-def _out_dtype(q: QuantizedTensor, out_dtype: torch.dtype | None) -> torch.dtype:
-    dtype = q.scales.dtype if out_dtype is None else out_dtype
-    if dtype not in FLOAT_DTYPES.values():
-        raise TypeError(f"out_dtype must be float32, float16 or bfloat16, got {dtype}")
-    return dtype
-
-
 def dequantize(q: QuantizedTensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Dequantize with the Triton kernel into a new [N, K] tensor of `out_dtype` (default: the
     scales' dtype, which is the dtype that was quantized). Values saturate at the output dtype's
     largest finite magnitude; a poisoned segment (NaN scale) comes out NaN."""
-    _check_quantized(q, on_kernel_device=True)
+    check_quantized(q, on_kernel_device=True)
     n, k = q.shape
     spec = q.spec
-    out = torch.empty((n, k), dtype=_out_dtype(q, out_dtype), device=q.codes.device)
+    out = torch.empty((n, k), dtype=out_dtype_of(q, out_dtype), device=q.codes.device)
     block_k = max(spec.group_size or 0, min(MIN_BLOCK_K, triton.next_power_of_2(max(k, spec.per_byte))))
     block_n = max(1, TILE_ELEMS // block_k)
     grid = (triton.cdiv(k, block_k), triton.cdiv(n, block_n))
@@ -153,25 +126,3 @@ def dequantize(q: QuantizedTensor, out_dtype: torch.dtype | None = None) -> torc
         OUT_MAX=torch.finfo(out.dtype).max, BLOCK_N=block_n, BLOCK_K=block_k,
     )
     return out
-
-
-def expand_params(p: torch.Tensor, q: QuantizedTensor) -> torch.Tensor:
-    """Per-segment scales or zeros [rows, segments] -> one float32 value per element [N, K]."""
-    n, k = q.shape
-    if q.spec.granularity == "group":
-        p = p.repeat_interleave(q.spec.group_size, dim=1)
-    return p.float().expand(n, k)
-
-
-def dequantize_ref(q: QuantizedTensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """PyTorch reference for `dequantize`, same contract. The per-tensor asymmetric case is the
-    seed notebook's dequantize_from_int8 / dequantize_from_int4 arithmetic (plus the saturation)."""
-    _check_quantized(q, on_kernel_device=False)
-    n, k = q.shape
-    codes = (unpack_fields(q.codes, q.spec.bits, k) - q.spec.offset).float()
-    w = codes * expand_params(q.scales, q)
-    if q.zeros is not None:
-        w = w + expand_params(q.zeros, q)
-    dtype = _out_dtype(q, out_dtype)
-    fmax = torch.finfo(dtype).max
-    return w.clamp(-fmax, fmax).to(dtype)  # clamp keeps NaN

@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from .checks import check_matrix
-from .packing import pack_fields
+from .references import qparams_ref, quantize_ref, refuse_poisoned_segments  # noqa: F401 (the reference beside its kernel)
 from .spec import QuantizedTensor, QuantSpec
 
 TILE_ELEMS = 4096  # elements of W one program holds at a time
@@ -307,89 +307,6 @@ def quantize(w: torch.Tensor, spec: QuantSpec, *, check_finite: bool = False) ->
         MODE=mode, GROUP=group, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps,
     )
     q = QuantizedTensor(codes, scales, zeros, spec, (n, k))
-    if check_finite:
-        refuse_poisoned_segments("w", w, q)
-    return q
-
-
-def qparams_ref(lo: torch.Tensor, hi: torch.Tensor, spec: QuantSpec,
-                dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Stored scale and zero (in `dtype`) from float32 segment minima and maxima; see spec.py.
-
-    lo and hi come from torch.amin / amax, which propagate NaN: a NaN or infinite element, or a
-    range wider than float32, makes the scale non-finite, and the segment is poisoned (scale and
-    zero NaN), as in the kernel.
-    """
-    span = torch.maximum(-lo, hi) if spec.symmetric else hi - lo
-    # Divide by a tensor: PyTorch on CUDA turns division by a Python scalar into a multiplication by
-    # its reciprocal, which is not the correctly rounded quotient that the contract (and the kernel) use.
-    scale = span / torch.full_like(span, spec.qmax)
-    scale = scale.to(dtype)
-    finite = torch.isfinite(scale)
-    nan = torch.full_like(scale, float("nan"))
-    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
-    scale = torch.where(finite, scale, nan)
-    return scale, None if spec.symmetric else torch.where(finite, lo.to(dtype), nan)
-
-
-def describe_segment(spec: QuantSpec, n: int, k: int, row: int, col: int) -> tuple[str, slice, slice]:
-    """Words for segment (row, col) of the scales of an [n, k] weight, and its rows and columns in W."""
-    if spec.granularity == "tensor":
-        return "the whole tensor (per-tensor scale)", slice(0, n), slice(0, k)
-    if spec.granularity == "channel":
-        return f"row {row}", slice(row, row + 1), slice(0, k)
-    g = spec.group_size
-    return (f"row {row}, group {col} (columns {col * g}..{(col + 1) * g - 1})",
-            slice(row, row + 1), slice(col * g, (col + 1) * g))
-
-
-def refuse_poisoned_segments(name: str, w: torch.Tensor, q: QuantizedTensor) -> None:
-    """Raise a ValueError naming `name` and its first poisoned segment (NaN scale), saying why.
-
-    Reads only the scales (and, on the error path, that one segment of w); one device-to-host sync.
-    """
-    bad = torch.isnan(q.scales)
-    if not bool(bad.any()):
-        return
-    first = bad.nonzero()[0].tolist()
-    where, rows, cols = describe_segment(q.spec, *q.shape, *first)
-    seg = w[rows, cols].float()
-    non_finite = (~torch.isfinite(seg)).nonzero()
-    if non_finite.numel():
-        r, c = non_finite[0].tolist()
-        why = (f"it holds {non_finite.shape[0]} non-finite value(s), first {seg[r, c].item()} at "
-               f"[{rows.start + r}, {cols.start + c}]")
-    else:
-        why = (f"its range [{seg.min().item():.4g}, {seg.max().item():.4g}] is wider than float32 can hold, "
-               f"so the scale overflows")
-    raise ValueError(f"{name}: {int(bad.sum())} of {bad.numel()} quantization segments cannot be quantized "
-                     f"(their scale would be NaN); first: {where}: {why}")
-
-
-def quantize_ref(w: torch.Tensor, spec: QuantSpec, *, check_finite: bool = False) -> QuantizedTensor:
-    """PyTorch reference for `quantize`, same contract and identical codes (NaN scales where the
-    kernel's are NaN; ``check_finite`` as there). The per-tensor asymmetric case is the seed
-    notebook's quantize_to_int8 / quantize_to_int4 arithmetic."""
-    check_matrix("w", w, on_kernel_device=False)
-    n, k = w.shape
-    spec.check_shape(n, k)
-    x = w.float()
-    if spec.granularity == "tensor":
-        segs = x.reshape(1, 1, -1)
-    elif spec.granularity == "channel":
-        segs = x.reshape(n, 1, k)
-    else:
-        segs = x.reshape(n, k // spec.group_size, spec.group_size)
-    scale, zero = qparams_ref(segs.amin(dim=-1), segs.amax(dim=-1), spec, w.dtype)
-    s = scale.float().unsqueeze(-1)
-    if spec.symmetric:
-        v = segs / s
-    else:
-        v = (segs - zero.float().unsqueeze(-1)) / s
-    v = torch.where(torch.isnan(v), float(spec.qmin), v)  # a poisoned segment: fields 0
-    fields = v.clamp(spec.qmin, spec.qmax).round() - spec.qmin
-    codes = pack_fields(fields.reshape(n, k), spec.bits)
-    q = QuantizedTensor(codes, scale, zero, spec, (n, k))
     if check_finite:
         refuse_poisoned_segments("w", w, q)
     return q

@@ -30,7 +30,8 @@ import triton.testing
 import triton.language as tl
 
 from .checks import check_matrix, check_same_device, interpreting
-from .dequantization import GRANULARITY_IDS, _check_quantized, dequant_tile, dequantize_ref, unpack_tile
+from .dequantization import GRANULARITY_IDS, dequant_tile, unpack_tile
+from .references import check_quantized, dequantize_ref
 from .spec import QuantizedTensor
 
 
@@ -297,7 +298,7 @@ def qmatmul(x: torch.Tensor, q: QuantizedTensor) -> torch.Tensor:
     (no TF32).
     """
     check_matrix("x", x)
-    _check_quantized(q, on_kernel_device=True)
+    check_quantized(q, on_kernel_device=True)
     check_same_device(x=x, codes=q.codes)
     n, k = q.shape
     m = x.shape[0]

@@ -18,7 +18,8 @@ import triton
 import triton.language as tl
 
 from .checks import check_matrix, interpreting
-from .quantization import qparams_ref, round_half_even
+from .quantization import round_half_even
+from .references import qparams_ref
 from .spec import QuantizedTensor, QuantSpec
 
 TOKEN_BLOCK_K = 1024

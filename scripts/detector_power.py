@@ -41,11 +41,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from quantbench.harness.compare import KEY, compare_runs
+from quantbench.harness.analysis.compare import compare_runs
+from quantbench.harness.results import CASE_KEY
 from quantbench.harness.config import ConfigError
 from quantbench.harness.results import has_samples, load_run, read_samples, write_samples
-from quantbench.harness.summary import to_markdown
-from quantbench.harness.thresholds import ThresholdSet, load_thresholds
+from quantbench.harness.analysis.tables import to_markdown
+from quantbench.harness.analysis.thresholds import ThresholdSet, load_thresholds
 
 MIN_RUNS = 6
 SLOWDOWNS = (1.10, 1.05)  # factors applied to the candidate's times
@@ -100,7 +101,7 @@ def slowed_copy(run: Path, factor: float, dest: Path) -> Path:
 def case_label(row) -> str:
     """op impl bits granularity... in words, from the case key columns that are set."""
     parts = []
-    for col in KEY:
+    for col in CASE_KEY:
         v = row[col]
         if v is None or (isinstance(v, float) and pd.isna(v)) or v == "":
             continue

@@ -86,7 +86,7 @@ def cuda_events(fn: Callable[[], Any], device: torch.device, warmup_ms: float = 
     sample's pair of events recorded before one synchronisation at the end."""
     if device.type != "cuda":
         raise NeedsGpu("CUDA events need a CUDA GPU")
-    from quantbench.harness.timing import estimate_call_ms, l2_flush_buffer
+    from quantbench.harness.execution.timing import estimate_call_ms, l2_flush_buffer
     with torch.cuda.device(device):
         flush = l2_flush_buffer(device)
         per_call = estimate_call_ms(fn, flush)
@@ -107,7 +107,7 @@ def cuda_events(fn: Callable[[], Any], device: torch.device, warmup_ms: float = 
 
 def harness_engine(engine: str) -> Callable[[Callable[[], Any], torch.device], tuple[list[float], bool]]:
     from quantbench.harness.config import Timing
-    from quantbench.harness.timing import measure
+    from quantbench.harness.execution.timing import measure
     timing = Timing(engine=engine, max_time_ms=ADAPTIVE_MAX_TIME_MS, cpu_reps=1)
 
     def run(fn, device):
@@ -128,9 +128,9 @@ def method_table() -> dict[str, Callable]:
 def prepare(kernel_list: list[Kernel], device: torch.device) -> dict[str, Callable[[], Any]]:
     """The harness's own callables for each kernel, inputs made once per workload, each called
     once (compilation and autotuning are not timed)."""
-    from quantbench.harness.cases import Case
+    from quantbench.harness.execution.cases import Case
     from quantbench.harness.config import NormalWeights
-    from quantbench.harness.inputs import InputSource
+    from quantbench.harness.ops.inputs import InputSource
     from quantbench.harness.ops import OPS
     from quantbench.harness.registry import load_registry
     registry = load_registry(entry_points=False)
@@ -152,7 +152,7 @@ def prepare(kernel_list: list[Kernel], device: torch.device) -> dict[str, Callab
 
 def measure_all(fns: dict[str, Callable[[], Any]], kernel_list: list[Kernel], repeats: int,
                 device: torch.device) -> pd.DataFrame:
-    from quantbench.harness.gpu_state import open_monitor, watched
+    from quantbench.harness.execution.gpu_monitor import open_monitor, watched
     monitor, _ = open_monitor(device)
     methods = method_table()
     rows = []
@@ -212,7 +212,7 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def markdown(summary: pd.DataFrame, df: pd.DataFrame, meta: dict) -> str:
-    from quantbench.harness.summary import to_markdown
+    from quantbench.harness.analysis.tables import to_markdown
     env = meta["env"]
     lines = [
         "# Timing the harness against independent timers", "",
@@ -256,8 +256,8 @@ def main(argv: list[str] | None = None) -> int:
                           ("cpu" if args.device == "auto" else args.device))
     if device.type == "cpu":
         os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels are imported
-    from quantbench.harness.env import collect_env
-    from quantbench.harness.gpu_state import open_monitor
+    from quantbench.harness.execution.environment import collect_env
+    from quantbench.harness.execution.gpu_monitor import open_monitor
     from quantbench.harness.results import utc_now
 
     out = Path(args.out)

@@ -7,9 +7,9 @@ import math
 
 import pytest
 
-from quantbench.harness.calibrate import pct_peak_flops
-from quantbench.harness.cases import Case
-from quantbench.harness.datasheets import datasheet_for, datasheet_meta
+from quantbench.harness.execution.calibration import pct_peak_flops
+from quantbench.harness.execution.cases import Case
+from quantbench.harness.execution.datasheets import datasheet_for, datasheet_meta
 from quantbench.harness.ops import OPS
 from quantbench.harness.registry import load_registry
 

@@ -384,8 +384,8 @@ def test_harness_method_error_is_the_formats(tmp_path, device):
     close to uniform within each step; at 2 bits it is not (symmetric: 10 to 17% below the model),
     so 2 bits is covered above with uniform weights instead."""
     from quantbench.harness.config import load_config
-    from quantbench.harness.inputs import activations, make_weights
-    from quantbench.harness.runner import run_sweep
+    from quantbench.harness.ops.inputs import activations, make_weights
+    from quantbench.harness.execution.sweep import run_sweep
 
     m, n, k, seed = 16, 64, 256, 7
     path = tmp_path / "acc.yaml"

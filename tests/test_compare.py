@@ -8,9 +8,9 @@ import sys
 from quantbench.harness import ops
 import pandas as pd
 
-from quantbench.harness.compare import Thresholds, accuracy_verdict, compare_all, compare_runs, latency_verdict
+from quantbench.harness.analysis.compare import Thresholds, accuracy_verdict, compare_all, compare_runs, latency_verdict
 from quantbench.harness.config import load_config
-from quantbench.harness.runner import run_sweep
+from quantbench.harness.execution.sweep import run_sweep
 
 T = Thresholds()
 
@@ -70,7 +70,7 @@ def test_new_missing_and_an_accuracy_regression(tmp_path, swap_impl):
 
 
 def test_gpu_table_puts_runs_side_by_side(tmp_path):
-    from quantbench.harness.compare import gpu_table
+    from quantbench.harness.analysis.gpu_views import gpu_table
     a, b = run(tmp_path, "a", "[8, 4]"), run(tmp_path, "b", "[4]")
     table = gpu_table([a, b])
     assert len(table) == 1 and table["bits"].tolist() == [4]  # only the cases both runs have
@@ -99,7 +99,7 @@ def test_an_error_that_rises_beyond_its_tolerance_is_an_accuracy_regression():
 
 
 def test_each_op_is_judged_by_its_own_thresholds():
-    from quantbench.harness.thresholds import ThresholdSet
+    from quantbench.harness.analysis.thresholds import ThresholdSet
     loose = ThresholdSet(Thresholds(), {"matmul": Thresholds(min_effect=0.5)})
     base, slower = samples(10, 0.01, n=100), samples(12, 0.01, n=100, seed=9)
     assert latency_verdict(base, slower, loose.for_op("quantize"))[0] == "regression"
@@ -152,7 +152,7 @@ def test_the_implementation_table_puts_each_roofline_share_on_its_own_case(tmp_p
     df = pd.read_csv(run_dir / "results.csv")
     df["pct_peak_bw"] = df["bits"] * 10.0  # a share that names its case
     df.iloc[::-1].to_csv(run_dir / "results.csv", index=False)  # rows in another order than the cases
-    from quantbench.harness.compare import impl_table
+    from quantbench.harness.analysis.gpu_views import impl_table
     table = impl_table(run_dir)
     assert len(table) == 3
     for fmt, share in zip(table["format"], table["% of roofline triton"], strict=True):

@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from quantbench.harness.cases import expand
+from quantbench.harness.execution.cases import expand
 from quantbench.harness.config import ConfigError, load_config
 
 GOOD = """\

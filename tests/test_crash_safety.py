@@ -14,7 +14,7 @@ import pytest
 
 from quantbench.harness.config import ConfigError, load_config
 from quantbench.harness.results import RunFolderError, load_run, read_samples
-from quantbench.harness.runner import run_sweep
+from quantbench.harness.execution.sweep import run_sweep
 
 CONFIG = """\
 name: crash

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from quantbench.harness.metrics import dequant_close
+from quantbench.harness.ops.metrics import dequant_close
 from quantbench.kernels import BITS, SCHEMES, QuantSpec, dequantize, dequantize_ref, quantize_ref
-from quantbench.kernels.dequantization import expand_params
+from quantbench.kernels.references import expand_params
 from quantbench.kernels.packing import pack_fields, unpack_fields
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]

@@ -29,14 +29,15 @@ import pandas as pd
 import pytest
 import torch
 
-from quantbench.harness import calibrate as calibrate_mod
-from quantbench.harness import runner
+from quantbench.harness.execution import calibration as calibrate_mod
+from quantbench.harness.execution import case as case_mod
+from quantbench.harness.execution import sweep as runner
 from quantbench.harness.cli import main as cli_main
 from quantbench.harness.config import RunConfig
-from quantbench.harness.metrics import output_difference, output_error
+from quantbench.harness.ops.metrics import output_difference, output_error
 from quantbench.harness.ops import OPS, MatmulInputs, MatmulOp
 from quantbench.harness.results import RunWriter, load_run
-from quantbench.harness.timing import Measurement
+from quantbench.harness.execution.timing import Measurement
 
 MiB = 1 << 20
 REL = 1e-9  # every expected value below is exact up to float rounding
@@ -100,7 +101,7 @@ def known_run(tmp_path_factory):
         from quantbench.harness.registry import builtin
         mp.setattr(builtin, "BUILTIN_IMPLS", _known_builtins())
         mp.setitem(OPS, "matmul", KnownMatmul())
-        mp.setattr(runner, "measure", _known_measure)
+        mp.setattr(case_mod, "measure", _known_measure)
         mp.setattr(runner, "calibrate", lambda device: dict(CALIBRATION))
         cfg = RunConfig.model_validate({
             "name": "known", "device": "cpu",
@@ -203,7 +204,7 @@ def test_summary_md_prints_the_speedups_rates_and_copy_share_by_hand(known_run):
 
 
 def test_op_table_speedups_rates_and_copy_share_are_exact(known_run):
-    from quantbench.harness.summary import op_table
+    from quantbench.harness.analysis.tables import op_table
     df, meta = load_run(known_run)
     table = op_table(df, "matmul", meta["calibration"]["copy_gbps"]).set_index("shape")
     for shape, expected in OP_TABLE.items():
@@ -226,7 +227,7 @@ def test_quantbench_show_prints_the_speedups_rates_and_copy_share_by_hand(known_
 
 
 def test_report_speedup_heatmap_table_is_peer_over_triton(known_run):
-    from quantbench.harness.plots_speed import speedup_table
+    from quantbench.harness.reporting.speed_plots import speedup_table
     df, _ = load_run(known_run)
     speed = speedup_table(df, "matmul", "torch").set_index("column")["speedup"]
     assert speed[16.0] == pytest.approx(2.5, rel=REL)  # 0.010 / 0.004

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from quantbench.harness.thresholds import ThresholdSet
+from quantbench.harness.analysis.thresholds import ThresholdSet
 from quantbench.harness.results import RunWriter
 
 ROOT = Path(__file__).resolve().parents[1]

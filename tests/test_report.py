@@ -11,10 +11,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from quantbench.harness import metrics
-from quantbench.harness.report import ReportError, write_report
+from quantbench.harness.ops import metrics
+from quantbench.harness.reporting.report import ReportError, write_report
 from quantbench.harness.results import COLUMNS, RunWriter, load_run
-from quantbench.harness.summary import fmt, with_labels
+from quantbench.harness.analysis.tables import fmt, with_labels
 from quantbench.kernels.spec import QuantSpec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -245,7 +245,7 @@ def test_other_commands_do_not_import_matplotlib():
 def test_weights_that_are_not_the_runs_are_called_out():
     """Another seed gives other weights: the report must say that its weight panels do not show
     the measured weights, not claim a match."""
-    from quantbench.harness.report import _weight_panels
+    from quantbench.harness.reporting.report import _weight_panels
     df, meta = load_run(QUICK_H100)
     meta = {**meta, "config": {**meta["config"], "seed": meta["config"]["seed"] + 1}}
     text = " ".join(b.text for b in _weight_panels(df, meta, "") if hasattr(b, "text"))
@@ -253,8 +253,8 @@ def test_weights_that_are_not_the_runs_are_called_out():
 
 
 def test_weights_from_a_checkpoint_that_is_not_here(tmp_path):
-    from quantbench.harness.plots import NoData
-    from quantbench.harness.weight_sample import sample_weights
+    from quantbench.harness.reporting.figures import NoData
+    from quantbench.harness.reporting.weight_draws import sample_weights
     df, meta = load_run(QUICK_H100)
     missing = {"source": "safetensors", "path": str(tmp_path / "model.safetensors"), "tensors": "*"}
     with pytest.raises(NoData, match="no such safetensors file"):

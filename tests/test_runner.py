@@ -12,7 +12,7 @@ import pytest
 from quantbench.harness import ops
 from quantbench.harness.config import load_config
 from quantbench.harness.results import COLUMNS, SCHEMA_VERSION, load_run, read_samples
-from quantbench.harness.runner import run_sweep
+from quantbench.harness.execution.sweep import run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -245,7 +245,7 @@ sweep: {op: [quantize, dequantize], bits: [8, 4], granularity: channel, N: [8], 
 def test_environment_takes_the_commit_the_caller_names(monkeypatch):
     """A tree copied to a GPU machine may carry a stale .git: QUANTBENCH_GIT_COMMIT wins over it."""
     import torch
-    from quantbench.harness.env import collect_env
+    from quantbench.harness.execution.environment import collect_env
     monkeypatch.setenv("QUANTBENCH_GIT_COMMIT", "0123456789abcdef")
     monkeypatch.delenv("QUANTBENCH_GIT_DIRTY", raising=False)
     env = collect_env(torch.device("cpu"))

@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from quantbench.harness.compare import compare_runs
-from quantbench.harness.merge import merge_runs
-from quantbench.harness.pytest_benchmark_json import to_pytest_benchmark
+from quantbench.harness.analysis.tables import summary_markdown
+from quantbench.harness.analysis.compare import compare_runs
+from quantbench.harness.results.merge import merge_runs
+from quantbench.harness.results.pytest_benchmark import to_pytest_benchmark
 from quantbench.harness.results import RunFolderError, RunWriter, read_samples, samples_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,7 +89,7 @@ def test_merge_reads_both_forms_and_writes_the_compressed_one(tmp_path):
     config = {**CONFIG, "name": "m"}
     part1 = make_run(tmp_path / "p", "m1", cases=("quantize",), config=config)
     part2 = as_plain(make_run(tmp_path / "q", "m2", cases=("dequantize",), config=config), tmp_path / "old2")
-    merged = merge_runs([part1, part2], tmp_path / "merged")
+    merged = merge_runs([part1, part2], tmp_path / "merged", summary_markdown)
     assert (merged / "samples.jsonl.gz").is_file() and not (merged / "samples.jsonl").exists()
     assert read_samples(merged) == read_samples(part1) + read_samples(part2)
 

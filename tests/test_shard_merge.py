@@ -6,11 +6,12 @@ import sys
 import pandas as pd
 import pytest
 
-from quantbench.harness.cases import expand
+from quantbench.harness.analysis.tables import summary_markdown
+from quantbench.harness.execution.cases import expand
 from quantbench.harness.config import load_config
-from quantbench.harness.merge import MergeError, merge_runs
+from quantbench.harness.results.merge import MergeError, merge_runs
 from quantbench.harness.results import load_run, read_samples
-from quantbench.harness.runner import run_sweep, shard_of
+from quantbench.harness.execution.sweep import run_sweep, shard_of
 
 CONFIG = """\
 name: sh
@@ -49,9 +50,9 @@ def test_merged_shards_equal_the_whole_run(tmp_path):
     assert len(meta["merged_from"]) == 2 and len(read_samples(merged)) == len(got)
 
     with pytest.raises(MergeError, match="is in both"):
-        merge_runs([parts[0], parts[0]], tmp_path / "dup")
+        merge_runs([parts[0], parts[0]], tmp_path / "dup", summary_markdown)
     other = tmp_path / "other.yaml"
     other.write_text(CONFIG.replace("N: [8]", "N: [16]"))
     different = run_sweep(load_config(other), tmp_path / "o", device="cpu", show_progress=False, shard=(1, 2)).path
     with pytest.raises(MergeError, match="different config"):
-        merge_runs([parts[0], different], tmp_path / "mixed")
+        merge_runs([parts[0], different], tmp_path / "mixed", summary_markdown)

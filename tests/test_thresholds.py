@@ -3,7 +3,7 @@
 import pytest
 
 from quantbench.harness.config import ConfigError
-from quantbench.harness.thresholds import Thresholds, ThresholdSet, load_thresholds, parse_thresholds
+from quantbench.harness.analysis.thresholds import Thresholds, ThresholdSet, load_thresholds, parse_thresholds
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 

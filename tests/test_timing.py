@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from quantbench.harness.timing import Measurement, adaptive_samples, median_rse
+from quantbench.harness.execution.timing import Measurement, adaptive_samples, median_rse
 
 
 def test_statistics_by_hand():
@@ -93,7 +93,7 @@ class FakeGraphs:
 
 
 def test_graph_samples_subtract_the_flush_and_divide_by_the_repetitions():
-    from quantbench.harness.timing import graph_samples
+    from quantbench.harness.execution.timing import graph_samples
     fake = FakeGraphs(kernel_ms=0.004, flush_ms=0.035, reps=20)
     t = timing(engine="cuda_graph", warmup_ms=5, rep_ms=50, min_samples=10, graph_reps=20)
     samples = graph_samples(fake.replay_kernels, fake.replay_flushes, 20, t)
@@ -105,7 +105,7 @@ def test_graph_samples_subtract_the_flush_and_divide_by_the_repetitions():
 
 
 def test_graph_samples_keep_every_sample_and_recover_the_median_under_noise():
-    from quantbench.harness.timing import graph_samples
+    from quantbench.harness.execution.timing import graph_samples
     fake = FakeGraphs(kernel_ms=0.010, flush_ms=0.035, reps=50, noise=0.002)
     t = timing(engine="cuda_graph", warmup_ms=0, rep_ms=1000, min_samples=10, graph_reps=50)
     samples = graph_samples(fake.replay_kernels, fake.replay_flushes, 50, t)
@@ -115,14 +115,14 @@ def test_graph_samples_keep_every_sample_and_recover_the_median_under_noise():
 
 
 def test_graph_samples_take_min_samples_of_a_long_kernel():
-    from quantbench.harness.timing import graph_samples
+    from quantbench.harness.execution.timing import graph_samples
     fake = FakeGraphs(kernel_ms=50.0, flush_ms=0.035, reps=2)
     t = timing(engine="cuda_graph", warmup_ms=0, rep_ms=1, min_samples=7, graph_reps=2)
     assert len(graph_samples(fake.replay_kernels, fake.replay_flushes, 2, t)) == 7
 
 
 def test_graph_samples_without_flush():
-    from quantbench.harness.timing import graph_samples
+    from quantbench.harness.execution.timing import graph_samples
     fake = FakeGraphs(kernel_ms=0.004, flush_ms=0.0, reps=10)
     t = timing(engine="cuda_graph", flush_l2=False, warmup_ms=0, rep_ms=1, min_samples=5, graph_reps=10)
     samples = graph_samples(fake.replay_kernels, None, 10, t)
@@ -133,7 +133,7 @@ def test_graph_samples_without_flush():
 def test_engines_other_than_do_bench_say_they_need_a_gpu():
     import torch
 
-    from quantbench.harness.timing import engine_note
+    from quantbench.harness.execution.timing import engine_note
     assert "needs a CUDA GPU" in engine_note(torch.device("cpu"), timing(engine="cuda_graph"))
     assert "needs a CUDA GPU" in engine_note(torch.device("cpu"), timing(engine="adaptive"))
     assert engine_note(torch.device("cpu"), timing()) is None
@@ -146,7 +146,7 @@ def test_cuda_graph_engine_on_the_cpu_degrades_with_a_note(tmp_path, capsys):
     import pandas as pd
 
     from quantbench.harness.config import parse_config
-    from quantbench.harness.runner import run_sweep
+    from quantbench.harness.execution.sweep import run_sweep
     cfg = parse_config({"name": "g", "timing": {"engine": "cuda_graph", "graph_reps": 5, "cpu_reps": 2},
                         "sweep": {"op": "dequantize", "bits": 8, "N": [4], "K": [32]}})
     path = run_sweep(cfg, tmp_path, device="cpu", show_progress=False).path

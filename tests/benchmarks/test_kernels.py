@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from quantbench.harness.cases import expand
+from quantbench.harness.execution.cases import expand
 from quantbench.harness.config import load_config
-from quantbench.harness.inputs import InputSource
+from quantbench.harness.ops.inputs import InputSource
 from quantbench.harness.ops import OPS, Skipped
-from quantbench.harness.pytest_benchmark_json import bench_id
-from quantbench.harness.timing import GpuEventClock, enqueue_flush_and_spin, l2_flush_buffer
+from quantbench.harness.results.pytest_benchmark import bench_id
+from quantbench.harness.execution.timing import GpuEventClock, enqueue_flush_and_spin, l2_flush_buffer
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = load_config(os.environ.get("QUANTBENCH_BENCH_CONFIG", ROOT / "configs" / "quick.yaml"))

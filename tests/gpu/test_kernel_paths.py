@@ -15,7 +15,7 @@ quantized weights within 2 eps(dtype) + K eps(float32).
 import pytest
 import torch
 
-from quantbench.harness.metrics import dequant_close
+from quantbench.harness.ops.metrics import dequant_close
 from quantbench.kernels import (QuantSpec, dequantize, dequantize_ref, pack_weights, qmatmul, quantize,
                                 quantize_ref, quantize_tokens, quantize_tokens_ref, w8a8_matmul, w8a8_matmul_ref)
 

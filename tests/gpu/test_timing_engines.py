@@ -22,9 +22,9 @@ import torch
 import triton
 import triton.language as tl
 
-from quantbench.harness.calibrate import copy_bandwidth_gbps
+from quantbench.harness.execution.calibration import copy_bandwidth_gbps
 from quantbench.harness.config import Timing
-from quantbench.harness.timing import measure
+from quantbench.harness.execution.timing import measure
 
 CUDA = torch.device("cuda")
 SLEEP_US = 100.0

@@ -5,9 +5,9 @@ from __future__ import annotations
 import itertools
 from dataclasses import asdict, dataclass, fields, replace
 
-from .config import ConfigError, RunConfig, _did_you_mean
-from .ops import OPS
-from .registry import Registry, load_registry
+from ..config import ConfigError, RunConfig, did_you_mean
+from ..ops import OPS
+from ..registry import Registry, load_registry
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class Case:
 
 def _shape_points(cfg: RunConfig) -> list[tuple[int, int, str | None]]:
     if cfg.weights.source == "safetensors":
-        from .inputs import checkpoint_matrices
+        from ..ops.inputs import checkpoint_matrices
         found = checkpoint_matrices(cfg.weights)
         if not found:
             raise ConfigError(f"weights.tensors: no 2-D tensor in {cfg.weights.path} matches "
@@ -66,7 +66,7 @@ def _check_impl_names(cfg: RunConfig, registry: Registry) -> None:
     for name in cfg.sweep.impl:
         if name not in known:
             raise ConfigError(f"sweep.impl: no implementation {name!r} of {', '.join(cfg.sweep.op)}"
-                              f"{_did_you_mean(name, known)}; "
+                              f"{did_you_mean(name, known)}; "
                               f"known: {', '.join(known)} (`quantbench list`; a plugin's come with `plugins:`)")
 
 

@@ -9,8 +9,7 @@
         meta.json    the config as loaded, the environment, the schema version
         summary.md   pivot tables people read
 
-The columns are a public interface (runs are compared across versions): any change to them bumps
-SCHEMA_VERSION.
+What each column means is schema.py's.
 """
 
 from __future__ import annotations
@@ -25,38 +24,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
-# 2: pct_peak_flops, the clock columns, flags and peak_mem_bytes (runs of version 1 read them as missing)
-# 3: role (runs before it get the built-ins' roles by name when read: LEGACY_ROLES)
-SCHEMA_VERSION = 3
-
-IDENTITY = ["run_id", "op", "impl", "bits", "scheme", "granularity", "group_size", "dtype",
-            "M", "N", "K", "layers", "depth", "shape_name", "device", "gpu", "status", "message"]
-# role: the implementation's role (reference, candidate, peer, baseline: harness/registry), which
-# decides what a table shows as its subject and its dense baseline; not part of a case's identity
-ROLE = ["role"]
-# runs written before the role column (schema < 3) knew only the built-ins, whose roles were these
-LEGACY_ROLES = {"triton": "candidate", "torch": "reference", "fp16": "baseline", "torch_compile": "peer",
-                "tinygemm": "peer", "int_mm": "peer"}
-# first_call_ms: the untimed first call, which compiles (Triton, torch.compile) and autotunes
-# intensity: FLOPs per byte moved; pct_peak_bw: gbps against the run's measured copy bandwidth;
-# pct_peak_flops: tflops against the run's measured matmul rate for the op's arithmetic (ops.py)
-TIME = ["ms", "ms_p20", "ms_p80", "ms_min", "ms_mean", "ms_std", "cv", "n_samples", "timing_valid",
-        "gbps", "tflops", "intensity", "pct_peak_bw", "pct_peak_flops", "first_call_ms"]
-# read through NVML while the row was timed (gpu_state.py): lowest clocks, highest power and
-# temperature; flags: reasons to distrust the time, semicolon-joined (flags.py)
-CLOCKS = ["sm_clock_mhz", "mem_clock_mhz", "power_w", "temp_c"]
-FLAGS = ["flags"]
-# peak_mem_bytes: the allocator's high-water mark during one call, above what was allocated before it
-MEMORY = ["weight_bytes", "bits_per_weight", "compression_vs_fp16", "compression_vs_fp32", "peak_mem_bytes"]
-ERROR = ["mse", "mae", "max_abs_err", "snr_db", "rel_err"]
-# matmul and stack rows: the method's error (float64 output with W_hat against the one with W), the
-# kernel's error (its output against the float64 output with the same W_hat), the total error
-# relative to the output's norm, and the seed's output metrics (all against the float64 output)
-OUTPUT_ERROR = ["method_rel_err", "method_snr_db", "kernel_rel_err", "kernel_snr_db", "out_rel_err",
-                "out_mean_abs_diff", "out_max_abs_diff", "out_mean_rel_diff_pct"]
-PROVENANCE = ["schema_version", "torch_version", "triton_version", "utc"]
-COLUMNS = IDENTITY + ROLE + TIME + CLOCKS + FLAGS + MEMORY + ERROR + OUTPUT_ERROR + PROVENANCE
-
+from .schema import CLOCKS, COLUMNS, ERROR, IDENTITY, LEGACY_ROLES, MEMORY, OUTPUT_ERROR, SCHEMA_VERSION, TIME
 
 SAMPLES = "samples.jsonl"         # appended, one line per timed row, while the run goes
 SAMPLES_GZ = "samples.jsonl.gz"   # the same lines, compressed (about 6x) once the run has finished

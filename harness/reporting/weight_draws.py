@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from quantbench.kernels.spec import QuantSpec
 
-from .plots import NoData, format_label, format_order
+from .figures import NoData, format_label, format_order
 
 SUBSAMPLE = 1 << 18  # elements kept for histograms: plenty for a smooth density
 ROW_SAMPLE = 64  # leading weights of row 0 drawn one by one
@@ -48,7 +48,7 @@ class WeightSample:
 
 
 def _weights_config(meta: dict):
-    from .config import NormalWeights, SafetensorsWeights
+    from ..config import NormalWeights, SafetensorsWeights
     cfg = meta.get("config")
     if not cfg:
         raise NoData("meta.json holds no config: the run's weights cannot be drawn again")
@@ -69,8 +69,8 @@ def sample_weights(df: pd.DataFrame, meta: dict) -> WeightSample:
     every format the run measured on it; NoData where the run quantized nothing."""
     from quantbench.kernels import dequantize_ref, quantize_ref
 
-    from .inputs import make_weights
-    from .metrics import weight_error
+    from ..ops.inputs import make_weights
+    from ..ops.metrics import weight_error
     rows = df[df["op"].isin(WEIGHT_OPS) & df["bits"].notna() & df["N"].notna() & (df["status"] == "ok")]
     if rows.empty:
         raise NoData("the run has no ok rows of a quantized weight")

@@ -6,17 +6,22 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .results import SCHEMA_VERSION, _atomic_write, read_cases, read_samples, to_frame, utc_now, write_samples
-from .summary import summary_markdown
+from typing import Any, Callable
+
+import pandas as pd
+
+from .schema import SCHEMA_VERSION
+from .storage import _atomic_write, read_cases, read_samples, to_frame, utc_now, write_samples
 
 
 class MergeError(Exception):
     """Run folders that cannot be merged; the message says which and why."""
 
 
-def merge_runs(runs: list[str | Path], out_root: str | Path) -> Path:
-    """A new run folder holding every case of `runs`. Refused when their schema versions or
-    configs differ, or when one case appears in two of them."""
+def merge_runs(runs: list[str | Path], out_root: str | Path,
+               summarize: Callable[[pd.DataFrame, dict[str, Any]], str]) -> Path:
+    """A new run folder holding every case of `runs`, its summary.md written by `summarize`.
+    Refused when their schema versions or configs differ, or when one case appears in two of them."""
     runs = [Path(r) for r in runs]
     metas = [json.loads((r / "meta.json").read_text()) for r in runs]
     for run, meta in zip(runs, metas, strict=True):
@@ -48,5 +53,5 @@ def merge_runs(runs: list[str | Path], out_root: str | Path) -> Path:
     write_samples(path, samples)
     _atomic_write(path / "results.csv", df.to_csv(index=False))
     _atomic_write(path / "meta.json", json.dumps(meta, indent=2, default=str))
-    _atomic_write(path / "summary.md", summary_markdown(df, meta))
+    _atomic_write(path / "summary.md", summarize(df, meta))
     return path

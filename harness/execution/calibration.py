@@ -21,12 +21,11 @@ from typing import Any, Callable
 
 import torch
 
+from ..results.schema import DTYPE_CEILING, INT8_CEILING
+
 COPY_BYTES = 1 << 30  # large enough that L2 plays no part
 MATMUL_SIZE = 8192  # M = N = K: large enough to reach the tensor cores' steady rate
 
-# the calibration key of each activation dtype's matmul ceiling (see ops.py, flops_ceiling)
-DTYPE_CEILING = {"float16": "fp16_tflops", "bfloat16": "bf16_tflops", "float32": "fp32_tflops"}
-INT8_CEILING = "int8_tops"
 
 
 def _median_ms(fn: Callable[[], Any], device: torch.device) -> float:
@@ -69,8 +68,8 @@ def matmul_tflops(device: torch.device, dtype: torch.dtype, size: int = MATMUL_S
     return 2 * size**3 / (ms * 1e-3) / 1e12
 
 
-MATMUL_CEILINGS = {"fp16_tflops": torch.float16, "bf16_tflops": torch.bfloat16,
-                   "fp32_tflops": torch.float32, INT8_CEILING: torch.int8}
+MATMUL_CEILINGS = {DTYPE_CEILING["float16"]: torch.float16, DTYPE_CEILING["bfloat16"]: torch.bfloat16,
+                   DTYPE_CEILING["float32"]: torch.float32, INT8_CEILING: torch.int8}
 
 
 def calibrate(device: torch.device) -> dict[str, Any]:

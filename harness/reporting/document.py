@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 from pandas.api.types import is_number
 
-from .summary import fmt, to_markdown
+from ..analysis.tables import fmt, to_markdown
 
 
 @dataclass(frozen=True)

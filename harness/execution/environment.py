@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .gpu_state import GpuMonitor
+from .gpu_monitor import GpuMonitor
 
 CPU_GPU_NAME = "cpu (Triton interpreter)"
 

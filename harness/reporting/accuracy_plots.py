@@ -11,8 +11,8 @@ import pandas as pd
 
 from quantbench.kernels.spec import FLOAT_DTYPES, QuantSpec
 
-from .plots import BITS_COLORS, NoData, format_label, format_order, impl_color, new_figure, shape_label
-from .weight_sample import WeightSample, headline
+from .figures import BITS_COLORS, NoData, format_label, format_order, impl_color, new_figure, shape_label
+from .weight_draws import WeightSample, headline
 
 MIB = 1 << 20
 GRANULARITY_STYLES = {"tensor": ":", "channel": "--", "group": "-"}

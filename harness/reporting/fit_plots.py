@@ -8,8 +8,8 @@ import numpy as np
 from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.patches import Patch
 
-from .fit import GIB, GPUS, fit, precisions
-from .plots import new_figure
+from ..analysis.memory_planner import GIB, GPUS, fit, precisions
+from .figures import new_figure
 
 HEADROOM = 0.2  # quantbench fit's default: kept for activations, KV cache and the runtime
 SEED_GPUS = ("GTX 1080", "RTX 3080", "RTX 4090", "A100 40GB", "H100", "H200")  # the seed's four, and ours

@@ -12,13 +12,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.colors import TwoSlopeNorm
 
-from .compare import gpu_names
-from .plots import NoData, format_label, format_order, impl_color, new_figure, plain_log, shape_label
+from ..analysis.gpu_views import gpu_names
+from ..results.schema import DTYPE_CEILING, INT8_CEILING  # a run calibrated before these has only copy_gbps
+from .figures import NoData, format_label, format_order, impl_color, new_figure, plain_log, shape_label
 
-# meta.json `calibration` key of the matmul ceiling for each activation dtype (calibrate.py), and
-# for the int8 GEMM of W8A8; a run calibrated before these existed has only copy_gbps
-DTYPE_CEILING = {"float16": "fp16_tflops", "bfloat16": "bf16_tflops", "float32": "fp32_tflops"}
-INT8_CEILING = "int8_tops"
 IMPL_ORDER = ("triton", "torch", "torch_compile", "fp16", "tinygemm", "int_mm")
 
 

@@ -1,13 +1,13 @@
-"""The YAML run config: schema (pydantic), loading, and errors that name the key and the line."""
+"""The YAML run config's schema (pydantic): the keys, their types and their checks."""
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .errors import did_you_mean
 
 
 DType = Literal["float32", "float16", "bfloat16"]
@@ -26,10 +26,6 @@ ModuleName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][
 
 # The axes of a sweep, in the order a case's identity lists them.
 AXES = ("op", "impl", "bits", "scheme", "granularity", "group_size", "dtype", "M", "N", "K", "layers")
-
-
-class ConfigError(Exception):
-    """A config that cannot run; the message names the key path (and line) and what was expected."""
 
 
 class Strict(BaseModel):
@@ -181,110 +177,6 @@ class RunConfig(Strict):
                 raise ValueError(f"exclude[{i}] is empty: it would drop every grid point")
             for key in entry:
                 if key not in AXES:
-                    raise ValueError(f"exclude[{i}] has unknown axis {key!r}{_did_you_mean(key, AXES)}; "
+                    raise ValueError(f"exclude[{i}] has unknown axis {key!r}{did_you_mean(key, AXES)}; "
                                      f"axes are {', '.join(AXES)}")
         return entries
-
-
-def first_line(e: BaseException) -> str:
-    """An exception as one line of a message: its type and the first line of its text."""
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"
-
-
-def _did_you_mean(word: str, choices: tuple[str, ...] | list[str]) -> str:
-    close = difflib.get_close_matches(str(word), list(choices), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _known_keys(model: type[BaseModel]) -> set[str]:
-    keys = set(model.model_fields)
-    for sub in (NormalWeights, SafetensorsWeights, Timing, Sweep, Shape):
-        keys |= set(sub.model_fields)
-    return keys
-
-
-def _path(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif str(part).startswith(("function-", "literal[", "list[", "int", "str", "float", "bool")) \
-                or part in ("normal", "safetensors", "[key]"):
-            continue  # pydantic's names for the union member it tried, not a key
-        else:
-            out += f".{part}" if out else str(part)
-    return out or "(top level)"
-
-
-def _line_of(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
-    """1-based line of the deepest YAML node along `loc`, when the parser knows it."""
-    node, line = root, None
-    for part in loc:
-        if isinstance(node, yaml.MappingNode):
-            match = next(((k, v) for k, v in node.value if k.value == str(part)), None)
-            if match is None:
-                break
-            line = match[0].start_mark.line + 1
-            node = match[1]
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-            node = node.value[part]
-            line = node.start_mark.line + 1
-        else:
-            break
-    return line
-
-
-def _describe(err: dict[str, Any], root: yaml.Node | None, source: str, known_keys: set[str]) -> str:
-    loc = tuple(err["loc"])
-    where = _path(loc)
-    line = _line_of(root, loc)
-    at = f"{source}:{line}: " if line else f"{source}: "
-    if err["type"] == "extra_forbidden":
-        key = loc[-1]
-        return f"{at}unknown key '{where}'{_did_you_mean(key, sorted(known_keys))}"
-    if err["type"] == "missing":
-        return f"{at}missing required key '{where}'"
-    msg = err["msg"].removeprefix("Value error, ")
-    got = err.get("input")
-    shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
-    return f"{at}{where}: {msg}{shown}"
-
-
-def validation_message(e: ValidationError, root: yaml.Node | None, source: str, known_keys: set[str]) -> str:
-    """One line per error of a YAML file validated by pydantic: file, line, key path, what was expected."""
-    return "\n".join(_describe(err, root, source, known_keys) for err in e.errors())
-
-
-def parse_config(data: Any, source: str = "config", root: yaml.Node | None = None) -> RunConfig:
-    if not isinstance(data, dict):
-        kind = "an empty file" if data is None else f"a {type(data).__name__}"
-        raise ConfigError(f"{source}: expected a mapping of keys (name, sweep, ...), got {kind}")
-    try:
-        return RunConfig.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(validation_message(e, root, source, _known_keys(RunConfig))) from None
-
-
-def read_yaml(path: str | Path) -> tuple[Any, yaml.Node | None]:
-    """The parsed YAML file and its node tree (for line numbers); ConfigError if unreadable."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read config: {e.strerror}") from None
-    try:
-        root = yaml.compose(text)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f"{path}:{mark.line + 1}" if mark else str(path)
-        problem = getattr(e, "problem", None) or str(e)
-        raise ConfigError(f"{at}: YAML syntax error: {problem}") from None
-    return data, root
-
-
-def load_config(path: str | Path) -> RunConfig:
-    """Read and validate a YAML config; raises ConfigError naming the key path and line."""
-    data, root = read_yaml(path)
-    return parse_config(data, str(path), root)

@@ -15,10 +15,10 @@ from typing import Callable
 
 import pandas as pd
 
-from .fit import GIB
-from .report_doc import Block, Heading, Image, Skipped, Table, Text, to_html_doc, to_markdown_doc
-from .results import load_run
-from .summary import depth_table, failures, op_table
+from ..analysis.memory_planner import GIB
+from .document import Block, Heading, Image, Skipped, Table, Text, to_html_doc, to_markdown_doc
+from ..results import load_run
+from ..analysis.tables import depth_table, failures, op_table
 
 
 SNR_MATCH_DB = 0.01  # float rounding of W_hat on another device moves the SNR by far less
@@ -30,7 +30,7 @@ class ReportError(Exception):
 
 def _add_figure(blocks: list[Block], file: str, caption: str, panel: str, make: Callable) -> None:
     """Draw a panel and append it, or append why it was not drawn (NoData only: a bug still raises)."""
-    from .plots import NoData, png_bytes
+    from .figures import NoData, png_bytes
     try:
         fig = make()
     except NoData as e:
@@ -54,9 +54,9 @@ def _header(df: pd.DataFrame, meta: dict, path: Path) -> list[Block]:
 
 
 def _weight_panels(df: pd.DataFrame, meta: dict, prefix: str) -> list[Block]:
-    from .plots import NoData
-    from .plots_accuracy import error_histograms, weight_distribution, weight_row
-    from .weight_sample import sample_weights
+    from .figures import NoData
+    from .accuracy_plots import error_histograms, weight_distribution, weight_row
+    from .weight_draws import sample_weights
     try:
         sample = sample_weights(df, meta)
     except NoData as e:
@@ -89,8 +89,8 @@ def _weight_panels(df: pd.DataFrame, meta: dict, prefix: str) -> list[Block]:
 
 
 def _memory_and_depth(df: pd.DataFrame, prefix: str) -> list[Block]:
-    from .plots import NoData
-    from .plots_accuracy import error_vs_depth, memory_per_precision, memory_table
+    from .figures import NoData
+    from .accuracy_plots import error_vs_depth, memory_per_precision, memory_table
     blocks: list[Block] = []
     try:
         table = memory_table(df)
@@ -115,8 +115,8 @@ def _memory_and_depth(df: pd.DataFrame, prefix: str) -> list[Block]:
 
 
 def _speed_panels(df: pd.DataFrame, meta: dict, prefix: str) -> list[Block]:
-    from .plots import NoData
-    from .plots_speed import bandwidth, latency_vs_m, roofline, speedup_heatmap, speedup_table, timed
+    from .figures import NoData
+    from .speed_plots import bandwidth, latency_vs_m, roofline, speedup_heatmap, speedup_table, timed
     d = timed(df)
     if d.empty:
         why = ("its timings were taken on the CPU interpreter" if len(df[df["status"] == "ok"])
@@ -178,8 +178,8 @@ def _run_gpus(metas: list[dict]) -> list[tuple[str, float | None]]:
 
 
 def fit_section(metas: list[dict]) -> list[Block]:
-    from .fit import precisions
-    from .plots_fit import HEADROOM, fit_gpus, fit_matrix, gpus_for
+    from ..analysis.memory_planner import precisions
+    from .fit_plots import HEADROOM, fit_gpus, fit_matrix, gpus_for
     gpus = gpus_for(_run_gpus(metas))
     blocks: list[Block] = [Heading("Which models fit which GPUs", 2), Text(
         f"Weights only, from `quantbench fit`'s byte accounting (int formats: codes plus one fp16 scale and zero "
@@ -198,8 +198,8 @@ def fit_section(metas: list[dict]) -> list[Block]:
 
 
 def gpu_section(runs: list[Path], metas: list[dict]) -> list[Block]:
-    from .compare import CompareError, gpu_table
-    from .plots_speed import gpu_vs_gpu
+    from ..analysis.gpu_views import CompareError, gpu_table
+    from .speed_plots import gpu_vs_gpu
     blocks: list[Block] = [Heading("GPU against GPU", 2)]
     try:
         table = gpu_table(runs)
@@ -218,7 +218,7 @@ def write_report(runs: list[str | Path], out: str | Path | None = None) -> Path:
     for one run); returns the folder."""
     import matplotlib
 
-    from .plots import STYLE
+    from .figures import STYLE
     paths = [Path(r) for r in runs]
     if not paths:
         raise ReportError("give at least one run folder")

@@ -23,35 +23,12 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
-
-@dataclass(frozen=True)
-class Measurement:
-    samples_ms: tuple[float, ...]
-    valid: bool  # a GPU timing; False for interpreter wall-clock times
-
-    def stats(self) -> dict[str, Any]:
-        """Median, 20th and 80th percentiles, min, mean, standard deviation (n - 1), count and
-        coefficient of variation (std / mean) of the samples."""
-        s = np.asarray(self.samples_ms, dtype=np.float64)
-        mean = float(s.mean())
-        std = float(s.std(ddof=1)) if s.size > 1 else 0.0
-        return {
-            "ms": float(np.median(s)),
-            "ms_p20": float(np.percentile(s, 20)),
-            "ms_p80": float(np.percentile(s, 80)),
-            "ms_min": float(s.min()),
-            "ms_mean": mean,
-            "ms_std": std,
-            "cv": std / mean if mean > 0 else None,
-            "n_samples": int(s.size),
-            "timing_valid": self.valid,
-        }
+from ..results.schema import Measurement
 
 
 def _cuda_events(fn: Callable[[], Any], warmup_ms: int, rep_ms: int) -> list[float]:

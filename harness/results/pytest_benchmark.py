@@ -11,12 +11,13 @@ import json
 import math
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any, Callable
 
+import pandas as pd
 from pytest_benchmark.stats import Stats
 
-from .results import COLUMNS, RunWriter, load_run, read_samples
-from .summary import summary_markdown
-from .timing import Measurement
+from .schema import COLUMNS, Measurement
+from .storage import RunWriter, load_run, read_samples
 
 BENCH_MODULE = "tests/benchmarks/test_kernels.py"
 CASE_COLUMNS = ["op", "impl", "bits", "scheme", "granularity", "group_size", "dtype", "M", "N", "K", "layers",
@@ -75,8 +76,10 @@ def to_pytest_benchmark(run: str | Path) -> dict:
             "benchmarks": benchmarks, "datetime": meta.get("started_utc"), "version": "5.3.1"}
 
 
-def from_pytest_benchmark(path: str | Path, out_root: str | Path) -> Path:
-    """A pytest-benchmark JSON file (of tests/benchmarks, or converted from a run) as a run folder."""
+def from_pytest_benchmark(path: str | Path, out_root: str | Path,
+                          summarize: Callable[[pd.DataFrame, dict[str, Any]], str]) -> Path:
+    """A pytest-benchmark JSON file (of tests/benchmarks, or converted from a run) as a run folder,
+    its summary.md written by `summarize`."""
     data = json.loads(Path(path).read_text())
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     writer = RunWriter.create(out_root, f"pytest-benchmark-{Path(path).stem}", {
@@ -95,6 +98,6 @@ def from_pytest_benchmark(path: str | Path, out_root: str | Path) -> Path:
                        ms_std=stats["stddev"] * 1e3, n_samples=stats["rounds"], timing_valid=extra.get("timing_valid"),
                        cv=stats["stddev"] / stats["mean"] if stats["mean"] else None)
         writer.append_case(bench["fullname"], [{c: row.get(c) for c in COLUMNS}], [ms])
-    writer.finish(summary_markdown)
+    writer.finish(summarize)
     return writer.path
 

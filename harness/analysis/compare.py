@@ -1,5 +1,5 @@
 """Compare runs: a baseline against candidates case by case with verdicts a CI gate can trust,
-GPU against GPU, and implementation against implementation within a run.
+with GPU against GPU and implementation against implementation (gpu_views.py) beside them.
 
 Latency is decided on the raw samples (samples.jsonl[.gz]): a two-sided Mann-Whitney U test (asv's
 choice) must reject "same distribution" at `alpha`, and the ratio of medians must move by at
@@ -20,10 +20,11 @@ from pathlib import Path
 import pandas as pd
 from scipy.stats import mannwhitneyu
 
-from .results import IDENTITY, RunFolderError, load_run, read_samples
+from ..results import CASE_KEY
+from .gpu_views import gpu_views, impl_table
+from .loaded_run import CompareError, LoadedRun, Run, gpu_of, keyed
 from .thresholds import Thresholds, ThresholdSet
 
-KEY = [c for c in IDENTITY if c not in ("run_id", "device", "gpu", "status", "message")]
 VERDICTS = ("regression", "improvement", "same", "noisy", "new", "missing")
 SNR_COLUMNS = ("snr_db", "kernel_snr_db")
 ERROR_COLUMNS = ("rel_err", "kernel_rel_err")  # a weight's error; an output's error against its own float64 reference
@@ -58,69 +59,18 @@ def accuracy_verdict(b: pd.Series, c: pd.Series, t: Thresholds) -> tuple[str, st
     return ("regression", "; ".join(reasons)) if reasons else ("same", "")
 
 
-def _key(values) -> str:
-    """A case's identity as text, the same whether read from results.csv (NaN, 8.0) or from a
-    JSON line (null, 8)."""
-    def norm(v) -> str:
-        if v is None or (isinstance(v, float) and math.isnan(v)):
-            return ""
-        if isinstance(v, float) and v.is_integer():
-            return str(int(v))
-        return str(v)
-    return "|".join(norm(v) for v in values)
-
-
-def _samples(run: Path) -> dict[str, list[float]]:
-    return {_key(rec.get(c) for c in KEY): rec["samples_ms"] for rec in read_samples(run)}
-
-
-def _keyed(df: pd.DataFrame) -> pd.DataFrame:
-    return df.set_index(pd.Index([_key(row) for row in df[KEY].itertuples(index=False)], name="key"))
-
-
-def _gpu(meta: dict) -> str | None:
-    return (meta.get("env") or {}).get("gpu")
-
-
-class CompareError(RunFolderError):
-    """A run folder that cannot be compared as asked; the message names it and the reason."""
-
-
-@dataclass
-class LoadedRun:
-    """A run folder read once: its table, its metadata and (on first use) its raw samples by case."""
-
-    path: Path
-    df: pd.DataFrame
-    meta: dict
-    _samples: dict[str, list[float]] | None = None
-
-    @classmethod
-    def of(cls, run: str | Path | LoadedRun) -> LoadedRun:
-        return run if isinstance(run, LoadedRun) else cls(Path(run), *load_run(run))
-
-    @property
-    def samples(self) -> dict[str, list[float]]:
-        if self._samples is None:
-            self._samples = _samples(self.path)
-        return self._samples
-
-
-Run = str | Path | LoadedRun
-
-
 def compare_runs(base_run: Run, cand_run: Run, t: Thresholds | ThresholdSet = DEFAULT) -> pd.DataFrame:
     """One row per case of either run, joined on the case key: medians, their ratio, p-value, and
     the latency and accuracy verdicts (each case judged by its op's thresholds); `verdict` is the
     worse of the two. Latency is judged only where both runs hold GPU samples from one GPU model."""
     base_run, cand_run = LoadedRun.of(base_run), LoadedRun.of(cand_run)
-    base, cand = _keyed(base_run.df), _keyed(cand_run.df)
+    base, cand = keyed(base_run.df), keyed(cand_run.df)
     base_samples, cand_samples = base_run.samples, cand_run.samples
-    same_gpu = _gpu(base_run.meta) == _gpu(cand_run.meta)
+    same_gpu = gpu_of(base_run.meta) == gpu_of(cand_run.meta)
     rows = []
     for key in dict.fromkeys([*base.index, *cand.index]):
         first = base.loc[key] if key in base.index else cand.loc[key]
-        row = {c: first[c] for c in KEY}
+        row = {c: first[c] for c in CASE_KEY}
         if key not in cand.index or key not in base.index:
             row["verdict"] = "missing" if key not in cand.index else "new"
             rows.append(row)
@@ -140,107 +90,6 @@ def compare_runs(base_run: Run, cand_run: Run, t: Thresholds | ThresholdSet = DE
                    verdict="regression" if "regression" in (latency, accuracy) else latency)
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-WORKLOAD = [c for c in KEY if c != "impl"]
-CASE_LABELS = ["shape", "dtype", "format"]  # summary.with_labels' names for a case within an op
-LABELS = ["op", "bits", "scheme", "granularity", "group_size", "dtype", "M", "N", "K"]
-
-
-def roofline_share(df: pd.DataFrame) -> pd.Series:
-    """Each row's share (%) of its own GPU's roofline: the roofline's time for the row's bytes and
-    FLOPs at the run's measured copy bandwidth and matmul rate, max(bytes / BW, FLOPs / peak), over
-    the measured time; that is the larger of pct_peak_bw and pct_peak_flops."""
-    return df[["pct_peak_bw", "pct_peak_flops"]].astype(float).max(axis=1, skipna=True)
-
-
-def gpu_names(metas: list[dict]) -> list[str]:
-    """Each run's column prefix in the GPU table: its GPU, with the run id where two runs share a GPU."""
-    gpus = [_gpu(m) or "?" for m in metas]
-    return [g if gpus.count(g) == 1 else f"{g} [{m.get('run_id')}]" for g, m in zip(gpus, metas, strict=True)]
-
-
-def _timed_workloads(run: LoadedRun) -> pd.DataFrame:
-    """The run's timed ok rows, each with its workload (the case key less the implementation)."""
-    ok = run.df[(run.df["status"] == "ok") & run.df["ms"].notna()].copy()
-    ok["workload"] = [_key(row) for row in ok[WORKLOAD].itertuples(index=False)]
-    return ok
-
-
-def gpu_views(runs: list[Run]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """GPU against GPU: (table, unshared).
-
-    table: for each case the runs share, each run's candidate times (the implementations in the
-    candidate role), each candidate's speedup over every other implementation measured beside it,
-    and its share of that GPU's own roofline and of its measured copy bandwidth, side by side
-    (ratios within one GPU compare fairly across GPUs; absolute times do not). Columns are named
-    after the GPU (and the run, where two runs share a GPU), and the share columns after the
-    candidate where a run has several.
-    unshared: the timed cases with a candidate row that some runs lack, with the runs that have
-    them, so that the table never drops a case unsaid."""
-    from .summary import impls_in_role
-    loaded = [LoadedRun.of(r) for r in runs]
-    names = gpu_names([r.meta for r in loaded])
-    frames, labels, present = [], [], {}
-    for run, name in zip(loaded, names, strict=True):
-        ok = _timed_workloads(run)
-        ms = ok.pivot_table(index="workload", columns="impl", values="ms", aggfunc="first")
-        candidates = [c for c in impls_in_role(ok, "candidate") if c in ms]
-        if not candidates:
-            raise CompareError(f"{run.path}: no timed rows of a candidate implementation to put beside the other GPUs")
-        copy_gbps = run.meta.get("calibration", {}).get("copy_gbps")
-        wide = pd.DataFrame(index=ms.index)
-        for cand in candidates:
-            rows = ok[ok["impl"] == cand].set_index("workload")
-            suffix = "" if len(candidates) == 1 else f" {cand}"
-            wide[f"{name}: ms {cand}"] = ms[cand]
-            for impl in ms.columns.drop(cand):
-                wide[f"{name}: {cand} vs {impl}"] = ms[impl] / ms[cand]
-            wide[f"{name}: % of roofline{suffix}"] = roofline_share(rows)
-            if copy_gbps:
-                wide[f"{name}: % of copy{suffix}"] = 100 * rows["gbps"] / copy_gbps
-        for w in ok.loc[ok["impl"].isin(candidates), "workload"].unique():
-            present.setdefault(w, []).append(name)
-        frames.append(wide.dropna(how="all", subset=[f"{name}: ms {c}" for c in candidates]))
-        labels.append(ok.drop_duplicates("workload").set_index("workload")[LABELS])
-    table = labels[0].join(pd.concat(frames, axis=1, join="inner"), how="inner").reset_index(drop=True)
-    partial = [w for w, where in present.items() if len(where) < len(loaded)]
-    all_labels = pd.concat(labels)
-    unshared = all_labels[~all_labels.index.duplicated()].reindex(partial)
-    unshared["only in"] = [", ".join(present[w]) for w in partial]
-    return table, unshared.reset_index(drop=True)
-
-
-def gpu_table(runs: list[Run]) -> pd.DataFrame:
-    """The table of gpu_views."""
-    return gpu_views(runs)[0]
-
-
-def impl_table(run: Run) -> pd.DataFrame:
-    """Implementation against implementation within one run: per op, shape and format, each
-    implementation's median ms, the speedup of each candidate over every other implementation, and
-    each candidate's share of the GPU's roofline."""
-    from .summary import impls_in_role, op_table, with_labels
-    df = LoadedRun.of(run).df
-    frames = []
-    for op in df["op"].dropna().unique():
-        table = op_table(df, op)
-        if table.empty:
-            continue
-        keep = [c for c in table.columns if c in CASE_LABELS or c.startswith("ms ") or " vs " in c]
-        table = table[keep]
-        timed = df[(df["op"] == op) & (df["status"] == "ok") & df["ms"].notna()]
-        for cand in impls_in_role(timed, "candidate"):
-            rows = with_labels(timed[timed["impl"] == cand])
-            share = roofline_share(rows).groupby([rows[c] for c in CASE_LABELS]).last()  # a stack: its last depth
-            table[f"% of roofline {cand}"] = share.reindex(pd.MultiIndex.from_frame(table[CASE_LABELS])).to_numpy()
-        frames.append(table.assign(op=op))
-    if not frames:
-        return pd.DataFrame()
-    out = pd.concat(frames, ignore_index=True)
-    ms = [c for c in out.columns if c.startswith("ms ")]
-    speedups = [c for c in out.columns if " vs " in c]
-    return out[["op", *CASE_LABELS, *ms, *speedups, *[c for c in out.columns if c.startswith("% of roofline ")]]]
 
 
 @dataclass
@@ -264,10 +113,10 @@ def compare_all(runs: list[Run], t: Thresholds | ThresholdSet = DEFAULT) -> Comp
     impls = [impl_table(r).assign(run=r.meta.get("run_id", str(r.path))) for r in loaded]
     impls = [i for i in impls if len(i.columns) > 1]
     result = Comparison(versus, pd.concat(impls, ignore_index=True) if impls else pd.DataFrame())
-    if len({_gpu(r.meta) for r in loaded}) > 1:
+    if len({gpu_of(r.meta) for r in loaded}) > 1:
         try:
             result.gpus, result.unshared = gpu_views(loaded)
-        except CompareError as e:  # a run without Triton rows
+        except CompareError as e:  # a run without candidate rows
             result.notes.append(f"No GPU-against-GPU table: {e}.")
     return result
 
@@ -281,7 +130,7 @@ def write_report(views: Comparison, out: Path) -> dict:
     """compare.csv (run against run), gpus.csv and unshared.csv (GPU against GPU, where there is
     more than one GPU), impls.csv (implementation against implementation), compare.md (all of
     them, the verdicts first: a CI job summary) and verdict.json (counts and regressions)."""
-    from .summary import to_markdown
+    from .tables import to_markdown
     out.mkdir(parents=True, exist_ok=True)
     versus = views.versus
     versus.to_csv(out / "compare.csv", index=False)
@@ -308,7 +157,7 @@ def write_report(views: Comparison, out: Path) -> dict:
     if views.gpus is not None:
         views.gpus.to_csv(out / "gpus.csv", index=False)
         views.unshared.to_csv(out / "unshared.csv", index=False)
-        lines += ["## GPU against GPU", "", "Triton's time, its speedup over each implementation measured beside it, "
+        lines += ["## GPU against GPU", "", "Each candidate's time, its speedup over each implementation measured beside it, "
                   "and its share of its own GPU's roofline and copy bandwidth: the ratios compare across GPUs.", "",
                   to_markdown(views.gpus), ""]
         if not views.unshared.empty:

@@ -13,7 +13,7 @@ import torch
 from quantbench.kernels.checks import check_finite
 from quantbench.kernels.spec import FLOAT_DTYPES
 
-from .config import NormalWeights, SafetensorsWeights
+from ..config import NormalWeights, SafetensorsWeights
 
 
 def derived_seed(seed: int, *parts: object) -> int:

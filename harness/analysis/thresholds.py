@@ -27,7 +27,7 @@ from typing import Annotated
 
 from pydantic import Field, ValidationError
 
-from .config import ConfigError, OpName, Strict, read_yaml, validation_message
+from ..config import ConfigError, OpName, Strict, read_yaml, validation_message
 
 
 @dataclass(frozen=True)

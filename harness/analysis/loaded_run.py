@@ -1,0 +1,63 @@
+"""A run folder as the analysis reads it: loaded once, its cases keyed the same way whether read
+from results.csv or from JSON lines, its raw samples by case on first use."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from ..results import CASE_KEY, RunFolderError, load_run, read_samples
+
+
+def case_key(values) -> str:
+    """A case's identity as text, the same whether read from results.csv (NaN, 8.0) or from a
+    JSON line (null, 8)."""
+    def norm(v) -> str:
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return ""
+        if isinstance(v, float) and v.is_integer():
+            return str(int(v))
+        return str(v)
+    return "|".join(norm(v) for v in values)
+
+
+def samples_by_case(run: Path) -> dict[str, list[float]]:
+    return {case_key(rec.get(c) for c in CASE_KEY): rec["samples_ms"] for rec in read_samples(run)}
+
+
+def keyed(df: pd.DataFrame) -> pd.DataFrame:
+    return df.set_index(pd.Index([case_key(row) for row in df[CASE_KEY].itertuples(index=False)], name="key"))
+
+
+def gpu_of(meta: dict) -> str | None:
+    return (meta.get("env") or {}).get("gpu")
+
+
+class CompareError(RunFolderError):
+    """A run folder that cannot be compared as asked; the message names it and the reason."""
+
+
+@dataclass
+class LoadedRun:
+    """A run folder read once: its table, its metadata and (on first use) its raw samples by case."""
+
+    path: Path
+    df: pd.DataFrame
+    meta: dict
+    _samples: dict[str, list[float]] | None = None
+
+    @classmethod
+    def of(cls, run: str | Path | LoadedRun) -> LoadedRun:
+        return run if isinstance(run, LoadedRun) else cls(Path(run), *load_run(run))
+
+    @property
+    def samples(self) -> dict[str, list[float]]:
+        if self._samples is None:
+            self._samples = samples_by_case(self.path)
+        return self._samples
+
+
+Run = str | Path | LoadedRun

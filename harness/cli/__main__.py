@@ -1,0 +1,7 @@
+"""python -m quantbench.harness.cli"""
+
+import sys
+
+from . import main
+
+sys.exit(main())

@@ -1,0 +1,117 @@
+"""The commands that make run folders or say what a run would do: run, validate, list, merge, and
+the conversions to and from pytest-benchmark JSON."""
+
+from __future__ import annotations
+
+from typing import Literal, get_args, get_origin
+
+from rich.console import Console
+from rich.table import Table
+
+from ..config import AXES, ConfigError, RunConfig, Sweep, load_config
+from .rendering import show_new_run
+
+
+def cmd_run(args, console: Console) -> int:
+    from ..execution.sweep import run_sweep
+    cfg = load_config(args.config)
+    writer = run_sweep(cfg, args.out, args.device, show_progress=not args.no_progress, resume=args.resume,
+                       shard=_shard(args.shard))
+    show_new_run(writer.path, console)
+    if writer.meta.get("stopped_early"):
+        console.print(f"stopped early: continue with  quantbench run {args.config} --resume {writer.path}")
+        return 130
+    return 0
+
+
+def _shard(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard: expected I/N such as 1/4, got {text!r}") from None
+    return index, count
+
+
+def cmd_merge(args, console: Console) -> int:
+    from ..analysis.tables import summary_markdown
+    from ..results.merge import merge_runs
+    show_new_run(merge_runs(args.runs, args.out, summary_markdown), console)
+    return 0
+
+
+def cmd_validate(args, console: Console) -> int:
+    from ..execution.cases import expand
+    cfg = load_config(args.config)
+    cases = expand(cfg)
+    ops = ", ".join(dict.fromkeys(c.op for c in cases))
+    console.print(f"{args.config}: ok, {len(cases)} cases ({ops})")
+    return 0
+
+
+def cmd_list(args, console: Console) -> int:
+    from ..ops import OPS
+    from ..registry import load_registry
+    registry = load_registry(args.plugin or ())
+    t = Table(title="ops", title_justify="left")
+    for col in ("op", "axes", "about"):
+        t.add_column(col)
+    for op in OPS.values():
+        t.add_row(op.name, ", ".join(a for a in AXES if a in op.axes), (op.__doc__ or "").strip().splitlines()[0])
+    console.print(t)
+    t = Table(title="implementations", title_justify="left")
+    for col in ("op", "impl", "role", "needs", "from", "about"):
+        t.add_column(col)
+    for impl in registry.impls:
+        needs = [*(["CUDA"] if impl.needs.cuda else []), *impl.needs.packages,
+                 *([f"sm_{impl.needs.min_capability[0]}{impl.needs.min_capability[1]}"] if impl.needs.min_capability else [])]
+        about = impl.description + (" (own weight format)" if impl.own_format else "")
+        t.add_row(impl.op, impl.name, impl.role.value, ", ".join(needs) or "-", impl.origin, about)
+    console.print(t)
+    t = Table(title="sweep axes", title_justify="left")
+    t.add_column("axis")
+    t.add_column("values")
+    for name, field in Sweep.model_fields.items():
+        if name == "impl":
+            t.add_row(name, "names from the implementations table (an op takes the ones it has)")
+            continue
+        t.add_row(name, "list of {name, N, K}" if name == "shapes" else _allowed(field.annotation))
+    t.add_row("dtype (top level)", _allowed(RunConfig.model_fields["dtype"].annotation))
+    console.print(t)
+    return 0
+
+
+def _allowed(annotation) -> str:
+    """The literal values a config field accepts, for `quantbench list`."""
+    found: list[str] = []
+
+    def walk(a) -> None:
+        if get_origin(a) is Literal:
+            found.extend(map(str, get_args(a)))
+        for x in get_args(a):
+            walk(x)
+
+    walk(annotation)
+    return ", ".join(found) or "positive integers"
+
+
+def cmd_to_pytest_benchmark(args, console: Console) -> int:
+    import json
+
+    from ..results.pytest_benchmark import to_pytest_benchmark
+    text = json.dumps(to_pytest_benchmark(args.run), indent=2, default=str)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+        console.print(f"written: {args.out}")
+    else:
+        print(text)
+    return 0
+
+
+def cmd_from_pytest_benchmark(args, console: Console) -> int:
+    from ..analysis.tables import summary_markdown
+    from ..results.pytest_benchmark import from_pytest_benchmark
+    show_new_run(from_pytest_benchmark(args.json, args.out, summary_markdown), console)
+    return 0

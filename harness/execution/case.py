@@ -1,0 +1,147 @@
+"""One case: an implementation given a workload's prepared inputs, checked against the reference,
+measured, and turned into rows. Each step is one function; `measure_case` runs them in order."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+from ..config import RunConfig, Timing, first_line
+from ..ops import Skipped, bytes_memory
+from ..registry import Impl
+from .calibration import pct_peak_flops
+from .cases import Case
+from .gpu_monitor import GpuMonitor, watched
+from .row_flags import row_flags
+from .timing import measure
+
+
+class CaseTimeout(Exception):
+    """A case ran past timing.case_timeout_s."""
+
+
+@contextmanager
+def case_time_limit(seconds: float):
+    """Raise CaseTimeout in the main thread once `seconds` have passed (checked between Python
+    operations: a single long GPU call finishes first). Elsewhere than the main thread, no limit."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum, frame):
+        raise CaseTimeout(f"over the per-case limit of {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def failed_row(e: Exception, context: str = "") -> dict[str, Any]:
+    """The row of a case that could not be measured: out of device memory, over its time limit, or
+    any other error, with its reason. The sweep goes on."""
+    if isinstance(e, torch.cuda.OutOfMemoryError):
+        torch.cuda.empty_cache()
+        return {"status": "oom", "message": context + first_line(e)}
+    if isinstance(e, CaseTimeout):
+        return {"status": "timeout", "message": context + str(e)}
+    return {"status": "error", "message": context + first_line(e)}
+
+
+def first_call(fn, device: torch.device) -> tuple[Any, float]:
+    """The first call, which compiles and autotunes: its output and its wall time in ms."""
+    start = time.perf_counter()
+    out = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return out, (time.perf_counter() - start) * 1e3
+
+
+def peak_memory(fn, device: torch.device) -> int | None:
+    """Bytes: the allocator's high-water mark during one more untimed call, above what was
+    allocated before it (its output and every temporary). Not the first call: Triton's autotuner
+    allocates its own L2-flush buffer there, and torch.compile compiles. None on the CPU."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    out = fn()
+    torch.cuda.synchronize(device)
+    peak = torch.cuda.max_memory_allocated(device) - before
+    del out
+    return peak
+
+
+def prepared(op, impl: Impl, case: Case, inputs: Any) -> tuple[Any, dict[str, Any]]:
+    """The inputs this implementation is given and the memory columns of the weight it reads: the
+    case's format, or, for an implementation with its own weight format, its own W_hat and bytes."""
+    if impl.own_format is None:
+        return inputs, op.memory(case, impl)
+    own = impl.own_format(inputs.w, case)
+    return op.with_own(inputs, own), bytes_memory(case, own.weight_bytes)
+
+
+def verdict(op, impl: Impl, out: Any, ref_out: Any, ref_error: str | None, inputs: Any) -> dict[str, str]:
+    """`ok`, or `error` with the mismatch: a verified implementation's output against the
+    reference's (or the reason there is no reference to check against). Unverified roles (the
+    reference itself, the dense baseline) are ok by definition."""
+    problem = (ref_error or op.verify(out, ref_out, inputs)) if impl.role.verified else None
+    return {"status": "error", "message": problem} if problem else {"status": "ok", "message": ""}
+
+
+def timed_columns(fn, device: torch.device, timing: Timing, monitor: GpuMonitor | None) -> dict[str, Any]:
+    """The time columns: statistics of the samples (kept raw under `samples_ms`), the clocks read
+    while they were taken, and the flags that say when not to trust them."""
+    with watched(monitor) as watch:
+        m = measure(fn, device, timing)
+    stats, clocks = m.stats(), (watch.columns() if watch else {})
+    flags = row_flags(stats, clocks.get("sm_clock_mhz"), monitor and monitor.max_sm_clock_mhz, timing.target_rse)
+    return {**stats, **clocks, "flags": flags, "samples_ms": m.samples_ms}
+
+
+def rate_columns(op, case: Case, impl: Impl, ms: float, weight_bytes: float,
+                 calibration: dict[str, Any]) -> dict[str, float | None]:
+    """GB/s and TFLOP/s from the op's byte and FLOP counts, FLOPs per byte, and each rate as a share
+    of the run's calibrated ceiling."""
+    seconds = ms * 1e-3
+    nbytes, flops = op.bytes_moved(case, weight_bytes), op.flops(case)
+    copy_gbps = calibration.get("copy_gbps")
+    gbps = nbytes / seconds / 1e9 if seconds > 0 else None
+    tflops = flops / seconds / 1e12 if flops and seconds > 0 else None
+    return {"gbps": gbps, "tflops": tflops, "intensity": flops / nbytes if flops else None,
+            "pct_peak_bw": 100 * gbps / copy_gbps if copy_gbps and gbps else None,
+            "pct_peak_flops": pct_peak_flops(tflops, op.flops_ceiling(case, impl), calibration)}
+
+
+def measure_case(op, impl: Impl, case: Case, inputs: Any, ref_out: Any, ref_error: str | None, cfg: RunConfig,
+                 device: torch.device, calibration: dict[str, Any],
+                 monitor: GpuMonitor | None = None) -> list[dict[str, Any]]:
+    """The rows of one case and implementation: one, or one per depth for a stack (the time of
+    the whole stack then goes on the last depth's row)."""
+    missing = impl.needs.missing(device)
+    if missing:
+        return [{"status": "skipped", "message": f"{impl.name} {missing}"}]
+    try:
+        inputs, memory = prepared(op, impl, case, inputs)
+        fn = impl.factory(inputs)
+    except Skipped as e:
+        return [{"status": "skipped", "message": str(e)}]
+    out, first_call_ms = first_call(fn, device)
+    peak_mem_bytes = peak_memory(fn, device)
+    status = {**verdict(op, impl, out, ref_out, ref_error, inputs), **memory}
+    errors = op.error(impl, out, inputs)
+    rows = [{**status, **e} for e in (errors if isinstance(errors, list) else [errors])]
+    timed = rows[-1]
+    timed.update(timed_columns(fn, device, cfg.timing, monitor), first_call_ms=first_call_ms,
+                 peak_mem_bytes=peak_mem_bytes)
+    timed.update(rate_columns(op, case, impl, timed["ms"], memory["weight_bytes"], calibration))
+    return rows

@@ -1,0 +1,147 @@
+"""The PyTorch references of the weight format: quantize_ref and dequantize_ref, with the stored
+scale formula (qparams_ref) the kernels share.
+
+They are the contract each kernel in quantization.py and dequantization.py is checked against, and
+those modules import them, so each kernel still reads beside its reference. They live here, apart,
+because they need only torch: code that needs the format's arithmetic and no kernel (the report,
+which draws a run's W_hat again; the op contracts' inputs) never imports Triton.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .checks import check_matrix, check_same_device
+from .packing import pack_fields, unpack_fields
+from .spec import FLOAT_DTYPES, QuantizedTensor, QuantSpec
+
+
+def qparams_ref(lo: torch.Tensor, hi: torch.Tensor, spec: QuantSpec,
+                dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Stored scale and zero (in `dtype`) from float32 segment minima and maxima; see spec.py.
+
+    lo and hi come from torch.amin / amax, which propagate NaN: a NaN or infinite element, or a
+    range wider than float32, makes the scale non-finite, and the segment is poisoned (scale and
+    zero NaN), as in the kernel.
+    """
+    span = torch.maximum(-lo, hi) if spec.symmetric else hi - lo
+    # Divide by a tensor: PyTorch on CUDA turns division by a Python scalar into a multiplication by
+    # its reciprocal, which is not the correctly rounded quotient that the contract (and the kernel) use.
+    scale = span / torch.full_like(span, spec.qmax)
+    scale = scale.to(dtype)
+    finite = torch.isfinite(scale)
+    nan = torch.full_like(scale, float("nan"))
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+    scale = torch.where(finite, scale, nan)
+    return scale, None if spec.symmetric else torch.where(finite, lo.to(dtype), nan)
+
+
+def describe_segment(spec: QuantSpec, n: int, k: int, row: int, col: int) -> tuple[str, slice, slice]:
+    """Words for segment (row, col) of the scales of an [n, k] weight, and its rows and columns in W."""
+    if spec.granularity == "tensor":
+        return "the whole tensor (per-tensor scale)", slice(0, n), slice(0, k)
+    if spec.granularity == "channel":
+        return f"row {row}", slice(row, row + 1), slice(0, k)
+    g = spec.group_size
+    return (f"row {row}, group {col} (columns {col * g}..{(col + 1) * g - 1})",
+            slice(row, row + 1), slice(col * g, (col + 1) * g))
+
+
+def refuse_poisoned_segments(name: str, w: torch.Tensor, q: QuantizedTensor) -> None:
+    """Raise a ValueError naming `name` and its first poisoned segment (NaN scale), saying why.
+
+    Reads only the scales (and, on the error path, that one segment of w); one device-to-host sync.
+    """
+    bad = torch.isnan(q.scales)
+    if not bool(bad.any()):
+        return
+    first = bad.nonzero()[0].tolist()
+    where, rows, cols = describe_segment(q.spec, *q.shape, *first)
+    seg = w[rows, cols].float()
+    non_finite = (~torch.isfinite(seg)).nonzero()
+    if non_finite.numel():
+        r, c = non_finite[0].tolist()
+        why = (f"it holds {non_finite.shape[0]} non-finite value(s), first {seg[r, c].item()} at "
+               f"[{rows.start + r}, {cols.start + c}]")
+    else:
+        why = (f"its range [{seg.min().item():.4g}, {seg.max().item():.4g}] is wider than float32 can hold, "
+               f"so the scale overflows")
+    raise ValueError(f"{name}: {int(bad.sum())} of {bad.numel()} quantization segments cannot be quantized "
+                     f"(their scale would be NaN); first: {where}: {why}")
+
+
+def quantize_ref(w: torch.Tensor, spec: QuantSpec, *, check_finite: bool = False) -> QuantizedTensor:
+    """PyTorch reference for `quantize`, same contract and identical codes (NaN scales where the
+    kernel's are NaN; ``check_finite`` as there). The per-tensor asymmetric case is the seed
+    notebook's quantize_to_int8 / quantize_to_int4 arithmetic."""
+    check_matrix("w", w, on_kernel_device=False)
+    n, k = w.shape
+    spec.check_shape(n, k)
+    x = w.float()
+    if spec.granularity == "tensor":
+        segs = x.reshape(1, 1, -1)
+    elif spec.granularity == "channel":
+        segs = x.reshape(n, 1, k)
+    else:
+        segs = x.reshape(n, k // spec.group_size, spec.group_size)
+    scale, zero = qparams_ref(segs.amin(dim=-1), segs.amax(dim=-1), spec, w.dtype)
+    s = scale.float().unsqueeze(-1)
+    if spec.symmetric:
+        v = segs / s
+    else:
+        v = (segs - zero.float().unsqueeze(-1)) / s
+    v = torch.where(torch.isnan(v), float(spec.qmin), v)  # a poisoned segment: fields 0
+    fields = v.clamp(spec.qmin, spec.qmax).round() - spec.qmin
+    codes = pack_fields(fields.reshape(n, k), spec.bits)
+    q = QuantizedTensor(codes, scale, zero, spec, (n, k))
+    if check_finite:
+        refuse_poisoned_segments("w", w, q)
+    return q
+
+
+def check_quantized(q: QuantizedTensor, on_kernel_device: bool) -> None:
+    n, k = q.shape
+    spec = q.spec
+    check_matrix("codes", q.codes, (torch.uint8,), on_kernel_device)
+    check_matrix("scales", q.scales, None, on_kernel_device)
+    if q.codes.shape != (n, spec.packed_cols(k)):
+        raise ValueError(f"codes must be [N, ceil(K * bits / 8)] = [{n}, {spec.packed_cols(k)}] for a "
+                         f"{spec.bits}-bit [{n}, {k}] weight, got {list(q.codes.shape)}")
+    if tuple(q.scales.shape) != spec.scales_shape(n, k):
+        raise ValueError(f"scales must be {list(spec.scales_shape(n, k))} for granularity "
+                         f"{spec.granularity!r}, got {list(q.scales.shape)}")
+    if spec.symmetric != (q.zeros is None):
+        raise ValueError("zeros must be given exactly when the scheme is asymmetric")
+    if q.zeros is not None and (q.zeros.shape != q.scales.shape or q.zeros.dtype != q.scales.dtype):
+        raise ValueError(f"zeros must match scales' shape and dtype, got {list(q.zeros.shape)} "
+                         f"{q.zeros.dtype} against {list(q.scales.shape)} {q.scales.dtype}")
+    check_same_device(codes=q.codes, scales=q.scales, zeros=q.zeros)
+
+
+def out_dtype_of(q: QuantizedTensor, out_dtype: torch.dtype | None) -> torch.dtype:
+    dtype = q.scales.dtype if out_dtype is None else out_dtype
+    if dtype not in FLOAT_DTYPES.values():
+        raise TypeError(f"out_dtype must be float32, float16 or bfloat16, got {dtype}")
+    return dtype
+
+
+def expand_params(p: torch.Tensor, q: QuantizedTensor) -> torch.Tensor:
+    """Per-segment scales or zeros [rows, segments] -> one float32 value per element [N, K]."""
+    n, k = q.shape
+    if q.spec.granularity == "group":
+        p = p.repeat_interleave(q.spec.group_size, dim=1)
+    return p.float().expand(n, k)
+
+
+def dequantize_ref(q: QuantizedTensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """PyTorch reference for `dequantize`, same contract. The per-tensor asymmetric case is the
+    seed notebook's dequantize_from_int8 / dequantize_from_int4 arithmetic (plus the saturation)."""
+    check_quantized(q, on_kernel_device=False)
+    n, k = q.shape
+    codes = (unpack_fields(q.codes, q.spec.bits, k) - q.spec.offset).float()
+    w = codes * expand_params(q.scales, q)
+    if q.zeros is not None:
+        w = w + expand_params(q.zeros, q)
+    dtype = out_dtype_of(q, out_dtype)
+    fmax = torch.finfo(dtype).max
+    return w.clamp(-fmax, fmax).to(dtype)  # clamp keeps NaN
