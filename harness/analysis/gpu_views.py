@@ -12,7 +12,7 @@ from .tables import impls_in_role, op_table, with_labels
 
 
 WORKLOAD = [c for c in CASE_KEY if c != "impl"]
-CASE_LABELS = ["shape", "dtype", "format"]  # summary.with_labels' names for a case within an op
+CASE_LABELS = ["shape", "dtype", "format"]  # tables.with_labels' names for a case within an op
 LABELS = ["op", "bits", "scheme", "granularity", "group_size", "dtype", "M", "N", "K"]
 
 

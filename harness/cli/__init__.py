@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--params", type=float, required=True, help="number of parameters, e.g. 7e9")
     where = ft.add_mutually_exclusive_group(required=True)
     where.add_argument("--gpu-mem", help="GPU memory, e.g. 8GiB or 24GB (taken as GiB)")
-    where.add_argument("--gpu", help="a GPU by name, e.g. 'RTX 4090' (see the table in harness/fit.py)")
+    where.add_argument("--gpu", help="a GPU by name, e.g. 'RTX 4090' (see the table in harness/analysis/memory_planner.py)")
     ft.add_argument("--headroom", type=float, default=0.2,
                     help="fraction of the GPU kept for activations, KV cache and the runtime (default 0.2)")
     ft.add_argument("--group-size", type=int, default=128, choices=(32, 64, 128, 256),

@@ -16,11 +16,11 @@ Scheme = Literal["asymmetric", "symmetric"]
 Granularity = Literal["tensor", "channel", "group"]
 GroupSize = Literal[32, 64, 128, 256]
 PosInt = Annotated[int, Field(gt=0)]
-# The ops (their contracts are harness/ops.py's OPS, which tests/test_registry.py holds to this list).
+# The ops (their contracts are harness/ops's OPS, which tests/test_registry.py holds to this list).
 OP_NAMES = ("quantize", "dequantize", "matmul", "stack", "matmul_w8a8")
 OpName = Literal[OP_NAMES]
 # An implementation's name; which exist for which op is the registry's (built-ins and plugins),
-# checked when the sweep is expanded (cases.py).
+# checked when the sweep is expanded (execution/cases.py).
 ImplName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")]
 ModuleName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")]
 
@@ -68,7 +68,7 @@ class Timing(Strict):
     """How GPU samples are taken.
 
     engine do_bench: triton.testing.do_bench's method, warmup_ms then rep_ms of samples, with a GPU spin
-    before each sample so that launch latency is not timed (see harness/timing.py).
+    before each sample so that launch latency is not timed (see harness/execution/timing.py).
     engine adaptive: samples until the median's relative standard error is at most target_rse,
     with at least min_samples samples and min_time_ms of sampling, and at most max_time_ms
     (nvbench's defaults: 0.5%, 10 samples, 0.5 s, 15 s). Not yet validated on a GPU.

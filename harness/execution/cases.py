@@ -98,8 +98,8 @@ def expand(cfg: RunConfig, registry: Registry | None = None) -> list[Case]:
         )
         if case in seen or _excluded(case, cfg.exclude):
             continue
-        if op == "stack" and n != k:
-            raise ConfigError(f"sweep: the stack op chains layers, so each must be square; got N = {n}, "
+        if OPS[op].square and n != k:
+            raise ConfigError(f"sweep: the {op} op chains layers, so each must be square; got N = {n}, "
                               f"K = {k}{f' (shape {shape_name!r})' if shape_name else ''}")
         if case.group_size is not None and k % case.group_size != 0:
             raise ConfigError(f"sweep.group_size: group size {case.group_size} does not divide K = {k}"

@@ -55,6 +55,7 @@ class FormatOp:
 
     axes = frozenset({"bits", "scheme", "granularity", "group_size", "dtype", "N", "K"})
     fixed: dict[str, object] = {}  # identity values of axes an op does not take (its one format)
+    square: bool = False  # whether every weight must be square (layers chained into each other)
 
     def flops(self, case) -> int | None:
         return None

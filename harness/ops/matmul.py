@@ -137,6 +137,7 @@ class StackOp(FormatOp):
 
     name = "stack"
     axes = FormatOp.axes | {"M", "layers"}
+    square = True
 
     def prepare(self, case, source) -> StackInputs:
         """Layer 0 has the weights (and x) of the matmul op of the same shape, so the error at

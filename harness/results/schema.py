@@ -25,11 +25,11 @@ LEGACY_ROLES = {"triton": "candidate", "torch": "reference", "fp16": "baseline",
                 "tinygemm": "peer", "int_mm": "peer"}
 # first_call_ms: the untimed first call, which compiles (Triton, torch.compile) and autotunes
 # intensity: FLOPs per byte moved; pct_peak_bw: gbps against the run's measured copy bandwidth;
-# pct_peak_flops: tflops against the run's measured matmul rate for the op's arithmetic (ops.py)
+# pct_peak_flops: tflops against the run's measured matmul rate for the op's arithmetic (each op's flops_ceiling, harness/ops)
 TIME = ["ms", "ms_p20", "ms_p80", "ms_min", "ms_mean", "ms_std", "cv", "n_samples", "timing_valid",
         "gbps", "tflops", "intensity", "pct_peak_bw", "pct_peak_flops", "first_call_ms"]
-# read through NVML while the row was timed (gpu_state.py): lowest clocks, highest power and
-# temperature; flags: reasons to distrust the time, semicolon-joined (flags.py)
+# read through NVML while the row was timed (execution/gpu_monitor.py): lowest clocks, highest power and
+# temperature; flags: reasons to distrust the time, semicolon-joined (execution/row_flags.py)
 CLOCKS = ["sm_clock_mhz", "mem_clock_mhz", "power_w", "temp_c"]
 FLAGS = ["flags"]
 # peak_mem_bytes: the allocator's high-water mark during one call, above what was allocated before it
