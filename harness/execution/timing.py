@@ -31,6 +31,11 @@ import torch
 from ..results.schema import Measurement
 
 
+# GPU cycles spun between the flush and the start event (about 0.5 ms on an H100), time for the
+# CPU to enqueue the timed call before the GPU reaches it
+SHIELD_CYCLES = 1_000_000
+
+
 def _cuda_events(fn: Callable[[], Any], warmup_ms: int, rep_ms: int) -> list[float]:
     """Samples timed with CUDA events and no cache flush (timing.flush_l2: false)."""
     fn()
@@ -46,6 +51,9 @@ def _cuda_events(fn: Callable[[], Any], warmup_ms: int, rep_ms: int) -> list[flo
         fn()
     samples = []
     for _ in range(max(1, int(rep_ms / per_call))):
+        # the spin keeps the GPU busy while fn is enqueued: without it the start event fires on an
+        # idle GPU and the sample includes the launch (5-7 us on the H200: a 101 us sleep read 107)
+        torch.cuda._sleep(SHIELD_CYCLES)
         start.record()
         fn()
         end.record()
@@ -95,11 +103,6 @@ def l2_flush_buffer(device: torch.device) -> torch.Tensor:
     """A buffer twice the device's L2: zeroing it leaves none of a kernel's inputs in L2."""
     l2 = torch.cuda.get_device_properties(device).L2_cache_size
     return torch.empty(2 * l2 // 4, dtype=torch.int32, device=device)
-
-
-# GPU cycles spun between the flush and the start event (about 0.5 ms on an H100), time for the
-# CPU to enqueue the timed call before the GPU reaches it
-SHIELD_CYCLES = 1_000_000
 
 
 def enqueue_flush_and_spin(flush: torch.Tensor) -> None:
