@@ -7,7 +7,7 @@ off by a power of ten, a halved share or a scaled error cannot pass:
 - the runner's rate columns (gbps, tflops, intensity, pct_peak_bw, pct_peak_flops), through
   run_sweep with an op whose medians, bytes and FLOPs are known (no kernel runs, nothing timed);
 - the speedups, GB/s, % of copy and TFLOP/s of the per-op table as summary.md and `quantbench
-  show` print it, and the speedups of the report's heatmap table (plots_speed.speedup_table);
+  show` print it, and the speedups of the report's heatmap table (speed_plots.speedup_table);
 - the GPU-against-GPU view (gpus.csv) and the implementation view (impls.csv) that
   `quantbench compare` writes: speedups, % of copy, % of roofline;
 - the calibrated copy bandwidth (read + write over the measured time) and matmul rate;
@@ -226,13 +226,13 @@ def test_quantbench_show_prints_the_speedups_rates_and_copy_share_by_hand(known_
         assert {k: got[k] for k in expected} == expected, shape
 
 
-def test_report_speedup_heatmap_table_is_peer_over_triton(known_run):
+def test_report_speedup_heatmap_table_is_peer_over_candidate(known_run):
     from quantbench.harness.reporting.speed_plots import speedup_table
     df, _ = load_run(known_run)
-    speed = speedup_table(df, "matmul", "torch").set_index("column")["speedup"]
+    speed = speedup_table(df, "matmul", "triton", "torch").set_index("column")["speedup"]
     assert speed[16.0] == pytest.approx(2.5, rel=REL)  # 0.010 / 0.004
     assert speed[256.0] == pytest.approx(0.75, rel=REL)  # 0.012 / 0.016
-    speed = speedup_table(df, "matmul", "fp16").set_index("column")["speedup"]
+    speed = speedup_table(df, "matmul", "triton", "fp16").set_index("column")["speedup"]
     assert speed[16.0] == pytest.approx(1.25, rel=REL) and speed[256.0] == pytest.approx(1.5, rel=REL)
 
 

@@ -19,6 +19,8 @@ from quantbench.kernels.spec import QuantSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK_H100 = ROOT / "results/h100/quick-20261124T001945Z"  # quantize and dequantize on an H100
+QUICK_H200 = ROOT / "results/h200/quick-20261123T233412Z"  # the same on an H200
+MATMUL_H200 = ROOT / "results/h200/matmul-20261123T233436Z"  # matmul: triton, torch, tinygemm, fp16
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -60,8 +62,8 @@ def quick_report(tmp_path_factory):
 
 def test_writes_every_file_of_a_quantize_run(quick_report):
     expected = {"report.html", "report.md", "weight_distribution.png", "quantization_error.png", "weight_sample.png",
-                "memory.png", "speedup_quantize_vs_torch.png", "speedup_dequantize_vs_torch.png", "bandwidth.png",
-                "fit_7b.png", "fit_models.png"}
+                "memory.png", "speedup_quantize_triton_vs_torch.png", "speedup_dequantize_triton_vs_torch.png",
+                "bandwidth.png", "fit_7b.png", "fit_models.png"}
     assert expected <= {p.name for p in quick_report.iterdir()}
     for png in quick_report.glob("*.png"):
         check_png(png)
@@ -175,8 +177,8 @@ def test_products_stack_and_roofline_from_a_tiny_run(tmp_path):
                    {"copy_gbps": 3000.0, "fp16_tflops": 700.0, "int8_tops": None})
     write_report([run])  # into the run folder
     names = {p.name for p in run.iterdir()}
-    assert {"latency_matmul.png", "speedup_matmul_vs_torch.png", "speedup_matmul_vs_fp16.png",
-            "speedup_stack_vs_torch.png", "roofline.png", "error_vs_depth.png", "report.html"} <= names
+    assert {"latency_matmul.png", "speedup_matmul_triton_vs_torch.png", "speedup_matmul_triton_vs_fp16.png",
+            "speedup_stack_triton_vs_torch.png", "roofline.png", "error_vs_depth.png", "report.html"} <= names
     for png in run.glob("*.png"):
         check_png(png)
     md = (run / "report.md").read_text()
@@ -214,6 +216,80 @@ def test_several_runs_gpu_against_gpu(tmp_path):
     assert len(table) == len(FORMATS) * 5  # quantize, matmul at three M, the stack
     h200, h100 = table["NVIDIA H200: ms triton"], table["NVIDIA H100 80GB HBM3: ms triton"]
     assert all(math.isclose(float(x) / float(y), 0.7, rel_tol=2e-3) for x, y in zip(h200, h100, strict=True))
+
+
+# --- roles, not names: a candidate under another name, several candidates -----------------------
+
+def renamed(df: pd.DataFrame, old: str, new: str) -> pd.DataFrame:
+    return df.assign(impl=df["impl"].replace(old, new))
+
+
+def with_second_candidate(df: pd.DataFrame, name: str, speed: float) -> pd.DataFrame:
+    """df with a copy of its candidate's rows as a second candidate `name`, `speed` times as fast."""
+    cand = df[df["role"] == "candidate"]
+    return pd.concat([df, cand.assign(impl=name, ms=cand["ms"] / speed)], ignore_index=True)
+
+
+def speed_figures(df: pd.DataFrame, meta: dict) -> dict[str, bytes]:
+    """The report's speed panels for a loaded run: {file name: PNG}."""
+    from quantbench.harness.reporting.document import Image
+    from quantbench.harness.reporting.report import _speed_panels
+    return {b.file: b.png for b in _speed_panels(df, meta, "") if isinstance(b, Image)}
+
+
+def test_a_candidate_not_called_triton_gets_its_heatmaps_and_latency_plot():
+    from quantbench.harness.reporting.figures import impl_colors
+    from quantbench.harness.reporting.speed_plots import speedup_heatmap, speedup_table
+    df, meta = load_run(MATMUL_H200)
+    df = renamed(df, "triton", "mine")
+    assert set(df.loc[df["role"] == "candidate", "impl"]) == {"mine"}
+    figures = speed_figures(df, meta)
+    assert set(figures) == {"latency_matmul.png", "speedup_matmul_mine_vs_torch.png", "roofline.png",
+                            "speedup_matmul_mine_vs_tinygemm.png", "speedup_matmul_mine_vs_fp16.png"}
+    assert all(png[:8] == PNG_SIGNATURE for png in figures.values())
+    fig = speedup_heatmap(speedup_table(df, "matmul", "mine", "torch"), "matmul", "mine", "torch")
+    assert fig.get_suptitle().startswith("matmul: mine's speedup over torch\nms torch / ms mine; above 1: mine faster")
+    # colours follow the roles: the candidate blue, the reference orange, a peer purple, the baseline grey
+    assert impl_colors(df) == {"mine": "tab:blue", "torch": "tab:orange", "tinygemm": "tab:purple", "fp16": "0.35"}
+
+
+def test_each_candidate_gets_heatmaps_against_every_other_implementation(tmp_path):
+    from quantbench.harness.reporting.speed_plots import speedup_table
+    run = tmp_path / QUICK_H200.name
+    shutil.copytree(QUICK_H200, run)
+    df, _ = load_run(run)
+    df = with_second_candidate(renamed(df, "triton", "mine"), "mine_fast", 2.0)
+    df.to_csv(run / "results.csv", index=False)
+    write_report([run])
+    pngs = {p.name for p in run.glob("*.png")}
+    pairs = [("mine", "torch"), ("mine", "mine_fast"), ("mine_fast", "torch"), ("mine_fast", "mine")]
+    assert {f"speedup_{op}_{a}_vs_{b}.png" for op in ("quantize", "dequantize") for a, b in pairs} <= pngs
+    assert not [name for name in pngs if "triton" in name]
+    for png in run.glob("speedup_*.png"):
+        check_png(png)
+    speed = speedup_table(df, "quantize", "mine_fast", "mine")
+    assert len(speed) == 12 and speed["speedup"].to_numpy() == pytest.approx(2.0, rel=1e-12)
+    tables = [t for c, t in markdown_tables((run / "report.md").read_text()) if c.startswith("`quantize`")]
+    assert {"ms mine", "ms mine_fast", "mine vs torch", "mine_fast vs mine"} <= set(tables[0].columns)
+
+
+def test_gpu_against_gpu_draws_each_candidate():
+    from quantbench.harness.analysis.gpu_views import gpu_views
+    from quantbench.harness.analysis.loaded_run import LoadedRun
+    from quantbench.harness.reporting.speed_plots import gpu_vs_gpu
+    runs = []
+    for path in (QUICK_H200, QUICK_H100):
+        df, meta = load_run(path)
+        runs.append(LoadedRun(path, with_second_candidate(renamed(df, "triton", "mine"), "mine_fast", 2.0), meta))
+    table, _ = gpu_views(runs)
+    fig = gpu_vs_gpu(table, [r.meta for r in runs])
+    for ax in fig.axes[:2]:
+        legend = {t.get_text() for t in ax.get_legend().get_texts()}
+        assert {"NVIDIA H100 80GB HBM3: mine", "NVIDIA H100 80GB HBM3: mine_fast"} <= legend
+    single = [LoadedRun(r.path, renamed(load_run(r.path)[0], "triton", "mine"), r.meta) for r in runs]
+    fig = gpu_vs_gpu(gpu_views(single)[0], [r.meta for r in single])
+    assert fig.axes[0].get_xlabel() == "mine median ms on NVIDIA H200"
+    assert "NVIDIA H100 80GB HBM3" in {t.get_text() for t in fig.axes[0].get_legend().get_texts()}
 
 
 def test_bad_requests(tmp_path):

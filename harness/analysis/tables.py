@@ -6,26 +6,18 @@ import math
 
 import pandas as pd
 
-SCHEME_SHORT = {"asymmetric": "asym", "symmetric": "sym"}
+from .labels import format_label, shape_label
 
 
 def _label(row: pd.Series) -> dict[str, str]:
-    """Compact case labels: the shape, the dtype, the quantization format."""
-    shape = f"{row['N']:.0f}x{row['K']:.0f}"
-    if pd.notna(row.get("M")):
-        shape = f"M={row['M']:.0f} {shape}"
-    if pd.notna(row.get("shape_name")):
-        shape = f"{row['shape_name']} {shape}"
-    if pd.notna(row.get("layers")):
-        shape += f" L={row['layers']:.0f}"
-    fmt_ = "-"
-    if pd.notna(row.get("bits")):
-        gran = f"g{row['group_size']:.0f}" if row["granularity"] == "group" else row["granularity"]
-        fmt_ = f"int{row['bits']:.0f} {SCHEME_SHORT.get(row['scheme'], row['scheme'])} {gran}"
+    """Compact case labels: the shape (with M and a stack's layer count), the dtype, the quantization format."""
+    shape = shape_label(row["N"], row["K"], row.get("shape_name"), row.get("M"), row.get("layers"))
+    fmt_ = format_label(row.get("bits"), row.get("scheme"), row.get("granularity"), row.get("group_size"))
     return {"shape": shape, "dtype": row["dtype"], "format": fmt_}
 
 
 def with_labels(d: pd.DataFrame) -> pd.DataFrame:
+    """d with its case labels (labels.py) as the first columns: shape, dtype, format."""
     labels = pd.DataFrame([_label(r) for _, r in d.iterrows()], index=d.index, columns=["shape", "dtype", "format"])
     return pd.concat([labels, d.drop(columns=[c for c in ("dtype",) if c in d])], axis=1)
 

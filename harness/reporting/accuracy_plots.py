@@ -11,7 +11,8 @@ import pandas as pd
 
 from quantbench.kernels.spec import FLOAT_DTYPES, QuantSpec
 
-from .figures import BITS_COLORS, NoData, format_label, format_order, impl_color, new_figure, shape_label
+from ..analysis.labels import format_label, format_order, shape_label
+from .figures import BITS_COLORS, NoData, impl_colors, impls_by_role, new_figure
 from .weight_draws import WeightSample, headline
 
 MIB = 1 << 20
@@ -212,10 +213,15 @@ def depth_frame(df: pd.DataFrame) -> pd.DataFrame:
 
 def error_vs_depth(df: pd.DataFrame):
     """Output error against depth, absolute (the seed's mean |y - y_ref|) and relative to the
-    output's norm, log scale; one line per format (Triton, else the reference), fp16 as the floor."""
+    output's norm, log scale; one line per format of one quantized implementation (a candidate,
+    else the reference, else a peer), and the baseline (unquantized weights) as the floor."""
     d = depth_frame(df)
-    quantized_impls = [i for i in ("triton", "torch", *d["impl"].unique()) if i != "fp16" and (d["impl"] == i).any()]
-    impl = quantized_impls[0] if quantized_impls else "fp16"
+    quantized_impls = impls_by_role(d[d["role"] != "baseline"])
+    if not quantized_impls:
+        raise NoData("the stack rows are all the baseline's: no quantized implementation to draw")
+    impl = quantized_impls[0]
+    baselines = impls_by_role(d[d["role"] == "baseline"])
+    colors = impl_colors(df)
     groups = list(d.groupby(["N", "K", "M", "dtype"], sort=False))
     fig = new_figure(9.0, 3.4 * len(groups))
     axes = fig.subplots(len(groups), 2, squeeze=False)
@@ -228,17 +234,18 @@ def error_vs_depth(df: pd.DataFrame):
                          marker="o", markersize=4)
             for ax, col in zip(row, ("out_mean_abs_diff", "out_rel_err"), strict=True):
                 ax.plot(line["depth"], line[col], label=format_label(*key), **style)
-        floor = g[g["impl"] == "fp16"].drop_duplicates("depth").sort_values("depth")
+        floors = [(b, g[g["impl"] == b].drop_duplicates("depth").sort_values("depth")) for b in baselines]
         for ax, col in zip(row, ("out_mean_abs_diff", "out_rel_err"), strict=True):
-            if not floor.empty:
-                ax.plot(floor["depth"], floor[col], color=impl_color("fp16"), linestyle="--", marker="s",
-                        markersize=3, label="fp16 weights (no quantization)")
+            for baseline, floor in floors:
+                if not floor.empty:
+                    ax.plot(floor["depth"], floor[col], color=colors[baseline], linestyle="--", marker="s",
+                            markersize=3, label=f"{baseline}: {dtype} weights (no quantization)")
             ax.set_yscale("log")
             ax.set_xlabel("depth (layers applied)")
             ax.set_xticks(sorted(g["depth"].unique()))
         row[0].set_ylabel("mean |y - y_float64|")
         row[1].set_ylabel("||y - y_float64|| / ||y_float64||")
-        where = f"{shape_label(n, k)}, M={int(m)}, {dtype}, {impl}"
+        where = f"{shape_label(n, k, m=m)}, {dtype}, {impl}"
         row[0].set_title(f"absolute error ({where})")
         row[1].set_title(f"relative error ({where})")
     handles, labels = axes[0][1].get_legend_handles_labels()

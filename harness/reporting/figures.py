@@ -1,5 +1,6 @@
-"""What every report figure shares: a headless figure, PNG bytes, labels and colours that read the
+"""What every report figure shares: a headless figure, PNG bytes, colours by role that read the
 same in every panel, and NoData, which a figure function raises when a run lacks what it draws.
+The case labels are analysis/labels.py's, shared with the tables.
 
 Figures are made with matplotlib's object API (Figure + the Agg canvas), never pyplot: no display,
 no global state, nothing to close. This module imports matplotlib, so only the report imports it.
@@ -8,7 +9,6 @@ no global state, nothing to close. This module imports matplotlib, so only the r
 from __future__ import annotations
 
 import io
-import math
 
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -21,11 +21,15 @@ STYLE = {"font.family": "DejaVu Sans", "font.size": 9, "axes.titlesize": 10, "ax
          "legend.fontsize": 8, "xtick.labelsize": 8, "ytick.labelsize": 8, "axes.grid": True,
          "grid.alpha": 0.3, "figure.dpi": 110}
 
-# one colour per implementation, the same in every panel
-IMPL_COLORS = {"triton": "tab:blue", "torch": "tab:orange", "torch_compile": "tab:purple", "fp16": "0.35",
-               "tinygemm": "tab:green", "int_mm": "tab:red"}
+# colours by role, handed out in role order and by name within a role (impl_colors): candidates
+# blues and greens, the reference orange, peers the rest, the unquantized baseline grey
+ROLE_ORDER = ("candidate", "reference", "peer", "baseline")
+ROLE_COLORS = {"candidate": ("tab:blue", "tab:green", "tab:cyan", "navy", "darkgreen"),
+               "reference": ("tab:orange", "goldenrod"),
+               "peer": ("tab:purple", "tab:red", "tab:brown", "tab:pink", "tab:olive"),
+               "baseline": ("0.35", "0.6")}
+UNKNOWN_ROLE_COLORS = ("black", "0.2")
 BITS_COLORS = {8: "tab:orange", 4: "tab:red", 2: "tab:purple"}
-SCHEME_SHORT = {"asymmetric": "asym", "symmetric": "sym"}
 
 
 class NoData(Exception):
@@ -45,31 +49,36 @@ def png_bytes(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
-def impl_color(impl: str) -> str:
-    return IMPL_COLORS.get(impl, "black")
+def _role_ranks(d: pd.DataFrame) -> dict[str, int]:
+    """Each implementation of d's rows and the rank of its role in ROLE_ORDER (of its first role,
+    should one name have several across ops; len(ROLE_ORDER) for a role that is none of them)."""
+    ranks: dict[str, int] = {}
+    for impl, role in d[["impl", "role"]].drop_duplicates().itertuples(index=False):
+        rank = ROLE_ORDER.index(role) if role in ROLE_ORDER else len(ROLE_ORDER)
+        ranks[impl] = min(ranks.get(impl, rank), rank)
+    return ranks
 
 
-def _given(value) -> bool:
-    return value is not None and not (isinstance(value, float) and math.isnan(value)) and value is not pd.NA
+def impls_by_role(d: pd.DataFrame) -> list[str]:
+    """The implementations of d's rows: candidates first, then the reference, peers and the
+    baseline (rows of no known role last), by name within a role."""
+    ranks = _role_ranks(d)
+    return sorted(ranks, key=lambda impl: (ranks[impl], str(impl)))
 
 
-def format_label(bits, scheme, granularity, group_size) -> str:
-    """'int4 asym g128', 'int8 sym channel': the quantization format of a row, compactly."""
-    if not _given(bits):
-        return "-"
-    gran = f"g{int(group_size)}" if granularity == "group" and _given(group_size) else str(granularity)
-    return f"int{int(bits)} {SCHEME_SHORT.get(scheme, scheme)} {gran}"
-
-
-def shape_label(n, k, shape_name=None) -> str:
-    label = f"{int(n)}x{int(k)}"
-    return f"{shape_name} {label}" if _given(shape_name) else label
-
-
-def format_order(granularity: str, group_size) -> tuple[int, int]:
-    """Coarse to fine: tensor, channel, then groups by decreasing size."""
-    rank = {"tensor": 0, "channel": 1, "group": 2}.get(granularity, 3)
-    return rank, -int(group_size) if _given(group_size) else 0
+def impl_colors(d: pd.DataFrame) -> dict[str, str]:
+    """A colour per implementation of d's rows, from its role's palette (ROLE_COLORS) in the order
+    of impls_by_role, so the same run always gets the same colours. Give it the whole run, not one
+    op's rows, for an implementation to keep its colour in every panel."""
+    ranks = _role_ranks(d)
+    palettes = [*(ROLE_COLORS[role] for role in ROLE_ORDER), UNKNOWN_ROLE_COLORS]
+    used = [0] * len(palettes)
+    colors = {}
+    for impl in impls_by_role(d):
+        palette = palettes[ranks[impl]]
+        colors[impl] = palette[used[ranks[impl]] % len(palette)]
+        used[ranks[impl]] += 1
+    return colors
 
 
 def plain_log(ax, axis: str = "y") -> None:

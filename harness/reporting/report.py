@@ -1,11 +1,13 @@
 """`quantbench report RUN [RUN ...]`: report.html (self-contained), report.md and the PNGs it links.
 
 For each run: the seed notebook's panels (weights original against dequantized, their error,
-memory per format, error against depth), the kernel engineer's (latency against M, Triton's
-speedup over each peer, roofline or bandwidth), and the run's tables; then which models fit which
-GPUs, and GPU against GPU when given several runs. A panel whose data a run lacks is not drawn and
-the report says why. File names are fixed (prefixed with the run id when the report covers several
-runs), so a report written again replaces the same files.
+memory per format, error against depth), the kernel engineer's (latency against M, each
+candidate's speedup over every other implementation, roofline or bandwidth), and the run's tables;
+then which models fit which GPUs, and GPU against GPU when given several runs. Which
+implementation is the subject (a candidate) and which the dense baseline comes from the rows'
+roles. A panel whose data a run lacks is not drawn and the report says why. File names are fixed
+(prefixed with the run id when the report covers several runs), so a report written again
+replaces the same files.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import pandas as pd
 from ..analysis.memory_planner import GIB
 from .document import Block, Heading, Image, Skipped, Table, Text, to_html_doc, to_markdown_doc
 from ..results import load_run
-from ..analysis.tables import depth_table, failures, op_table
+from ..analysis.tables import depth_table, failures, impls_in_role, op_table
 
 
 SNR_MATCH_DB = 0.01  # float rounding of W_hat on another device moves the SNR by far less
@@ -106,7 +108,8 @@ def _memory_and_depth(df: pd.DataFrame, prefix: str) -> list[Block]:
                             "results.csv; fp32 and fp16 are the dense sizes)."))
     _add_figure(blocks, f"{prefix}error_vs_depth.png", "Error of the layer stack's output against depth, against "
                 "the float64 output with the original weights: absolute (the seed's mean |difference|) and "
-                "relative to the output's norm. The fp16 line is the error of unquantized fp16 weights.",
+                "relative to the output's norm. The line with square markers is the baseline implementation's: the "
+                "error of unquantized weights.",
                 "error against depth", lambda: error_vs_depth(df))
     depth = depth_table(df)
     if not depth.empty:
@@ -115,7 +118,7 @@ def _memory_and_depth(df: pd.DataFrame, prefix: str) -> list[Block]:
 
 
 def _speed_panels(df: pd.DataFrame, meta: dict, prefix: str) -> list[Block]:
-    from .figures import NoData
+    from .figures import NoData, impls_by_role
     from .speed_plots import bandwidth, latency_vs_m, roofline, speedup_heatmap, speedup_table, timed
     d = timed(df)
     if d.empty:
@@ -124,19 +127,26 @@ def _speed_panels(df: pd.DataFrame, meta: dict, prefix: str) -> list[Block]:
         return [Skipped("speed panels", why)]
     blocks: list[Block] = []
     for op in d["op"].unique():
-        if d.loc[d["op"] == op, "M"].notna().any():
+        rows = d[d["op"] == op]
+        if rows["M"].notna().any():
             _add_figure(blocks, f"{prefix}latency_{op}.png", f"{op}: median latency against M, per shape and "
                         "format, one line per implementation (log-log).", f"{op} latency against M",
                         lambda op=op: latency_vs_m(df, op))
-        for peer in [i for i in d.loc[d["op"] == op, "impl"].unique() if i != "triton"]:
-            try:
-                speed = speedup_table(df, op, peer)
-            except NoData as e:
-                blocks.append(Skipped(f"{op} speedup over {peer}", str(e)))
-                continue
-            _add_figure(blocks, f"{prefix}speedup_{op}_vs_{peer}.png", f"{op}: ms {peer} / ms triton "
-                        "(above 1: Triton faster).", f"{op} speedup over {peer}",
-                        lambda speed=speed, op=op, peer=peer: speedup_heatmap(speed, op, peer))
+        candidates = impls_in_role(rows, "candidate")
+        if not candidates:
+            blocks.append(Skipped(f"{op} speedup heatmaps", "no timed rows of an implementation in the candidate "
+                                  "role"))
+        for cand in candidates:
+            for peer in [i for i in impls_by_role(rows) if i != cand]:
+                panel = f"{op}: {cand}'s speedup over {peer}"
+                try:
+                    speed = speedup_table(df, op, cand, peer)
+                except NoData as e:
+                    blocks.append(Skipped(panel, str(e)))
+                    continue
+                _add_figure(blocks, f"{prefix}speedup_{op}_{cand}_vs_{peer}.png", f"{op}: ms {peer} / ms {cand} "
+                            f"(above 1: {cand} faster).", panel,
+                            lambda speed=speed, op=op, cand=cand, peer=peer: speedup_heatmap(speed, op, cand, peer))
     _add_figure(blocks, f"{prefix}roofline.png", "Roofline: achieved TFLOP/s and GB/s against arithmetic intensity; "
                 "solid lines are this GPU's measured ceilings (meta.json `calibration`), dotted its datasheet's.",
                 "roofline", lambda: roofline(df, meta))
@@ -151,8 +161,11 @@ def _tables(df: pd.DataFrame, meta: dict) -> list[Block]:
     for op in df["op"].unique():
         table = op_table(df, op, copy_gbps)
         if not table.empty:
-            blocks.append(Table(table, f"`{op}`: median ms per implementation (results.csv `ms`), Triton's speedup "
-                                "over each, its rates, and the error of the quantized weight."))
+            candidates = impls_in_role(df[(df["op"] == op) & (df["status"] == "ok")], "candidate")
+            speedups = (f", the speedup of each candidate ({', '.join(candidates)}) over every other implementation "
+                        "and its rates" if candidates else "")
+            blocks.append(Table(table, f"`{op}`: median ms per implementation (results.csv `ms`){speedups}, and "
+                                "the error of the quantized weight."))
     bad = failures(df)
     if not bad.empty:
         blocks.append(Table(bad, "Rows that are not ok, with their reason."))
@@ -203,13 +216,14 @@ def gpu_section(runs: list[Path], metas: list[dict]) -> list[Block]:
     blocks: list[Block] = [Heading("GPU against GPU", 2)]
     try:
         table = gpu_table(runs)
-    except CompareError as e:  # a run without Triton rows
+    except CompareError as e:  # a run without candidate rows
         return [*blocks, Skipped("GPU against GPU", str(e))]
     _add_figure(blocks, "gpu_vs_gpu.png", "Each GPU against the first, case by case (`quantbench compare-gpus`).",
                 "GPU against GPU", lambda: gpu_vs_gpu(table, metas))
     if not table.empty:
-        blocks.append(Table(table, "The shared cases (`quantbench compare-gpus`): Triton's ms, its speedup over "
-                            "each peer, and its share of that GPU's roofline and measured copy bandwidth."))
+        blocks.append(Table(table, "The shared cases (`quantbench compare-gpus`): each candidate's ms, its speedup "
+                            "over every other implementation, and its share of that GPU's roofline and measured "
+                            "copy bandwidth."))
     return blocks
 
 

@@ -1,6 +1,7 @@
-"""What a kernel engineer looks at: latency against M per implementation, Triton's speedup over
-each peer as heatmaps, achieved rates against the run's calibrated ceilings (a roofline), and GPU
-against GPU.
+"""What a kernel engineer looks at: latency against M per implementation, each candidate's speedup
+over every other implementation as heatmaps, achieved rates against the run's calibrated ceilings
+(a roofline), and GPU against GPU. Which implementation is the subject (a candidate) and in which
+order and colour they are drawn comes from the rows' roles, never from their names.
 
 Only rows with valid GPU timings are drawn (interpreter timings say nothing about speed). Each
 function returns a Figure or raises NoData naming what the run lacks.
@@ -14,20 +15,14 @@ from matplotlib.colors import TwoSlopeNorm
 
 from ..analysis.gpu_views import gpu_names
 from ..results.schema import DTYPE_CEILING, INT8_CEILING  # a run calibrated before these has only copy_gbps
-from .figures import NoData, format_label, format_order, impl_color, new_figure, plain_log, shape_label
-
-IMPL_ORDER = ("triton", "torch", "torch_compile", "fp16", "tinygemm", "int_mm")
+from ..analysis.labels import format_label, format_order, shape_label
+from .figures import NoData, impl_colors, impls_by_role, new_figure, plain_log
 
 
 def timed(df: pd.DataFrame) -> pd.DataFrame:
     """ok rows with a median time taken on a GPU."""
     valid = df["timing_valid"].map(lambda v: v is True or str(v).lower() == "true")
     return df[(df["status"] == "ok") & df["ms"].notna() & valid]
-
-
-def _impls(d: pd.DataFrame) -> list[str]:
-    present = list(d["impl"].unique())
-    return [i for i in IMPL_ORDER if i in present] + sorted(i for i in present if i not in IMPL_ORDER)
 
 
 def labelled(d: pd.DataFrame) -> pd.DataFrame:
@@ -38,7 +33,7 @@ def labelled(d: pd.DataFrame) -> pd.DataFrame:
     fmt = [format_label(*r) for r in d[["bits", "scheme", "granularity", "group_size"]].itertuples(index=False)]
     if len(dtype_rank) > 1:
         fmt = [f"{f} {dt}" for f, dt in zip(fmt, d["dtype"], strict=True)]
-    shapes = [shape_label(n, k, s) + (f" L={int(layers)}" if pd.notna(layers) else "")
+    shapes = [shape_label(n, k, s, layers=layers)
               for n, k, s, layers in d[["N", "K", "shape_name", "layers"]].itertuples(index=False)]
     axes = d[["bits", "scheme", "granularity", "group_size", "dtype"]].itertuples(index=False)
     fmt_key = [(dtype_rank[dt], -(b if pd.notna(b) else 0), str(s), format_order(g, gs)) for b, s, g, gs, dt in axes]
@@ -58,6 +53,7 @@ def _log_ticks_m(ax, ms: list[int]) -> None:
 
 def latency_vs_m(df: pd.DataFrame, op: str):
     """One panel per shape (rows) and format (columns): median ms against M, one line per implementation."""
+    colors = impl_colors(df)
     d = timed(df)
     d = d[(d["op"] == op) & d["M"].notna()]
     if d["M"].nunique() < 2:
@@ -75,9 +71,9 @@ def latency_vs_m(df: pd.DataFrame, op: str):
             if cell.empty:
                 ax.set_visible(False)
                 continue
-            for impl in _impls(cell):
+            for impl in impls_by_role(cell):
                 line = cell[cell["impl"] == impl].sort_values("M")
-                (h,) = ax.plot(line["M"].astype(int), line["ms"], marker="o", markersize=3.5, color=impl_color(impl),
+                (h,) = ax.plot(line["M"].astype(int), line["ms"], marker="o", markersize=3.5, color=colors[impl],
                                label=impl)
                 handles.setdefault(impl, h)
             _log_ticks_m(ax, ms)
@@ -92,18 +88,18 @@ def latency_vs_m(df: pd.DataFrame, op: str):
     return fig
 
 
-def speedup_table(df: pd.DataFrame, op: str, peer: str) -> pd.DataFrame:
-    """Long table of ms(peer) / ms(triton) per case both ran: > 1 means Triton is faster."""
+def speedup_table(df: pd.DataFrame, op: str, candidate: str, peer: str) -> pd.DataFrame:
+    """Long table of ms(peer) / ms(candidate) per case both ran: > 1 means the candidate is faster."""
     d = labelled(timed(df)[lambda x: x["op"] == op])
     has_m = d["M"].notna().any()
     d = d.assign(column=d["M"].astype(float) if has_m else d["shape"], panel=d["shape"] if has_m else "")
     keys = ["panel", "format", "column"]
     ms = d.pivot_table(index=keys, columns="impl", values="ms", aggfunc="first")
-    if "triton" not in ms or peer not in ms:
-        raise NoData(f"{op}: no timed {peer} rows beside Triton's")
-    speed = (ms[peer] / ms["triton"]).dropna().rename("speedup").reset_index()
+    if candidate not in ms or peer not in ms:
+        raise NoData(f"{op}: no timed {peer} rows beside {candidate}'s")
+    speed = (ms[peer] / ms[candidate]).dropna().rename("speedup").reset_index()
     if speed.empty:
-        raise NoData(f"{op}: triton and {peer} share no timed case")
+        raise NoData(f"{op}: {candidate} and {peer} share no timed case")
     order = d.drop_duplicates("format").set_index("format")["_fmt_key"]
     shape_order = d.drop_duplicates("shape").set_index("shape")["_shape_key"]
     speed["_fmt_key"] = speed["format"].map(order)
@@ -113,9 +109,9 @@ def speedup_table(df: pd.DataFrame, op: str, peer: str) -> pd.DataFrame:
     return speed
 
 
-def speedup_heatmap(speed: pd.DataFrame, op: str, peer: str):
-    """Per shape (or one panel, for ops without M): formats x M, cells ms(peer) / ms(triton),
-    diverging around 1 on a log scale (green: Triton faster)."""
+def speedup_heatmap(speed: pd.DataFrame, op: str, candidate: str, peer: str):
+    """Per shape (or one panel, for ops without M): formats x M, cells ms(peer) / ms(candidate)
+    (speedup_table), diverging around 1 on a log scale (green: the candidate faster)."""
     panels = _ordered(speed, "panel", "_panel_key")
     columns = _ordered(speed, "column", "_col_key")
     rows = _ordered(speed, "format", "_fmt_key")
@@ -144,9 +140,9 @@ def speedup_heatmap(speed: pd.DataFrame, op: str, peer: str):
     ticks = [t for t in range(-int(limit), int(limit) + 1) if t % step == 0]
     bar = fig.colorbar(image, ax=list(axes), shrink=0.9, ticks=ticks)
     bar.ax.set_yticklabels([f"{2 ** t:g}x" if t >= 0 else f"1/{2 ** -t:g}x" for t in ticks])
-    bar.set_label(f"ms {peer} / ms triton")
-    fig.suptitle(f"{op}: Triton's speedup over {peer}\nms {peer} / ms triton; above 1: Triton faster; "
-                 "blank: not measured", fontsize=10)
+    bar.set_label(f"ms {peer} / ms {candidate}")
+    fig.suptitle(f"{op}: {candidate}'s speedup over {peer}\nms {peer} / ms {candidate}; above 1: {candidate} "
+                 "faster; blank: not measured", fontsize=10)
     return fig
 
 
@@ -184,6 +180,7 @@ def roofline(df: pd.DataFrame, meta: dict):
     if d.empty:
         raise NoData("no timed rows with FLOPs (matmul, stack, matmul_w8a8): nothing to put on a roofline")
     d = d.assign(_intensity=_intensity(d))
+    colors = impl_colors(df)
     ops = list(d["op"].unique())
     copy = (meta.get("calibration") or {}).get("copy_gbps")
     hbm = (meta.get("datasheet") or {}).get("hbm_gbps")
@@ -198,10 +195,10 @@ def roofline(df: pd.DataFrame, meta: dict):
         if peaks and copy:  # show the ridge point
             hi = max(hi, 2 * max(peaks) * 1000 / copy)
         x = np.geomspace(lo, hi, 200)
-        for impl in _impls(rows):
+        for impl in impls_by_role(rows):
             pts = rows[rows["impl"] == impl]
-            ax_f.scatter(pts["_intensity"], pts["tflops"], s=14, color=impl_color(impl), label=impl, alpha=0.8)
-            ax_b.scatter(pts["_intensity"], pts["gbps"], s=14, color=impl_color(impl), label=impl, alpha=0.8)
+            ax_f.scatter(pts["_intensity"], pts["tflops"], s=14, color=colors[impl], label=impl, alpha=0.8)
+            ax_b.scatter(pts["_intensity"], pts["gbps"], s=14, color=colors[impl], label=impl, alpha=0.8)
         measured = [(name, peak) for name, peak, _ in ceilings if peak]
         if copy:
             roof = copy * x / 1000
@@ -246,6 +243,7 @@ def bandwidth(df: pd.DataFrame, meta: dict):
         raise NoData("no timed rows of an op without FLOPs (quantize, dequantize)")
     copy = (meta.get("calibration") or {}).get("copy_gbps")
     hbm = (meta.get("datasheet") or {}).get("hbm_gbps")
+    colors = impl_colors(df)
     ops = list(d["op"].unique())
     fig = new_figure(5.0 * len(ops), 3.8)
     axes = fig.subplots(1, len(ops), squeeze=False, sharey=True)[0]
@@ -253,11 +251,11 @@ def bandwidth(df: pd.DataFrame, meta: dict):
         rows = d[d["op"] == op]
         elements = rows["N"].astype(float) * rows["K"].astype(float)
         sizes = sorted(elements.unique())
-        for impl in _impls(rows):
+        for impl in impls_by_role(rows):
             pick = rows["impl"] == impl
-            ax.scatter(elements[pick], rows.loc[pick, "gbps"], s=14, color=impl_color(impl), alpha=0.7, label=impl)
+            ax.scatter(elements[pick], rows.loc[pick, "gbps"], s=14, color=colors[impl], alpha=0.7, label=impl)
             med = rows[pick].assign(e=elements[pick]).groupby("e")["gbps"].median()
-            ax.plot(med.index, med.to_numpy(), color=impl_color(impl), linewidth=1)
+            ax.plot(med.index, med.to_numpy(), color=colors[impl], linewidth=1)
         if copy:
             ax.axhline(copy, color="black", linewidth=1.2, label=f"measured copy {copy:.0f} GB/s")
         if hbm:
@@ -279,40 +277,67 @@ def _elements_label(n: float) -> str:
     return f"{side}²" if side * side == int(n) else f"{n:.3g}"
 
 
+def _candidates(table: pd.DataFrame, name: str) -> list[str]:
+    """The candidates whose times the GPU table has for the GPU `name` (its "{name}: ms {cand}" columns)."""
+    prefix = f"{name}: ms "
+    return [c[len(prefix):] for c in table.columns if c.startswith(prefix)]
+
+
+def _share_column(table: pd.DataFrame, name: str, share: str, cand: str) -> str:
+    """The column of cand's share ("% of roofline", "% of copy") on the GPU `name`: gpu_views names
+    it after the candidate only where that GPU's run has several."""
+    return f"{name}: {share}" if len(_candidates(table, name)) == 1 else f"{name}: {share} {cand}"
+
+
 def gpu_vs_gpu(table: pd.DataFrame, metas: list[dict]):
-    """Each GPU against the first, case by case: Triton's median ms (with the ratio the copy
-    bandwidths predict for a bandwidth-bound kernel) and its share of its own GPU's roofline (of its
-    copy bandwidth, for runs that predate the roofline columns)."""
+    """Each GPU against the first, case by case, for every candidate both runs timed: its median ms
+    (with the ratio the copy bandwidths predict for a bandwidth-bound kernel) and its share of its
+    own GPU's roofline (of its copy bandwidth, for runs that predate the roofline columns). Points
+    are labelled by GPU, and by candidate where there are several."""
     if table.empty:
-        raise NoData("the runs share no timed case with Triton rows")
+        raise NoData("the runs share no timed case with candidate rows")
     names = gpu_names(metas)
     copies = [(m.get("calibration") or {}).get("copy_gbps") for m in metas]
     base = names[0]
-    share = next((col for col in ("% of roofline", "% of copy")
-                  if all(table.get(f"{n}: {col}", pd.Series(dtype=float)).notna().any() for n in names)), None)
+    pairs = [(cand, name) for cand in _candidates(table, base) for name in names[1:]
+             if cand in _candidates(table, name)]
+    if not pairs:
+        raise NoData(f"the other runs timed none of {base}'s candidates ({', '.join(_candidates(table, base))})")
+    cands = list(dict.fromkeys(cand for cand, _ in pairs))
+    labels = {(cand, name): name if len(cands) == 1 else f"{name}: {cand}" for cand, name in pairs}
+    markers = {cand: "os^Dv"[i % 5] for i, cand in enumerate(cands)}
+    share = next((s for s in ("% of roofline", "% of copy")
+                  if all(table.get(_share_column(table, n, s, cand), pd.Series(dtype=float)).notna().any()
+                         for cand, name in pairs for n in (base, name))), None)
     has_pct = share is not None
     fig = new_figure(10.0 if has_pct else 5.2, 4.4)
     axes = fig.subplots(1, 2 if has_pct else 1, squeeze=False)[0]
-    x = table[f"{base}: ms triton"]
-    span = np.geomspace(x.min() / 1.5, x.max() * 1.5, 50)
+    x = table[[f"{base}: ms {cand}" for cand in cands]].to_numpy(dtype=float)
+    span = np.geomspace(np.nanmin(x) / 1.5, np.nanmax(x) * 1.5, 50)
     ax = axes[0]
+    for cand, name in pairs:
+        ax.scatter(table[f"{base}: ms {cand}"], table[f"{name}: ms {cand}"], s=14, alpha=0.8, marker=markers[cand],
+                   label=labels[cand, name])
     for name, copy in zip(names[1:], copies[1:], strict=True):
-        ax.scatter(x, table[f"{name}: ms triton"], s=14, alpha=0.8, label=name)
         if copy and copies[0]:
             ax.plot(span, span * copies[0] / copy, linestyle=":", linewidth=1,
                     label=f"{name}: x {copies[0] / copy:.2f} (copy bandwidth ratio)")
     ax.plot(span, span, color="black", linewidth=1, label="same time")
     plain_log(ax, "x")
     plain_log(ax, "y")
-    ax.set_xlabel(f"Triton median ms on {base}")
-    ax.set_ylabel("Triton median ms on the other GPU")
-    ax.set_title("Triton's time, case by case")
+    who = cands[0] if len(cands) == 1 else "candidate"
+    ax.set_xlabel(f"{who} median ms on {base}")
+    ax.set_ylabel(f"{who} median ms on the other GPU")
+    ax.set_title(f"{cands[0]}'s time, case by case" if len(cands) == 1 else "Each candidate's time, case by case")
     ax.legend(fontsize=7, loc="upper left")
     if has_pct:
         ax = axes[1]
-        for name in names[1:]:
-            ax.scatter(table[f"{base}: {share}"], table[f"{name}: {share}"], s=14, alpha=0.8, label=name)
-        top = float(np.nanmax(table[[f"{n}: {share}" for n in names]].to_numpy(dtype=float))) * 1.1
+        for cand, name in pairs:
+            ax.scatter(table[_share_column(table, base, share, cand)], table[_share_column(table, name, share, cand)],
+                       s=14, alpha=0.8, marker=markers[cand], label=labels[cand, name])
+        columns = list(dict.fromkeys(_share_column(table, n, share, cand)
+                                     for cand, name in pairs for n in (base, name)))
+        top = float(np.nanmax(table[columns].to_numpy(dtype=float))) * 1.1
         ax.plot([0, top], [0, top], color="black", linewidth=1, label="same share")
         ax.set_xlim(0, top)
         ax.set_ylim(0, top)

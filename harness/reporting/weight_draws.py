@@ -18,7 +18,8 @@ from pydantic import ValidationError
 
 from quantbench.kernels.spec import QuantSpec
 
-from .figures import NoData, format_label, format_order
+from ..analysis.labels import format_label, format_order
+from .figures import NoData
 
 SUBSAMPLE = 1 << 18  # elements kept for histograms: plenty for a smooth density
 ROW_SAMPLE = 64  # leading weights of row 0 drawn one by one
