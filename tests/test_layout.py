@@ -17,7 +17,7 @@ MAX_LINES = 400
 # reporting read results and never import execution (nor, through it, the kernels' launchers).
 ALLOWED = {
     "config": set(),
-    "results": set(),
+    "results": {"config"},  # the axes, which a row's identity lists
     "ops": {"config", "registry", "results"},  # registry: the records (Role) only; results: the ceiling keys
     "registry": {"config", "ops"},
     "execution": {"config", "ops", "registry", "results", "analysis"},  # analysis: the summary a run writes
@@ -118,3 +118,15 @@ def test_reading_commands_import_no_triton(args, torch_too, tmp_path):
     assert triton == "False"
     if torch_too:
         assert torch == "False"
+
+
+def test_the_axes_are_one_list():
+    """A case (execution), a row's identity (results) and the exclude keys (config) all follow
+    config.schema.AXES: a new axis added there and not to Case fails here."""
+    from dataclasses import fields
+
+    from quantbench.harness.config import AXES
+    from quantbench.harness.execution.cases import Case
+    from quantbench.harness.results import CASE_KEY
+    assert [f.name for f in fields(Case)] == [*AXES, "shape_name"]
+    assert [c for c in CASE_KEY if c not in ("depth", "shape_name")] == list(AXES)

@@ -16,12 +16,10 @@ from typing import Any, Callable
 import pandas as pd
 from pytest_benchmark.stats import Stats
 
-from .schema import COLUMNS, Measurement
+from .schema import CASE_KEY, COLUMNS, Measurement
 from .storage import RunWriter, load_run, read_samples
 
 BENCH_MODULE = "tests/benchmarks/test_kernels.py"
-CASE_COLUMNS = ["op", "impl", "bits", "scheme", "granularity", "group_size", "dtype", "M", "N", "K", "layers",
-                "depth", "shape_name"]
 
 
 def _plain(v):
@@ -53,10 +51,10 @@ def to_pytest_benchmark(run: str | Path) -> dict:
     df, meta = load_run(run)
     samples = {}
     for rec in read_samples(run):
-        samples[bench_id({c: _plain(rec.get(c)) for c in CASE_COLUMNS})] = rec["samples_ms"]
+        samples[bench_id({c: _plain(rec.get(c)) for c in CASE_KEY})] = rec["samples_ms"]
     benchmarks = []
     for row in df[df["ms"].notna()].to_dict("records"):
-        case = {c: _plain(row[c]) for c in CASE_COLUMNS}
+        case = {c: _plain(row[c]) for c in CASE_KEY}
         name = bench_id(case)
         stats = Stats()
         for ms in samples.get(name, [row["ms"]]):

@@ -11,12 +11,15 @@ from typing import Any
 
 import numpy as np
 
+from ..config.schema import AXES
+
 # 2: pct_peak_flops, the clock columns, flags and peak_mem_bytes (runs of version 1 read them as missing)
 # 3: role (runs before it get the built-ins' roles by name when read: LEGACY_ROLES)
 SCHEMA_VERSION = 3
 
-IDENTITY = ["run_id", "op", "impl", "bits", "scheme", "granularity", "group_size", "dtype",
-            "M", "N", "K", "layers", "depth", "shape_name", "device", "gpu", "status", "message"]
+# a row's identity: the sweep's axes (the config's, in their order), then the stack's depth and the
+# shape's name, then where it ran and how it ended
+IDENTITY = ["run_id", *AXES, "depth", "shape_name", "device", "gpu", "status", "message"]
 # role: the implementation's role (reference, candidate, peer, baseline: harness/registry), which
 # decides what a table shows as its subject and its dense baseline; not part of a case's identity
 ROLE = ["role"]
