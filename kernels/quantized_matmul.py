@@ -290,6 +290,12 @@ def _gemv(x: torch.Tensor, q: QuantizedTensor, y: torch.Tensor) -> None:
         qgemv_tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](*args, **fmt)
 
 
+def qmatmul_path(m: int) -> str:
+    """The kernel qmatmul runs for M rows of activations: the GEMV at M = 1, the split-K GEMM up to
+    SPLIT_MAX_M, the GEMM above."""
+    return "gemv" if m == 1 else "split-k gemm" if m <= SPLIT_MAX_M else "gemm"
+
+
 def qmatmul(x: torch.Tensor, q: QuantizedTensor) -> torch.Tensor:
     """y[M, N] = x[M, K] @ dequantize(q)^T in x's dtype, the dequantization fused into the matmul.
 
@@ -305,11 +311,12 @@ def qmatmul(x: torch.Tensor, q: QuantizedTensor) -> torch.Tensor:
     if x.shape[1] != k:
         raise ValueError(f"x must be [M, K] with K = {k} (the weight's K), got {list(x.shape)}")
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    if m == 1:
+    path = qmatmul_path(m)
+    if path == "gemv":
         _gemv(x, q, y)
         return y
     ieee = x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and interpreting())
-    split = m <= SPLIT_MAX_M
+    split = path == "split-k gemm"
     # tiles are at least 16 x 32, which bounds the number of tickets
     partials, tickets = _split_workspace(x.device, m * n, triton.cdiv(m, 16) * triton.cdiv(n, 32)) if split else (y, y)
     args, fmt = launch_args(x, q, y, partials, tickets)

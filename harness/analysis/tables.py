@@ -30,7 +30,8 @@ def impls_in_role(df: pd.DataFrame, role: str) -> list[str]:
 
 def op_table(df: pd.DataFrame, op: str, copy_gbps: float | None = None) -> pd.DataFrame:
     """One row per case of `op`: median ms per implementation, the speedup of each candidate over
-    every other implementation, each candidate's GB/s (its share of the measured copy bandwidth)
+    every other implementation, each implementation's host time per call (GPU runs), each
+    candidate's kernel variant (where it picks one), GB/s (its share of the measured copy bandwidth)
     and TFLOP/s, and the memory and error of the case's quantized weight (of the output, for
     products). With one candidate its share columns carry no name ("% of copy")."""
     d = df[(df["op"] == op) & (df["status"] == "ok")]
@@ -47,9 +48,15 @@ def op_table(df: pd.DataFrame, op: str, copy_gbps: float | None = None) -> pd.Da
         for impl in ms.columns:
             if impl != cand:
                 out[f"{cand} vs {impl}"] = out[f"ms {impl}"] / out[f"ms {cand}"]
+    if "host_us" in d and d["host_us"].notna().any():  # GPU runs since schema 4
+        host = d.pivot_table(index=keys, columns="impl", values="host_us", aggfunc="first", sort=False)
+        for impl in host.columns:
+            out[f"host us {impl}"] = host[impl]
     named = (lambda col, cand: col) if len(candidates) == 1 else (lambda col, cand: f"{col} {cand}")
     by_candidate = {cand: d[d["impl"] == cand].set_index(keys) for cand in candidates}
     for cand, rows in by_candidate.items():
+        if "path" in rows and rows["path"].notna().any():
+            out[named("path", cand)] = rows["path"]
         out[f"GB/s {cand}"] = rows["gbps"]
         if copy_gbps:
             out[named("% of copy", cand)] = 100 * rows["gbps"] / copy_gbps
@@ -122,6 +129,9 @@ def summary_markdown(df: pd.DataFrame, meta: dict) -> str:
     if rates:
         lines += [f"Measured dense matmul rates (TFLOP/s, int8 TOP/s, {cal.get('matmul_size')}^3): "
                   + ", ".join(rates) + "; `pct_peak_flops` in results.csv is each row's share.", ""]
+    if "host_us" in df and df["host_us"].notna().any():
+        lines += ["'host us': the CPU time of one call while the GPU is busy (the call only enqueues its "
+                  "work), what an eager caller pays on the host per call; the ms columns are GPU time.", ""]
     counts = df["status"].value_counts().to_dict()
     lines += ["Rows: " + ", ".join(f"{k} {v}" for k, v in counts.items()), ""]
     if "flags" in df:

@@ -18,7 +18,7 @@ from .calibration import pct_peak_flops
 from .cases import Case
 from .gpu_monitor import GpuMonitor, watched
 from .row_flags import row_flags
-from .timing import measure
+from .timing import host_us, measure
 
 
 class CaseTimeout(Exception):
@@ -100,12 +100,12 @@ def verdict(op, impl: Impl, out: Any, ref_out: Any, ref_error: str | None, input
 
 def timed_columns(fn, device: torch.device, timing: Timing, monitor: GpuMonitor | None) -> dict[str, Any]:
     """The time columns: statistics of the samples (kept raw under `samples_ms`), the clocks read
-    while they were taken, and the flags that say when not to trust them."""
+    while they were taken, the flags that say when not to trust them, and the host's time per call."""
     with watched(monitor) as watch:
         m = measure(fn, device, timing)
     stats, clocks = m.stats(), (watch.columns() if watch else {})
     flags = row_flags(stats, clocks.get("sm_clock_mhz"), monitor and monitor.max_sm_clock_mhz, timing.target_rse)
-    return {**stats, **clocks, "flags": flags, "samples_ms": m.samples_ms}
+    return {**stats, **clocks, "flags": flags, "host_us": host_us(fn, device), "samples_ms": m.samples_ms}
 
 
 def rate_columns(op, case: Case, impl: Impl, ms: float, weight_bytes: float,
@@ -137,7 +137,8 @@ def measure_case(op, impl: Impl, case: Case, inputs: Any, ref_out: Any, ref_erro
         return [{"status": "skipped", "message": str(e)}]
     out, first_call_ms = first_call(fn, device)
     peak_mem_bytes = peak_memory(fn, device)
-    status = {**verdict(op, impl, out, ref_out, ref_error, inputs), **memory}
+    status = {**verdict(op, impl, out, ref_out, ref_error, inputs), **memory,
+              "path": impl.path(inputs) if impl.path else None}
     errors = op.error(impl, out, inputs)
     rows = [{**status, **e} for e in (errors if isinstance(errors, list) else [errors])]
     timed = rows[-1]

@@ -36,6 +36,28 @@ from ..results.schema import Measurement
 SHIELD_CYCLES = 1_000_000
 
 
+# a longer spin for host_us: the GPU must stay busy through the slowest launcher's host work
+HOST_SHIELD_CYCLES = 8 * SHIELD_CYCLES
+HOST_CALLS = 25
+
+
+def host_us(fn: Callable[[], Any], device: torch.device) -> float | None:
+    """Microseconds of host time per call of fn while the GPU is busy with a spin enqueued before
+    it, so the call only checks its inputs and enqueues its work: what a caller pays on the CPU
+    for each eager call (the GPU time is the samples'). Median of HOST_CALLS calls; None on the
+    CPU, where the interpreter's wall time is not a launcher's cost."""
+    if device.type != "cuda":
+        return None
+    times = []
+    for _ in range(HOST_CALLS):
+        torch.cuda._sleep(HOST_SHIELD_CYCLES)
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+        torch.cuda.synchronize(device)
+    return float(np.median(times)) * 1e6
+
+
 def _cuda_events(fn: Callable[[], Any], warmup_ms: int, rep_ms: int) -> list[float]:
     """Samples timed with CUDA events and no cache flush (timing.flush_l2: false)."""
     fn()

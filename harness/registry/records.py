@@ -79,6 +79,10 @@ class Impl:
     harness.ops.Skipped from own_format rather than measure the same format under another label.
     (matmul only.)
 
+    path: for an implementation that picks among kernels by shape, a function of its inputs
+    returning the variant a call runs ("gemv", "split-k gemm", ...): the row's `path` column, so a
+    table explains a jump between two values of M.
+
     A plugin module is imported before a run decides whether Triton runs through its interpreter:
     import quantbench.kernels' functions inside the factory (`from quantbench import kernels`,
     then `kernels.dequantize_ref(...)` when called), not at the plugin's top level.
@@ -90,5 +94,6 @@ class Impl:
     role: Role
     needs: Needs = field(default_factory=Needs)
     own_format: Callable[[Any, Any], OwnWeights] | None = None
+    path: Callable[[Any], str] | None = None
     description: str = ""
     origin: str = "built-in"  # set when loaded: the entry point or module it came from

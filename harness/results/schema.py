@@ -15,22 +15,27 @@ from ..config.schema import AXES
 
 # 2: pct_peak_flops, the clock columns, flags and peak_mem_bytes (runs of version 1 read them as missing)
 # 3: role (runs before it get the built-ins' roles by name when read: LEGACY_ROLES)
-SCHEMA_VERSION = 3
+# 4: host_us and path (runs before it read them as missing)
+SCHEMA_VERSION = 4
 
 # a row's identity: the sweep's axes (the config's, in their order), then the stack's depth and the
 # shape's name, then where it ran and how it ended
 IDENTITY = ["run_id", *AXES, "depth", "shape_name", "device", "gpu", "status", "message"]
 # role: the implementation's role (reference, candidate, peer, baseline: harness/registry), which
-# decides what a table shows as its subject and its dense baseline; not part of a case's identity
-ROLE = ["role"]
+# decides what a table shows as its subject and its dense baseline; path: the kernel variant the
+# implementation ran for this case where it picks one by shape (Impl.path); neither is part of a
+# case's identity
+IMPLEMENTATION = ["role", "path"]
 # runs written before the role column (schema < 3) knew only the built-ins, whose roles were these
 LEGACY_ROLES = {"triton": "candidate", "torch": "reference", "fp16": "baseline", "torch_compile": "peer",
                 "tinygemm": "peer", "int_mm": "peer"}
 # first_call_ms: the untimed first call, which compiles (Triton, torch.compile) and autotunes
 # intensity: FLOPs per byte moved; pct_peak_bw: gbps against the run's measured copy bandwidth;
 # pct_peak_flops: tflops against the run's measured matmul rate for the op's arithmetic (each op's flops_ceiling, harness/ops)
+# host_us: the CPU time of one call while the GPU is kept busy (it only enqueues): what a caller
+# pays on the host per call, beside the GPU time (execution/timing.py, host_us)
 TIME = ["ms", "ms_p20", "ms_p80", "ms_min", "ms_mean", "ms_std", "cv", "n_samples", "timing_valid",
-        "gbps", "tflops", "intensity", "pct_peak_bw", "pct_peak_flops", "first_call_ms"]
+        "gbps", "tflops", "intensity", "pct_peak_bw", "pct_peak_flops", "first_call_ms", "host_us"]
 # read through NVML while the row was timed (execution/gpu_monitor.py): lowest clocks, highest power and
 # temperature; flags: reasons to distrust the time, semicolon-joined (execution/row_flags.py)
 CLOCKS = ["sm_clock_mhz", "mem_clock_mhz", "power_w", "temp_c"]
@@ -44,7 +49,7 @@ ERROR = ["mse", "mae", "max_abs_err", "snr_db", "rel_err"]
 OUTPUT_ERROR = ["method_rel_err", "method_snr_db", "kernel_rel_err", "kernel_snr_db", "out_rel_err",
                 "out_mean_abs_diff", "out_max_abs_diff", "out_mean_rel_diff_pct"]
 PROVENANCE = ["schema_version", "torch_version", "triton_version", "utc"]
-COLUMNS = IDENTITY + ROLE + TIME + CLOCKS + FLAGS + MEMORY + ERROR + OUTPUT_ERROR + PROVENANCE
+COLUMNS = IDENTITY + IMPLEMENTATION + TIME + CLOCKS + FLAGS + MEMORY + ERROR + OUTPUT_ERROR + PROVENANCE
 
 # A case's identity within a run: what joins one run's row to another's (compare, merge)
 CASE_KEY = [c for c in IDENTITY if c not in ("run_id", "device", "gpu", "status", "message")]

@@ -165,3 +165,15 @@ def test_a_large_copy_runs_at_the_calibrated_rate(engine):
     m = measure(lambda: torch.mul(src, 1.0, out=dst), CUDA, ENGINES[engine]).stats()["ms"]
     print(f"{engine}: copy of {COPY_BYTES >> 20} MiB median {m * 1e3:.1f} us, {expected_ms * 1e3:.1f} us at the calibrated rate")
     assert abs(m - expected_ms) <= COPY_TOLERANCE * expected_ms
+
+
+def test_host_us_is_the_launchers_time_not_the_gpus(sleep):
+    """A 100 us GPU sleep costs the host only its launch; the same behind 300 us of host work costs
+    300 us more, and none of the GPU's time shows."""
+    from quantbench.harness.execution.timing import host_us
+    call, duration_ms = sleep
+    bare = host_us(call, CUDA)
+    slow = host_us(lambda: (busy_wait_us(300), call()), CUDA)
+    print(f"host_us: bare launch {bare:.1f} us, behind 300 us of host work {slow:.1f} us")
+    assert bare < 0.5 * duration_ms * 1e3  # the launch, not the sleep
+    assert slow - bare == pytest.approx(300, rel=0.1)

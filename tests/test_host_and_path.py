@@ -1,0 +1,55 @@
+"""The kernel-variant column (`path`) and the host-time column (`host_us`): recorded by the runner,
+shown in the tables. The host time itself is measured on a GPU only (tests/gpu)."""
+
+import pandas as pd
+import pytest
+
+from quantbench import kernels
+from quantbench.harness.analysis.tables import op_table
+from quantbench.harness.config import RunConfig
+from quantbench.harness.execution.sweep import run_sweep
+from quantbench.harness.execution.timing import host_us
+from quantbench.harness.results import COLUMNS
+
+
+@pytest.fixture(scope="module")
+def matmul_run(tmp_path_factory):
+    """M = 1, 16 and 128 on one small int4 g32 weight: each of qmatmul's three kernels."""
+    cfg = RunConfig.model_validate({
+        "name": "paths", "device": "cpu", "timing": {"cpu_reps": 1},
+        "sweep": {"op": ["matmul"], "impl": ["triton", "torch", "fp16"], "bits": [4], "scheme": ["asymmetric"],
+                  "granularity": ["group"], "group_size": [32], "M": [1, 16, 128], "N": [32], "K": [64]}})
+    writer = run_sweep(cfg, tmp_path_factory.mktemp("paths"), device="cpu", show_progress=False)
+    return pd.read_csv(writer.path / "results.csv")
+
+
+def test_the_candidate_rows_say_which_kernel_ran(matmul_run):
+    assert (matmul_run["status"] == "ok").all(), matmul_run["message"].tolist()
+    triton = matmul_run[matmul_run["impl"] == "triton"].set_index("M")["path"].to_dict()
+    assert triton == {1: "gemv", 16: "split-k gemm", 128: "gemm"}
+    assert triton == {m: kernels.qmatmul_path(m) for m in (1, 16, 128)}  # the launcher's own choice
+    assert matmul_run.loc[matmul_run["impl"] != "triton", "path"].isna().all()  # no variants to name
+
+
+def test_the_tables_show_the_path_and_no_host_time_on_the_cpu(matmul_run):
+    table = op_table(matmul_run, "matmul")
+    assert table["path"].tolist() == ["gemv", "split-k gemm", "gemm"]
+    assert not any(c.startswith("host us") for c in table.columns)  # the interpreter's time is not a launcher's
+    assert matmul_run["host_us"].isna().all()
+
+
+def test_the_tables_show_each_implementations_host_time():
+    rows = []
+    for impl, role, ms, host in (("triton", "candidate", 0.05, 113.0), ("fp16", "baseline", 0.1, 22.0)):
+        rows.append({"op": "matmul", "impl": impl, "role": role, "status": "ok", "bits": 4, "scheme": "asymmetric",
+                     "granularity": "group", "group_size": 128, "dtype": "float16", "M": 1, "N": 8192, "K": 8192,
+                     "ms": ms, "host_us": host, "gbps": 700.0, "tflops": 1.0, "path": "gemv" if impl == "triton" else None,
+                     "bits_per_weight": 4.25, "method_snr_db": 20.0, "kernel_snr_db": 60.0})
+    table = op_table(pd.DataFrame(rows).reindex(columns=COLUMNS), "matmul")
+    assert table.loc[0, "host us triton"] == 113.0 and table.loc[0, "host us fp16"] == 22.0
+    assert table.loc[0, "triton vs fp16"] == pytest.approx(2.0)
+
+
+def test_host_time_is_not_measured_on_the_cpu():
+    import torch
+    assert host_us(lambda: None, torch.device("cpu")) is None
