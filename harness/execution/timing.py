@@ -36,26 +36,31 @@ from ..results.schema import Measurement
 SHIELD_CYCLES = 1_000_000
 
 
-# a longer spin for host_us: the GPU must stay busy through the slowest launcher's host work
-HOST_SHIELD_CYCLES = 8 * SHIELD_CYCLES
-HOST_CALLS = 25
+# host_us: calls timed back to back in batches behind one spin long enough for the slowest
+# launcher's batch (~16 ms on an H200), so the GPU never waits and every call only enqueues
+HOST_SPIN_CYCLES = 32 * SHIELD_CYCLES
+HOST_BATCH = 20
+HOST_BATCHES = 5
 
 
 def host_us(fn: Callable[[], Any], device: torch.device) -> float | None:
-    """Microseconds of host time per call of fn while the GPU is busy with a spin enqueued before
-    it, so the call only checks its inputs and enqueues its work: what a caller pays on the CPU
-    for each eager call (the GPU time is the samples'). Median of HOST_CALLS calls; None on the
-    CPU, where the interpreter's wall time is not a launcher's cost."""
+    """Microseconds of host time per call of fn while the GPU is busy, so a call only checks its
+    inputs and enqueues its work: what a caller pays on the CPU for each eager call in a loop
+    (the GPU time is the samples'). The median over HOST_BATCHES batches of HOST_BATCH calls made
+    back to back: a call timed alone after a synchronize reads 2-5x more, and varies as much, on
+    a CPU that has just been waiting. None on the CPU, where the interpreter's time is not a
+    launcher's cost."""
     if device.type != "cuda":
         return None
-    times = []
-    for _ in range(HOST_CALLS):
-        torch.cuda._sleep(HOST_SHIELD_CYCLES)
+    per_call = []
+    for _ in range(HOST_BATCHES):
+        torch.cuda._sleep(HOST_SPIN_CYCLES)
         start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
+        for _ in range(HOST_BATCH):
+            fn()
+        per_call.append((time.perf_counter() - start) / HOST_BATCH)
         torch.cuda.synchronize(device)
-    return float(np.median(times)) * 1e6
+    return float(np.median(per_call)) * 1e6
 
 
 def _cuda_events(fn: Callable[[], Any], warmup_ms: int, rep_ms: int) -> list[float]:
