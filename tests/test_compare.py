@@ -60,12 +60,13 @@ def test_new_missing_and_an_accuracy_regression(tmp_path, swap_impl):
     table = compare_runs(base, cand).set_index(["bits", "impl"])["verdict"]
     assert table[8, "triton"] == "missing" and table[2, "torch"] == "new"
     assert table[4, "triton"] == "regression"  # ok before, now differs from its reference
-    assert table[4, "torch"] == "same"  # interpreter timings are never judged
+    assert table[4, "torch"] == "unjudged"  # interpreter timings are never judged, never "same"
     out = subprocess.run([sys.executable, "-m", "quantbench.harness.cli", "compare", str(base), str(cand),
                           "--fail-on", "regression", "--out", str(tmp_path / "cmp")], capture_output=True, text=True)
     assert out.returncode == 1, out.stderr
     verdict = json.loads((tmp_path / "cmp" / "verdict.json").read_text())
-    assert verdict["counts"] == {"regression": 1, "improvement": 0, "same": 1, "noisy": 0, "new": 2, "missing": 2}
+    assert verdict["counts"] == {"regression": 1, "improvement": 0, "same": 0, "noisy": 0, "new": 2, "missing": 2,
+                                 "unjudged": 1}
     assert "regression" in (tmp_path / "cmp" / "compare.md").read_text()
 
 
@@ -126,7 +127,7 @@ def test_runs_on_two_gpus_get_a_gpu_table_that_lists_what_it_leaves_out(tmp_path
     assert views.unshared["bits"].tolist() == [8] and views.unshared["only in"].tolist() == ["GPU A"]
     # latency across GPU models is never a verdict; accuracy still is
     judged = views.versus.dropna(subset=["latency_judged"])
-    assert not judged["latency_judged"].any() and set(views.versus["verdict"]) == {"same", "missing"}
+    assert not judged["latency_judged"].any() and set(views.versus["verdict"]) == {"unjudged", "missing"}
     assert {r.split("-")[0] for r in views.impls["run"]} == {"a", "b"} and "triton vs torch" in views.impls
 
 

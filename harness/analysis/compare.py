@@ -25,7 +25,9 @@ from .gpu_views import gpu_views, impl_table
 from .loaded_run import CompareError, LoadedRun, Run, gpu_of, keyed
 from .thresholds import Thresholds, ThresholdSet
 
-VERDICTS = ("regression", "improvement", "same", "noisy", "new", "missing")
+# unjudged: the latency could not be judged (interpreter timings, no raw samples, two GPU models)
+# and the accuracy did not regress: never reported as "same"
+VERDICTS = ("regression", "improvement", "same", "noisy", "new", "missing", "unjudged")
 SNR_COLUMNS = ("snr_db", "kernel_snr_db")
 ERROR_COLUMNS = ("rel_err", "kernel_rel_err")  # a weight's error; an output's error against its own float64 reference
 DEFAULT = Thresholds()
@@ -79,7 +81,7 @@ def compare_runs(base_run: Run, cand_run: Run, t: Thresholds | ThresholdSet = DE
         op_t = t.for_op(row["op"])
         row.update(base_ms=b["ms"], cand_ms=c["ms"], ratio=c["ms"] / b["ms"] if b["ms"] else math.nan)
         accuracy, reason = accuracy_verdict(b, c, op_t)
-        latency, p = ("same", math.nan)
+        latency, p = ("unjudged", math.nan)
         # judged: GPU samples on both sides, one GPU model (interpreter timings and cases without samples are not)
         judged = (same_gpu and key in base_samples and key in cand_samples
                   and bool(b["timing_valid"]) and bool(c["timing_valid"]))
@@ -141,12 +143,12 @@ def write_report(views: Comparison, out: Path) -> dict:
     lines = ["# quantbench compare", "", "## Run against run", "", ", ".join(f"{k}: {v}" for k, v in counts.items()),
              ""]
     judged = versus.get("latency_judged", pd.Series(dtype=bool)).fillna(False).astype(bool)
-    unjudged = int((~judged & versus["verdict"].isin(["same", "regression"])).sum())
+    unjudged = int((~judged & versus["verdict"].isin(["unjudged", "regression"])).sum())
     if unjudged:
         lines += [f"Latency not judged for {unjudged} case(s): interpreter timings, no raw samples, or runs on "
                   "different GPU models (see GPU against GPU); their accuracy is.", ""]
     cols = [c for c in VERSUS_COLUMNS if c in versus and (c != "candidate" or versus[c].nunique() > 1)]
-    changed = versus[~versus["verdict"].isin(["same", "noisy"])]
+    changed = versus[~versus["verdict"].isin(["same", "noisy", "unjudged"])]
     if not changed.empty:
         lines += [to_markdown(changed[cols].dropna(axis=1, how="all")), ""]
     noisy = versus[versus["verdict"] == "noisy"]

@@ -48,6 +48,10 @@ def gpu_views(runs: list[Run]) -> tuple[pd.DataFrame, pd.DataFrame]:
     unshared: the timed cases with a candidate row that some runs lack, with the runs that have
     them, so that the table never drops a case unsaid."""
     loaded = [LoadedRun.of(r) for r in runs]
+    paths = [r.path.resolve() for r in loaded]
+    twice = sorted({str(p) for p in paths if paths.count(p) > 1})
+    if twice:
+        raise CompareError(f"{', '.join(twice)}: given twice; each run is one column group of the table")
     names = gpu_names([r.meta for r in loaded])
     frames, labels, present = [], [], {}
     for run, name in zip(loaded, names, strict=True):

@@ -6,6 +6,7 @@ exit codes."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from rich.console import Console
@@ -19,6 +20,9 @@ from .running import cmd_from_pytest_benchmark, cmd_list, cmd_merge, cmd_run, cm
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="quantbench", description="Benchmark Triton quantization kernels "
                                 "against PyTorch: latency, memory and error on one table.")
+    p.add_argument("--debug", action="store_true", default=bool(os.environ.get("QUANTBENCH_DEBUG")),
+                   help="show the traceback of a handled error (bad input, a damaged file) too "
+                        "(or set QUANTBENCH_DEBUG=1)")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run a sweep and write a results folder")
     r.add_argument("config", help="YAML config (see configs/)")
@@ -48,7 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "other GPUs for the GPU-against-GPU table")
     c.add_argument("--out", default=None, help="where to write compare.md, compare.csv, verdict.json, impls.csv "
                                                "(and gpus.csv, unshared.csv) (default: LAST_CANDIDATE/compare)")
-    c.add_argument("--fail-on", choices=("regression",), default=None, help="exit 1 if any case has this verdict")
+    c.add_argument("--fail-on", choices=("regression", "unjudged"), action="append", default=None,
+                   help="exit 1 if any case has this verdict (repeatable; unjudged: a latency that could not be "
+                        "judged, e.g. a run without its samples)")
     c.add_argument("--thresholds", default=None, help="YAML file of thresholds per op and metric "
                                                       "(configs/thresholds.yaml holds the defaults)")
     c.add_argument("--alpha", type=float, default=None, help="Mann-Whitney U significance level, for every op "
@@ -99,11 +105,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args, console)
     except ConfigError as e:  # plain text, unwrapped: one message per line, greppable in CI logs
+        if args.debug:
+            raise
         print(f"config error:\n{e}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except (FileNotFoundError, RunFolderError, MergeError) as e:  # a missing, damaged or mismatched run folder
-        print(f"error: {e}", file=sys.stderr)
+    except (RunFolderError, MergeError, OSError) as e:  # a missing, damaged or mismatched file or folder
+        if args.debug:
+            raise
+        print(f"error: {_plain(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _plain(e: BaseException) -> str:
+    """An error as one line for the user: ours carry their own words; the OS's get the path it
+    names and its reason (PermissionError: [Errno 13] ... becomes 'PATH: Permission denied')."""
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.filename}: {e.strerror}" if e.filename else e.strerror
+    return str(e)

@@ -3,6 +3,7 @@ nothing but the planner's table."""
 
 from __future__ import annotations
 
+import math
 import sys
 
 from rich.console import Console
@@ -37,9 +38,10 @@ def cmd_compare(args, console: Console) -> int:
     from pathlib import Path
 
     from ..analysis.compare import compare_all, write_report
+    from ..results.storage import writable_folder
     runs = [args.base, *args.candidates]
     views = compare_all(runs, _thresholds(args))
-    out = Path(args.out or Path(runs[-1]) / "compare")
+    out = writable_folder(Path(args.out or Path(runs[-1]) / "compare"))
     verdict = write_report(views, out)
     console.print(", ".join(f"{k}: {v}" for k, v in verdict["counts"].items()))
     versus = views.versus
@@ -56,7 +58,11 @@ def cmd_compare(args, console: Console) -> int:
     written = ["compare.md", "compare.csv", "verdict.json"] + [f for f in ("gpus.csv", "unshared.csv", "impls.csv")
                                                                  if (out / f).exists()]
     console.print(f"written under {out}: {', '.join(written)}")
-    failing = verdict["counts"].get(args.fail_on, 0) if args.fail_on else 0
+    unjudged = verdict["counts"].get("unjudged", 0)
+    if unjudged:
+        console.print(f"latency not judged for {unjudged} case(s): interpreter timings, no raw samples, or two GPU "
+                      f"models (compare.md says which)")
+    failing = sum(verdict["counts"].get(v, 0) for v in args.fail_on or ())
     return 1 if failing else 0
 
 
@@ -90,6 +96,10 @@ def cmd_fit(args, console: Console) -> int:
         raise ConfigError(str(e)) from None
     if not 0 <= args.headroom < 1:
         raise ConfigError(f"--headroom: expected a fraction in [0, 1), got {args.headroom}")
+    if not (math.isfinite(args.params) and args.params >= 1):
+        raise ConfigError(f"--params: expected a positive number of parameters such as 7e9, got {args.params:g}")
+    if not (math.isfinite(gib) and gib > 0):
+        raise ConfigError(f"--gpu-mem: expected a positive size such as 8GiB, got {args.gpu_mem!r}")
     rows, best = fit(args.params, gib, args.headroom, args.group_size)
     where = f"{args.gpu} ({gib:.1f} GiB)" if args.gpu else f"{gib:g} GiB"
     console.print(f"{args.params:.3g} parameters on {where}; {args.headroom:.0%} kept for activations, KV cache "

@@ -3,20 +3,27 @@ the conversions to and from pytest-benchmark JSON."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal, get_args, get_origin
 
 from rich.console import Console
 from rich.table import Table
 
 from ..config import AXES, ConfigError, RunConfig, Sweep, load_config
+from ..config.loading import locate
+from ..results.storage import RunFolderError, writable_folder
 from .rendering import show_new_run
 
 
 def cmd_run(args, console: Console) -> int:
     from ..execution.sweep import run_sweep
     cfg = load_config(args.config)
-    writer = run_sweep(cfg, args.out, args.device, show_progress=not args.no_progress, resume=args.resume,
-                       shard=_shard(args.shard))
+    writable_folder(args.out)  # refused before the GPU is calibrated, not after
+    try:
+        writer = run_sweep(cfg, args.out, args.device, show_progress=not args.no_progress, resume=args.resume,
+                           shard=_shard(args.shard))
+    except ConfigError as e:  # found while expanding the sweep: the file and line go in front
+        raise locate(args.config, e) from None
     show_new_run(writer.path, console)
     if writer.meta.get("stopped_early"):
         console.print(f"stopped early: continue with  quantbench run {args.config} --resume {writer.path}")
@@ -37,6 +44,7 @@ def _shard(text: str | None) -> tuple[int, int] | None:
 def cmd_merge(args, console: Console) -> int:
     from ..analysis.tables import summary_markdown
     from ..results.merge import merge_runs
+    writable_folder(args.out)
     show_new_run(merge_runs(args.runs, args.out, summary_markdown), console)
     return 0
 
@@ -44,7 +52,10 @@ def cmd_merge(args, console: Console) -> int:
 def cmd_validate(args, console: Console) -> int:
     from ..execution.cases import expand
     cfg = load_config(args.config)
-    cases = expand(cfg)
+    try:
+        cases = expand(cfg)
+    except ConfigError as e:
+        raise locate(args.config, e) from None
     ops = ", ".join(dict.fromkeys(c.op for c in cases))
     console.print(f"{args.config}: ok, {len(cases)} cases ({ops})")
     return 0
@@ -102,8 +113,11 @@ def cmd_to_pytest_benchmark(args, console: Console) -> int:
     from ..results.pytest_benchmark import to_pytest_benchmark
     text = json.dumps(to_pytest_benchmark(args.run), indent=2, default=str)
     if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+        out = Path(args.out)
+        if out.is_dir():
+            raise RunFolderError(f"--out {out}: is a folder, expected the JSON file to write")
+        writable_folder(out.parent)
+        out.write_text(text)
         console.print(f"written: {args.out}")
     else:
         print(text)
@@ -113,5 +127,6 @@ def cmd_to_pytest_benchmark(args, console: Console) -> int:
 def cmd_from_pytest_benchmark(args, console: Console) -> int:
     from ..analysis.tables import summary_markdown
     from ..results.pytest_benchmark import from_pytest_benchmark
+    writable_folder(args.out)
     show_new_run(from_pytest_benchmark(args.json, args.out, summary_markdown), console)
     return 0

@@ -8,7 +8,13 @@ EXIT_BAD_INPUT = 2  # the exit status of every command given bad input: a config
 
 
 class ConfigError(Exception):
-    """A config that cannot run; the message names the key path (and line) and what was expected."""
+    """A config that cannot run; the message names the key path (and line) and what was expected.
+    `key`: the key path of an error found after loading (expanding the sweep), so that the command
+    that read the file can put its line in front (loading.locate)."""
+
+    def __init__(self, message: str, key: tuple = ()):
+        super().__init__(message)
+        self.key = key
 
 
 def first_line(e: BaseException) -> str:

@@ -85,7 +85,10 @@ def read_yaml(path: str | Path) -> tuple[Any, yaml.Node | None]:
     """The parsed YAML file and its node tree (for line numbers); ConfigError if unreadable."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start} is {e.object[e.start:e.start + 1]!r}): "
+                          f"a config is a YAML text file") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config: {e.strerror}") from None
     try:
@@ -96,7 +99,43 @@ def read_yaml(path: str | Path) -> tuple[Any, yaml.Node | None]:
         at = f"{path}:{mark.line + 1}" if mark else str(path)
         problem = getattr(e, "problem", None) or str(e)
         raise ConfigError(f"{at}: YAML syntax error: {problem}") from None
+    twice = duplicate_keys(root)
+    if twice:
+        raise ConfigError("\n".join(f"{path}:{line}: key '{key}' is given twice (first on line {first}): "
+                                     f"YAML keeps only the last, which is rarely what was meant"
+                                     for key, line, first in twice))
     return data, root
+
+
+def locate(path: str | Path, e: ConfigError) -> ConfigError:
+    """An error found after loading (its `key` set), with the file and the key's line in front."""
+    if not e.key:
+        return e
+    try:
+        _, root = read_yaml(path)
+    except ConfigError:
+        root = None
+    line = _line_of(root, e.key)
+    return ConfigError(f"{path}:{line}: {e}" if line else f"{path}: {e}")
+
+
+def duplicate_keys(node: yaml.Node | None, where: str = "") -> list[tuple[str, int, int]]:
+    """(key path, line, line of its first occurrence) of every key given twice in one mapping."""
+    found: list[tuple[str, int, int]] = []
+    if isinstance(node, yaml.MappingNode):
+        first: dict[str, int] = {}
+        for key, value in node.value:
+            name = f"{where}.{key.value}" if where else str(key.value)
+            line = key.start_mark.line + 1
+            if key.value in first:
+                found.append((name, line, first[key.value]))
+            else:
+                first[key.value] = line
+            found += duplicate_keys(value, name)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            found += duplicate_keys(item, f"{where}[{i}]")
+    return found
 
 
 def load_config(path: str | Path) -> RunConfig:

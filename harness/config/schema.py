@@ -36,8 +36,8 @@ class NormalWeights(Strict):
     """Weight matrices drawn as float32 normal(mean, std) from the run's seed, then cast."""
 
     source: Literal["normal"] = "normal"
-    mean: float = 0.0
-    std: Annotated[float, Field(gt=0)] = 1.0
+    mean: Annotated[float, Field(allow_inf_nan=False)] = 0.0
+    std: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 1.0
 
     @field_validator("mean", "std", mode="before")
     @classmethod

@@ -46,7 +46,7 @@ def _shape_points(cfg: RunConfig) -> list[tuple[int, int, str | None]]:
         found = checkpoint_matrices(cfg.weights)
         if not found:
             raise ConfigError(f"weights.tensors: no 2-D tensor in {cfg.weights.path} matches "
-                              f"{cfg.weights.tensors!r}")
+                              f"{cfg.weights.tensors!r}", key=("weights", "tensors"))
         return [(n, k, name) for name, n, k in found]
     if cfg.sweep.shapes is not None:
         return [(s.N, s.K, s.name) for s in cfg.sweep.shapes]
@@ -67,7 +67,8 @@ def _check_impl_names(cfg: RunConfig, registry: Registry) -> None:
         if name not in known:
             raise ConfigError(f"sweep.impl: no implementation {name!r} of {', '.join(cfg.sweep.op)}"
                               f"{did_you_mean(name, known)}; "
-                              f"known: {', '.join(known)} (`quantbench list`; a plugin's come with `plugins:`)")
+                              f"known: {', '.join(known)} (`quantbench list`; a plugin's come with `plugins:`)",
+                              key=("sweep", "impl"))
 
 
 def expand(cfg: RunConfig, registry: Registry | None = None) -> list[Case]:
@@ -100,12 +101,12 @@ def expand(cfg: RunConfig, registry: Registry | None = None) -> list[Case]:
             continue
         if OPS[op].square and n != k:
             raise ConfigError(f"sweep: the {op} op chains layers, so each must be square; got N = {n}, "
-                              f"K = {k}{f' (shape {shape_name!r})' if shape_name else ''}")
+                              f"K = {k}{f' (shape {shape_name!r})' if shape_name else ''}", key=("sweep",))
         if case.group_size is not None and k % case.group_size != 0:
             raise ConfigError(f"sweep.group_size: group size {case.group_size} does not divide K = {k}"
                               f"{f' (shape {shape_name!r})' if shape_name else ''}; choose a divisor "
-                              f"of K or drop the point with an 'exclude:' entry")
+                              f"of K or drop the point with an 'exclude:' entry", key=("sweep", "group_size"))
         seen[case] = None
     if not seen:
-        raise ConfigError("sweep: every grid point is excluded, nothing would run")
+        raise ConfigError("sweep: every grid point is excluded, nothing would run", key=("exclude",))
     return list(seen)

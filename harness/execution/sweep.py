@@ -4,7 +4,6 @@ the sweep goes on; what was measured is on disk before the next case starts."""
 
 from __future__ import annotations
 
-import json
 import signal
 import sys
 import threading
@@ -22,6 +21,7 @@ from ..ops import OPS
 from ..ops.inputs import InputSource
 from ..registry import Impl, Registry, load_registry
 from ..results import SCHEMA_VERSION, RunWriter, utc_now
+from ..results.storage import read_meta
 from .calibration import calibrate
 from .case import case_time_limit, failed_row, measure_case
 from .cases import Case, expand
@@ -67,16 +67,22 @@ def _differences(a: Any, b: Any, path: str = "") -> list[str]:
 def open_writer(cfg: RunConfig, out_root: str | Path, resume: str | Path | None, name: str,
                 meta: dict[str, Any]) -> RunWriter:
     """A new run folder, or the folder of a run to resume, which must have been made with this
-    config (a changed config would mix two sweeps in one table)."""
+    config, schema, shard and GPU model (anything else would mix two sweeps, or two machines, in
+    one table)."""
     if resume is None:
         return RunWriter.create(out_root, name, meta)
-    meta_file = Path(resume) / "meta.json"
-    if not meta_file.exists():
+    if not (Path(resume) / "meta.json").exists():
         raise ConfigError(f"--resume: {resume} is not a run folder (no meta.json)")
-    recorded = json.loads(meta_file.read_text()).get("config")
-    changed = _differences(recorded, cfg.model_dump(mode="json"))
+    recorded = read_meta(resume)
+    changed = _differences(recorded.get("config"), cfg.model_dump(mode="json"))
     if changed:
         raise ConfigError(f"--resume: {resume} was run with a different config; changed: {', '.join(changed)}")
+    for what, then, now in (("schema version", recorded.get("schema_version"), SCHEMA_VERSION),
+                            ("shard", recorded.get("shard"), meta.get("shard")),
+                            ("GPU", (recorded.get("env") or {}).get("gpu"), meta["env"].get("gpu"))):
+        if then != now:
+            raise ConfigError(f"--resume: {resume} was run with {what} {then!r}, this run would add rows with "
+                              f"{now!r}: one run folder holds one {what}")
     return RunWriter.resume(resume)
 
 
@@ -171,6 +177,8 @@ def run_sweep(cfg: RunConfig, out_root: str | Path = "results", device: str | No
         cases = shard_of(cases, *shard)
     monitor, why_no_monitor = open_monitor(dev)
     writer, common = _open_run(cfg, registry, cases, dev, out_root, resume, shard, monitor, why_no_monitor)
+    if resume is not None and writer.done >= {case.key() for case in cases}:
+        print(f"note: every case of {writer.path} was already measured; its tables are written again", file=sys.stderr)
     source = InputSource(cfg.weights, cfg.seed, str(dev))
     with StopAfterCase() as stop, Progress(*PROGRESS_COLUMNS, disable=not show_progress, transient=True) as progress:
         task = progress.add_task(cfg.name, total=len(cases), completed=len(writer.done))

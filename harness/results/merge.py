@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
 from pathlib import Path
 
 from typing import Any, Callable
@@ -11,7 +10,7 @@ from typing import Any, Callable
 import pandas as pd
 
 from .schema import SCHEMA_VERSION
-from .storage import _atomic_write, read_cases, read_samples, to_frame, utc_now, write_samples
+from .storage import _atomic_write, new_run_folder, read_meta, read_cases, read_samples, to_frame, utc_now, write_samples
 
 
 class MergeError(Exception):
@@ -23,7 +22,7 @@ def merge_runs(runs: list[str | Path], out_root: str | Path,
     """A new run folder holding every case of `runs`, its summary.md written by `summarize`.
     Refused when their schema versions or configs differ, or when one case appears in two of them."""
     runs = [Path(r) for r in runs]
-    metas = [json.loads((r / "meta.json").read_text()) for r in runs]
+    metas = [read_meta(r, required=True) for r in runs]
     for run, meta in zip(runs, metas, strict=True):
         if meta.get("schema_version") != SCHEMA_VERSION:
             raise MergeError(f"{run}: schema version {meta.get('schema_version')}, this quantbench writes "
@@ -32,6 +31,8 @@ def merge_runs(runs: list[str | Path], out_root: str | Path,
             raise MergeError(f"{run}: made with a different config than {runs[0]}")
     cases, samples, seen = [], [], {}
     for run in runs:
+        if not (run / "rows.jsonl").exists():
+            raise MergeError(f"{run}: no rows.jsonl, the record merge joins (not a run folder, or a damaged one)")
         for key, rows in read_cases(run / "rows.jsonl"):
             if key in seen:
                 raise MergeError(f"case {key} is in both {seen[key]} and {run}")
@@ -39,9 +40,8 @@ def merge_runs(runs: list[str | Path], out_root: str | Path,
             cases.append((key, rows))
         samples += read_samples(run)
     name = metas[0]["config"]["name"]
-    run_id = f"{name}-merged-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}"
-    path = Path(out_root) / run_id
-    path.mkdir(parents=True, exist_ok=False)
+    path = new_run_folder(out_root, f"{name}-merged")
+    run_id = path.name
     df = to_frame([row for _, rows in cases for row in rows])
     meta = {"schema_version": SCHEMA_VERSION, "run_id": run_id, "merged_utc": utc_now(),
             "merged_from": [m["run_id"] for m in metas], "config": metas[0]["config"],

@@ -17,7 +17,7 @@ import pandas as pd
 from pytest_benchmark.stats import Stats
 
 from .schema import CASE_KEY, COLUMNS, Measurement
-from .storage import RunWriter, load_run, read_samples
+from .storage import RunFolderError, RunWriter, load_run, read_samples
 
 BENCH_MODULE = "tests/benchmarks/test_kernels.py"
 
@@ -74,15 +74,43 @@ def to_pytest_benchmark(run: str | Path) -> dict:
             "benchmarks": benchmarks, "datetime": meta.get("started_utc"), "version": "5.3.1"}
 
 
+def read_pytest_benchmark(path: str | Path) -> dict:
+    """A pytest-benchmark JSON file of quantbench cases, checked whole before anything is written:
+    RunFolderError naming the file and the first entry that is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise RunFolderError(f"{path}: no such file (expected pytest-benchmark JSON)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RunFolderError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list):
+        raise RunFolderError(f"{path}: expected pytest-benchmark JSON (an object with a 'benchmarks' list)")
+    for i, bench in enumerate(data["benchmarks"]):
+        stats = bench.get("stats") if isinstance(bench, dict) else None
+        case = (bench.get("extra_info") or {}).get("case") if isinstance(bench, dict) else None
+        if not isinstance(stats, dict) or not isinstance(case, dict) or "fullname" not in bench:
+            raise RunFolderError(f"{path}: benchmarks[{i}]: expected fullname, stats and extra_info.case "
+                                 f"(as tests/benchmarks writes them)")
+        needed = [k for k in ("median", "min", "mean", "stddev", "rounds") if not isinstance(stats.get(k), (int, float))]
+        if needed and not stats.get("data"):
+            raise RunFolderError(f"{path}: benchmarks[{i}].stats: no number for {', '.join(needed)} and no data")
+    for key in ("machine_info", "commit_info"):
+        if not isinstance(data.get(key) or {}, dict):
+            raise RunFolderError(f"{path}: {key}: expected an object")
+    return data
+
+
 def from_pytest_benchmark(path: str | Path, out_root: str | Path,
                           summarize: Callable[[pd.DataFrame, dict[str, Any]], str]) -> Path:
     """A pytest-benchmark JSON file (of tests/benchmarks, or converted from a run) as a run folder,
     its summary.md written by `summarize`."""
-    data = json.loads(Path(path).read_text())
+    data = read_pytest_benchmark(path)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     writer = RunWriter.create(out_root, f"pytest-benchmark-{Path(path).stem}", {
         "source": str(path), "machine_info": data.get("machine_info"), "commit_info": data.get("commit_info"),
-        "env": {"gpu": data.get("machine_info", {}).get("gpu"), "git_commit": data.get("commit_info", {}).get("id")},
+        "env": {"gpu": (data.get("machine_info") or {}).get("gpu"),
+                "git_commit": (data.get("commit_info") or {}).get("id")},
         "imported_utc": stamp})
     for bench in data["benchmarks"]:
         stats, extra = bench["stats"], bench.get("extra_info", {})

@@ -18,6 +18,7 @@ import gzip
 import json
 import math
 import os
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -107,9 +108,8 @@ class RunWriter:
 
     @classmethod
     def create(cls, out_root: str | Path, name: str, meta: dict[str, Any]) -> "RunWriter":
-        run_id = f"{name}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}"
-        path = Path(out_root) / run_id
-        path.mkdir(parents=True, exist_ok=False)
+        path = new_run_folder(out_root, name)
+        run_id = path.name
         return cls(path, {"schema_version": SCHEMA_VERSION, "run_id": run_id, "started_utc": utc_now(), **meta}, [])
 
     @classmethod
@@ -117,7 +117,7 @@ class RunWriter:
         """Continue a run folder: keep its intact cases (a line cut short by a kill is dropped and
         its case runs again) and the samples of those cases only."""
         path = Path(path)
-        meta = json.loads((path / "meta.json").read_text())
+        meta = read_meta(path, required=True)
         done = read_cases(path / "rows.jsonl", drop_torn_tail=True)
         keys = {key for key, _ in done}
         samples = [rec for rec in read_samples(path, drop_torn_tail=True) if rec["case"] in keys]
@@ -159,6 +159,36 @@ class RunFolderError(Exception):
     """A run folder that cannot be read as it is: the message names the file and line."""
 
 
+def writable_folder(path: str | Path, flag: str = "--out") -> Path:
+    """`path` as a folder this process can write in, made if missing; RunFolderError saying why
+    not (a file there, no permission) before any work is done."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise RunFolderError(f"{flag} {path}: is a file, expected a folder to write in")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunFolderError(f"{flag} {path}: cannot be made ({e.strerror})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise RunFolderError(f"{flag} {path}: not writable by this user")
+    return path
+
+
+def new_run_folder(out_root: str | Path, name: str) -> Path:
+    """A new folder `name-<UTC second>` under out_root; two runs started in the same second get
+    -2, -3, ... rather than one of them failing."""
+    base = f"{name}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}"
+    root = writable_folder(out_root)
+    for n in range(1, 1000):
+        path = root / (base if n == 1 else f"{base}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise RunFolderError(f"{root}: 999 run folders named {base}-*; choose another --out")
+
+
 def read_lines(path: Path, drop_torn_tail: bool = False) -> list[dict[str, Any]]:
     """The JSON records of a .jsonl file. A last line without its newline was cut short by a kill:
     dropped when `drop_torn_tail`, an error otherwise; any other bad line is an error naming the
@@ -191,6 +221,15 @@ def read_cases(path: Path, drop_torn_tail: bool = False) -> list[tuple[str, list
     return [(rec["case"], rec["rows"]) for rec in read_lines(path, drop_torn_tail)]
 
 
+NUMERIC = [c for c in TIME + CLOCKS + MEMORY + ERROR + OUTPUT_ERROR if c != "timing_valid"] + \
+    ["bits", "group_size", "M", "N", "K", "layers", "depth"]
+
+
+def first_line_of(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
 def to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=COLUMNS)
     for col in [c for c in TIME + CLOCKS + MEMORY + ERROR + OUTPUT_ERROR if c != "timing_valid"]:
@@ -201,22 +240,75 @@ def to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     return df
 
 
+def read_meta(run: str | Path, required: bool = False) -> dict[str, Any]:
+    """A run folder's meta.json: a JSON object written by this schema or an older one. {} where
+    there is none and it is not `required`; RunFolderError naming the file otherwise."""
+    meta_file = Path(run) / "meta.json"
+    if not meta_file.exists():
+        if required:
+            raise RunFolderError(f"{meta_file}: missing; is {run} a run folder?")
+        return {}
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RunFolderError(f"{meta_file}: not valid JSON ({e}); a run's meta.json is a JSON object") from None
+    if not isinstance(meta, dict):
+        raise RunFolderError(f"{meta_file}: expected a JSON object, got a {type(meta).__name__}")
+    version = meta.get("schema_version")
+    if isinstance(version, int) and version > SCHEMA_VERSION:
+        raise RunFolderError(f"{meta_file}: schema version {version} is newer than this quantbench reads "
+                             f"({SCHEMA_VERSION}); upgrade quantbench")
+    return meta
+
+
+def _read_table(csv: Path) -> pd.DataFrame:
+    """results.csv with every numeric column numeric; RunFolderError naming the file, and the
+    column and row, for anything else."""
+    try:
+        df = pd.read_csv(csv)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
+        raise RunFolderError(f"{csv}: not a readable results table ({first_line_of(e)})") from None
+    missing = [c for c in IDENTITY if c not in df.columns and c in ("op", "impl", "status")]
+    if missing:
+        raise RunFolderError(f"{csv}: no column {', '.join(missing)}: not a quantbench results table")
+    # runs written before a column existed read it as missing, never as an error
+    df = df.reindex(columns=COLUMNS + [c for c in df.columns if c not in COLUMNS])
+    for col in NUMERIC:
+        values = pd.to_numeric(df[col], errors="coerce")
+        bad = values.isna() & df[col].notna()
+        if bad.any():
+            row = int(bad.idxmax())
+            raise RunFolderError(f"{csv}: row {row + 2}: column {col} holds {df.at[row, col]!r}, expected a number")
+        df[col] = values
+    return df
+
+
 def load_run(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """A run folder's table and metadata (results.csv, or rows.jsonl for a run that did not finish)."""
+    """A run folder's table and metadata. rows.jsonl is the record: results.csv is read when it
+    holds the same rows, and rebuilt from rows.jsonl (with a warning) when it does not, as after a
+    run cut between the two writes or a damaged copy."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such run folder")
-    meta_file = path / "meta.json"
-    meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
-    if (path / "results.csv").exists():
-        df = pd.read_csv(path / "results.csv")
-        # runs written before a column existed read it as missing, never as an error
-        df = df.reindex(columns=COLUMNS + [c for c in df.columns if c not in COLUMNS])
-    elif (path / "rows.jsonl").exists():
-        df = to_frame([row for _, rows in read_cases(path / "rows.jsonl") for row in rows])
-    else:
+    meta = read_meta(path)
+    csv, record = path / "results.csv", path / "rows.jsonl"
+    if not csv.exists() and not record.exists():
         raise FileNotFoundError(f"{path}: neither results.csv nor rows.jsonl is there")
-    return with_roles(df), meta
+    recorded = [row for _, rows in read_cases(record) for row in rows] if record.exists() else None
+    if csv.exists():
+        try:
+            df = _read_table(csv)
+        except RunFolderError as e:
+            if recorded is None:
+                raise
+            problem = str(e)
+        else:
+            if recorded is None or len(recorded) == len(df):
+                return with_roles(df), meta
+            problem = f"{csv} holds {len(df)} rows, {record} {len(recorded)}"
+        print(f"warning: {problem}: reading rows.jsonl, the record (the table is stale or damaged)",
+              file=sys.stderr)
+    return with_roles(to_frame(recorded)), meta
 
 
 def with_roles(df: pd.DataFrame) -> pd.DataFrame:

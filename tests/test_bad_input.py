@@ -1,0 +1,236 @@
+"""Bad input never ends in a traceback and is never reported as fine (issue 15).
+
+A corpus of damaged run folders goes through every command that reads runs, and a corpus of bad
+configs and arguments through the commands that take them. Each case must end with exit status
+2 and a message naming the file (or flag), or, where the run can still be read from its record
+(rows.jsonl), exit 0 with a warning that says so. Commands run in-process: an exception that
+escapes main() fails the test with its traceback. Hypothesis then throws random YAML and random
+bytes at the readers: only the documented errors may come out.
+"""
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from quantbench.harness.cli import main
+from quantbench.harness.config import ConfigError, parse_config, read_yaml
+from quantbench.harness.results import SCHEMA_VERSION, RunFolderError, load_run
+
+ROOT = Path(__file__).resolve().parents[1]
+GOOD = ROOT / "results" / "h200" / "quick-20261202T201422Z"
+
+
+def _csv_with(run: Path, column: str, value: str) -> None:
+    lines = (run / "results.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    first = lines[1].split(",")
+    first[header.index(column)] = value
+    (run / "results.csv").write_text("\n".join([lines[0], ",".join(first), *lines[2:]]) + "\n")
+
+
+# name: (damage, readable from the record?)
+DAMAGES = {
+    "meta-not-json": (lambda r: (r / "meta.json").write_text("{not json"), False),
+    "meta-a-list": (lambda r: (r / "meta.json").write_text("[1, 2]"), False),
+    "meta-binary": (lambda r: (r / "meta.json").write_bytes(b"\xff\xfe\x00garbage"), False),
+    "meta-future-schema": (lambda r: (r / "meta.json").write_text(json.dumps(
+        {**json.loads((r / "meta.json").read_text()), "schema_version": 99})), False),
+    "csv-empty": (lambda r: (r / "results.csv").write_text(""), True),
+    "csv-binary": (lambda r: (r / "results.csv").write_bytes(bytes(range(256)) * 4), True),
+    "csv-truncated": (lambda r: (r / "results.csv").write_text((r / "results.csv").read_text()[:2000]), True),
+    "csv-ms-not-a-number": (lambda r: _csv_with(r, "ms", "fast"), True),
+    "csv-and-rows-gone": (lambda r: [(r / f).unlink() for f in ("results.csv", "rows.jsonl")], False),
+    "rows-torn-no-csv": (lambda r: ((r / "results.csv").unlink(),
+                                    (r / "rows.jsonl").write_text((r / "rows.jsonl").read_text()[:-50])), False),
+    "rows-bad-line-no-csv": (lambda r: ((r / "results.csv").unlink(),
+                                        (r / "rows.jsonl").write_text("{}\nnot json\n")), False),
+    "samples-gz-truncated": (lambda r: (r / "samples.jsonl.gz").write_bytes(
+        (r / "samples.jsonl.gz").read_bytes()[:100]), None),
+    "a-file-not-a-folder": (lambda r: (shutil.rmtree(r), r.write_text("x")), False),
+    "no-such-folder": (lambda r: shutil.rmtree(r), False),
+}
+
+COMMANDS = {
+    "show": lambda run, tmp: ["show", str(run)],
+    "compare": lambda run, tmp: ["compare", str(GOOD), str(run), "--out", str(tmp / "cmp")],
+    "merge": lambda run, tmp: ["merge", str(run), "--out", str(tmp / "merged")],
+    "to-pytest-benchmark": lambda run, tmp: ["to-pytest-benchmark", str(run), "--out", str(tmp / "pb.json")],
+}
+
+
+def _current(run: Path) -> Path:
+    """GOOD, copied, its meta.json saying this schema version (so that merge takes it)."""
+    shutil.copytree(GOOD, run)
+    meta = json.loads((run / "meta.json").read_text())
+    (run / "meta.json").write_text(json.dumps({**meta, "schema_version": SCHEMA_VERSION}))
+    return run
+
+
+@pytest.fixture
+def damaged(tmp_path, request):
+    name = request.param
+    run = _current(tmp_path / f"damaged-{name}")
+    DAMAGES[name][0](run)
+    return name, run
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+@pytest.mark.parametrize("damaged", list(DAMAGES), indirect=True)
+def test_every_reader_names_the_damage_or_reads_the_record(damaged, command, tmp_path, capsys):
+    name, run = damaged
+    rc = main(COMMANDS[command](run, tmp_path))
+    err = capsys.readouterr().err
+    readable = DAMAGES[name][1]
+    if readable is None:  # only the commands that read samples notice
+        readable = command in ("show",)
+    if readable:
+        assert rc == 0, f"{name} / {command}: exit {rc}, stderr: {err}"
+        if name.startswith("csv-") and command != "merge":
+            assert "reading rows.jsonl" in err, err  # said, not silent
+        return
+    assert rc == 2, f"{name} / {command}: exit {rc}, stderr: {err}"
+    assert "Traceback" not in err
+    assert run.name in err or "--out" in err, err  # the message names what is damaged
+
+
+def test_report_of_a_damaged_run_is_refused_in_one_line(tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(GOOD, run)
+    (run / "meta.json").write_text("{")
+    assert main(["report", str(run), "--out", str(tmp_path / "rep")]) == 2
+    err = capsys.readouterr().err
+    assert "meta.json" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_missing_samples_file_is_unjudged_never_same(tmp_path, capsys):
+    run = tmp_path / "no-samples"
+    shutil.copytree(GOOD, run)
+    (run / "samples.jsonl.gz").unlink()
+    assert main(["compare", str(GOOD), str(run), "--out", str(tmp_path / "c")]) == 0
+    out = capsys.readouterr().out
+    assert "same: 0" in out and "unjudged: 48" in out and "latency not judged for 48" in out
+    assert main(["compare", str(GOOD), str(run), "--out", str(tmp_path / "c2"), "--fail-on", "unjudged"]) == 1
+    verdict = json.loads((tmp_path / "c2" / "verdict.json").read_text())
+    assert verdict["counts"]["unjudged"] == 48
+
+
+def test_a_stale_table_is_rebuilt_from_the_record(tmp_path, capsys):
+    run = tmp_path / "stale"
+    shutil.copytree(GOOD, run)
+    (run / "results.csv").write_text((run / "results.csv").read_text().splitlines(keepends=True)[0])
+    df, _ = load_run(run)
+    assert len(df) == 48 and "reading rows.jsonl" in capsys.readouterr().err
+
+
+BAD_CONFIGS = {
+    "not-utf8.yaml": b"name: x\n\xff\xfe\n",
+    "duplicate-key.yaml": b"name: a\nname: b\nsweep: {op: [quantize]}\n",
+    "nan-mean.yaml": b"name: a\nweights: {source: normal, mean: .nan}\nsweep: {op: [quantize], N: [4], K: [64]}\n",
+    "inf-std.yaml": b"name: a\nweights: {source: normal, std: .inf}\nsweep: {op: [quantize], N: [4], K: [64]}\n",
+    "empty.yaml": b"",
+    "a-list.yaml": b"- 1\n- 2\n",
+    "binary.yaml": bytes(range(256)),
+    "bad-syntax.yaml": b"name: [unclosed\n",
+    "unknown-key.yaml": b"name: a\nsweep: {op: [quantize], bitz: [4]}\n",
+    "group-not-dividing-k.yaml": b"name: a\nsweep: {op: [quantize], N: [4], K: [96], granularity: [group], "
+                                 b"group_size: [64]}\n",
+    "unknown-impl.yaml": b"name: a\nsweep: {op: [quantize], impl: [tritonn]}\n",
+    "missing-plugin.yaml": b"name: a\nplugins: [no_such_module_here]\nsweep: {op: [quantize]}\n",
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_CONFIGS))
+def test_a_bad_config_is_one_error_naming_the_file(name, tmp_path, capsys):
+    path = tmp_path / name
+    path.write_bytes(BAD_CONFIGS[name])
+    for command in (["validate", str(path)], ["run", str(path), "--out", str(tmp_path / "out"), "--device", "cpu"]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert name in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("args", [
+    ["validate", "no-such-config.yaml"],
+    ["validate", "."],
+    ["fit", "--params=-7e9", "--gpu-mem", "8GiB"],
+    ["fit", "--params", "nan", "--gpu-mem", "8GiB"],
+    ["fit", "--params", "0", "--gpu-mem", "8GiB"],
+    ["fit", "--params", "7e9", "--gpu-mem", "0GiB"],
+    ["compare-gpus", str(GOOD), str(GOOD)],
+    ["from-pytest-benchmark", "."],
+])
+def test_bad_arguments_are_refused(args, capsys):
+    assert main(args) == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content", [b"", b"{\"bench", b"[]", b"{\"benchmarks\": [1]}",
+                                     b"{\"benchmarks\": [{\"fullname\": \"x\", \"stats\": {}}]}"])
+def test_foreign_pytest_benchmark_json_writes_no_run(content, tmp_path, capsys):
+    path = tmp_path / "pb.json"
+    path.write_bytes(content)
+    assert main(["from-pytest-benchmark", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert "pb.json" in capsys.readouterr().err
+    assert not any((tmp_path / "out").glob("*")) if (tmp_path / "out").exists() else True
+
+
+def test_out_must_be_a_writable_folder(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for args in (["merge", str(GOOD), "--out", str(afile)],
+                 ["compare", str(GOOD), str(GOOD), "--out", str(afile)],
+                 ["to-pytest-benchmark", str(GOOD), "--out", str(tmp_path)],
+                 ["run", str(ROOT / "configs" / "quick.yaml"), "--out", str(afile), "--device", "cpu"]):
+        assert main(args) == 2
+        assert "--out" in capsys.readouterr().err
+
+
+def test_resume_refuses_another_machine_or_schema(tmp_path, capsys):
+    run = tmp_path / "gpu-run"
+    shutil.copytree(GOOD, run)
+    assert main(["run", str(ROOT / "configs" / "quick.yaml"), "--resume", str(run), "--device", "cpu"]) == 2
+    assert "--resume" in capsys.readouterr().err
+    meta = json.loads((run / "meta.json").read_text())
+    (run / "meta.json").write_text(json.dumps({**meta, "schema_version": 4}))
+    assert main(["run", str(ROOT / "configs" / "quick.yaml"), "--resume", str(run), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "GPU 'NVIDIA H200'" in err and "cpu" in err
+
+
+def test_two_runs_in_one_second_get_two_folders(tmp_path):
+    from quantbench.harness.results.storage import new_run_folder
+    a, b = new_run_folder(tmp_path, "same"), new_run_folder(tmp_path, "same")
+    assert a != b and a.is_dir() and b.is_dir()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(max_size=300))
+def test_random_yaml_gives_a_config_or_a_config_error(text, tmp_path):
+    path = tmp_path / "random.yaml"
+    path.write_text(text, encoding="utf-8")
+    try:
+        data, root = read_yaml(path)
+        parse_config(data, str(path), root)
+    except ConfigError:
+        pass
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(meta=st.binary(max_size=200), table=st.binary(max_size=400), torn=st.booleans())
+def test_random_run_files_give_a_table_or_a_run_folder_error(meta, table, torn, tmp_path):
+    run = tmp_path / "random-run"
+    shutil.rmtree(run, ignore_errors=True)
+    run.mkdir()
+    (run / "meta.json").write_bytes(meta)
+    (run / "results.csv").write_bytes(table)
+    if torn:
+        (run / "rows.jsonl").write_bytes(gzip.compress(table)[:50])
+    try:
+        load_run(run)
+    except (RunFolderError, FileNotFoundError):
+        pass
