@@ -60,6 +60,7 @@ COMMANDS = {
     "compare": lambda run, tmp: ["compare", str(GOOD), str(run), "--out", str(tmp / "cmp")],
     "merge": lambda run, tmp: ["merge", str(run), "--out", str(tmp / "merged")],
     "to-pytest-benchmark": lambda run, tmp: ["to-pytest-benchmark", str(run), "--out", str(tmp / "pb.json")],
+    "report": lambda run, tmp: ["report", str(run), "--out", str(tmp / "report")],
 }
 
 
@@ -83,6 +84,8 @@ def damaged(tmp_path, request):
 @pytest.mark.parametrize("damaged", list(DAMAGES), indirect=True)
 def test_every_reader_names_the_damage_or_reads_the_record(damaged, command, tmp_path, capsys):
     name, run = damaged
+    if command == "report" and DAMAGES[name][1] is not False:
+        pytest.skip("a readable run's report draws every figure: test_report.py covers that")
     rc = main(COMMANDS[command](run, tmp_path))
     err = capsys.readouterr().err
     readable = DAMAGES[name][1]
@@ -141,6 +144,9 @@ BAD_CONFIGS = {
                                  b"group_size: [64]}\n",
     "unknown-impl.yaml": b"name: a\nsweep: {op: [quantize], impl: [tritonn]}\n",
     "missing-plugin.yaml": b"name: a\nplugins: [no_such_module_here]\nsweep: {op: [quantize]}\n",
+    # byte counts of 2^70 would not fit the table's 64-bit columns (the run used to die at its end)
+    "huge-shape.yaml": b"name: a\nsweep: {op: [quantize], N: [34359738368], K: [34359738368]}\n",
+    "non-square-stack.yaml": b"name: a\nsweep: {op: [stack], N: [64], K: [128], M: [1], layers: [2]}\n",
 }
 
 

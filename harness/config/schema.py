@@ -16,6 +16,9 @@ Scheme = Literal["asymmetric", "symmetric"]
 Granularity = Literal["tensor", "channel", "group"]
 GroupSize = Literal[32, 64, 128, 256]
 PosInt = Annotated[int, Field(gt=0)]
+# a matrix dimension: at most 2^24 (16.7M; a model's largest is ~256K), so that every byte and FLOP
+# count of a case fits the table's 64-bit integers
+Dim = Annotated[int, Field(gt=0, le=1 << 24)]
 # The ops (their contracts are harness/ops's OPS, which tests/test_registry.py holds to this list).
 OP_NAMES = ("quantize", "dequantize", "matmul", "stack", "matmul_w8a8")
 OpName = Literal[OP_NAMES]
@@ -101,8 +104,8 @@ class Shape(Strict):
     """A named weight shape [N, K], e.g. one projection of an LLM layer."""
 
     name: Annotated[str, Field(min_length=1)] | None = None
-    N: PosInt
-    K: PosInt
+    N: Dim
+    K: Dim
 
 
 def _listify(v: Any) -> Any:
@@ -119,9 +122,9 @@ class Sweep(Strict):
     granularity: Annotated[list[Granularity], Field(min_length=1)] = ["channel"]
     group_size: Annotated[list[GroupSize], Field(min_length=1)] | None = None
     dtype: Annotated[list[DType], Field(min_length=1)] | None = None
-    M: Annotated[list[PosInt], Field(min_length=1)] | None = None
-    N: Annotated[list[PosInt], Field(min_length=1)] | None = None
-    K: Annotated[list[PosInt], Field(min_length=1)] | None = None
+    M: Annotated[list[Dim], Field(min_length=1)] | None = None
+    N: Annotated[list[Dim], Field(min_length=1)] | None = None
+    K: Annotated[list[Dim], Field(min_length=1)] | None = None
     shapes: Annotated[list[Shape], Field(min_length=1)] | None = None
     layers: Annotated[list[PosInt], Field(min_length=1)] | None = None
 
