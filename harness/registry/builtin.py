@@ -37,6 +37,11 @@ def _tinygemm(inp: MatmulInputs) -> Callable[[], torch.Tensor]:
     return lambda: torch.ops.aten._weight_int4pack_mm(x, packed, group, scales_zeros)
 
 
+def _qmatmul_path(inp) -> str:
+    """The kernel qmatmul picks for the inputs' M rows (matmul and every layer of a stack)."""
+    return kernels.qmatmul_path(inp.x.shape[0])
+
+
 def _compiled(fn, *args) -> Callable[[], torch.Tensor]:
     """fn(*args) under torch.compile. Dynamo's caches are cleared first: every workload is a new
     shape, and past its recompile limit Dynamo would fall back to eager without saying so. The
@@ -78,7 +83,7 @@ BUILTIN_IMPLS: list[Impl] = [
     Impl(op="dequantize", name="torch", role=R, factory=lambda inp: lambda: kernels.dequantize_ref(inp.q),
          description="PyTorch reference"),
     Impl(op="matmul", name="triton", role=C, factory=lambda inp: lambda: kernels.qmatmul(inp.x, inp.q),
-         path=lambda inp: kernels.qmatmul_path(inp.x.shape[0]),
+         path=_qmatmul_path,
          description="the project's fused dequantize-matmul (GEMV, split-K GEMM, GEMM by M)"),
     Impl(op="matmul", name="torch", role=R, factory=lambda inp: lambda: kernels.qmatmul_ref(inp.x, inp.q),
          description="dequantize, then matmul (the seed notebook's forward pass)"),
@@ -90,7 +95,7 @@ BUILTIN_IMPLS: list[Impl] = [
     Impl(op="matmul", name="tinygemm", role=P, factory=_tinygemm, needs=CUDA,
          description="PyTorch's _weight_int4pack_mm (int4 per group, bfloat16)"),
     Impl(op="stack", name="triton", role=C, factory=lambda inp: lambda: chain(kernels.qmatmul, inp.x, inp.qs),
-         path=lambda inp: kernels.qmatmul_path(inp.x.shape[0]),
+         path=_qmatmul_path,
          description="the project's matmul, layer after layer"),
     Impl(op="stack", name="torch", role=R, factory=lambda inp: lambda: chain(kernels.qmatmul_ref, inp.x, inp.qs),
          description="the reference, layer after layer"),

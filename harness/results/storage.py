@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
+from ..config.errors import first_line
 from .schema import CLOCKS, COLUMNS, ERROR, IDENTITY, LEGACY_ROLES, MEMORY, OUTPUT_ERROR, SCHEMA_VERSION, TIME
 
 SAMPLES = "samples.jsonl"         # appended, one line per timed row, while the run goes
@@ -221,18 +222,13 @@ def read_cases(path: Path, drop_torn_tail: bool = False) -> list[tuple[str, list
     return [(rec["case"], rec["rows"]) for rec in read_lines(path, drop_torn_tail)]
 
 
-NUMERIC = [c for c in TIME + CLOCKS + MEMORY + ERROR + OUTPUT_ERROR if c != "timing_valid"] + \
-    ["bits", "group_size", "M", "N", "K", "layers", "depth"]
-
-
-def first_line_of(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
+MEASURED = [c for c in TIME + CLOCKS + MEMORY + ERROR + OUTPUT_ERROR if c != "timing_valid"]
+NUMERIC = MEASURED + ["bits", "group_size", "M", "N", "K", "layers", "depth"]
 
 
 def to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=COLUMNS)
-    for col in [c for c in TIME + CLOCKS + MEMORY + ERROR + OUTPUT_ERROR if c != "timing_valid"]:
+    for col in MEASURED:
         df[col] = pd.to_numeric(df[col], errors="coerce")  # JSON lines carry inf as "inf"
     for col in ("bits", "group_size", "M", "N", "K", "layers", "depth", "n_samples", "weight_bytes",
                 "peak_mem_bytes"):
@@ -267,8 +263,8 @@ def _read_table(csv: Path) -> pd.DataFrame:
     try:
         df = pd.read_csv(csv)
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
-        raise RunFolderError(f"{csv}: not a readable results table ({first_line_of(e)})") from None
-    missing = [c for c in IDENTITY if c not in df.columns and c in ("op", "impl", "status")]
+        raise RunFolderError(f"{csv}: not a readable results table ({first_line(e)})") from None
+    missing = [c for c in ("op", "impl", "status") if c not in df.columns]
     if missing:
         raise RunFolderError(f"{csv}: no column {', '.join(missing)}: not a quantbench results table")
     # runs written before a column existed read it as missing, never as an error
