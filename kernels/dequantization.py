@@ -12,7 +12,8 @@ import triton
 import triton.language as tl
 
 from .quantization import round_to
-from .references import check_quantized, dequantize_ref, expand_params, out_dtype_of  # noqa: F401 (the reference beside its kernel)
+from .launching import Launcher
+from .references import check_weight_once, dequantize_ref, expand_params, out_dtype_of  # noqa: F401 (the reference beside its kernel)
 from .spec import QuantizedTensor
 
 GRANULARITY_IDS = {"tensor": 0, "channel": 1, "group": 2}
@@ -107,22 +108,25 @@ def dequantize_kernel(codes_ptr, scales_ptr, zeros_ptr, out_ptr, N, K, stride_cn
     tl.store(out_ptr + rows[:, None] * stride_on + cols[None, :], round_to(w, out_ptr.dtype.element_ty), mask=mask)
 
 
+_dequantize_launch = Launcher(dequantize_kernel)
+
+
 def dequantize(q: QuantizedTensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Dequantize with the Triton kernel into a new [N, K] tensor of `out_dtype` (default: the
     scales' dtype, which is the dtype that was quantized). Values saturate at the output dtype's
-    largest finite magnitude; a poisoned segment (NaN scale) comes out NaN."""
-    check_quantized(q, on_kernel_device=True)
+    largest finite magnitude; a poisoned segment (NaN scale) comes out NaN. q's checks run on its
+    first use only (check_weight_once)."""
+    check_weight_once(q)
     n, k = q.shape
     spec = q.spec
     out = torch.empty((n, k), dtype=out_dtype_of(q, out_dtype), device=q.codes.device)
     block_k = max(spec.group_size or 0, min(MIN_BLOCK_K, triton.next_power_of_2(max(k, spec.per_byte))))
     block_n = max(1, TILE_ELEMS // block_k)
     grid = (triton.cdiv(k, block_k), triton.cdiv(n, block_n))
-    dequantize_kernel[grid](
-        q.codes, q.scales, q.scales if q.zeros is None else q.zeros, out, n, k,
-        q.codes.stride(0), out.stride(0), q.scales.stride(0),
+    args = (q.codes, q.scales, q.scales if q.zeros is None else q.zeros, out, n, k,
+            q.codes.stride(0), out.stride(0), q.scales.stride(0))
+    _dequantize_launch(lambda meta: grid, args, dict(
         BITS=spec.bits, OFFSET=spec.offset, SYMMETRIC=spec.symmetric,
         GRANULARITY=GRANULARITY_IDS[spec.granularity], GROUP=spec.group_size or block_k,
-        OUT_MAX=torch.finfo(out.dtype).max, BLOCK_N=block_n, BLOCK_K=block_k,
-    )
+        OUT_MAX=torch.finfo(out.dtype).max, BLOCK_N=block_n, BLOCK_K=block_k))
     return out

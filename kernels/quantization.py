@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 
 from .checks import check_matrix
+from .launching import Launcher
 from .references import qparams_ref, quantize_ref, refuse_poisoned_segments  # noqa: F401 (the reference beside its kernel)
 from .spec import QuantizedTensor, QuantSpec
 
@@ -274,6 +275,11 @@ def _tiling(spec: QuantSpec, k: int) -> tuple[int, int, int, int, int]:
     return (0 if spec.granularity == "tensor" else 1), max(1, TILE_ELEMS // block_k), block_k, block_k, 4
 
 
+_minmax_launch = Launcher(minmax_partials_kernel)
+_qparams_launch = Launcher(tensor_qparams_kernel)
+_quantize_launch = Launcher(quantize_kernel)
+
+
 def quantize(w: torch.Tensor, spec: QuantSpec, *, check_finite: bool = False) -> QuantizedTensor:
     """Quantize w[N, K] (float32/float16/bfloat16, unit stride along K) with the Triton kernel.
 
@@ -298,14 +304,13 @@ def quantize(w: torch.Tensor, spec: QuantSpec, *, check_finite: bool = False) ->
     if spec.granularity == "tensor":
         lo = torch.empty(grid[0] * grid[1], dtype=torch.float32, device=w.device)
         hi = torch.empty_like(lo)
-        minmax_partials_kernel[grid](w, lo, hi, n, k, w.stride(0), BLOCK_N=block_n, BLOCK_K=block_k)
-        tensor_qparams_kernel[(1,)](lo, hi, lo.numel(), scales, zeros_arg,
-                                    QMAX=spec.qmax, SYMMETRIC=spec.symmetric, BLOCK=1024)
-    quantize_kernel[grid](
-        w, codes, scales, zeros_arg, n, k, w.stride(0), codes.stride(0), scales.stride(0),
-        BITS=spec.bits, QMIN=spec.qmin, QMAX=spec.qmax, SYMMETRIC=spec.symmetric,
-        MODE=mode, GROUP=group, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps,
-    )
+        _minmax_launch(lambda meta: grid, (w, lo, hi, n, k, w.stride(0)), dict(BLOCK_N=block_n, BLOCK_K=block_k))
+        _qparams_launch(lambda meta: (1,), (lo, hi, lo.numel(), scales, zeros_arg),
+                        dict(QMAX=spec.qmax, SYMMETRIC=spec.symmetric, BLOCK=1024))
+    _quantize_launch(lambda meta: grid, (w, codes, scales, zeros_arg, n, k, w.stride(0), codes.stride(0),
+                                         scales.stride(0)),
+                     dict(BITS=spec.bits, QMIN=spec.qmin, QMAX=spec.qmax, SYMMETRIC=spec.symmetric,
+                          MODE=mode, GROUP=group, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps))
     q = QuantizedTensor(codes, scales, zeros, spec, (n, k))
     if check_finite:
         refuse_poisoned_segments("w", w, q)

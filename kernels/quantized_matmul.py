@@ -22,16 +22,16 @@ apply are pruned. Under the interpreter one small config is used instead.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
-import triton.testing
 import triton.language as tl
 
-from .checks import check_matrix, check_same_device, interpreting
-from .dequantization import GRANULARITY_IDS, dequant_tile, unpack_tile
-from .references import check_quantized, dequantize_ref
+from .checks import check_matrix, interpreting
+from .dequantization import GRANULARITY_IDS, dequant_tile, dequantize, unpack_tile
+from .launching import Launcher
+from .tuning import tuning_bench
+from .references import check_weight_once, dequantize_ref
+from .split_k import finish_tile, split_workspace
 from .spec import QuantizedTensor
 
 
@@ -49,33 +49,12 @@ def row_params(scales_ptr, zeros_ptr, rows, N, stride_sn, col, SYMMETRIC: tl.con
 
 
 @triton.jit
-def finish_tile(y_ptr, partials_ptr, tickets_ptr, tile, acc, rows_m, rows_n, M, N, stride_ym,
-                SPLIT_K: tl.constexpr):
-    """Write acc[i, j] at y[rows_m[i], rows_n[j]]; with SPLIT_K > 1, acc is one of SPLIT_K partial
-    sums of the tile: it is added into `partials` (float32, laid out like y, zero between calls)
-    and the last of the tile's programs to arrive (counted in tickets[tile], zero between calls)
-    writes the total to y and sets both back to zero. One launch, no buffer to clear first."""
-    offsets = rows_m[:, None] * stride_ym + rows_n[None, :]
-    mask = (rows_m[:, None] < M) & (rows_n[None, :] < N)
-    if SPLIT_K == 1:
-        tl.store(y_ptr + offsets, acc.to(y_ptr.dtype.element_ty), mask=mask)
-    else:
-        tl.atomic_add(partials_ptr + offsets, acc, mask=mask, sem="relaxed")
-        tl.debug_barrier()  # every thread's partial sum is in before the ticket is taken
-        ticket = tl.atomic_add(tickets_ptr + tile, 1, sem="acq_rel")
-        if ticket == SPLIT_K - 1:
-            total = tl.load(partials_ptr + offsets, mask=mask, other=0.0, cache_modifier=".cg")
-            tl.store(y_ptr + offsets, total.to(y_ptr.dtype.element_ty), mask=mask)
-            tl.store(partials_ptr + offsets, tl.zeros_like(total), mask=mask)
-            tl.atomic_xchg(tickets_ptr + tile, 0)
-
-
-@triton.jit
-def qgemv_kernel(x_ptr, units_ptr, scales_ptr, zeros_ptr, y_ptr, N, K, stride_un, stride_sn, row_units,
+def qgemv_kernel(x_ptr, units_ptr, scales_ptr, zeros_ptr, y_ptr, partials_ptr, tickets_ptr, N, K, stride_un,
+                 stride_sn, row_units,
                  BITS: tl.constexpr, FIELDS: tl.constexpr, OFFSET: tl.constexpr, SYMMETRIC: tl.constexpr,
-                 GRANULARITY: tl.constexpr, GROUP: tl.constexpr,
-                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr):
-    """y[1, N] = x[1, K] @ W_hat^T. Grid: (cdiv(N, BLOCK_N),).
+                 GRANULARITY: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                 SPLIT_K: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr):
+    """y[1, N] = x[1, K] @ W_hat^T. Grid: (cdiv(N, BLOCK_N), SPLIT_K).
 
     The codes are read as units of FIELDS bit fields: the packed bytes of ``quantize`` viewed as
     int32 words (FIELDS = 32 // BITS, when a row's bytes are a whole number of aligned words) or
@@ -83,61 +62,76 @@ def qgemv_kernel(x_ptr, units_ptr, scales_ptr, zeros_ptr, y_ptr, N, K, stride_un
     the bytes are little endian. row_units: units per row; stride_un in units. Scales and zeros as
     in dequant_tile. BLOCK_K is a multiple of FIELDS; with per-group scales BLOCK_K and GROUP are
     powers of two. EVEN_N / EVEN_K: N / K are multiples of BLOCK_N / BLOCK_K (no masks needed).
+    SPLIT_K > 1: the K range is cut in SPLIT_K parts, one program each, summed as in finish_tile.
 
+    At M = 1 the cost to beat is the arithmetic per weight element, not the bytes (an int4 weight
+    of 8192^2 streams in ~8 us on an H200), so each element costs four instructions: shift and
+    mask-or (the field as the float bits of 2^23 + field), one subtraction (exact), one FMA with
+    its activation. Scales and zeros are applied per unit, not per element:
+        sum_k x_k w_k = sum over units u of  s_u * sum_j x_j q_j  +  z_u * sum_j x_j
+    with q = field - OFFSET, since the FIELDS elements of a unit share one segment (a group is a
+    whole number of units). sum_j x_j is the same for every row, so it is computed once per tile.
     The tile is held as [BLOCK_N, segments, units per segment], a segment being the columns that
     share one scale (a group, or the whole tile), so a scale broadcasts without a reshape. Each
-    field is multiplied by the activations of its own columns (a strided read of x, which is
-    small and stays in cache), so the fields are never interleaved, and each program keeps one
-    float32 partial sum per unit it holds, reduced once after the loop. Per-channel and
-    per-tensor scales are applied after the loop: s (x . (q - offset)) + z sum(x).
+    field is multiplied by the activations of its own columns (a strided read of x, which is small
+    and stays in cache), so the fields are never interleaved. The weight is read once, so its loads
+    ask to be evicted first; x is read by every program, so it asks to stay.
     """
     FIELD_MASK: tl.constexpr = (1 << BITS) - 1
     SEG: tl.constexpr = min(GROUP, BLOCK_K) if GRANULARITY == 2 else BLOCK_K
     NSEG: tl.constexpr = BLOCK_K // SEG
     SEG_UNITS: tl.constexpr = SEG // FIELDS
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    pid_n = tl.program_id(0)
+    k_per_split = tl.cdiv(tl.cdiv(K, SPLIT_K), BLOCK_K) * BLOCK_K
+    k_lo = tl.program_id(1) * k_per_split
+    k_hi = min(K, k_lo + k_per_split)
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < N
     segs = tl.arange(0, NSEG)
     tile_units = segs[:, None] * SEG_UNITS + tl.arange(0, SEG_UNITS)[None, :]  # [NSEG, SEG_UNITS]
     acc = tl.zeros((BLOCK_N, NSEG, SEG_UNITS), tl.float32)
-    x_sum = tl.zeros((NSEG, SEG_UNITS), tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    x_total = tl.zeros((NSEG, SEG_UNITS), tl.float32)  # sum of x (per-channel and per-tensor zeros)
+    for k0 in range(k_lo, k_hi, BLOCK_K):
         unit_cols = k0 // FIELDS + tile_units
         unit_ptrs = units_ptr + rows[:, None, None] * stride_un + unit_cols[None, :, :]
         if EVEN_N and EVEN_K:
-            packed = tl.load(unit_ptrs)
+            packed = tl.load(unit_ptrs, eviction_policy="evict_first")
         else:
-            packed = tl.load(unit_ptrs, mask=row_ok[:, None, None] & (unit_cols < row_units)[None, :, :], other=0)
+            packed = tl.load(unit_ptrs, mask=row_ok[:, None, None] & (unit_cols < row_units)[None, :, :], other=0,
+                             eviction_policy="evict_first")
         packed = packed.to(tl.int32)
-        if GRANULARITY == 2:
-            seg_cols = k0 + segs * SEG
-            s_off = rows[:, None] * stride_sn + (seg_cols // GROUP)[None, :]
-            s_ok = row_ok[:, None] & (seg_cols < K)[None, :]
-            scale = tl.load(scales_ptr + s_off, mask=s_ok, other=1.0).to(tl.float32)[:, :, None]
-            if SYMMETRIC:
-                zero = 0.0
-            else:
-                zero = tl.load(zeros_ptr + s_off, mask=s_ok, other=0.0).to(tl.float32)[:, :, None]
         for j in tl.static_range(FIELDS):
             field = (packed >> (j * BITS)) & FIELD_MASK
             # int -> float by the exponent trick (see unpack_tile)
             q = (field | 0x4B000000).to(tl.float32, bitcast=True) - (8388608.0 + OFFSET)
             cols = k0 + tile_units * FIELDS + j
             if EVEN_K:
-                xv = tl.load(x_ptr + cols).to(tl.float32)
+                xv = tl.load(x_ptr + cols, eviction_policy="evict_last").to(tl.float32)
             else:
-                xv = tl.load(x_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)
-            if GRANULARITY == 2:
-                acc += xv[None, :, :] * (q * scale + zero)
+                xv = tl.load(x_ptr + cols, mask=cols < K, other=0.0, eviction_policy="evict_last").to(tl.float32)
+            if j == 0:
+                dot = xv[None, :, :] * q
+                x_sum = xv
             else:
-                acc += xv[None, :, :] * q
-                if not SYMMETRIC:
-                    x_sum += xv
+                dot += xv[None, :, :] * q
+                x_sum += xv
+        if GRANULARITY == 2:
+            seg_cols = k0 + segs * SEG
+            s_off = rows[:, None] * stride_sn + (seg_cols // GROUP)[None, :]
+            s_ok = row_ok[:, None] & (seg_cols < K)[None, :]
+            scale = tl.load(scales_ptr + s_off, mask=s_ok, other=1.0).to(tl.float32)[:, :, None]
+            acc += dot * scale
+            if not SYMMETRIC:
+                zero = tl.load(zeros_ptr + s_off, mask=s_ok, other=0.0).to(tl.float32)[:, :, None]
+                acc += x_sum[None, :, :] * zero
+        else:
+            acc += dot
+            x_total += x_sum
     y = tl.sum(tl.sum(acc, axis=2), axis=1)
     if GRANULARITY != 2:
         scale, zero = row_params(scales_ptr, zeros_ptr, rows * (GRANULARITY == 1), N, stride_sn, 0, SYMMETRIC)
-        y = y * scale + tl.sum(tl.sum(x_sum, axis=1), axis=0) * zero
-    tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=row_ok)
+        y = y * scale + tl.sum(tl.sum(x_total, axis=1), axis=0) * zero
+    finish_tile(y_ptr, partials_ptr, tickets_ptr, pid_n, y[None, :], tl.arange(0, 1), rows, 1, N, N, SPLIT_K)
 
 
 @triton.jit
@@ -212,9 +206,12 @@ def _prune_gemm(configs, named_args, **kwargs):
     return kept or _prune(configs, named_args)[:1]
 
 
-# (BLOCK_N, BLOCK_K, num_warps)
-GEMV_TILES = [(8, 512, 4), (16, 512, 4), (16, 256, 4), (8, 256, 2), (8, 1024, 4), (32, 512, 8), (4, 1024, 2)]
-GEMV_CONFIGS = [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w) for bn, bk, w in GEMV_TILES]
+# (BLOCK_N, BLOCK_K, SPLIT_K, num_warps). On an H200 (kernels/NOTES.md) int4 per group at 8192^2
+# took (64, 256, 4, 8), int8 per channel (32, 512, 1, 8), int4 per channel and 4096^2 (8, 1024, 1, 4).
+GEMV_TILES = [(8, 512, 1, 4), (16, 512, 1, 4), (16, 256, 1, 4), (8, 256, 1, 2), (8, 1024, 1, 4), (32, 512, 1, 8),
+              (4, 1024, 1, 2), (16, 512, 2, 4), (16, 512, 4, 4), (32, 512, 4, 8), (32, 256, 2, 4), (64, 256, 4, 8),
+              (128, 256, 4, 8), (64, 512, 2, 8), (64, 256, 8, 8)]
+GEMV_CONFIGS = [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk}, num_warps=w) for bn, bk, sk, w in GEMV_TILES]
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages)
 # On an H100 at M = 4096, N = K = 8192 (int4): BLOCK_K 128 ran 1.3x faster than 64 (1.87 ms
 # against 2.45 ms per channel, 2.10 against 2.70 per group).
@@ -234,18 +231,20 @@ SPLIT_CONFIGS = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GR
                  for bm, bn, bk, sk, w, s in SPLIT_TILES]
 SPLIT_MAX_M = 64
 KEY = ["M_BUCKET", "N", "K", "BITS", "SYMMETRIC", "GRANULARITY", "GROUP"]
-# Short autotuning samples: a sweep tunes once per M bucket, shape and format, and the harness
-# times the chosen config properly afterwards.
-_tune_bench = functools.partial(triton.testing.do_bench, warmup=5, rep=25)
 qgemv_tuned = triton.autotune(GEMV_CONFIGS, key=["N", "K", "BITS", "FIELDS", "SYMMETRIC", "GRANULARITY", "GROUP"],
-                              prune_configs_by={"early_config_prune": _prune}, do_bench=_tune_bench)(
+                              prune_configs_by={"early_config_prune": _prune}, do_bench=tuning_bench)(
     triton.heuristics({"EVEN_N": lambda a: a["N"] % a["BLOCK_N"] == 0,
                        "EVEN_K": lambda a: a["K"] % a["BLOCK_K"] == 0})(qgemv_kernel))
 qgemm_tuned = triton.autotune(GEMM_CONFIGS, key=KEY + ["IEEE"], prune_configs_by={"early_config_prune": _prune_gemm},
-                              do_bench=_tune_bench)(qgemm_kernel)
+                              do_bench=tuning_bench)(qgemm_kernel)
 qgemm_split_tuned = triton.autotune(SPLIT_CONFIGS, key=KEY + ["IEEE"],
                                     prune_configs_by={"early_config_prune": _prune_gemm},
-                                    do_bench=_tune_bench)(qgemm_kernel)
+                                    do_bench=tuning_bench)(qgemm_kernel)
+
+
+_gemv_launch = Launcher(qgemv_tuned)
+_gemm_launch = Launcher(qgemm_tuned)
+_split_launch = Launcher(qgemm_split_tuned)
 
 
 def _m_bucket(m: int) -> int:
@@ -280,68 +279,82 @@ def _gemv(x: torch.Tensor, q: QuantizedTensor, y: torch.Tensor) -> None:
     n, k = q.shape
     spec = q.spec
     units = code_units(q.codes, spec.bits)
-    args = (x, units, q.scales, q.scales if q.zeros is None else q.zeros, y, n, k, units.stride(0),
+    # the smallest BLOCK_N is 4, which bounds the number of tickets
+    partials, tickets = split_workspace(x.device, n, triton.cdiv(n, 4))
+    args = (x, units, q.scales, q.scales if q.zeros is None else q.zeros, y, partials, tickets, n, k, units.stride(0),
             q.scales.stride(0), units.shape[1])
     fmt = dict(BITS=spec.bits, FIELDS=units.element_size() * spec.per_byte, OFFSET=spec.offset,
                SYMMETRIC=spec.symmetric, GRANULARITY=GRANULARITY_IDS[spec.granularity], GROUP=spec.group_size or 1)
     if interpreting():
-        qgemv_kernel[(triton.cdiv(n, 16),)](*args, **fmt, BLOCK_N=16, BLOCK_K=64, EVEN_N=False, EVEN_K=False)
+        qgemv_kernel[(triton.cdiv(n, 16), 2)](*args, **fmt, BLOCK_N=16, BLOCK_K=64, SPLIT_K=2, EVEN_N=False,
+                                              EVEN_K=False)
     else:
-        qgemv_tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](*args, **fmt)
+        _gemv_launch(lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"]), args, fmt)
 
 
-def qmatmul_path(m: int) -> str:
-    """The kernel qmatmul runs for M rows of activations: the GEMV at M = 1, the split-K GEMM up to
-    SPLIT_MAX_M, the GEMM above."""
-    return "gemv" if m == 1 else "split-k gemm" if m <= SPLIT_MAX_M else "gemm"
-
-
-def qmatmul(x: torch.Tensor, q: QuantizedTensor) -> torch.Tensor:
-    """y[M, N] = x[M, K] @ dequantize(q)^T in x's dtype, the dequantization fused into the matmul.
-
-    x: float32/float16/bfloat16 [M, K], unit stride along K; q: a QuantizedTensor of W [N, K]
-    (codes packed along K as written by ``quantize``). float32 x is multiplied in full float32
-    (no TF32).
-    """
-    check_matrix("x", x)
-    check_quantized(q, on_kernel_device=True)
-    check_same_device(x=x, codes=q.codes)
-    n, k = q.shape
-    m = x.shape[0]
-    if x.shape[1] != k:
-        raise ValueError(f"x must be [M, K] with K = {k} (the weight's K), got {list(x.shape)}")
-    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    path = qmatmul_path(m)
-    if path == "gemv":
-        _gemv(x, q, y)
-        return y
+def _gemm(x: torch.Tensor, q: QuantizedTensor, y: torch.Tensor, split: bool) -> None:
+    m, n = y.shape
     ieee = x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and interpreting())
-    split = path == "split-k gemm"
     # tiles are at least 16 x 32, which bounds the number of tickets
-    partials, tickets = _split_workspace(x.device, m * n, triton.cdiv(m, 16) * triton.cdiv(n, 32)) if split else (y, y)
+    partials, tickets = split_workspace(x.device, m * n, triton.cdiv(m, 16) * triton.cdiv(n, 32)) if split else (y, y)
     args, fmt = launch_args(x, q, y, partials, tickets)
     if interpreting():
         qgemm_kernel[(triton.cdiv(m, 16) * triton.cdiv(n, 32), 2 if split else 1)](
             *args, **fmt, IEEE=ieee, BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, GROUP_M=4, SPLIT_K=2 if split else 1)
     else:
         grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])
-        (qgemm_split_tuned if split else qgemm_tuned)[grid](*args, **fmt, IEEE=ieee)
+        (_split_launch if split else _gemm_launch)(grid, args, {**fmt, "IEEE": ieee})
+
+
+# From this many rows on, float16 and bfloat16 products dequantize the weight (a new [N, K]
+# buffer in x's dtype) and call cuBLAS: there the product is compute-bound and the fused GEMM
+# cannot hide the unpacking inside its K loop. Measured on an H200 at N = K = 8192, float16
+# (kernels/NOTES.md): for 4- and 2-bit codes the dequantize (~51 us) plus cuBLAS beat the fused
+# GEMM from M = 128 (94 against 137 us); 8-bit codes unpack cheaply, and the fused GEMM stays
+# ahead up to M = 256 (91 against 106 us) and behind from M = 1024 (246 against 234).
+DEQUANT_MIN_M = {8: 1024, 4: 128, 2: 128}
+
+
+def qmatmul_path(m: int, dtype: torch.dtype = torch.float16, bits: int = 4) -> str:
+    """The kernel qmatmul runs for M rows of activations of `dtype` and a weight of `bits`: the
+    GEMV at M = 1, the split-K GEMM up to SPLIT_MAX_M, then the GEMM; from DEQUANT_MIN_M[bits]
+    rows of float16 or bfloat16, the Triton dequantize followed by cuBLAS (float32 stays on the
+    GEMM, which multiplies in full float32 where cuBLAS would follow the TF32 setting)."""
+    if m == 1:
+        return "gemv"
+    if m <= SPLIT_MAX_M:
+        return "split-k gemm"
+    if m >= DEQUANT_MIN_M[bits] and dtype in (torch.float16, torch.bfloat16):
+        return "dequantize+cublas"
+    return "gemm"
+
+
+def qmatmul(x: torch.Tensor, q: QuantizedTensor) -> torch.Tensor:
+    """y[M, N] = x[M, K] @ dequantize(q)^T in x's dtype; the kernel is chosen by M (qmatmul_path).
+
+    x: float32/float16/bfloat16 [M, K], unit stride along K; q: a QuantizedTensor of W [N, K]
+    (codes packed along K as written by ``quantize``). float32 x is multiplied in full float32
+    (no TF32). q's checks run on its first use only (check_weight_once); x is checked every call.
+    """
+    check_matrix("x", x)
+    check_weight_once(q)
+    n, k = q.shape
+    m = x.shape[0]
+    if x.shape[1] != k:
+        raise ValueError(f"x must be [M, K] with K = {k} (the weight's K), got {list(x.shape)}")
+    if x.device != q.codes.device:
+        raise ValueError(f"tensors must be on one device, got x on {x.device}, codes on {q.codes.device}")
+    path = qmatmul_path(m, x.dtype, q.spec.bits)
+    if path == "dequantize+cublas":
+        # a new [N, K] buffer each call, from PyTorch's caching allocator (so it is reused, and a
+        # peak-memory measurement sees it)
+        return torch.matmul(x, dequantize(q, x.dtype).t())
+    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    if path == "gemv":
+        _gemv(x, q, y)
+    else:
+        _gemm(x, q, y, split=path == "split-k gemm")
     return y
-
-
-_workspaces: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
-
-
-def _split_workspace(device: torch.device, partial_elems: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The split-K GEMM's float32 partial sums and per-tile tickets on `device`: zero between
-    calls (the kernel clears what it used), kept across calls and grown when too small. Shared by
-    every call on the device, so concurrent split-K calls on different streams are not supported."""
-    partials, tickets = _workspaces.get(device, (None, None))
-    if partials is None or partials.numel() < partial_elems or tickets.numel() < tiles:
-        partials = torch.zeros(max(partial_elems, 1 << 16), dtype=torch.float32, device=device)
-        tickets = torch.zeros(max(tiles, 1 << 12), dtype=torch.int32, device=device)
-        _workspaces[device] = (partials, tickets)
-    return partials, tickets
 
 
 def qmatmul_ref(x: torch.Tensor, q: QuantizedTensor) -> torch.Tensor:

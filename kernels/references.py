@@ -9,6 +9,8 @@ which draws a run's W_hat again; the op contracts' inputs) never imports Triton.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 from .checks import check_matrix, check_same_device
@@ -116,6 +118,22 @@ def check_quantized(q: QuantizedTensor, on_kernel_device: bool) -> None:
         raise ValueError(f"zeros must match scales' shape and dtype, got {list(q.zeros.shape)} "
                          f"{q.zeros.dtype} against {list(q.scales.shape)} {q.scales.dtype}")
     check_same_device(codes=q.codes, scales=q.scales, zeros=q.zeros)
+
+
+_checked_weights: dict[int, weakref.ref] = {}
+
+
+def check_weight_once(q: QuantizedTensor) -> None:
+    """check_quantized(q, on_kernel_device=True) on the first call with this QuantizedTensor only:
+    it is frozen, so what was checked (shapes, dtypes, layout, device) holds for its life, and a
+    launcher called every layer of every token should not pay for the checks again."""
+    seen = _checked_weights.get(id(q))
+    if seen is not None and seen() is q:
+        return
+    check_quantized(q, on_kernel_device=True)
+    if len(_checked_weights) >= 4096:  # ids of weights since freed; a weak reference each
+        _checked_weights.clear()
+    _checked_weights[id(q)] = weakref.ref(q)
 
 
 def out_dtype_of(q: QuantizedTensor, out_dtype: torch.dtype | None) -> torch.dtype:

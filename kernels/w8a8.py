@@ -21,6 +21,7 @@ from .checks import check_matrix, interpreting
 from .quantization import round_half_even
 from .references import qparams_ref
 from .spec import QuantizedTensor, QuantSpec
+from .tuning import tuning_bench
 
 TOKEN_BLOCK_K = 1024
 TOKEN_SPEC = QuantSpec(8, "symmetric", "channel")  # one scale per token (row of x)
@@ -81,7 +82,7 @@ GEMM_CONFIGS = [
     for bm, bn, bk, w, s in [(16, 64, 128, 4, 4), (64, 128, 128, 4, 4), (128, 128, 128, 8, 3),
                              (128, 256, 128, 8, 3), (256, 128, 128, 8, 3)]
 ]
-int8_gemm_tuned = triton.autotune(GEMM_CONFIGS, key=["M", "N", "K"])(int8_gemm_kernel)
+int8_gemm_tuned = triton.autotune(GEMM_CONFIGS, key=["M", "N", "K"], do_bench=tuning_bench)(int8_gemm_kernel)
 
 
 def pack_weights(q: QuantizedTensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,6 +3,7 @@ shown in the tables. The host time itself is measured on a GPU only (tests/gpu).
 
 import pandas as pd
 import pytest
+import torch
 
 from quantbench import kernels
 from quantbench.harness.analysis.tables import op_table
@@ -14,11 +15,11 @@ from quantbench.harness.results import COLUMNS
 
 @pytest.fixture(scope="module")
 def matmul_run(tmp_path_factory):
-    """M = 1, 16 and 128 on one small int4 g32 weight: each of qmatmul's three kernels."""
+    """M = 1, 16, 96 and 128 on one small int4 g32 weight, float16: each of qmatmul's four paths."""
     cfg = RunConfig.model_validate({
         "name": "paths", "device": "cpu", "timing": {"cpu_reps": 1},
         "sweep": {"op": ["matmul"], "impl": ["triton", "torch", "fp16"], "bits": [4], "scheme": ["asymmetric"],
-                  "granularity": ["group"], "group_size": [32], "M": [1, 16, 128], "N": [32], "K": [64]}})
+                  "granularity": ["group"], "group_size": [32], "M": [1, 16, 96, 128], "N": [32], "K": [64], "dtype": ["float16"]}})
     writer = run_sweep(cfg, tmp_path_factory.mktemp("paths"), device="cpu", show_progress=False)
     return pd.read_csv(writer.path / "results.csv")
 
@@ -26,14 +27,16 @@ def matmul_run(tmp_path_factory):
 def test_the_candidate_rows_say_which_kernel_ran(matmul_run):
     assert (matmul_run["status"] == "ok").all(), matmul_run["message"].tolist()
     triton = matmul_run[matmul_run["impl"] == "triton"].set_index("M")["path"].to_dict()
-    assert triton == {1: "gemv", 16: "split-k gemm", 128: "gemm"}
-    assert triton == {m: kernels.qmatmul_path(m) for m in (1, 16, 128)}  # the launcher's own choice
+    assert triton == {1: "gemv", 16: "split-k gemm", 96: "gemm", 128: "dequantize+cublas"}
+    assert triton == {m: kernels.qmatmul_path(m, torch.float16, 4) for m in (1, 16, 96, 128)}  # the launcher's own choice
+    assert kernels.qmatmul_path(128, torch.float32, 4) == "gemm"  # float32 never goes through cuBLAS (TF32)
+    assert kernels.qmatmul_path(128, torch.float16, 8) == "gemm"  # 8-bit codes: the fused GEMM up to M = 1023
     assert matmul_run.loc[matmul_run["impl"] != "triton", "path"].isna().all()  # no variants to name
 
 
 def test_the_tables_show_the_path_and_no_host_time_on_the_cpu(matmul_run):
     table = op_table(matmul_run, "matmul")
-    assert table["path"].tolist() == ["gemv", "split-k gemm", "gemm"]
+    assert table["path"].tolist() == ["gemv", "split-k gemm", "gemm", "dequantize+cublas"]
     assert not any(c.startswith("host us") for c in table.columns)  # the interpreter's time is not a launcher's
     assert matmul_run["host_us"].isna().all()
 

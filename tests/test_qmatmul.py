@@ -63,7 +63,7 @@ def test_mismatched_k_names_x(device):
 def test_split_k_leaves_its_workspace_clear(gen, device):
     """The split-K GEMM's last program per tile clears the shared partial sums and tickets, so a
     second call (another shape) starts from zero and gives the same kind of answer."""
-    from quantbench.kernels import quantized_matmul
+    from quantbench.kernels import split_k
     spec = QuantSpec(4, "asymmetric", "group", 32)
     for n, m in [(40, 20), (33, 7)]:
         w = torch.randn(n, 64, generator=gen).to(device)
@@ -71,5 +71,5 @@ def test_split_k_leaves_its_workspace_clear(gen, device):
         q = quantize_ref(w, spec)
         exact = x.double() @ dequantize_ref(q).double().t()
         assert rel_err(qmatmul(x, q), exact) <= tolerance(torch.float32, 64)
-        partials, tickets = quantized_matmul._workspaces[x.device]
+        partials, tickets = split_k._workspaces[x.device]
         assert not partials.any() and not tickets.any()

@@ -38,8 +38,9 @@ def _tinygemm(inp: MatmulInputs) -> Callable[[], torch.Tensor]:
 
 
 def _qmatmul_path(inp) -> str:
-    """The kernel qmatmul picks for the inputs' M rows (matmul and every layer of a stack)."""
-    return kernels.qmatmul_path(inp.x.shape[0])
+    """The kernel qmatmul picks for the inputs (matmul, and every layer of a stack: one format)."""
+    q = inp.q if hasattr(inp, "q") else inp.qs[0]
+    return kernels.qmatmul_path(inp.x.shape[0], inp.x.dtype, q.spec.bits)
 
 
 def _compiled(fn, *args) -> Callable[[], torch.Tensor]:
@@ -84,7 +85,7 @@ BUILTIN_IMPLS: list[Impl] = [
          description="PyTorch reference"),
     Impl(op="matmul", name="triton", role=C, factory=lambda inp: lambda: kernels.qmatmul(inp.x, inp.q),
          path=_qmatmul_path,
-         description="the project's fused dequantize-matmul (GEMV, split-K GEMM, GEMM by M)"),
+         description="the project's dequantize-matmul (GEMV, split-K GEMM, GEMM, dequantize+cuBLAS by M)"),
     Impl(op="matmul", name="torch", role=R, factory=lambda inp: lambda: kernels.qmatmul_ref(inp.x, inp.q),
          description="dequantize, then matmul (the seed notebook's forward pass)"),
     Impl(op="matmul", name="torch_compile", role=P,

@@ -14,9 +14,10 @@ quantized weights within 2 eps(dtype) + K eps(float32).
 
 import pytest
 import torch
+import triton
 
 from quantbench.harness.ops.metrics import dequant_close
-from quantbench.kernels import (QuantSpec, dequantize, dequantize_ref, pack_weights, qmatmul, quantize,
+from quantbench.kernels import (QuantSpec, dequantize, dequantize_ref, pack_weights, qmatmul, qmatmul_path, quantize,
                                 quantize_ref, quantize_tokens, quantize_tokens_ref, w8a8_matmul, w8a8_matmul_ref)
 
 CUDA = torch.device("cuda")
@@ -35,7 +36,11 @@ MATMUL_PATHS = [
     (1, 37, 512, "gemv-odd-n"),        # N cut inside a tile, K whole: masked loads
     (16, 64, 512, "split-k"),          # M <= 64: K split over programs, atomics and tickets
     (100, 96, 512, "gemm"),            # M > 64: the plain tiled GEMM
+    (1100, 96, 512, "dequantize+cublas"),  # M >= DEQUANT_MIN_M (float16, bfloat16): Triton dequantize, cuBLAS
 ]
+# the name qmatmul_path gives each row's kernel
+KERNEL_OF = {"gemv-even": "gemv", "gemv-odd-k": "gemv", "gemv-odd-n": "gemv", "split-k": "split-k gemm",
+             "gemm": "gemm", "dequantize+cublas": "dequantize+cublas"}
 
 
 def fmt(spec: QuantSpec) -> str:
@@ -101,9 +106,54 @@ def test_qmatmul_every_path_and_format(spec, m, n, k, path):
     w = torch.randn(n, k, generator=g).half().to(CUDA)
     x = torch.randn(m, k, generator=g).half().to(CUDA)
     q = quantize(w, spec)
-    y = qmatmul(x, q)
-    err, bound = rel_err(y, exact_product(x, q)), tolerance(torch.float16, k)
-    assert y.shape == (m, n) and err <= bound, f"{path} {fmt(spec)}: rel err {err:.2e} > {bound:.2e}"
+    assert qmatmul_path(m, x.dtype, spec.bits) == KERNEL_OF[path]
+    exact, bound = exact_product(x, q), tolerance(torch.float16, k)
+    # the first call goes through Triton (and its autotuner); the second launches the compiled
+    # kernel directly (kernels/launching.py)
+    for call in ("first", "second"):
+        y = qmatmul(x, q)
+        err = rel_err(y, exact)
+        assert y.shape == (m, n) and err <= bound, f"{path} {fmt(spec)} {call} call: rel err {err:.2e} > {bound:.2e}"
+
+
+@pytest.mark.parametrize("splits", [1, 3, 4])
+@pytest.mark.parametrize("spec", [QuantSpec(4, "asymmetric", "group", 128), QuantSpec(8, "asymmetric", "channel"),
+                                  QuantSpec(2, "symmetric", "group", 32)], ids=fmt)
+def test_gemv_split_k(spec, splits):
+    """The GEMV with K split over programs (partial sums added atomically, the last program of a
+    row block writing it), whatever the autotuner picks; 3 leaves the last split a short range."""
+    from quantbench.kernels import quantized_matmul as qm, split_k
+    g = torch.Generator().manual_seed(splits)
+    n, k = 96, 1408
+    w, x = torch.randn(n, k, generator=g).half().to(CUDA), torch.randn(1, k, generator=g).half().to(CUDA)
+    q = quantize(w, spec)
+    y = torch.empty(1, n, dtype=x.dtype, device=CUDA)
+    units = qm.code_units(q.codes, spec.bits)
+    partials, tickets = split_k.split_workspace(CUDA, n, n)
+    for _ in range(3):
+        qm.qgemv_kernel[(triton.cdiv(n, 32), splits)](
+            x, units, q.scales, q.scales if q.zeros is None else q.zeros, y, partials, tickets, n, k,
+            units.stride(0), q.scales.stride(0), units.shape[1], BITS=spec.bits,
+            FIELDS=units.element_size() * spec.per_byte, OFFSET=spec.offset, SYMMETRIC=spec.symmetric,
+            GRANULARITY=qm.GRANULARITY_IDS[spec.granularity], GROUP=spec.group_size or 1, BLOCK_N=32,
+            BLOCK_K=128, SPLIT_K=splits, EVEN_N=True, EVEN_K=False)
+        err, bound = rel_err(y, exact_product(x, q)), tolerance(torch.float16, k)
+        assert err <= bound, f"split {splits}: rel err {err:.2e} > {bound:.2e}"
+    torch.cuda.synchronize()
+    assert not partials.any() and not tickets.any()
+
+
+def test_launchers_reuse_what_triton_compiled():
+    """After the calls above, each launcher kept plans, and launches directly (no fallback)."""
+    from quantbench.kernels import dequantization, quantization, quantized_matmul as qm
+    g = torch.Generator().manual_seed(2)
+    w, x = torch.randn(64, 256, generator=g).half().to(CUDA), torch.randn(1, 256, generator=g).half().to(CUDA)
+    q = quantize(w, QuantSpec(4, "asymmetric", "group", 128))
+    for _ in range(2):
+        qmatmul(x, q), qmatmul(x.repeat(16, 1), q), qmatmul(x.repeat(100, 1), q), dequantize(q), quantize(w, q.spec)
+    for launcher in (qm._gemv_launch, qm._split_launch, qm._gemm_launch, dequantization._dequantize_launch,
+                     quantization._quantize_launch):
+        assert launcher.direct and launcher.plans, launcher.tuned
 
 
 @pytest.mark.parametrize("m,n,k,path", MATMUL_PATHS, ids=[p[3] for p in MATMUL_PATHS])
@@ -152,7 +202,7 @@ def test_split_k_sums_every_partial_on_every_call():
     synchronisation between them: each output must hold every partial sum (a program that took
     its ticket before all of its threads had added their partials would drop some), and the
     shared workspace must be clear afterwards."""
-    from quantbench.kernels import quantized_matmul
+    from quantbench.kernels import split_k
     g = torch.Generator().manual_seed(5)
     w = torch.randn(4096, 4096, generator=g).half().to(CUDA)
     x = torch.randn(16, 4096, generator=g).half().to(CUDA)
@@ -162,7 +212,7 @@ def test_split_k_sums_every_partial_on_every_call():
     errors = [rel_err(y, exact) for y in outputs]
     assert max(errors) <= bound, f"worst of 30 calls: rel err {max(errors):.2e} > {bound:.2e}"
     torch.cuda.synchronize()
-    partials, tickets = quantized_matmul._workspaces[x.device]
+    partials, tickets = split_k._workspaces[x.device]
     assert not partials.any() and not tickets.any()
 
 

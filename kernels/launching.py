@@ -1,0 +1,113 @@
+"""Launching an autotuned Triton kernel again without Triton's per-call Python work.
+
+A call through ``tuned[grid](*args, **constants)`` costs the host tens of microseconds before the
+kernel is enqueued: the autotuner builds its key and looks up its choice, the heuristics run,
+the JIT binds every argument, works out its specialization and looks up the compiled kernel.
+Profiled on an H200 (kernels/NOTES.md), that was most of qmatmul's ~70 us against F.linear's
+~16 us. None of it changes between two calls with the same shapes, dtypes and alignments, so
+``Launcher`` does it once per such call signature, keeps the compiled kernel and the constant
+arguments the autotuner and heuristics chose, and launches the compiled kernel directly after.
+
+The signature covers everything Triton specializes a compiled kernel on: each tensor's dtype
+and whether its address is 16-byte aligned, and each integer's value (Triton specializes
+integers equal to 1 and multiples of 16; the exact value is a stricter key, so a call never runs
+a kernel compiled for other arguments).
+
+This reaches into Triton's CompiledKernel (``run``, ``function``, ``packed_metadata``: what
+``JITFunction.run`` itself calls, Triton 3.x); where that is missing, where a launch hook is set
+(a profiler such as proton wants to see every launch) or under the interpreter, every call goes
+through Triton as before.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+import triton
+from triton.runtime import driver
+from triton.runtime.autotuner import Autotuner, Heuristics
+
+from .checks import interpreting
+
+try:
+    from triton import knobs as _knobs
+except ImportError:  # before Triton 3.4
+    _knobs = None
+
+Grid = Callable[[dict[str, Any]], tuple[int, ...]]
+
+
+def _signature(args: tuple) -> tuple:
+    """What a compiled kernel is specialized on, for each argument."""
+    return tuple((a.dtype, a.data_ptr() % 16 == 0) if isinstance(a, torch.Tensor) else a for a in args)
+
+
+def _hooks_set() -> bool:
+    """True when a launch hook is installed (Triton 3.6 keeps them as HookChain objects, set when
+    they hold calls; older versions as a callable or None)."""
+    runtime = getattr(_knobs, "runtime", None)
+    if runtime is None:
+        return True
+    return any(hook is not None and getattr(hook, "calls", True)
+               for hook in (runtime.launch_enter_hook, runtime.launch_exit_hook))
+
+
+class Launcher:
+    """Runs ``tuned`` (an Autotuner over Heuristics over a JITFunction, or any part of that
+    chain), remembering per call signature the compiled kernel and its constant arguments.
+
+    ``launcher(grid, args, constants)``: args are the kernel's leading, non-constexpr arguments in
+    order; constants the constexpr ones the caller sets; grid maps the full set of constants
+    (the caller's and the tuner's) to the launch grid."""
+
+    def __init__(self, tuned: Any):
+        self.tuned = tuned
+        self.plans: dict[tuple, tuple[Any, tuple, dict[str, Any]]] = {}
+        self.direct = True  # cleared if this Triton's compiled kernels cannot be launched directly
+        self.why_not_direct = ""
+
+    def __call__(self, grid: Grid, args: tuple, constants: dict[str, Any]) -> None:
+        if not self.direct or interpreting() or _hooks_set():
+            self.tuned[grid](*args, **constants)
+            return
+        key = (torch.cuda.current_device(), _signature(args), tuple(constants.values()))
+        plan = self.plans.get(key)
+        if plan is None:
+            self._launch_and_plan(key, grid, args, constants)
+            return
+        run, function, metadata, tail, chosen = plan
+        g = grid(chosen)
+        g = g + (1,) * (3 - len(g))
+        stream = driver.active.get_current_stream(key[0])
+        run(g[0], g[1], g[2], stream, function, metadata, None, None, None, *args, *tail)
+
+    def _launch_and_plan(self, key: tuple, grid: Grid, args: tuple, constants: dict[str, Any]) -> None:
+        """Launch through Triton (autotuning on the first call of a shape), then keep what it ran."""
+        compiled = self.tuned[grid](*args, **constants)
+        try:
+            chosen, jit = self._constants_chosen(args, constants)
+            tail = tuple(chosen[name] for name in jit.arg_names[len(args):])
+            compiled._init_handles()
+            plan = (compiled.run, compiled.function, compiled.packed_metadata, tail, chosen)
+        except (AttributeError, KeyError, TypeError) as exc:
+            self.direct = False
+            self.why_not_direct = f"{type(exc).__name__}: {exc}"
+            return
+        self.plans[key] = plan
+
+    def _constants_chosen(self, args: tuple, constants: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+        """Every constexpr argument of the last launch: the caller's, the autotuner's choice, the
+        heuristics' values (computed as Heuristics.run does), and the JITFunction at the end of
+        the chain (the one object in it with compiled-kernel caches)."""
+        chosen = dict(constants)
+        fn = self.tuned
+        while not hasattr(fn, "device_caches"):
+            if isinstance(fn, Autotuner):
+                chosen.update(fn.best_config.kwargs)
+            elif isinstance(fn, Heuristics):
+                named = dict(zip(fn.arg_names, args))
+                for name, rule in fn.values.items():
+                    chosen[name] = rule({**named, **chosen})
+            fn = fn.fn
+        return chosen, fn
