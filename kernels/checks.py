@@ -14,6 +14,12 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for launch grids on the host: triton.cdiv is a constexpr function there, whose
+    call costs microseconds of argument unwrapping per launch."""
+    return -(-a // b)
+
+
 def check_device(name: str, t: torch.Tensor) -> None:
     if not interpreting() and not t.is_cuda:
         raise ValueError(f"{name} must be on a CUDA device (or set TRITON_INTERPRET=1 to run "

@@ -12,6 +12,7 @@ import triton
 import triton.language as tl
 
 from .quantization import round_to
+from .checks import cdiv
 from .launching import Launcher
 from .references import check_weight_once, dequantize_ref, expand_params, out_dtype_of  # noqa: F401 (the reference beside its kernel)
 from .spec import QuantizedTensor
@@ -122,7 +123,7 @@ def dequantize(q: QuantizedTensor, out_dtype: torch.dtype | None = None) -> torc
     out = torch.empty((n, k), dtype=out_dtype_of(q, out_dtype), device=q.codes.device)
     block_k = max(spec.group_size or 0, min(MIN_BLOCK_K, triton.next_power_of_2(max(k, spec.per_byte))))
     block_n = max(1, TILE_ELEMS // block_k)
-    grid = (triton.cdiv(k, block_k), triton.cdiv(n, block_n))
+    grid = (cdiv(k, block_k), cdiv(n, block_n))
     args = (q.codes, q.scales, q.scales if q.zeros is None else q.zeros, out, n, k,
             q.codes.stride(0), out.stride(0), q.scales.stride(0))
     _dequantize_launch(lambda meta: grid, args, dict(

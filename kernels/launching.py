@@ -36,6 +36,9 @@ except ImportError:  # before Triton 3.4
     _knobs = None
 
 Grid = Callable[[dict[str, Any]], tuple[int, ...]]
+# Triton reads TRITON_INTERPRET when a kernel module is imported, and this module is imported
+# with the kernels: what it says now holds for every kernel it launches
+INTERPRETED = interpreting()
 
 
 def _signature(args: tuple) -> tuple:
@@ -68,7 +71,7 @@ class Launcher:
         self.why_not_direct = ""
 
     def __call__(self, grid: Grid, args: tuple, constants: dict[str, Any]) -> None:
-        if not self.direct or interpreting() or _hooks_set():
+        if not self.direct or INTERPRETED or _hooks_set():
             self.tuned[grid](*args, **constants)
             return
         key = (torch.cuda.current_device(), _signature(args), tuple(constants.values()))

@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .checks import check_matrix
+from .checks import cdiv, check_matrix
 from .launching import Launcher
 from .references import qparams_ref, quantize_ref, refuse_poisoned_segments  # noqa: F401 (the reference beside its kernel)
 from .spec import QuantizedTensor, QuantSpec
@@ -300,7 +300,7 @@ def quantize(w: torch.Tensor, spec: QuantSpec, *, check_finite: bool = False) ->
     zeros = None if spec.symmetric else torch.empty_like(scales)
     zeros_arg = scales if zeros is None else zeros  # never written when symmetric
     mode, block_n, block_k, group, num_warps = _tiling(spec, k)
-    grid = (1 if mode == 1 else triton.cdiv(k, block_k), triton.cdiv(n, block_n))
+    grid = (1 if mode == 1 else cdiv(k, block_k), cdiv(n, block_n))
     if spec.granularity == "tensor":
         lo = torch.empty(grid[0] * grid[1], dtype=torch.float32, device=w.device)
         hi = torch.empty_like(lo)

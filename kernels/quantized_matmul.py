@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .checks import check_matrix, interpreting
+from .checks import cdiv, check_matrix, interpreting
 from .dequantization import GRANULARITY_IDS, dequant_tile, dequantize, unpack_tile
 from .launching import Launcher
 from .tuning import tuning_bench
@@ -280,29 +280,29 @@ def _gemv(x: torch.Tensor, q: QuantizedTensor, y: torch.Tensor) -> None:
     spec = q.spec
     units = code_units(q.codes, spec.bits)
     # the smallest BLOCK_N is 4, which bounds the number of tickets
-    partials, tickets = split_workspace(x.device, n, triton.cdiv(n, 4))
+    partials, tickets = split_workspace(x.device, n, cdiv(n, 4))
     args = (x, units, q.scales, q.scales if q.zeros is None else q.zeros, y, partials, tickets, n, k, units.stride(0),
             q.scales.stride(0), units.shape[1])
     fmt = dict(BITS=spec.bits, FIELDS=units.element_size() * spec.per_byte, OFFSET=spec.offset,
                SYMMETRIC=spec.symmetric, GRANULARITY=GRANULARITY_IDS[spec.granularity], GROUP=spec.group_size or 1)
     if interpreting():
-        qgemv_kernel[(triton.cdiv(n, 16), 2)](*args, **fmt, BLOCK_N=16, BLOCK_K=64, SPLIT_K=2, EVEN_N=False,
+        qgemv_kernel[(cdiv(n, 16), 2)](*args, **fmt, BLOCK_N=16, BLOCK_K=64, SPLIT_K=2, EVEN_N=False,
                                               EVEN_K=False)
     else:
-        _gemv_launch(lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"]), args, fmt)
+        _gemv_launch(lambda meta: (cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"]), args, fmt)
 
 
 def _gemm(x: torch.Tensor, q: QuantizedTensor, y: torch.Tensor, split: bool) -> None:
     m, n = y.shape
     ieee = x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and interpreting())
     # tiles are at least 16 x 32, which bounds the number of tickets
-    partials, tickets = split_workspace(x.device, m * n, triton.cdiv(m, 16) * triton.cdiv(n, 32)) if split else (y, y)
+    partials, tickets = split_workspace(x.device, m * n, cdiv(m, 16) * cdiv(n, 32)) if split else (y, y)
     args, fmt = launch_args(x, q, y, partials, tickets)
     if interpreting():
-        qgemm_kernel[(triton.cdiv(m, 16) * triton.cdiv(n, 32), 2 if split else 1)](
+        qgemm_kernel[(cdiv(m, 16) * cdiv(n, 32), 2 if split else 1)](
             *args, **fmt, IEEE=ieee, BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, GROUP_M=4, SPLIT_K=2 if split else 1)
     else:
-        grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])
+        grid = lambda meta: (cdiv(m, meta["BLOCK_M"]) * cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])
         (_split_launch if split else _gemm_launch)(grid, args, {**fmt, "IEEE": ieee})
 
 
