@@ -1,5 +1,6 @@
 """Shards of a sweep split it deterministically; merged, they are the whole sweep."""
 
+import json
 import subprocess
 import sys
 
@@ -56,3 +57,41 @@ def test_merged_shards_equal_the_whole_run(tmp_path):
     different = run_sweep(load_config(other), tmp_path / "o", device="cpu", show_progress=False, shard=(1, 2)).path
     with pytest.raises(MergeError, match="different config"):
         merge_runs([parts[0], different], tmp_path / "mixed", summary_markdown)
+
+
+def _unfinished(run):
+    """The run as a kill would leave it: its meta.json without finished_utc."""
+    meta = json.loads((run / "meta.json").read_text())
+    del meta["finished_utc"]
+    (run / "meta.json").write_text(json.dumps(meta))
+
+
+def test_an_unfinished_run_is_read_with_a_warning_and_merges_unfinished(tmp_path, capsys):
+    path = tmp_path / "sh.yaml"
+    path.write_text(CONFIG)
+    cfg = load_config(path)
+    parts = [run_sweep(cfg, tmp_path / "parts", device="cpu", show_progress=False, shard=(i, 2)).path for i in (1, 2)]
+    capsys.readouterr()
+    load_run(parts[0])
+    assert "did not finish" not in capsys.readouterr().err  # a finished run reads quietly
+    _unfinished(parts[1])
+    df, _ = load_run(parts[1])
+    err = capsys.readouterr().err
+    assert "did not finish" in err and f"--resume {parts[1]}" in err and f"its {len(df)} recorded rows" in err
+    merged = merge_runs(parts, tmp_path / "merged", summary_markdown)
+    load_run(merged)
+    assert "did not finish" in capsys.readouterr().err  # a merge of an unfinished shard is unfinished too
+
+
+def test_a_merge_cut_short_leaves_no_run_folder_that_looks_whole(tmp_path):
+    path = tmp_path / "sh.yaml"
+    path.write_text(CONFIG)
+    cfg = load_config(path)
+    parts = [run_sweep(cfg, tmp_path / "parts", device="cpu", show_progress=False, shard=(i, 2)).path for i in (1, 2)]
+
+    def killed(df, meta):  # the last file of the merge: everything else is written by then
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        merge_runs(parts, tmp_path / "merged", killed)
+    left = list((tmp_path / "merged").iterdir())
+    assert [p.name.startswith(".") and p.name.endswith(".partial") for p in left] == [True], left

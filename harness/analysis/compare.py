@@ -21,6 +21,7 @@ import pandas as pd
 from scipy.stats import mannwhitneyu
 
 from ..results import CASE_KEY
+from ..results.storage import atomic_write
 from .gpu_views import gpu_views, impl_table
 from .loaded_run import CompareError, LoadedRun, Run, gpu_of, keyed
 from .thresholds import Thresholds, ThresholdSet
@@ -139,7 +140,8 @@ def write_report(views: Comparison, out: Path) -> dict:
     counts = {v: int((versus["verdict"] == v).sum()) for v in VERDICTS}
     regressions = versus[versus["verdict"] == "regression"]
     verdict = {"counts": counts, "regressions": regressions.to_dict("records")}
-    (out / "verdict.json").write_text(json.dumps(verdict, indent=2, default=str))
+    # what a CI gate reads: whole or absent, never cut short
+    atomic_write(out / "verdict.json", json.dumps(verdict, indent=2, default=str))
     lines = ["# quantbench compare", "", "## Run against run", "", ", ".join(f"{k}: {v}" for k, v in counts.items()),
              ""]
     judged = versus.get("latency_judged", pd.Series(dtype=bool)).fillna(False).astype(bool)

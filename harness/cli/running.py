@@ -11,7 +11,7 @@ from rich.table import Table
 
 from ..config import AXES, ConfigError, RunConfig, Sweep, load_config
 from ..config.loading import locate
-from ..results.storage import RunFolderError, writable_folder
+from ..results.storage import RunFolderError, atomic_write, writable_folder
 from .rendering import show_new_run
 
 
@@ -117,7 +117,7 @@ def cmd_to_pytest_benchmark(args, console: Console) -> int:
         if out.is_dir():
             raise RunFolderError(f"--out {out}: is a folder, expected the JSON file to write")
         writable_folder(out.parent)
-        out.write_text(text)
+        atomic_write(out, text)
         console.print(f"written: {args.out}")
     else:
         print(text)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from typing import Any, Callable
@@ -10,7 +11,7 @@ from typing import Any, Callable
 import pandas as pd
 
 from .schema import SCHEMA_VERSION
-from .storage import _atomic_write, new_run_folder, read_meta, read_cases, read_samples, to_frame, utc_now, write_samples
+from .storage import atomic_write, new_run_folder, read_meta, read_cases, read_samples, to_frame, utc_now, write_samples
 
 
 class MergeError(Exception):
@@ -49,9 +50,20 @@ def merge_runs(runs: list[str | Path], out_root: str | Path,
             "calibration": metas[0].get("calibration", {}), "datasheet": metas[0].get("datasheet"),
             "rows": len(df),
             "status_counts": df["status"].value_counts().to_dict()}
-    _atomic_write(path / "rows.jsonl", "".join(json.dumps({"case": k, "rows": r}) + "\n" for k, r in cases))
-    write_samples(path, samples)
-    _atomic_write(path / "results.csv", df.to_csv(index=False))
-    _atomic_write(path / "meta.json", json.dumps(meta, indent=2, default=str))
-    _atomic_write(path / "summary.md", summarize(df, meta))
+    if all("finished_utc" in m for m in metas):  # else the merged run, like a shard of it, is unfinished
+        meta["finished_utc"] = meta["merged_utc"]
+    # written in a hidden folder beside it, then moved in one rename: a merge cut short leaves no
+    # run folder that looks whole
+    staging = path.parent / f".{path.name}.partial"
+    staging.mkdir()
+    try:
+        atomic_write(staging / "rows.jsonl", "".join(json.dumps({"case": k, "rows": r}) + "\n" for k, r in cases))
+        write_samples(staging, samples)
+        atomic_write(staging / "results.csv", df.to_csv(index=False))
+        atomic_write(staging / "meta.json", json.dumps(meta, indent=2, default=str))
+        atomic_write(staging / "summary.md", summarize(df, meta))
+    except BaseException:
+        path.rmdir()  # the empty folder new_run_folder reserved; the partial one stays hidden
+        raise
+    os.replace(staging, path)  # onto that empty folder, in one rename
     return path

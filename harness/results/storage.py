@@ -36,7 +36,8 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _atomic_write(path: Path, data: str | bytes) -> None:
+def atomic_write(path: Path, data: str | bytes) -> None:
+    """path holds data, whole, or what it held before (written beside it, synced, then renamed)."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         f.write(data.encode() if isinstance(data, str) else data)
@@ -65,7 +66,7 @@ def read_samples(run: Path, drop_torn_tail: bool = False) -> list[dict[str, Any]
 def _replace_samples(run: Path, lines: str) -> None:
     """samples.jsonl.gz holding `lines`, written atomically, then no plain samples.jsonl. mtime 0 in
     the gzip header, so that the same samples give the same bytes (git keeps a re-written run as is)."""
-    _atomic_write(run / SAMPLES_GZ, gzip.compress(lines.encode(), compresslevel=9, mtime=0))
+    atomic_write(run / SAMPLES_GZ, gzip.compress(lines.encode(), compresslevel=9, mtime=0))
     (run / SAMPLES).unlink(missing_ok=True)
 
 
@@ -103,7 +104,7 @@ class RunWriter:
         self.meta = meta
         self.done = {key for key, _ in done}
         self.rows = [row for _, rows in done for row in rows]
-        _atomic_write(self.path / "meta.json", json.dumps(self.meta, indent=2, default=str))
+        atomic_write(self.path / "meta.json", json.dumps(self.meta, indent=2, default=str))
         self._rows_file = open(self.path / "rows.jsonl", "a")
         self._samples_file = open(self.path / SAMPLES, "a")
 
@@ -122,10 +123,10 @@ class RunWriter:
         done = read_cases(path / "rows.jsonl", drop_torn_tail=True)
         keys = {key for key, _ in done}
         samples = [rec for rec in read_samples(path, drop_torn_tail=True) if rec["case"] in keys]
-        _atomic_write(path / "rows.jsonl", "".join(json.dumps({"case": k, "rows": r}) + "\n" for k, r in done))
+        atomic_write(path / "rows.jsonl", "".join(json.dumps({"case": k, "rows": r}) + "\n" for k, r in done))
         # appending goes on in the plain file; the compressed one of a finished run goes once the
         # plain one holds its lines (the plain file wins while both exist: samples_path)
-        _atomic_write(path / SAMPLES, "".join(json.dumps(rec) + "\n" for rec in samples))
+        atomic_write(path / SAMPLES, "".join(json.dumps(rec) + "\n" for rec in samples))
         (path / SAMPLES_GZ).unlink(missing_ok=True)
         meta.setdefault("resumed_utc", []).append(utc_now())
         return cls(path, meta, done)
@@ -148,11 +149,11 @@ class RunWriter:
         self._samples_file.close()
         compress_samples(self.path)
         df = to_frame(self.rows)
-        _atomic_write(self.path / "results.csv", df.to_csv(index=False))
+        atomic_write(self.path / "results.csv", df.to_csv(index=False))
         counts = df["status"].value_counts().to_dict() if len(df) else {}
         self.meta.update({"finished_utc": utc_now(), "rows": len(df), "status_counts": counts, **meta})
-        _atomic_write(self.path / "meta.json", json.dumps(self.meta, indent=2, default=str))
-        _atomic_write(self.path / "summary.md", summarize(df, self.meta))
+        atomic_write(self.path / "meta.json", json.dumps(self.meta, indent=2, default=str))
+        atomic_write(self.path / "summary.md", summarize(df, self.meta))
         return df
 
 
@@ -291,6 +292,7 @@ def load_run(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     if not csv.exists() and not record.exists():
         raise FileNotFoundError(f"{path}: neither results.csv nor rows.jsonl is there")
     recorded = [row for _, rows in read_cases(record) for row in rows] if record.exists() else None
+    df = None
     if csv.exists():
         try:
             df = _read_table(csv)
@@ -299,12 +301,19 @@ def load_run(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
                 raise
             problem = str(e)
         else:
-            if recorded is None or len(recorded) == len(df):
-                return with_roles(df), meta
-            problem = f"{csv} holds {len(df)} rows, {record} {len(recorded)}"
-        print(f"warning: {problem}: reading rows.jsonl, the record (the table is stale or damaged)",
+            if recorded is not None and len(recorded) != len(df):
+                problem = f"{csv} holds {len(df)} rows, {record} {len(recorded)}"
+                df = None
+        if df is None:
+            print(f"warning: {problem}: reading rows.jsonl, the record (the table is stale or damaged)",
+                  file=sys.stderr)
+    df = with_roles(to_frame(recorded) if df is None else df)
+    if "finished_utc" not in meta:
+        # killed, stopped, or still running: what is there is real, but not the whole sweep
+        print(f"warning: {path}: the run did not finish (meta.json has no finished_utc); its {len(df)} "
+              f"recorded rows are read; `quantbench run CONFIG --resume {path}` measures the rest",
               file=sys.stderr)
-    return with_roles(to_frame(recorded)), meta
+    return df, meta
 
 
 def with_roles(df: pd.DataFrame) -> pd.DataFrame:
