@@ -33,7 +33,29 @@ def _csv_with(run: Path, column: str, value: str) -> None:
     (run / "results.csv").write_text("\n".join([lines[0], ",".join(first), *lines[2:]]) + "\n")
 
 
-# name: (damage, readable from the record?)
+def _meta_without(key: str):
+    def damage(run: Path) -> None:
+        meta = json.loads((run / "meta.json").read_text())
+        del meta[key]
+        (run / "meta.json").write_text(json.dumps(meta))
+    return damage
+
+
+def _drop_column(run: Path, column: str) -> None:
+    lines = (run / "results.csv").read_text().splitlines()
+    at = lines[0].split(",").index(column)
+    (run / "results.csv").write_text("\n".join(",".join(v for i, v in enumerate(line.split(",")) if i != at)
+                                               for line in lines) + "\n")
+
+
+def _keep_cases(run: Path, n: int) -> None:
+    lines = (run / "rows.jsonl").read_text().splitlines(keepends=True)
+    (run / "rows.jsonl").write_text("".join(lines[:n]))
+
+
+READ_SAMPLES = frozenset({"compare", "merge", "to-pytest-benchmark"})
+# name: (damage, which commands read the run anyway: True every one, False none, or every one
+# but those named)
 DAMAGES = {
     "meta-not-json": (lambda r: (r / "meta.json").write_text("{not json"), False),
     "meta-a-list": (lambda r: (r / "meta.json").write_text("[1, 2]"), False),
@@ -50,7 +72,13 @@ DAMAGES = {
     "rows-bad-line-no-csv": (lambda r: ((r / "results.csv").unlink(),
                                         (r / "rows.jsonl").write_text("{}\nnot json\n")), False),
     "samples-gz-truncated": (lambda r: (r / "samples.jsonl.gz").write_bytes(
-        (r / "samples.jsonl.gz").read_bytes()[:100]), None),
+        (r / "samples.jsonl.gz").read_bytes()[:100]), READ_SAMPLES),
+    "meta-empty-object": (lambda r: (r / "meta.json").write_text("{}"), False),
+    "meta-no-config": (_meta_without("config"), frozenset({"merge"})),
+    "meta-unfinished": (_meta_without("finished_utc"), True),
+    "csv-column-dropped": (lambda r: _drop_column(r, "ms"), True),
+    "rows-emptied-no-csv": (lambda r: ((r / "results.csv").unlink(), (r / "rows.jsonl").write_text("")), False),
+    "rows-cut-csv-whole": (lambda r: _keep_cases(r, 2), frozenset({"merge"})),
     "a-file-not-a-folder": (lambda r: (shutil.rmtree(r), r.write_text("x")), False),
     "no-such-folder": (lambda r: shutil.rmtree(r), False),
 }
@@ -65,10 +93,12 @@ COMMANDS = {
 
 
 def _current(run: Path) -> Path:
-    """GOOD, copied, its meta.json saying this schema version (so that merge takes it)."""
+    """GOOD, copied and brought to this schema version (meta.json saying so, results.csv with
+    every column), so that every reader, merge too, takes it whole."""
     shutil.copytree(GOOD, run)
-    meta = json.loads((run / "meta.json").read_text())
+    df, meta = load_run(run)
     (run / "meta.json").write_text(json.dumps({**meta, "schema_version": SCHEMA_VERSION}))
+    (run / "results.csv").write_text(df.to_csv(index=False))
     return run
 
 
@@ -84,17 +114,20 @@ def damaged(tmp_path, request):
 @pytest.mark.parametrize("damaged", list(DAMAGES), indirect=True)
 def test_every_reader_names_the_damage_or_reads_the_record(damaged, command, tmp_path, capsys):
     name, run = damaged
-    if command == "report" and DAMAGES[name][1] is not False:
+    reads = DAMAGES[name][1]
+    readable = reads if isinstance(reads, bool) else command not in reads
+    if command == "report" and readable:
         pytest.skip("a readable run's report draws every figure: test_report.py covers that")
+    capsys.readouterr()
     rc = main(COMMANDS[command](run, tmp_path))
     err = capsys.readouterr().err
-    readable = DAMAGES[name][1]
-    if readable is None:  # only the commands that read samples notice
-        readable = command in ("show",)
     if readable:
         assert rc == 0, f"{name} / {command}: exit {rc}, stderr: {err}"
-        if name.startswith("csv-") and command != "merge":
-            assert "reading rows.jsonl" in err, err  # said, not silent
+        said = {"csv-": "reading rows.jsonl", "meta-unfinished": "did not finish",
+                "rows-cut": "the record is damaged"}  # said, not silent
+        for prefix, words in said.items():
+            if name.startswith(prefix) and command != "merge":
+                assert words in err, err
         return
     assert rc == 2, f"{name} / {command}: exit {rc}, stderr: {err}"
     assert "Traceback" not in err

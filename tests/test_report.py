@@ -1,6 +1,7 @@
 """quantbench report: the files it writes, that its images are images, that the HTML stands alone,
 and that the numbers it prints are the run's own (results.csv)."""
 
+import json
 import math
 import re
 import shutil
@@ -261,6 +262,8 @@ def test_each_candidate_gets_heatmaps_against_every_other_implementation(tmp_pat
     df = with_second_candidate(renamed(df, "triton", "mine"), "mine_fast", 2.0)
     df.to_csv(run / "results.csv", index=False)
     (run / "rows.jsonl").unlink()  # else the record (rows.jsonl) would win over the edited table
+    meta = json.loads((run / "meta.json").read_text())
+    (run / "meta.json").write_text(json.dumps({**meta, "rows": len(df)}))  # and its row count
     write_report([run])
     pngs = {p.name for p in run.glob("*.png")}
     pairs = [("mine", "torch"), ("mine", "mine_fast"), ("mine_fast", "torch"), ("mine_fast", "mine")]

@@ -28,13 +28,21 @@ def merge_runs(runs: list[str | Path], out_root: str | Path,
         if meta.get("schema_version") != SCHEMA_VERSION:
             raise MergeError(f"{run}: schema version {meta.get('schema_version')}, this quantbench writes "
                              f"{SCHEMA_VERSION}: columns would not line up")
+        if not isinstance(meta.get("config"), dict):
+            raise MergeError(f"{run}: meta.json holds no config: not a run folder merge can join")
         if meta.get("config") != metas[0].get("config"):
             raise MergeError(f"{run}: made with a different config than {runs[0]}")
     cases, samples, seen = [], [], {}
-    for run in runs:
+    for run, meta in zip(runs, metas, strict=True):
         if not (run / "rows.jsonl").exists():
             raise MergeError(f"{run}: no rows.jsonl, the record merge joins (not a run folder, or a damaged one)")
-        for key, rows in read_cases(run / "rows.jsonl"):
+        run_cases = read_cases(run / "rows.jsonl")
+        expected = meta.get("rows") if "finished_utc" in meta else None
+        recorded = sum(len(rows) for _, rows in run_cases)
+        if expected is not None and recorded != expected:
+            raise MergeError(f"{run}: rows.jsonl holds {recorded} rows, meta.json says the run finished with "
+                             f"{expected}: the record is damaged")
+        for key, rows in run_cases:
             if key in seen:
                 raise MergeError(f"case {key} is in both {seen[key]} and {run}")
             seen[key] = run

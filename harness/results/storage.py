@@ -252,22 +252,25 @@ def read_meta(run: str | Path, required: bool = False) -> dict[str, Any]:
     if not isinstance(meta, dict):
         raise RunFolderError(f"{meta_file}: expected a JSON object, got a {type(meta).__name__}")
     version = meta.get("schema_version")
-    if isinstance(version, int) and version > SCHEMA_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise RunFolderError(f"{meta_file}: no schema_version (got {version!r}): not the meta.json of a quantbench run")
+    if version > SCHEMA_VERSION:
         raise RunFolderError(f"{meta_file}: schema version {version} is newer than this quantbench reads "
                              f"({SCHEMA_VERSION}); upgrade quantbench")
     return meta
 
 
-def _read_table(csv: Path) -> pd.DataFrame:
+def _read_table(csv: Path, current: bool) -> pd.DataFrame:
     """results.csv with every numeric column numeric; RunFolderError naming the file, and the
-    column and row, for anything else."""
+    column and row, for anything else. `current`: written by this schema version, so every
+    column of it must be there (an older run lacks the newer ones)."""
     try:
         df = pd.read_csv(csv)
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
         raise RunFolderError(f"{csv}: not a readable results table ({first_line(e)})") from None
-    missing = [c for c in ("op", "impl", "status") if c not in df.columns]
+    missing = [c for c in (COLUMNS if current else ("op", "impl", "status", "ms")) if c not in df.columns]
     if missing:
-        raise RunFolderError(f"{csv}: no column {', '.join(missing)}: not a quantbench results table")
+        raise RunFolderError(f"{csv}: no column {', '.join(missing[:5])}: not a whole quantbench results table")
     # runs written before a column existed read it as missing, never as an error
     df = df.reindex(columns=COLUMNS + [c for c in df.columns if c not in COLUMNS])
     for col in NUMERIC:
@@ -292,28 +295,37 @@ def load_run(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     if not csv.exists() and not record.exists():
         raise FileNotFoundError(f"{path}: neither results.csv nor rows.jsonl is there")
     recorded = [row for _, rows in read_cases(record) for row in rows] if record.exists() else None
-    df = None
+    finished = "finished_utc" in meta
+    expected = meta.get("rows") if finished else None  # what the run wrote when it finished
+    table, problem = None, None
     if csv.exists():
         try:
-            df = _read_table(csv)
+            table = _read_table(csv, meta.get("schema_version") == SCHEMA_VERSION)
         except RunFolderError as e:
             if recorded is None:
                 raise
             problem = str(e)
-        else:
-            if recorded is not None and len(recorded) != len(df):
-                problem = f"{csv} holds {len(df)} rows, {record} {len(recorded)}"
-                df = None
-        if df is None:
+    if recorded is None or (table is not None and len(table) == len(recorded)):
+        df = table
+    elif table is not None and len(table) == expected:
+        print(f"warning: {record} holds {len(recorded)} rows, {csv} and meta.json {expected}: reading "
+              f"results.csv (the record is damaged)", file=sys.stderr)
+        df = table
+    else:
+        if csv.exists():
+            problem = problem or f"{csv} holds {len(table)} rows, {record} {len(recorded)}"
             print(f"warning: {problem}: reading rows.jsonl, the record (the table is stale or damaged)",
                   file=sys.stderr)
-    df = with_roles(to_frame(recorded) if df is None else df)
-    if "finished_utc" not in meta:
+        df = to_frame(recorded)
+    if expected is not None and len(df) != expected:
+        raise RunFolderError(f"{path}: meta.json says the run finished with {expected} rows, its tables hold "
+                             f"{len(df)}: the folder is damaged (copy it again from where it was made)")
+    if not finished:
         # killed, stopped, or still running: what is there is real, but not the whole sweep
         print(f"warning: {path}: the run did not finish (meta.json has no finished_utc); its {len(df)} "
               f"recorded rows are read; `quantbench run CONFIG --resume {path}` measures the rest",
               file=sys.stderr)
-    return df, meta
+    return with_roles(df), meta
 
 
 def with_roles(df: pd.DataFrame) -> pd.DataFrame:
