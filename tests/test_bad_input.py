@@ -241,6 +241,35 @@ def test_resume_refuses_another_machine_or_schema(tmp_path, capsys):
     assert "GPU 'NVIDIA H200'" in err and "cpu" in err
 
 
+TINY = """\
+name: tiny
+device: cpu
+timing: {cpu_reps: 1}
+sweep: {op: [quantize], impl: [triton], N: [8], K: [64], bits: [8], granularity: [channel], scheme: [symmetric]}
+"""
+
+
+def test_resuming_a_finished_run_says_so(tmp_path, capsys):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY)
+    assert main(["run", str(config), "--out", str(tmp_path / "out")]) == 0
+    (run,) = (tmp_path / "out").iterdir()
+    capsys.readouterr()
+    assert main(["run", str(config), "--out", str(tmp_path / "out"), "--resume", str(run)]) == 0
+    assert "already measured" in capsys.readouterr().err
+    assert len(list((tmp_path / "out").iterdir())) == 1  # no second folder
+
+
+def test_a_plugin_that_fails_on_import_is_a_config_error(tmp_path, monkeypatch, capsys):
+    (tmp_path / "exploding_plugin.py").write_text("raise RuntimeError('boom at import')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = tmp_path / "with-plugin.yaml"
+    config.write_text(TINY.replace("name: tiny\n", "name: tiny\nplugins: [exploding_plugin]\n"))
+    assert main(["validate", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "exploding_plugin" in err and "boom at import" in err and "Traceback" not in err
+
+
 def test_two_runs_in_one_second_get_two_folders(tmp_path):
     from quantbench.harness.results.storage import new_run_folder
     a, b = new_run_folder(tmp_path, "same"), new_run_folder(tmp_path, "same")
