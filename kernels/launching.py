@@ -24,7 +24,6 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import torch
-import triton
 from triton.runtime import driver
 from triton.runtime.autotuner import Autotuner, Heuristics
 
@@ -66,7 +65,8 @@ class Launcher:
 
     def __init__(self, tuned: Any):
         self.tuned = tuned
-        self.plans: dict[tuple, tuple[Any, tuple, dict[str, Any]]] = {}
+        # call signature -> (launcher, CUfunction, packed metadata, constexpr values, chosen constants)
+        self.plans: dict[tuple, tuple[Any, Any, Any, tuple, dict[str, Any]]] = {}
         self.direct = True  # cleared if this Triton's compiled kernels cannot be launched directly
         self.why_not_direct = ""
 

@@ -1,25 +1,28 @@
-"""Weight-only quantized matmul with the dequantization fused in: y = x @ dequantize(Wq)^T.
+"""Weight-only quantized matmul: y = x @ dequantize(Wq)^T.
 
 W8A16, W4A16 and W2A16 (any scheme and granularity of spec.py) with float32, float16 or bfloat16
 activations and float32 accumulation. The codes are read in the packed layout that ``quantize``
 writes ([N, ceil(K * bits / 8)] uint8, packed along K, element k of a row in byte k // (8 // bits)
-at bit (k % (8 // bits)) * bits) and are never expanded in memory: each program unpacks and scales
-its weight tile in registers.
+at bit (k % (8 // bits)) * bits). The fused kernels never expand them in memory: each program
+unpacks and scales its weight tile in registers.
 
-Two kernels, chosen by M as the fast libraries do:
+The path is chosen by M (and, for large M, the bit width), as the fast libraries do
+(``qmatmul_path``; the results' `path` column):
 - ``qgemv_kernel`` for M = 1, on the CUDA cores (a tl.dot padded to 16 rows wastes most of its
-  work). Each program streams BLOCK_N weight rows over all of K, reading the codes as int32 words
-  where it can, and keeps one float32 partial sum per word it holds, reduced once after the loop.
-- ``qgemm_kernel`` otherwise: a tiled tl.dot GEMM with the dequantization inside the K loop,
-  computed transposed (y^T = W_hat x^T) so that the dequantized weight, which lives in registers,
-  is the dot's left operand (Hopper's wgmma reads its left operand from registers, its right one
-  from shared memory, where the pipelined x tile already is). For M <= SPLIT_MAX_M there are too
-  few output tiles to fill the GPU, so K is split too: SPLIT_K programs share a tile, add their
-  partial sums atomically into a float32 buffer, and the last to finish writes the tile.
-Both are autotuned (the GEMM keyed on the M bucket, N, K and the format); configs that cannot
-apply are pruned. Under the interpreter one small config is used instead.
+  work). Each program streams BLOCK_N weight rows over its part of K (K may be split over
+  programs), reading the codes as int32 words where it can.
+- ``qgemm_kernel``: a tiled tl.dot GEMM with the dequantization inside the K loop, computed
+  transposed (y^T = W_hat x^T) so that the dequantized weight, which lives in registers, is the
+  dot's left operand (Hopper's wgmma reads its left operand from registers, its right one from
+  shared memory, where the pipelined x tile already is). For M <= SPLIT_MAX_M there are too few
+  output tiles to fill the GPU, so K is split too (split_k.py).
+- from DEQUANT_MIN_M rows (float16, bfloat16), the Triton ``dequantize`` into a new buffer, then
+  cuBLAS: there the product is compute-bound and the fused GEMM cannot hide the unpacking.
+The kernels are autotuned (the GEMM keyed on the M bucket, N, K and the format; configs that
+cannot apply are pruned; each config timed by tuning.tuning_bench), and after the first call of
+a call signature launched directly (launching.py). Under the interpreter one small config is used
+instead.
 """
-
 from __future__ import annotations
 
 import torch
@@ -29,9 +32,9 @@ import triton.language as tl
 from .checks import cdiv, check_matrix, interpreting
 from .dequantization import GRANULARITY_IDS, dequant_tile, dequantize, unpack_tile
 from .launching import Launcher
-from .tuning import tuning_bench
 from .references import check_weight_once, dequantize_ref
 from .split_k import finish_tile, split_workspace
+from .tuning import tuning_bench
 from .spec import QuantizedTensor
 
 
@@ -65,12 +68,13 @@ def qgemv_kernel(x_ptr, units_ptr, scales_ptr, zeros_ptr, y_ptr, partials_ptr, t
     SPLIT_K > 1: the K range is cut in SPLIT_K parts, one program each, summed as in finish_tile.
 
     At M = 1 the cost to beat is the arithmetic per weight element, not the bytes (an int4 weight
-    of 8192^2 streams in ~8 us on an H200), so each element costs four instructions: shift and
-    mask-or (the field as the float bits of 2^23 + field), one subtraction (exact), one FMA with
-    its activation. Scales and zeros are applied per unit, not per element:
+    of 8192^2 streams in ~8 us on an H200), so each element is written as four operations: shift
+    and mask-or (the field as the float bits of 2^23 + field), one subtraction (exact), one FMA
+    with its activation (what the compiler makes of it: kernels/NOTES.md). Scales and zeros are
+    applied per unit, not per element:
         sum_k x_k w_k = sum over units u of  s_u * sum_j x_j q_j  +  z_u * sum_j x_j
     with q = field - OFFSET, since the FIELDS elements of a unit share one segment (a group is a
-    whole number of units). sum_j x_j is the same for every row, so it is computed once per tile.
+    whole number of units); sum_j x_j depends on the columns only.
     The tile is held as [BLOCK_N, segments, units per segment], a segment being the columns that
     share one scale (a group, or the whole tile), so a scale broadcasts without a reshape. Each
     field is multiplied by the activations of its own columns (a strided read of x, which is small
@@ -286,8 +290,8 @@ def _gemv(x: torch.Tensor, q: QuantizedTensor, y: torch.Tensor) -> None:
     fmt = dict(BITS=spec.bits, FIELDS=units.element_size() * spec.per_byte, OFFSET=spec.offset,
                SYMMETRIC=spec.symmetric, GRANULARITY=GRANULARITY_IDS[spec.granularity], GROUP=spec.group_size or 1)
     if interpreting():
-        qgemv_kernel[(cdiv(n, 16), 2)](*args, **fmt, BLOCK_N=16, BLOCK_K=64, SPLIT_K=2, EVEN_N=False,
-                                              EVEN_K=False)
+        qgemv_kernel[(cdiv(n, 16), 2)](*args, **fmt, BLOCK_N=16, BLOCK_K=64, SPLIT_K=2,
+                                       EVEN_N=False, EVEN_K=False)
     else:
         _gemv_launch(lambda meta: (cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"]), args, fmt)
 
