@@ -31,3 +31,26 @@ def test_round_trip(tmp_path):
                                   check_dtype=False)
     for col in ("ms", "ms_p20", "ms_p80", "ms_min", "ms_std"):
         assert back[col].to_numpy() == pytest.approx(orig[col].to_numpy(), rel=1e-9)
+
+
+def test_pytest_benchmarks_own_compare_and_list_read_the_export(tmp_path):
+    """`pytest-benchmark compare` and `list` on a converted run (they used to fail on the missing
+    `iterations` of each entry's stats)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pytest_benchmark
+    run = Path(__file__).resolve().parents[1] / "results" / "h200" / "quick-20261202T201422Z"
+    data = to_pytest_benchmark(run)
+    assert data["version"] == pytest_benchmark.__version__
+    storage = tmp_path / ".benchmarks" / "Linux-CPython-3-64bit"
+    storage.mkdir(parents=True)
+    (storage / "0001_quick.json").write_text(json.dumps(data, default=str))
+    compared = subprocess.run([sys.executable, "-m", "pytest_benchmark", "compare", str(storage / "0001_quick.json")],
+                              cwd=tmp_path, capture_output=True, text=True)
+    assert compared.returncode == 0 and "Traceback" not in compared.stderr, compared.stderr
+    assert compared.stdout.count("test_kernel[") == len(data["benchmarks"])
+    listed = subprocess.run([sys.executable, "-m", "pytest_benchmark", "list"], cwd=tmp_path, capture_output=True,
+                            text=True)
+    assert listed.returncode == 0 and "0001_quick.json" in listed.stdout, listed.stderr
