@@ -302,3 +302,17 @@ def test_random_run_files_give_a_table_or_a_run_folder_error(meta, table, torn, 
         load_run(run)
     except (RunFolderError, FileNotFoundError):
         pass
+
+
+def test_the_conversions_without_pytest_benchmark_say_what_to_install(tmp_path, monkeypatch, capsys):
+    import sys
+
+    import quantbench.harness.results as results
+    monkeypatch.setitem(sys.modules, "pytest_benchmark", None)  # as if not installed
+    monkeypatch.delitem(sys.modules, "quantbench.harness.results.pytest_benchmark", raising=False)
+    monkeypatch.delattr(results, "pytest_benchmark", raising=False)
+    for argv in (["to-pytest-benchmark", str(GOOD), "--out", str(tmp_path / "pb.json")],
+                 ["from-pytest-benchmark", str(tmp_path / "pb.json"), "--out", str(tmp_path / "runs")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "pip install pytest-benchmark" in err and "Traceback" not in err, err

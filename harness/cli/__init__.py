@@ -15,7 +15,8 @@ from ..config.errors import EXIT_BAD_INPUT, ConfigError
 from ..results import RunFolderError
 from ..results.merge import MergeError
 from .reading import cmd_compare, cmd_compare_gpus, cmd_fit, cmd_report, cmd_show
-from .running import cmd_from_pytest_benchmark, cmd_list, cmd_merge, cmd_run, cmd_to_pytest_benchmark, cmd_validate
+from .running import (MissingPackage, cmd_from_pytest_benchmark, cmd_list, cmd_merge, cmd_run, cmd_to_pytest_benchmark,
+                      cmd_validate)
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="quantbench", description="Benchmark Triton quantization kernels "
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"config error:\n{e}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except (RunFolderError, MergeError, OSError) as e:  # a missing, damaged or mismatched file or folder
+    except (RunFolderError, MergeError, OSError, MissingPackage) as e:  # a damaged file or folder, a missing package
         if args.debug:
             raise
         print(f"error: {_plain(e)}", file=sys.stderr)

@@ -107,11 +107,26 @@ def _allowed(annotation) -> str:
     return ", ".join(found) or "positive integers"
 
 
+class MissingPackage(Exception):
+    """An optional package a command needs is not installed; the message says which and how."""
+
+
+def _conversions(command: str):
+    """harness.results.pytest_benchmark, which needs the optional package pytest-benchmark."""
+    try:
+        from ..results import pytest_benchmark
+    except ImportError as e:
+        if (e.name or "").split(".")[0] != "pytest_benchmark":
+            raise
+        raise MissingPackage(f"{command} needs the optional package pytest-benchmark, which is not installed: "
+                             f"pip install pytest-benchmark (or quantbench[test])") from None
+    return pytest_benchmark
+
+
 def cmd_to_pytest_benchmark(args, console: Console) -> int:
     import json
 
-    from ..results.pytest_benchmark import to_pytest_benchmark
-    text = json.dumps(to_pytest_benchmark(args.run), indent=2, default=str)
+    text = json.dumps(_conversions("to-pytest-benchmark").to_pytest_benchmark(args.run), indent=2, default=str)
     if args.out:
         out = Path(args.out)
         if out.is_dir():
@@ -126,7 +141,7 @@ def cmd_to_pytest_benchmark(args, console: Console) -> int:
 
 def cmd_from_pytest_benchmark(args, console: Console) -> int:
     from ..analysis.tables import summary_markdown
-    from ..results.pytest_benchmark import from_pytest_benchmark
+    conversions = _conversions("from-pytest-benchmark")
     writable_folder(args.out)
-    show_new_run(from_pytest_benchmark(args.json, args.out, summary_markdown), console)
+    show_new_run(conversions.from_pytest_benchmark(args.json, args.out, summary_markdown), console)
     return 0
