@@ -313,9 +313,10 @@ def _gemm(x: torch.Tensor, q: QuantizedTensor, y: torch.Tensor, split: bool) -> 
 # From this many rows on, float16 and bfloat16 products dequantize the weight (a new [N, K]
 # buffer in x's dtype) and call cuBLAS: there the product is compute-bound and the fused GEMM
 # cannot hide the unpacking inside its K loop. Measured on an H200 at N = K = 8192, float16
-# (kernels/NOTES.md): for 4- and 2-bit codes the dequantize (~51 us) plus cuBLAS beat the fused
-# GEMM from M = 128 (94 against 137 us); 8-bit codes unpack cheaply, and the fused GEMM stays
-# ahead up to M = 256 (91 against 106 us) and behind from M = 1024 (246 against 234).
+# (kernels/NOTES.md): for int4 codes the dequantize (~51 us) plus cuBLAS beat the fused GEMM from
+# M = 128 (94 against 137 us; 2-bit codes, not measured, unpack at least as slowly, so they
+# follow); 8-bit codes unpack cheaply, and the fused GEMM stays ahead up to M = 256 (91 against
+# 106 us) and behind from M = 1024 (246 against 234).
 DEQUANT_MIN_M = {8: 1024, 4: 128, 2: 128}
 
 
