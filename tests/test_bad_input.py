@@ -209,7 +209,8 @@ def test_bad_arguments_are_refused(args, capsys):
 
 
 @pytest.mark.parametrize("content", [b"", b"{\"bench", b"[]", b"{\"benchmarks\": [1]}",
-                                     b"{\"benchmarks\": [{\"fullname\": \"x\", \"stats\": {}}]}"])
+                                     b"{\"benchmarks\": [{\"fullname\": \"x\", \"stats\": {}}]}",
+                                     b"{\"benchmarks\": [{\"fullname\": \"x\", \"stats\": {}, \"extra_info\": [1]}]}"])
 def test_foreign_pytest_benchmark_json_writes_no_run(content, tmp_path, capsys):
     path = tmp_path / "pb.json"
     path.write_bytes(content)

@@ -9,7 +9,8 @@ from pytest_benchmark.stats import Stats
 from quantbench.harness.analysis.tables import summary_markdown
 from quantbench.harness.config import load_config
 from quantbench.harness.results.pytest_benchmark import from_pytest_benchmark, to_pytest_benchmark
-from quantbench.harness.results import load_run
+from quantbench.harness.results import COLUMNS, RunFolderError, load_run
+from quantbench.harness.results.storage import read_meta
 from quantbench.harness.execution.sweep import run_sweep
 
 
@@ -24,13 +25,47 @@ def test_round_trip(tmp_path):
     assert bench["fullname"].startswith("tests/benchmarks/test_kernels.py::test_kernel[quantize-triton-int8")
     assert set(Stats.fields) <= set(bench["stats"]) and len(bench["stats"]["data"]) == 4
     (tmp_path / "pb.json").write_text(json.dumps(data))
-    back, _ = load_run(from_pytest_benchmark(tmp_path / "pb.json", tmp_path / "back", summary_markdown))
+    back_path = from_pytest_benchmark(tmp_path / "pb.json", tmp_path / "back", summary_markdown)
+    back, _ = load_run(back_path)
     orig, _ = load_run(run)
     cols = ["op", "impl", "bits", "M", "N", "K", "n_samples", "timing_valid"]
     pd.testing.assert_frame_equal(back[cols].reset_index(drop=True), orig[cols].reset_index(drop=True),
                                   check_dtype=False)
     for col in ("ms", "ms_p20", "ms_p80", "ms_min", "ms_std"):
         assert back[col].to_numpy() == pytest.approx(orig[col].to_numpy(), rel=1e-9)
+    # lossless for every column quantbench owns (run_id names the new folder)
+    ours = [c for c in COLUMNS if c != "run_id"]
+    pd.testing.assert_frame_equal(back[ours].reset_index(drop=True), orig[ours].reset_index(drop=True),
+                                  check_dtype=False)
+    assert read_meta(back_path)["env"] == read_meta(run)["env"]  # torch, triton, GPU, commit...
+
+
+def test_a_pytest_benchmark_run_without_our_rows_still_imports(tmp_path):
+    """Entries as tests/benchmarks writes them (no extra_info.row): the case and the statistics."""
+    path = tmp_path / "pb.yaml"
+    path.write_text("name: pb\ntiming: {cpu_reps: 3}\nsweep: {op: [quantize], bits: [8], granularity: channel, "
+                    "N: [8], K: [64]}\n")
+    run = run_sweep(load_config(path), tmp_path, device="cpu", show_progress=False).path
+    data = to_pytest_benchmark(run)
+    for bench in data["benchmarks"]:
+        del bench["extra_info"]["row"]
+    del data["machine_info"]["quantbench_env"]
+    (tmp_path / "pb.json").write_text(json.dumps(data))
+    back, meta = load_run(from_pytest_benchmark(tmp_path / "pb.json", tmp_path / "back", summary_markdown))
+    orig, _ = load_run(run)
+    assert back["ms"].to_numpy() == pytest.approx(orig["ms"].to_numpy(), rel=1e-9)
+    assert back["gbps"].isna().all() and meta["env"]["gpu"] == read_meta(run)["env"]["gpu"]
+
+
+def test_a_row_with_a_word_for_a_number_is_refused(tmp_path):
+    path = tmp_path / "pb.yaml"
+    path.write_text("name: pb\ntiming: {cpu_reps: 2}\nsweep: {op: [quantize], bits: [8], granularity: channel, "
+                    "N: [8], K: [64]}\n")
+    data = to_pytest_benchmark(run_sweep(load_config(path), tmp_path, device="cpu", show_progress=False).path)
+    data["benchmarks"][0]["extra_info"]["row"]["gbps"] = "fast"
+    (tmp_path / "pb.json").write_text(json.dumps(data))
+    with pytest.raises(RunFolderError, match=r"benchmarks\[0\]\.extra_info\.row: gbps holds 'fast'"):
+        from_pytest_benchmark(tmp_path / "pb.json", tmp_path / "back", summary_markdown)
 
 
 def test_pytest_benchmarks_own_compare_and_list_read_the_export(tmp_path):

@@ -18,7 +18,7 @@ import pytest_benchmark
 from pytest_benchmark.stats import Stats
 
 from .schema import CASE_KEY, COLUMNS, Measurement
-from .storage import RunFolderError, RunWriter, load_run, read_samples
+from .storage import NUMERIC, RunFolderError, RunWriter, load_run, read_samples
 
 BENCH_MODULE = "tests/benchmarks/test_kernels.py"
 
@@ -63,8 +63,10 @@ def to_pytest_benchmark(run: str | Path) -> dict:
         benchmarks.append({
             "group": case["op"], "name": f"test_kernel[{name}]", "fullname": f"{BENCH_MODULE}::test_kernel[{name}]",
             "params": {"case": name}, "param": name,
+            # the whole row, so that from-pytest-benchmark gives back every column (GB/s, errors,
+            # bytes, host time...), not only what pytest-benchmark's statistics hold
             "extra_info": {"case": case, "timing_valid": bool(row["timing_valid"]), "gpu": row["gpu"],
-                           "run_id": row["run_id"]},
+                           "run_id": row["run_id"], "row": {c: _plain(row.get(c)) for c in COLUMNS}},
             "options": {"disable_gc": False, "timer": "cuda events", "min_rounds": 1, "max_time": None,
                         "min_time": None, "warmup": True},
             # one call per sample: pytest-benchmark's own runs record iterations per round, and its
@@ -72,7 +74,8 @@ def to_pytest_benchmark(run: str | Path) -> dict:
             "stats": {**stats.as_dict(), "iterations": 1, "data": [ms / 1e3 for ms in samples.get(name, [])]},
         })
     env = meta.get("env", {})
-    return {"machine_info": {"node": env.get("hostname"), "gpu": env.get("gpu"), "python_version": env.get("python")},
+    return {"machine_info": {"node": env.get("hostname"), "gpu": env.get("gpu"), "python_version": env.get("python"),
+                             "quantbench_env": env},
             "commit_info": {"id": env.get("git_commit"), "dirty": env.get("git_dirty")},
             "benchmarks": benchmarks, "datetime": meta.get("started_utc"), "version": pytest_benchmark.__version__}
 
@@ -91,10 +94,17 @@ def read_pytest_benchmark(path: str | Path) -> dict:
         raise RunFolderError(f"{path}: expected pytest-benchmark JSON (an object with a 'benchmarks' list)")
     for i, bench in enumerate(data["benchmarks"]):
         stats = bench.get("stats") if isinstance(bench, dict) else None
-        case = (bench.get("extra_info") or {}).get("case") if isinstance(bench, dict) else None
+        extra = bench.get("extra_info") if isinstance(bench, dict) else None
+        case = extra.get("case") if isinstance(extra, dict) else None
         if not isinstance(stats, dict) or not isinstance(case, dict) or "fullname" not in bench:
             raise RunFolderError(f"{path}: benchmarks[{i}]: expected fullname, stats and extra_info.case "
                                  f"(as tests/benchmarks writes them)")
+        row = extra.get("row")
+        if isinstance(row, dict):  # a quantbench export's row: its numbers must be numbers
+            bad = [c for c in NUMERIC if row.get(c) is not None and not isinstance(row[c], (int, float))]
+            if bad:
+                raise RunFolderError(f"{path}: benchmarks[{i}].extra_info.row: {bad[0]} holds {row[bad[0]]!r}, "
+                                     f"expected a number")
         needed = [k for k in ("median", "min", "mean", "stddev", "rounds") if not isinstance(stats.get(k), (int, float))]
         if needed and not stats.get("data"):
             raise RunFolderError(f"{path}: benchmarks[{i}].stats: no number for {', '.join(needed)} and no data")
@@ -102,6 +112,15 @@ def read_pytest_benchmark(path: str | Path) -> dict:
         if not isinstance(data.get(key) or {}, dict):
             raise RunFolderError(f"{path}: {key}: expected an object")
     return data
+
+
+def _env_of(data: dict) -> dict[str, Any]:
+    """The run environment: a quantbench export carries the whole of it; of a pytest-benchmark
+    run, what its machine and commit info say."""
+    machine = data.get("machine_info") or {}
+    if isinstance(machine.get("quantbench_env"), dict):
+        return machine["quantbench_env"]
+    return {"gpu": machine.get("gpu"), "git_commit": (data.get("commit_info") or {}).get("id")}
 
 
 def from_pytest_benchmark(path: str | Path, out_root: str | Path,
@@ -112,12 +131,15 @@ def from_pytest_benchmark(path: str | Path, out_root: str | Path,
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     writer = RunWriter.create(out_root, f"pytest-benchmark-{Path(path).stem}", {
         "source": str(path), "machine_info": data.get("machine_info"), "commit_info": data.get("commit_info"),
-        "env": {"gpu": (data.get("machine_info") or {}).get("gpu"),
-                "git_commit": (data.get("commit_info") or {}).get("id")},
+        "env": _env_of(data),
         "imported_utc": stamp})
     for bench in data["benchmarks"]:
         stats, extra = bench["stats"], bench.get("extra_info", {})
         ms = tuple(s * 1e3 for s in stats.get("data") or [])
+        if isinstance(extra.get("row"), dict):  # a quantbench export: the row as it was
+            row = {**extra["row"], "run_id": writer.run_id}
+            writer.append_case(bench["fullname"], [{c: row.get(c) for c in COLUMNS}], [ms])
+            continue
         row = {**extra["case"], "run_id": writer.run_id, "status": "ok", "message": "",
                "gpu": extra.get("gpu")}
         if ms:  # saved with --benchmark-save-data: every statistic from the samples themselves
