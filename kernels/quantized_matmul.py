@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .checks import cdiv, check_matrix, interpreting
+from .checks import cdiv, check_matrix, check_same_device, interpreting
 from .dequantization import GRANULARITY_IDS, dequant_tile, dequantize, unpack_tile
 from .launching import Launcher
 from .references import check_weight_once, dequantize_ref
@@ -347,8 +347,7 @@ def qmatmul(x: torch.Tensor, q: QuantizedTensor) -> torch.Tensor:
     m = x.shape[0]
     if x.shape[1] != k:
         raise ValueError(f"x must be [M, K] with K = {k} (the weight's K), got {list(x.shape)}")
-    if x.device != q.codes.device:
-        raise ValueError(f"tensors must be on one device, got x on {x.device}, codes on {q.codes.device}")
+    check_same_device(x=x, codes=q.codes)
     path = qmatmul_path(m, x.dtype, q.spec.bits)
     if path == "dequantize+cublas":
         # a new [N, K] buffer each call, from PyTorch's caching allocator (so it is reused, and a

@@ -14,6 +14,14 @@ from quantbench.harness.results.storage import read_meta
 from quantbench.harness.execution.sweep import run_sweep
 
 
+def _quantize_run(tmp_path, reps: int):
+    """A tiny CPU run of the int8 per-channel quantizer, `reps` samples per case."""
+    path = tmp_path / "pb.yaml"
+    path.write_text(f"name: pb\ntiming: {{cpu_reps: {reps}}}\nsweep: {{op: [quantize], bits: [8], "
+                    "granularity: channel, N: [8], K: [64]}\n")
+    return run_sweep(load_config(path), tmp_path, device="cpu", show_progress=False).path
+
+
 def test_round_trip(tmp_path):
     path = tmp_path / "pb.yaml"
     path.write_text("name: pb\ntiming: {cpu_reps: 4}\nsweep: {op: [quantize, matmul], bits: [8, 4], "
@@ -42,10 +50,7 @@ def test_round_trip(tmp_path):
 
 def test_a_pytest_benchmark_run_without_our_rows_still_imports(tmp_path):
     """Entries as tests/benchmarks writes them (no extra_info.row): the case and the statistics."""
-    path = tmp_path / "pb.yaml"
-    path.write_text("name: pb\ntiming: {cpu_reps: 3}\nsweep: {op: [quantize], bits: [8], granularity: channel, "
-                    "N: [8], K: [64]}\n")
-    run = run_sweep(load_config(path), tmp_path, device="cpu", show_progress=False).path
+    run = _quantize_run(tmp_path, 3)
     data = to_pytest_benchmark(run)
     for bench in data["benchmarks"]:
         del bench["extra_info"]["row"]
@@ -58,10 +63,7 @@ def test_a_pytest_benchmark_run_without_our_rows_still_imports(tmp_path):
 
 
 def test_a_row_with_a_word_for_a_number_is_refused(tmp_path):
-    path = tmp_path / "pb.yaml"
-    path.write_text("name: pb\ntiming: {cpu_reps: 2}\nsweep: {op: [quantize], bits: [8], granularity: channel, "
-                    "N: [8], K: [64]}\n")
-    data = to_pytest_benchmark(run_sweep(load_config(path), tmp_path, device="cpu", show_progress=False).path)
+    data = to_pytest_benchmark(_quantize_run(tmp_path, 2))
     data["benchmarks"][0]["extra_info"]["row"]["gbps"] = "fast"
     (tmp_path / "pb.json").write_text(json.dumps(data))
     with pytest.raises(RunFolderError, match=r"benchmarks\[0\]\.extra_info\.row: gbps holds 'fast'"):

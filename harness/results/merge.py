@@ -11,7 +11,7 @@ from typing import Any, Callable
 import pandas as pd
 
 from .schema import SCHEMA_VERSION
-from .storage import atomic_write, new_run_folder, read_meta, read_cases, read_samples, to_frame, utc_now, write_samples
+from .storage import atomic_write, finished_rows, new_run_folder, read_meta, read_cases, read_samples, to_frame, utc_now, write_samples
 
 
 class MergeError(Exception):
@@ -33,11 +33,11 @@ def merge_runs(runs: list[str | Path], out_root: str | Path,
         if meta.get("config") != metas[0].get("config"):
             raise MergeError(f"{run}: made with a different config than {runs[0]}")
     cases, samples, seen = [], [], {}
-    for run, meta in zip(runs, metas, strict=True):
+    for run, run_meta in zip(runs, metas, strict=True):
         if not (run / "rows.jsonl").exists():
             raise MergeError(f"{run}: no rows.jsonl, the record merge joins (not a run folder, or a damaged one)")
         run_cases = read_cases(run / "rows.jsonl")
-        expected = meta.get("rows") if "finished_utc" in meta else None
+        expected = finished_rows(run_meta)
         recorded = sum(len(rows) for _, rows in run_cases)
         if expected is not None and recorded != expected:
             raise MergeError(f"{run}: rows.jsonl holds {recorded} rows, meta.json says the run finished with "

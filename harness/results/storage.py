@@ -283,6 +283,11 @@ def _read_table(csv: Path, current: bool) -> pd.DataFrame:
     return df
 
 
+def finished_rows(meta: dict[str, Any]) -> int | None:
+    """The row count a run wrote in meta.json when it finished; None for a run that did not."""
+    return meta.get("rows") if "finished_utc" in meta else None
+
+
 def load_run(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     """A run folder's table and metadata. rows.jsonl is the record: results.csv is read when it
     holds the same rows, and rebuilt from rows.jsonl (with a warning) when it does not, as after a
@@ -296,7 +301,7 @@ def load_run(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
         raise FileNotFoundError(f"{path}: neither results.csv nor rows.jsonl is there")
     recorded = [row for _, rows in read_cases(record) for row in rows] if record.exists() else None
     finished = "finished_utc" in meta
-    expected = meta.get("rows") if finished else None  # what the run wrote when it finished
+    expected = finished_rows(meta)
     table, problem = None, None
     if csv.exists():
         try:
