@@ -14,6 +14,9 @@ import torch
 from .gpu_monitor import GpuMonitor
 
 CPU_GPU_NAME = "cpu (Triton interpreter)"
+# The optional libraries the peers come from (registry/peers.py): their versions, or None where
+# one is not installed, are part of what a run was measured with.
+PEER_PACKAGES = ("bitsandbytes", "torchao", "gemlite")
 
 
 def _version(package: str) -> str | None:
@@ -78,6 +81,7 @@ def collect_env(device: torch.device, monitor: GpuMonitor | None = None, why_no_
         "numpy": _version("numpy"),
         "pandas": _version("pandas"),
         "cuda_runtime": torch.version.cuda,
+        "peers": {package: _version(package) for package in PEER_PACKAGES},
         "git_commit": commit,
         "git_dirty": None if status is None else bool(status),
     }

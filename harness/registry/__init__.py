@@ -22,7 +22,9 @@ from .records import Factory, Impl, Needs, OwnWeights, Role
 __all__ = ["ENTRY_POINT_GROUP", "Factory", "Impl", "Needs", "OwnWeights", "PluginError", "Registry", "Role",
            "load_registry"]
 
-OWN_FORMAT_OPS = frozenset({"matmul"})  # the ops whose rows can take an implementation's own W_hat
+# the ops whose rows can take an implementation's own format (its W_hat, bytes and, for a
+# product, its method's exact output)
+OWN_FORMAT_OPS = frozenset({"matmul", "matmul_w8a8", "quantize", "dequantize"})
 
 
 @dataclass(frozen=True)
@@ -74,9 +76,10 @@ def load_registry(modules: Iterable[str] = (), entry_points: bool = True) -> Reg
     each checked: a known op, a Role, a name not taken, no second reference."""
     from ..ops import OPS  # the op contracts import torch: only a registry that runs needs them
     from .builtin import BUILTIN_IMPLS
+    from .peers import PEER_IMPLS
     taken: dict[tuple[str, str], str] = {}
-    _check(BUILTIN_IMPLS, "built-in", OPS, taken)
-    loaded = list(BUILTIN_IMPLS)
+    _check([*BUILTIN_IMPLS, *PEER_IMPLS], "built-in", OPS, taken)
+    loaded = [*BUILTIN_IMPLS, *PEER_IMPLS]
     installed = from_entry_points() if entry_points else []
     # a config may name a module that is also installed as an entry point: it is loaded once
     loaded_modules = {ep.module for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)} if entry_points else set()

@@ -65,6 +65,13 @@ class OwnWeights:
     state: Any
     w_hat: Any
     weight_bytes: int
+    # Where the format's method is more than x @ W_hat^T (it quantizes the activations too, as
+    # LLM.int8 and fp8 rowwise do): a function of x [M, K] returning the method's exact output as
+    # float64 [M, N], which the row is verified and measured against. None: x @ W_hat^T.
+    product: Callable[[Any], Any] | None = None
+    # quantize only: a function of what the implementation's callable returns, giving its W_hat
+    # (float [N, K]), which is checked against w_hat and measured; dequantize returns W_hat itself.
+    decode: Callable[[Any], Any] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,7 +84,7 @@ class Impl:
     that format's error and bytes, never the case's. Its rows keep the case's labels (bits,
     scheme, granularity): where a case's format is not one the implementation runs, raise
     harness.ops.Skipped from own_format rather than measure the same format under another label.
-    (matmul only.)
+    (matmul, matmul_w8a8, quantize and dequantize: registry.OWN_FORMAT_OPS.)
 
     path: for an implementation that picks among kernels by shape, a function of its inputs
     returning the variant a call runs ("gemv", "split-k gemm", ...): the row's `path` column, so a

@@ -1,0 +1,7 @@
+"""gemlite as a peer (placeholder: filled in by issue 14)."""
+
+from __future__ import annotations
+
+from .records import Impl
+
+GEMLITE_IMPLS: list[Impl] = []

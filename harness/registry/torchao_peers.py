@@ -1,0 +1,7 @@
+"""torchao as a peer (placeholder: filled in by issue 14)."""
+
+from __future__ import annotations
+
+from .records import Impl
+
+TORCHAO_IMPLS: list[Impl] = []
