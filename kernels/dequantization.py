@@ -1,6 +1,6 @@
 """Dequantize packed low-bit codes back to floats: Triton kernel, launcher and PyTorch reference.
 
-``w_hat = (field - offset) * scale + zero`` in float32, saturated to the output dtype's finite
+``w_hat = value(field) * scale + zero`` in float32 (value: field - offset, an NF4 level or an e4m3 value), saturated to the output dtype's finite
 range, then rounded to the output dtype (zero is absent for the symmetric scheme). A NaN scale (a
 poisoned segment) dequantizes to NaN. The format is documented in spec.py.
 """
@@ -11,8 +11,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .quantization import round_to
+from .quantization import CODE_IDS, round_to
 from .checks import cdiv
+from .codebooks import code_table, scales_of
 from .launching import Launcher
 from .references import check_weight_once, dequantize_ref, expand_params, out_dtype_of  # noqa: F401 (the reference beside its kernel)
 from .spec import QuantizedTensor
@@ -23,9 +24,27 @@ MIN_BLOCK_K = 256
 
 
 @triton.jit
-def unpack_tile(codes_ptr, rows, k0, N, K, stride_cn,
-                BITS: tl.constexpr, OFFSET: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Signed codes (field - OFFSET) of W[rows, k0 : k0 + BLOCK_K] as float32 [BLOCK_N, BLOCK_K].
+def field_values(fields, table_ptr, OFFSET: tl.constexpr, CODE: tl.constexpr):
+    """float32 values of int32 fields: field - OFFSET (CODE 0, integer schemes), the NF4 level
+    table_ptr[field] (CODE 1), or the float8 e4m3 value of the field's bits (CODE 2).
+
+    Integers by the exponent trick: the bits of 2^23 + field, minus 2^23 + OFFSET (exact, and
+    full-rate arithmetic where an integer conversion instruction is slow). NF4 levels by a load
+    from the 16-entry table, which stays in L1. e4m3 by the hardware conversion (sm_89 and newer;
+    exact: every e4m3 value is a float32)."""
+    if CODE == 0:
+        return (fields | 0x4B000000).to(tl.float32, bitcast=True) - (8388608.0 + OFFSET)
+    elif CODE == 1:
+        return tl.load(table_ptr + fields)
+    else:
+        return fields.to(tl.uint8).to(tl.float8e4nv, bitcast=True).to(tl.float32)
+
+
+@triton.jit
+def unpack_tile(codes_ptr, table_ptr, rows, k0, N, K, stride_cn,
+                BITS: tl.constexpr, OFFSET: tl.constexpr, CODE: tl.constexpr,
+                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Code values (field_values) of W[rows, k0 : k0 + BLOCK_K] as float32 [BLOCK_N, BLOCK_K].
 
     codes: uint8 [N, ceil(K * BITS / 8)], element k of a row in byte k // (8 // BITS) at bit
     offset (k % (8 // BITS)) * BITS. The tile's bytes are loaded contiguously and split into fields
@@ -45,14 +64,12 @@ def unpack_tile(codes_ptr, rows, k0, N, K, stride_cn,
         f0, f1, f2, f3 = packed & 3, (packed >> 2) & 3, (packed >> 4) & 3, packed >> 6
         # join(join(f0, f2), join(f1, f3))[..., i, j] is f(2i + j): row-major order f0 f1 f2 f3
         fields = tl.reshape(tl.join(tl.join(f0, f2), tl.join(f1, f3)), (BLOCK_N, BLOCK_K))
-    # int -> float by the exponent trick: the bits of 2^23 + field, minus 2^23 + OFFSET (exact, and
-    # full-rate arithmetic where an integer conversion instruction is slow)
-    return (fields | 0x4B000000).to(tl.float32, bitcast=True) - (8388608.0 + OFFSET)
+    return field_values(fields, table_ptr, OFFSET, CODE)
 
 
 @triton.jit
-def dequant_tile(codes_ptr, scales_ptr, zeros_ptr, rows, k0, N, K, stride_cn, stride_sn,
-                 BITS: tl.constexpr, OFFSET: tl.constexpr, SYMMETRIC: tl.constexpr,
+def dequant_tile(codes_ptr, scales_ptr, zeros_ptr, table_ptr, rows, k0, N, K, stride_cn, stride_sn,
+                 BITS: tl.constexpr, OFFSET: tl.constexpr, CODE: tl.constexpr, SYMMETRIC: tl.constexpr,
                  GRANULARITY: tl.constexpr, GROUP: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """Dequantized float32 tile W[rows, k0 : k0 + BLOCK_K] -> [BLOCK_N, BLOCK_K] (codes as in
@@ -65,7 +82,7 @@ def dequant_tile(codes_ptr, scales_ptr, zeros_ptr, rows, k0, N, K, stride_cn, st
     multiply them by zeros.
     """
     row_ok = rows < N
-    q = unpack_tile(codes_ptr, rows, k0, N, K, stride_cn, BITS, OFFSET, BLOCK_N, BLOCK_K)
+    q = unpack_tile(codes_ptr, table_ptr, rows, k0, N, K, stride_cn, BITS, OFFSET, CODE, BLOCK_N, BLOCK_K)
     if GRANULARITY == 0:
         w = q * tl.load(scales_ptr).to(tl.float32)
         if not SYMMETRIC:
@@ -89,8 +106,8 @@ def dequant_tile(codes_ptr, scales_ptr, zeros_ptr, rows, k0, N, K, stride_cn, st
 
 
 @triton.jit
-def dequantize_kernel(codes_ptr, scales_ptr, zeros_ptr, out_ptr, N, K, stride_cn, stride_on, stride_sn,
-                      BITS: tl.constexpr, OFFSET: tl.constexpr, SYMMETRIC: tl.constexpr,
+def dequantize_kernel(codes_ptr, scales_ptr, zeros_ptr, table_ptr, out_ptr, N, K, stride_cn, stride_on, stride_sn,
+                      BITS: tl.constexpr, OFFSET: tl.constexpr, CODE: tl.constexpr, SYMMETRIC: tl.constexpr,
                       GRANULARITY: tl.constexpr, GROUP: tl.constexpr, OUT_MAX: tl.constexpr,
                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """out[N, K] = dequantized codes (layout and scales as in dequant_tile), clamped to
@@ -100,8 +117,8 @@ def dequantize_kernel(codes_ptr, scales_ptr, zeros_ptr, out_ptr, N, K, stride_cn
     pid_n = tl.program_id(1)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     k0 = pid_k * BLOCK_K
-    w = dequant_tile(codes_ptr, scales_ptr, zeros_ptr, rows, k0, N, K, stride_cn, stride_sn,
-                     BITS, OFFSET, SYMMETRIC, GRANULARITY, GROUP, BLOCK_N, BLOCK_K)
+    w = dequant_tile(codes_ptr, scales_ptr, zeros_ptr, table_ptr, rows, k0, N, K, stride_cn, stride_sn,
+                     BITS, OFFSET, CODE, SYMMETRIC, GRANULARITY, GROUP, BLOCK_N, BLOCK_K)
     cols = k0 + tl.arange(0, BLOCK_K)
     mask = (rows < N)[:, None] & (cols[None, :] < K)
     # q * scale + zero can pass the dtype's maximum by rounding (fp16: 127 * 516 = 65532 > 65504)
@@ -124,10 +141,11 @@ def dequantize(q: QuantizedTensor, out_dtype: torch.dtype | None = None) -> torc
     block_k = max(spec.group_size or 0, min(MIN_BLOCK_K, triton.next_power_of_2(max(k, spec.per_byte))))
     block_n = max(1, TILE_ELEMS // block_k)
     grid = (cdiv(k, block_k), cdiv(n, block_n))
-    args = (q.codes, q.scales, q.scales if q.zeros is None else q.zeros, out, n, k,
-            q.codes.stride(0), out.stride(0), q.scales.stride(0))
+    scales = scales_of(q)
+    args = (q.codes, scales, scales if q.zeros is None else q.zeros, code_table(spec, q.codes.device), out, n, k,
+            q.codes.stride(0), out.stride(0), scales.stride(0))
     _dequantize_launch(lambda meta: grid, args, dict(
-        BITS=spec.bits, OFFSET=spec.offset, SYMMETRIC=spec.symmetric,
+        BITS=spec.bits, OFFSET=spec.offset, CODE=CODE_IDS[spec.codebook], SYMMETRIC=spec.symmetric,
         GRANULARITY=GRANULARITY_IDS[spec.granularity], GROUP=spec.group_size or block_k,
         OUT_MAX=torch.finfo(out.dtype).max, BLOCK_N=block_n, BLOCK_K=block_k))
     return out

@@ -17,10 +17,12 @@ import triton
 import triton.language as tl
 
 from .checks import cdiv, check_matrix
+from .codebooks import code_table, decode_scales, double_quantize
 from .launching import Launcher
 from .references import qparams_ref, quantize_ref, refuse_poisoned_segments  # noqa: F401 (the reference beside its kernel)
 from .spec import QuantizedTensor, QuantSpec
 
+CODE_IDS = {"integer": 0, "nf4": 1, "fp8": 2}  # quantize_tile's CODE (dequantization.field_values' too)
 TILE_ELEMS = 4096  # elements of W one program holds at a time
 MAX_CHUNK_K = 2048
 GROUP_TILE_K = 512  # columns per program for per-group scales: several groups per tile
@@ -94,19 +96,50 @@ def qparams(lo, hi, scale_ty: tl.constexpr, QMAX: tl.constexpr, SYMMETRIC: tl.co
 
 
 @triton.jit
-def quantize_tile(x, scale, zero, QMIN: tl.constexpr, QMAX: tl.constexpr, SYMMETRIC: tl.constexpr):
-    """float32 tile -> unsigned int32 fields (code + offset), broadcasting scale/zero per row.
+def fp8_fields(v):
+    """float32 -> float8 e4m3 bit patterns (int32), nearest value, ties to even, as torch's
+    .to(torch.float8_e4m3fn); v is clamped to [-448, 448] first and a NaN gives 0.
+
+    Written with integer arithmetic on the float32 bits rather than a conversion instruction, so
+    that the interpreter and the GPU round alike: below 2^-6 (e4m3's subnormals, steps of 2^-9)
+    the code is |v| * 2^9 rounded; above, the float32 bits rounded to 3 mantissa bits, with the
+    exponent rebased from 127 to 7 (120 << 3 = 960). The sign comes from v's bits (-0.0 -> 0x80).
+    """
+    v = tl.where(v == v, tl.minimum(tl.maximum(v, -448.0), 448.0), 0.0)
+    a = tl.abs(v)
+    bits = a.to(tl.int32, bitcast=True)
+    normal = ((bits + 0x7FFFF + ((bits >> 20) & 1)) >> 20) - 960
+    subnormal = round_half_even(a * 512.0).to(tl.int32)
+    sign = (v.to(tl.int32, bitcast=True) >> 24) & 0x80
+    return tl.where(a < 0.015625, subnormal, normal) | sign
+
+
+@triton.jit
+def quantize_tile(x, scale, zero, table_ptr, QMIN: tl.constexpr, QMAX: tl.constexpr, SYMMETRIC: tl.constexpr,
+                  CODE: tl.constexpr):
+    """float32 tile -> unsigned int32 fields, broadcasting scale/zero per row: code + offset
+    (CODE 0), the NF4 level's index (1: the number of the 15 midpoints at table_ptr that v is
+    greater than), or the e4m3 bits (2, fp8_fields).
 
     v is NaN exactly in a poisoned segment (NaN scale); its fields are 0. That is said here rather
-    than left to tl.maximum, whose NaN behaviour differs between the GPU and the interpreter.
+    than left to tl.maximum, whose NaN behaviour differs between the GPU and the interpreter (a NaN
+    is greater than no midpoint).
     """
     if SYMMETRIC:
         v = tl.div_rn(x, scale)
     else:
         v = tl.div_rn(x - zero, scale)
-    v = tl.where(v == v, v, QMIN)
-    v = tl.minimum(tl.maximum(v, QMIN), QMAX)
-    return (round_half_even(v) - QMIN).to(tl.int32)
+    if CODE == 0:
+        v = tl.where(v == v, v, QMIN)
+        v = tl.minimum(tl.maximum(v, QMIN), QMAX)
+        fields = (round_half_even(v) - QMIN).to(tl.int32)
+    elif CODE == 1:
+        fields = tl.zeros(v.shape, tl.int32)
+        for i in tl.static_range(15):
+            fields += (v > tl.load(table_ptr + i)).to(tl.int32)
+    else:
+        fields = fp8_fields(v)
+    return fields
 
 
 @triton.jit
@@ -130,14 +163,14 @@ def pack_tile(fields, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BITS: tl.con
 
 
 @triton.jit
-def quantize_store(codes_ptr, x, scale, zero, rows, N, k0, K, mask, stride_cn,
+def quantize_store(codes_ptr, table_ptr, x, scale, zero, rows, N, k0, K, mask, stride_cn,
                    BITS: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr, SYMMETRIC: tl.constexpr,
-                   GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                   CODE: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """Quantize the float32 tile x [BLOCK_N, BLOCK_K] (columns k0...) with per-group scale and zero
     [BLOCK_N, BLOCK_K // GROUP], pack it and store the bytes."""
     PER_BYTE: tl.constexpr = 8 // BITS
     x3 = tl.reshape(x, (BLOCK_N, BLOCK_K // GROUP, GROUP))
-    fields = quantize_tile(x3, scale[:, :, None], zero[:, :, None], QMIN, QMAX, SYMMETRIC)
+    fields = quantize_tile(x3, scale[:, :, None], zero[:, :, None], table_ptr, QMIN, QMAX, SYMMETRIC, CODE)
     fields = tl.where(mask, tl.reshape(fields, (BLOCK_N, BLOCK_K)), 0)
     packed = pack_tile(fields, BLOCK_N, BLOCK_K, BITS)
     byte_cols = k0 // PER_BYTE + tl.arange(0, BLOCK_K // PER_BYTE)
@@ -183,10 +216,10 @@ def tensor_qparams_kernel(lo_ptr, hi_ptr, n_partials, scales_ptr, zeros_ptr,
 
 
 @triton.jit
-def quantize_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, N, K, stride_xn, stride_cn, stride_sn,
+def quantize_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, table_ptr, N, K, stride_xn, stride_cn, stride_sn,
                     BITS: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr,
-                    SYMMETRIC: tl.constexpr, MODE: tl.constexpr, GROUP: tl.constexpr,
-                    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                    SYMMETRIC: tl.constexpr, CODE: tl.constexpr, MODE: tl.constexpr, GROUP: tl.constexpr,
+                    STORE_CODES: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """Quantize x[N, K] (fp32/fp16/bf16, unit stride along K) into packed uint8 codes.
 
     Grid: (cdiv(K, BLOCK_K), cdiv(N, BLOCK_N)); consecutive programs walk along a row block.
@@ -198,6 +231,9 @@ def quantize_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, N, K, stride_xn, st
     cache. GROUP == BLOCK_K.
     MODE 0 (per-tensor): the scale and zero were written by tensor_qparams_kernel and are read
     here. GROUP == BLOCK_K.
+    MODE 3 (per-group scales given: nf4_dq's decoded scales): as MODE 2, the scales read, not made.
+    CODE: what a field is (quantize_tile); table_ptr: NF4's midpoints (CODE 1).
+    STORE_CODES False: write the scales only (the first pass of nf4_dq, into float32 scales).
     Scales (and zeros, asymmetric only) are written in scales_ptr's dtype at
     [row * stride_sn + group]; codes at [row * stride_cn + k * BITS // 8]. BLOCK_K must be a
     multiple of 8 // BITS, so that no byte is shared between programs.
@@ -229,8 +265,8 @@ def quantize_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, N, K, stride_xn, st
             cols = k0 + tl.arange(0, BLOCK_K)
             mask = row_ok[:, None] & (cols[None, :] < K)
             x = tl.load(x_rows + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-            quantize_store(codes_ptr, x, scale[:, None], zero[:, None], rows, N, k0, K, mask, stride_cn,
-                           BITS, QMIN, QMAX, SYMMETRIC, GROUP, BLOCK_N, BLOCK_K)
+            quantize_store(codes_ptr, table_ptr, x, scale[:, None], zero[:, None], rows, N, k0, K, mask, stride_cn,
+                           BITS, QMIN, QMAX, SYMMETRIC, CODE, GROUP, BLOCK_N, BLOCK_K)
     else:
         k0 = pid_k * BLOCK_K
         cols = k0 + tl.arange(0, BLOCK_K)
@@ -242,6 +278,12 @@ def quantize_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, N, K, stride_xn, st
                 zero = tl.zeros((BLOCK_N, NG), tl.float32)
             else:
                 zero = tl.zeros((BLOCK_N, NG), tl.float32) + tl.load(zeros_ptr).to(tl.float32)
+        elif MODE == 3:
+            groups = pid_k * NG + tl.arange(0, NG)
+            g_mask = row_ok[:, None] & (groups[None, :] < tl.cdiv(K, GROUP))
+            scale = tl.load(scales_ptr + rows[:, None] * stride_sn + groups[None, :], mask=g_mask,
+                            other=1.0).to(tl.float32)
+            zero = tl.zeros((BLOCK_N, NG), tl.float32)
         else:
             for_min, for_max = minmax_operands(x, mask)
             lo = tl.min(tl.reshape(for_min, (BLOCK_N, NG, GROUP)), axis=2)
@@ -255,8 +297,9 @@ def quantize_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, N, K, stride_xn, st
             tl.store(scales_ptr + s_off, scale, mask=g_mask)
             if not SYMMETRIC:
                 tl.store(zeros_ptr + s_off, zero, mask=g_mask)
-        quantize_store(codes_ptr, x, scale, zero, rows, N, k0, K, mask, stride_cn,
-                       BITS, QMIN, QMAX, SYMMETRIC, GROUP, BLOCK_N, BLOCK_K)
+        if STORE_CODES:
+            quantize_store(codes_ptr, table_ptr, x, scale, zero, rows, N, k0, K, mask, stride_cn,
+                           BITS, QMIN, QMAX, SYMMETRIC, CODE, GROUP, BLOCK_N, BLOCK_K)
 
 
 def _tiling(spec: QuantSpec, k: int) -> tuple[int, int, int, int, int]:
@@ -296,22 +339,35 @@ def quantize(w: torch.Tensor, spec: QuantSpec, *, check_finite: bool = False) ->
     n, k = w.shape
     spec.check_shape(n, k)
     codes = torch.empty((n, spec.packed_cols(k)), dtype=torch.uint8, device=w.device)
-    scales = torch.empty(spec.scales_shape(n, k), dtype=w.dtype, device=w.device)
+    # nf4_dq: a first pass writes the float32 absmax scales, which are double-quantized (the same
+    # PyTorch code as the reference's), then the codes are made from the decoded scales
+    scales = torch.empty(spec.scales_shape(n, k), dtype=torch.float32 if spec.double_quant else w.dtype,
+                         device=w.device)
     zeros = None if spec.symmetric else torch.empty_like(scales)
     zeros_arg = scales if zeros is None else zeros  # never written when symmetric
     mode, block_n, block_k, group, num_warps = _tiling(spec, k)
     grid = (1 if mode == 1 else cdiv(k, block_k), cdiv(n, block_n))
+    table = code_table(spec, w.device, decode=False)
     if spec.granularity == "tensor":
         lo = torch.empty(grid[0] * grid[1], dtype=torch.float32, device=w.device)
         hi = torch.empty_like(lo)
         _minmax_launch(lambda meta: grid, (w, lo, hi, n, k, w.stride(0)), dict(BLOCK_N=block_n, BLOCK_K=block_k))
         _qparams_launch(lambda meta: (1,), (lo, hi, lo.numel(), scales, zeros_arg),
                         dict(QMAX=spec.qmax, SYMMETRIC=spec.symmetric, BLOCK=1024))
-    _quantize_launch(lambda meta: grid, (w, codes, scales, zeros_arg, n, k, w.stride(0), codes.stride(0),
-                                         scales.stride(0)),
-                     dict(BITS=spec.bits, QMIN=spec.qmin, QMAX=spec.qmax, SYMMETRIC=spec.symmetric,
-                          MODE=mode, GROUP=group, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps))
-    q = QuantizedTensor(codes, scales, zeros, spec, (n, k))
+    fmt = dict(BITS=spec.bits, QMIN=spec.qmin, QMAX=spec.qmax, SYMMETRIC=spec.symmetric, CODE=CODE_IDS[spec.codebook],
+               GROUP=group, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps)
+    second = None
+    if spec.double_quant:
+        _quantize_launch(lambda meta: grid, (w, codes, scales, zeros_arg, table, n, k, w.stride(0), codes.stride(0),
+                                             scales.stride(0)), dict(fmt, MODE=mode, STORE_CODES=False))
+        scales, second = double_quantize(scales, w.dtype)
+        decoded = decode_scales(scales, second)
+        _quantize_launch(lambda meta: grid, (w, codes, decoded, decoded, table, n, k, w.stride(0), codes.stride(0),
+                                             decoded.stride(0)), dict(fmt, MODE=3, STORE_CODES=True))
+    else:
+        _quantize_launch(lambda meta: grid, (w, codes, scales, zeros_arg, table, n, k, w.stride(0), codes.stride(0),
+                                             scales.stride(0)), dict(fmt, MODE=mode, STORE_CODES=True))
+    q = QuantizedTensor(codes, scales, zeros, spec, (n, k), second)
     if check_finite:
         refuse_poisoned_segments("w", w, q)
     return q

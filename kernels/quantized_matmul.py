@@ -1,6 +1,6 @@
 """Weight-only quantized matmul: y = x @ dequantize(Wq)^T.
 
-W8A16, W4A16 and W2A16 (any scheme and granularity of spec.py) with float32, float16 or bfloat16
+W8A16, W4A16 and W2A16 (any scheme and granularity of spec.py, NF4 and FP8 too) with float32, float16 or bfloat16
 activations and float32 accumulation. The codes are read in the packed layout that ``quantize``
 writes ([N, ceil(K * bits / 8)] uint8, packed along K, element k of a row in byte k // (8 // bits)
 at bit (k % (8 // bits)) * bits). The fused kernels never expand them in memory: each program
@@ -30,7 +30,9 @@ import triton
 import triton.language as tl
 
 from .checks import cdiv, check_matrix, check_same_device, interpreting
-from .dequantization import GRANULARITY_IDS, dequant_tile, dequantize, unpack_tile
+from .codebooks import code_table, scales_of
+from .dequantization import GRANULARITY_IDS, dequant_tile, dequantize, field_values, unpack_tile
+from .quantization import CODE_IDS
 from .launching import Launcher
 from .references import check_weight_once, dequantize_ref
 from .split_k import finish_tile, split_workspace
@@ -52,9 +54,10 @@ def row_params(scales_ptr, zeros_ptr, rows, N, stride_sn, col, SYMMETRIC: tl.con
 
 
 @triton.jit
-def qgemv_kernel(x_ptr, units_ptr, scales_ptr, zeros_ptr, y_ptr, partials_ptr, tickets_ptr, N, K, stride_un,
-                 stride_sn, row_units,
-                 BITS: tl.constexpr, FIELDS: tl.constexpr, OFFSET: tl.constexpr, SYMMETRIC: tl.constexpr,
+def qgemv_kernel(x_ptr, units_ptr, scales_ptr, zeros_ptr, table_ptr, y_ptr, partials_ptr, tickets_ptr, N, K,
+                 stride_un, stride_sn, row_units,
+                 BITS: tl.constexpr, FIELDS: tl.constexpr, OFFSET: tl.constexpr, CODE: tl.constexpr,
+                 SYMMETRIC: tl.constexpr,
                  GRANULARITY: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                  SPLIT_K: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr):
     """y[1, N] = x[1, K] @ W_hat^T. Grid: (cdiv(N, BLOCK_N), SPLIT_K).
@@ -74,7 +77,8 @@ def qgemv_kernel(x_ptr, units_ptr, scales_ptr, zeros_ptr, y_ptr, partials_ptr, t
     applied per unit, not per element:
         sum_k x_k w_k = sum over units u of  s_u * sum_j x_j q_j  +  z_u * sum_j x_j
     with q = field - OFFSET, since the FIELDS elements of a unit share one segment (a group is a
-    whole number of units); sum_j x_j depends on the columns only.
+    whole number of units); sum_j x_j depends on the columns only. The codebook schemes (CODE 1,
+    2: NF4 levels, e4m3 values; field_values) have no zeros and the same form with q their value.
     The tile is held as [BLOCK_N, segments, units per segment], a segment being the columns that
     share one scale (a group, or the whole tile), so a scale broadcasts without a reshape. Each
     field is multiplied by the activations of its own columns (a strided read of x, which is small
@@ -106,8 +110,7 @@ def qgemv_kernel(x_ptr, units_ptr, scales_ptr, zeros_ptr, y_ptr, partials_ptr, t
         packed = packed.to(tl.int32)
         for j in tl.static_range(FIELDS):
             field = (packed >> (j * BITS)) & FIELD_MASK
-            # int -> float by the exponent trick (see unpack_tile)
-            q = (field | 0x4B000000).to(tl.float32, bitcast=True) - (8388608.0 + OFFSET)
+            q = field_values(field, table_ptr, OFFSET, CODE)
             cols = k0 + tile_units * FIELDS + j
             if EVEN_K:
                 xv = tl.load(x_ptr + cols, eviction_policy="evict_last").to(tl.float32)
@@ -139,9 +142,9 @@ def qgemv_kernel(x_ptr, units_ptr, scales_ptr, zeros_ptr, y_ptr, partials_ptr, t
 
 
 @triton.jit
-def qgemm_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, y_ptr, partials_ptr, tickets_ptr, M, N, K,
+def qgemm_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, table_ptr, y_ptr, partials_ptr, tickets_ptr, M, N, K,
                  stride_xm, stride_cn, stride_sn, stride_ym, M_BUCKET,
-                 BITS: tl.constexpr, OFFSET: tl.constexpr, SYMMETRIC: tl.constexpr,
+                 BITS: tl.constexpr, OFFSET: tl.constexpr, CODE: tl.constexpr, SYMMETRIC: tl.constexpr,
                  GRANULARITY: tl.constexpr, GROUP: tl.constexpr, IEEE: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                  GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr):
@@ -151,8 +154,8 @@ def qgemm_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, y_ptr, partials_ptr, t
     that neighbouring programs share weight tiles in L2. partials and tickets: see finish_tile
     (unused when SPLIT_K is 1).
     Each weight tile is dequantized to x's dtype inside the K loop, except with symmetric
-    per-channel or per-tensor scales: then the integer codes (exact in fp16 and bf16) go into the
-    dot and the scale is applied once, in the epilogue. (The asymmetric form, s (q . x) + z sum(x)
+    per-channel or per-tensor scales: then the integer codes or e4m3 values (exact in fp16 and
+    bf16) go into the dot and the scale is applied once, in the epilogue. (The asymmetric form, s (q . x) + z sum(x)
     with sum(x) taken from the x tile that also feeds the dot, gave wrong outputs, relative error
     near 1, on an H100 with Triton 3.6 for some tile shapes (e.g. 128 x 128 x 64, 8 warps, 3
     stages) and right ones for others; not isolated further, so the zero goes into the tile.)
@@ -180,10 +183,10 @@ def qgemm_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, y_ptr, partials_ptr, t
                      mask=(rows_x[None, :] < M) & (cols[:, None] < K), other=0.0)
         # columns past K meet zeros of x; their weights are finite (codes read as 0, scales as 1)
         if EPILOGUE_SCALE:
-            w = unpack_tile(codes_ptr, rows_w, k0, N, K, stride_cn, BITS, OFFSET, BLOCK_N, BLOCK_K)
+            w = unpack_tile(codes_ptr, table_ptr, rows_w, k0, N, K, stride_cn, BITS, OFFSET, CODE, BLOCK_N, BLOCK_K)
         else:
-            w = dequant_tile(codes_ptr, scales_ptr, zeros_ptr, rows_w, k0, N, K, stride_cn, stride_sn,
-                             BITS, OFFSET, SYMMETRIC, GRANULARITY, GROUP, BLOCK_N, BLOCK_K)
+            w = dequant_tile(codes_ptr, scales_ptr, zeros_ptr, table_ptr, rows_w, k0, N, K, stride_cn, stride_sn,
+                             BITS, OFFSET, CODE, SYMMETRIC, GRANULARITY, GROUP, BLOCK_N, BLOCK_K)
         if IEEE:
             acc = tl.dot(w, xt.to(tl.float32), acc, input_precision="ieee")
         else:
@@ -234,8 +237,9 @@ SPLIT_CONFIGS = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GR
                                num_warps=w, num_stages=s)
                  for bm, bn, bk, sk, w, s in SPLIT_TILES]
 SPLIT_MAX_M = 64
-KEY = ["M_BUCKET", "N", "K", "BITS", "SYMMETRIC", "GRANULARITY", "GROUP"]
-qgemv_tuned = triton.autotune(GEMV_CONFIGS, key=["N", "K", "BITS", "FIELDS", "SYMMETRIC", "GRANULARITY", "GROUP"],
+KEY = ["M_BUCKET", "N", "K", "BITS", "CODE", "SYMMETRIC", "GRANULARITY", "GROUP"]
+qgemv_tuned = triton.autotune(GEMV_CONFIGS, key=["N", "K", "BITS", "FIELDS", "CODE", "SYMMETRIC", "GRANULARITY",
+                                                 "GROUP"],
                               prune_configs_by={"early_config_prune": _prune}, do_bench=tuning_bench)(
     triton.heuristics({"EVEN_N": lambda a: a["N"] % a["BLOCK_N"] == 0,
                        "EVEN_K": lambda a: a["K"] % a["BLOCK_K"] == 0})(qgemv_kernel))
@@ -261,10 +265,11 @@ def launch_args(x: torch.Tensor, q: QuantizedTensor, y: torch.Tensor, partials: 
     n, k = q.shape
     m = x.shape[0]
     spec = q.spec
-    zeros = q.scales if q.zeros is None else q.zeros
-    args = (x, q.codes, q.scales, zeros, y, partials, tickets, m, n, k, x.stride(0), q.codes.stride(0),
-            q.scales.stride(0), y.stride(0), _m_bucket(m))
-    fmt = dict(BITS=spec.bits, OFFSET=spec.offset, SYMMETRIC=spec.symmetric,
+    scales = scales_of(q)
+    zeros = scales if q.zeros is None else q.zeros
+    args = (x, q.codes, scales, zeros, code_table(spec, x.device), y, partials, tickets, m, n, k, x.stride(0),
+            q.codes.stride(0), scales.stride(0), y.stride(0), _m_bucket(m))
+    fmt = dict(BITS=spec.bits, OFFSET=spec.offset, CODE=CODE_IDS[spec.codebook], SYMMETRIC=spec.symmetric,
                GRANULARITY=GRANULARITY_IDS[spec.granularity], GROUP=spec.group_size or 1)
     return args, fmt
 
@@ -285,10 +290,11 @@ def _gemv(x: torch.Tensor, q: QuantizedTensor, y: torch.Tensor) -> None:
     units = code_units(q.codes, spec.bits)
     # the smallest BLOCK_N is 4, which bounds the number of tickets
     partials, tickets = split_workspace(x.device, n, cdiv(n, 4))
-    args = (x, units, q.scales, q.scales if q.zeros is None else q.zeros, y, partials, tickets, n, k, units.stride(0),
-            q.scales.stride(0), units.shape[1])
+    scales = scales_of(q)
+    args = (x, units, scales, scales if q.zeros is None else q.zeros, code_table(spec, x.device), y, partials, tickets,
+            n, k, units.stride(0), scales.stride(0), units.shape[1])
     fmt = dict(BITS=spec.bits, FIELDS=units.element_size() * spec.per_byte, OFFSET=spec.offset,
-               SYMMETRIC=spec.symmetric, GRANULARITY=GRANULARITY_IDS[spec.granularity], GROUP=spec.group_size or 1)
+               CODE=CODE_IDS[spec.codebook], SYMMETRIC=spec.symmetric, GRANULARITY=GRANULARITY_IDS[spec.granularity], GROUP=spec.group_size or 1)
     if interpreting():
         qgemv_kernel[(cdiv(n, 16), 2)](*args, **fmt, BLOCK_N=16, BLOCK_K=64, SPLIT_K=2,
                                        EVEN_N=False, EVEN_K=False)

@@ -14,8 +14,9 @@ import weakref
 import torch
 
 from .checks import check_matrix, check_same_device
+from .codebooks import decode_ref, double_quantize, encode_ref, scales_of
 from .packing import pack_fields, unpack_fields
-from .spec import FLOAT_DTYPES, QuantizedTensor, QuantSpec
+from .spec import DQ_CHUNK, FLOAT_DTYPES, QuantizedTensor, QuantSpec
 
 
 def qparams_ref(lo: torch.Tensor, hi: torch.Tensor, spec: QuantSpec,
@@ -54,7 +55,7 @@ def refuse_poisoned_segments(name: str, w: torch.Tensor, q: QuantizedTensor) -> 
 
     Reads only the scales (and, on the error path, that one segment of w); one device-to-host sync.
     """
-    bad = torch.isnan(q.scales)
+    bad = torch.isnan(scales_of(q))
     if not bool(bad.any()):
         return
     first = bad.nonzero()[0].tolist()
@@ -86,16 +87,26 @@ def quantize_ref(w: torch.Tensor, spec: QuantSpec, *, check_finite: bool = False
         segs = x.reshape(n, 1, k)
     else:
         segs = x.reshape(n, k // spec.group_size, spec.group_size)
-    scale, zero = qparams_ref(segs.amin(dim=-1), segs.amax(dim=-1), spec, w.dtype)
+    lo, hi = segs.amin(dim=-1), segs.amax(dim=-1)
+    second = None
+    if spec.double_quant:
+        stored, second = double_quantize(qparams_ref(lo, hi, spec, torch.float32)[0], w.dtype)
+        scale, zero = scales_of(QuantizedTensor(None, stored, None, spec, (n, k), second)), None
+    else:
+        scale, zero = qparams_ref(lo, hi, spec, w.dtype)
+        stored = scale
     s = scale.float().unsqueeze(-1)
     if spec.symmetric:
         v = segs / s
     else:
         v = (segs - zero.float().unsqueeze(-1)) / s
-    v = torch.where(torch.isnan(v), float(spec.qmin), v)  # a poisoned segment: fields 0
-    fields = v.clamp(spec.qmin, spec.qmax).round() - spec.qmin
+    if spec.codebook == "integer":
+        v = torch.where(torch.isnan(v), float(spec.qmin), v)  # a poisoned segment: fields 0
+        fields = v.clamp(spec.qmin, spec.qmax).round() - spec.qmin
+    else:
+        fields = encode_ref(v, spec)
     codes = pack_fields(fields.reshape(n, k), spec.bits)
-    q = QuantizedTensor(codes, scale, zero, spec, (n, k))
+    q = QuantizedTensor(codes, stored, zero, spec, (n, k), second)
     if check_finite:
         refuse_poisoned_segments("w", w, q)
     return q
@@ -105,7 +116,9 @@ def check_quantized(q: QuantizedTensor, on_kernel_device: bool) -> None:
     n, k = q.shape
     spec = q.spec
     check_matrix("codes", q.codes, (torch.uint8,), on_kernel_device)
-    check_matrix("scales", q.scales, None, on_kernel_device)
+    check_matrix("scales", q.scales, (torch.uint8,) if spec.double_quant else None, on_kernel_device)
+    if spec.double_quant != (q.second is not None):
+        raise ValueError("the second level of the scales (second) must be given exactly when the scheme is nf4_dq")
     if q.codes.shape != (n, spec.packed_cols(k)):
         raise ValueError(f"codes must be [N, ceil(K * bits / 8)] = [{n}, {spec.packed_cols(k)}] for a "
                          f"{spec.bits}-bit [{n}, {k}] weight, got {list(q.codes.shape)}")
@@ -117,6 +130,12 @@ def check_quantized(q: QuantizedTensor, on_kernel_device: bool) -> None:
     if q.zeros is not None and (q.zeros.shape != q.scales.shape or q.zeros.dtype != q.scales.dtype):
         raise ValueError(f"zeros must match scales' shape and dtype, got {list(q.zeros.shape)} "
                          f"{q.zeros.dtype} against {list(q.scales.shape)} {q.scales.dtype}")
+    if q.second is not None:
+        chunks = -(-q.scales.numel() // DQ_CHUNK)
+        if tuple(q.second.chunk_scales.shape) != (chunks,) or tuple(q.second.mean.shape) != (1,):
+            raise ValueError(f"nf4_dq's second level must be {chunks} chunk scales and 1 mean, got "
+                             f"{list(q.second.chunk_scales.shape)} and {list(q.second.mean.shape)}")
+        check_same_device(codes=q.codes, chunk_scales=q.second.chunk_scales, mean=q.second.mean)
     check_same_device(codes=q.codes, scales=q.scales, zeros=q.zeros)
 
 
@@ -137,7 +156,7 @@ def check_weight_once(q: QuantizedTensor) -> None:
 
 
 def out_dtype_of(q: QuantizedTensor, out_dtype: torch.dtype | None) -> torch.dtype:
-    dtype = q.scales.dtype if out_dtype is None else out_dtype
+    dtype = q.dtype if out_dtype is None else out_dtype
     if dtype not in FLOAT_DTYPES.values():
         raise TypeError(f"out_dtype must be float32, float16 or bfloat16, got {dtype}")
     return dtype
@@ -156,8 +175,9 @@ def dequantize_ref(q: QuantizedTensor, out_dtype: torch.dtype | None = None) -> 
     seed notebook's dequantize_from_int8 / dequantize_from_int4 arithmetic (plus the saturation)."""
     check_quantized(q, on_kernel_device=False)
     n, k = q.shape
-    codes = (unpack_fields(q.codes, q.spec.bits, k) - q.spec.offset).float()
-    w = codes * expand_params(q.scales, q)
+    fields = unpack_fields(q.codes, q.spec.bits, k)
+    values = (fields - q.spec.offset).float() if q.spec.codebook == "integer" else decode_ref(fields, q.spec)
+    w = values * expand_params(scales_of(q), q)
     if q.zeros is not None:
         w = w + expand_params(q.zeros, q)
     dtype = out_dtype_of(q, out_dtype)

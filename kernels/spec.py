@@ -55,6 +55,36 @@ Subnormals
     Quantize normally: the arithmetic is IEEE float32 without flush-to-zero on both sides (Triton's
     NVIDIA backend only flushes inside libdevice calls, which these kernels do not make). A range
     so small that the scale rounds to 0 in the storage dtype is a degenerate range (above).
+
+Codebook schemes: NF4 and FP8 (the formats bitsandbytes/QLoRA and the fp8 libraries use)
+    Both are absmax formats without zeros: ``scale = max|w| / DIVISOR`` in float32, rounded to the
+    storage dtype, with the degenerate-range and poisoning rules above; ``v = w / scale`` (float32,
+    correctly rounded division), and the code says which value of the codebook stands for v:
+    ``w_hat = value(code) * scale``.
+    ``nf4``: 4 bits, ``granularity: group`` only (a "block" of bitsandbytes is a group; QLoRA uses
+    64). DIVISOR 1. The 16 values are the NormalFloat levels of QLoRA (Dettmers et al. 2023,
+    arXiv:2305.14314, appendix E), as bitsandbytes tabulates them (``functional.get_4bit_type
+    ("nf4")``, 0.50): NF4_LEVELS below, ascending, so the code is the level's index. The code of v
+    is the number of midpoints between neighbouring levels (NF4_MIDPOINTS, float32) that v is
+    greater than: nearest level, a tie goes to the lower one, |v| > 1 (possible after the scale is
+    rounded down) to the end level. Fields packed as 4-bit fields (above). A degenerate segment
+    (scale 1, all zeros) gets code 7, the level 0.0.
+    ``nf4_dq``: nf4 with QLoRA's double quantization of the scales: the float32 absmax scales
+    (first level, one per group, row-major) have their mean (over finite ones) subtracted and are
+    quantized to 8 bits, symmetric, with one float32 second-level scale per DQ_CHUNK consecutive
+    scales (``max|s - mean| / 127``). Stored: the 8-bit scale codes (code + 128 in uint8; code 0
+    marks a poisoned segment, which decodes to NaN; it is left out of the mean and of its chunk's
+    maximum, so the other scales are requantized around it), the second-level scales and the mean. A
+    group's scale is ``(code - 128) * chunk_scale + mean`` in float32 (a multiply, then an add:
+    never fused), rounded to the weight's dtype, 1 where that is 0; the NF4 codes are computed
+    from that decoded scale. QLoRA quantizes the first level with its 8-bit dynamic (float-like)
+    map; this format uses linear 8-bit codes around the mean, same bytes (8 bits per group plus 32
+    bits per 256 groups).
+    ``fp8``: float8 e4m3 (OCP "e4m3fn": 1 sign, 4 exponent, 3 mantissa bits, bias 7, largest
+    finite 448, no infinities) codes, ``bits: 8``, granularity ``channel`` or ``tensor``. DIVISOR
+    448. v is clamped to [-448, 448] (the stored scale may have been rounded down) and rounded to
+    the nearest e4m3 value, ties to even, as ``torch.Tensor.to(torch.float8_e4m3fn)`` does; the
+    field is the e4m3 bit pattern (one per byte). A poisoned segment's codes are 0.
 """
 
 from __future__ import annotations
@@ -65,10 +95,32 @@ from dataclasses import dataclass
 import torch
 
 BITS = (8, 4, 2)
-SCHEMES = ("asymmetric", "symmetric")
+INTEGER_SCHEMES = ("asymmetric", "symmetric")
+SCHEMES = (*INTEGER_SCHEMES, "nf4", "nf4_dq", "fp8")
+# scheme -> (the only bit width, the granularities it takes, DIVISOR of the absmax)
+CODEBOOK_SCHEMES = {"nf4": (4, ("group",), 1.0), "nf4_dq": (4, ("group",), 1.0), "fp8": (8, ("channel", "tensor"), 448.0)}
+NF4_LEVELS = (-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
+              -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
+              0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
+              0.7229568362236023, 1.0)
+# midpoints of neighbouring levels, each computed in float32 from the float32 levels
+NF4_MIDPOINTS = tuple(float((torch.tensor(a) + torch.tensor(b)) / 2) for a, b in zip(NF4_LEVELS, NF4_LEVELS[1:]))
+NF4_ZERO_CODE = 7
+FP8_MAX = 448.0
+DQ_CHUNK = 256  # first-level scales per second-level scale (nf4_dq)
 GRANULARITIES = ("tensor", "channel", "group")
 GROUP_SIZES = (32, 64, 128, 256)
 FLOAT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def spec_exists(bits: int, scheme: str, granularity: str) -> bool:
+    """Whether the scheme has codes of this width at this granularity: every bit width and
+    granularity for the integer schemes; nf4 and nf4_dq 4 bits per group; fp8 8 bits per channel
+    or tensor."""
+    if scheme not in CODEBOOK_SCHEMES:
+        return True
+    only_bits, granularities, _ = CODEBOOK_SCHEMES[scheme]
+    return bits == only_bits and granularity in granularities
 
 
 @dataclass(frozen=True)
@@ -85,6 +137,13 @@ class QuantSpec:
             raise ValueError(f"bits must be one of {BITS}, got {self.bits!r}")
         if self.scheme not in SCHEMES:
             raise ValueError(f"scheme must be one of {SCHEMES}, got {self.scheme!r}")
+        if self.scheme in CODEBOOK_SCHEMES:
+            bits, granularities, _ = CODEBOOK_SCHEMES[self.scheme]
+            if self.bits != bits:
+                raise ValueError(f"scheme {self.scheme!r} has {bits}-bit codes, got bits={self.bits}")
+            if self.granularity not in granularities:
+                raise ValueError(f"scheme {self.scheme!r} takes granularity {' or '.join(map(repr, granularities))}, "
+                                 f"got {self.granularity!r}")
         if self.granularity not in GRANULARITIES:
             raise ValueError(f"granularity must be one of {GRANULARITIES}, got {self.granularity!r}")
         if self.granularity == "group" and self.group_size not in GROUP_SIZES:
@@ -96,14 +155,28 @@ class QuantSpec:
 
     @property
     def symmetric(self) -> bool:
-        return self.scheme == "symmetric"
+        """No zeros: the scale alone maps codes to values (symmetric, and the codebook schemes)."""
+        return self.scheme != "asymmetric"
+
+    @property
+    def codebook(self) -> str:
+        """How a field becomes a value: "integer" (field - offset), "nf4" (a level) or "fp8" (e4m3)."""
+        return "integer" if self.scheme in INTEGER_SCHEMES else "fp8" if self.scheme == "fp8" else "nf4"
+
+    @property
+    def double_quant(self) -> bool:
+        return self.scheme == "nf4_dq"
 
     @property
     def qmin(self) -> int:
-        return -(1 << (self.bits - 1)) if self.symmetric else 0
+        """The smallest integer code (0 for the codebook schemes, whose fields are their codes)."""
+        return -(1 << (self.bits - 1)) if self.scheme == "symmetric" else 0
 
     @property
-    def qmax(self) -> int:
+    def qmax(self) -> float:
+        """The largest integer code; for the codebook schemes, the DIVISOR of the absmax."""
+        if self.scheme in CODEBOOK_SCHEMES:
+            return CODEBOOK_SCHEMES[self.scheme][2]
         return (1 << (self.bits - 1)) - 1 if self.symmetric else (1 << self.bits) - 1
 
     @property
@@ -132,24 +205,49 @@ class QuantSpec:
         return (n, k // self.group_size)
 
     def nbytes(self, n: int, k: int, scale_dtype: torch.dtype) -> int:
-        """Exact persistent bytes of a quantized [N, K] weight: codes + scales + zeros."""
+        """Exact persistent bytes of a quantized [N, K] weight: codes + scales + zeros (nf4_dq: codes,
+        8-bit scale codes, float32 second-level scales and the float32 mean)."""
         codes = n * self.packed_cols(k)
         rows, cols = self.scales_shape(n, k)
+        if self.double_quant:
+            return codes + rows * cols + 4 * math.ceil(rows * cols / DQ_CHUNK) + 4
         per_param = rows * cols * torch.finfo(scale_dtype).bits // 8
         return codes + per_param * (1 if self.symmetric else 2)
 
 
 @dataclass(frozen=True)
+class ScaleQuant:
+    """The second level of nf4_dq: float32 scales [ceil(groups / DQ_CHUNK)] and mean [1] of the
+    8-bit first-level scale codes, and the weight's dtype (the decoded scales' dtype)."""
+
+    chunk_scales: torch.Tensor
+    mean: torch.Tensor
+    dtype: torch.dtype
+
+    @property
+    def nbytes(self) -> int:
+        return self.chunk_scales.nbytes + self.mean.nbytes
+
+
+@dataclass(frozen=True)
 class QuantizedTensor:
-    """A quantized [N, K] weight: packed codes, scales, zeros (None when symmetric)."""
+    """A quantized [N, K] weight: packed codes, scales, zeros (None when symmetric), and for
+    nf4_dq the second level (`scales` then holds the uint8 scale codes)."""
 
     codes: torch.Tensor
     scales: torch.Tensor
     zeros: torch.Tensor | None
     spec: QuantSpec
     shape: tuple[int, int]
+    second: ScaleQuant | None = None
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype that was quantized (and dequantizes by default)."""
+        return self.scales.dtype if self.second is None else self.second.dtype
 
     @property
     def nbytes(self) -> int:
         zeros = 0 if self.zeros is None else self.zeros.nbytes
-        return self.codes.nbytes + self.scales.nbytes + zeros
+        second = 0 if self.second is None else self.second.nbytes
+        return self.codes.nbytes + self.scales.nbytes + zeros + second

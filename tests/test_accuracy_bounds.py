@@ -28,7 +28,7 @@ import math
 import pytest
 import torch
 
-from quantbench.kernels import (BITS, SCHEMES, QuantSpec, dequantize, dequantize_ref, pack_weights, qmatmul,
+from quantbench.kernels import (BITS, INTEGER_SCHEMES, QuantSpec, dequantize, dequantize_ref, pack_weights, qmatmul,
                                 quantize, quantize_ref, quantize_tokens, quantize_tokens_ref, w8a8_matmul)
 
 F32 = torch.float32
@@ -276,9 +276,10 @@ def test_w8a8_error_is_exact_on_inputs_off_the_grid_by_a_known_fraction(dtype, g
 
 
 # ---------------------------------------------------------------------------------------------
-# Weight-only formats: quantize -> dequantize, and the fused qmatmul
+# Weight-only formats: quantize -> dequantize, and the fused qmatmul (integer schemes; the codebook
+# schemes' bounds are in test_codebook_formats.py)
 
-FORMATS = [(b, s, g, gs) for b in BITS for s in SCHEMES
+FORMATS = [(b, s, g, gs) for b in BITS for s in INTEGER_SCHEMES
            for g, gs in (("tensor", None), ("channel", None), ("group", 32), ("group", 128))]
 FORMAT_IDS = [f"{b}b-{s[:4]}-{g}{gs or ''}" for b, s, g, gs in FORMATS]
 QUANTIZERS = {"kernel": (quantize, dequantize), "reference": (quantize_ref, dequantize_ref)}
@@ -313,7 +314,7 @@ def test_dequantized_weights_are_within_half_a_step_and_uniform(fmt, impl, gen, 
             assert tol < (2 - 1) / 2  # power: a doubled step is outside the band
 
 
-MATMUL_FORMATS = [(b, s, g, gs) for b in BITS for s in SCHEMES for g, gs in (("channel", None), ("group", 32))]
+MATMUL_FORMATS = [(b, s, g, gs) for b in BITS for s in INTEGER_SCHEMES for g, gs in (("channel", None), ("group", 32))]
 
 
 def qmatmul_bound(x: torch.Tensor, w: torch.Tensor, e: torch.Tensor, out: torch.dtype):

@@ -7,11 +7,12 @@ float32 over K terms (K eps of float32, the worst-case bound for a sum).
 import pytest
 import torch
 
-from quantbench.kernels import BITS, SCHEMES, QuantSpec, dequantize_ref, qmatmul, qmatmul_ref, quantize_ref
+from quantbench.kernels import (BITS, INTEGER_SCHEMES, SCHEMES, QuantSpec, dequantize_ref, qmatmul, qmatmul_ref,
+                                quantize_ref, spec_exists)
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32]
 SPECS = [QuantSpec(b, s, g, gs) for b in BITS for s in SCHEMES
-         for g, gs in (("tensor", None), ("channel", None), ("group", 32), ("group", 128))]
+         for g, gs in (("tensor", None), ("channel", None), ("group", 32), ("group", 128)) if spec_exists(b, s, g)]
 
 
 def tolerance(dtype: torch.dtype, k: int) -> float:
@@ -38,7 +39,7 @@ def test_qmatmul_matches_float64_on_the_same_weights(spec, m, gen, device):
 
 
 @pytest.mark.parametrize("m", [1, 20, 70])  # the GEMV, the split-K GEMM and the GEMM
-@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("scheme", INTEGER_SCHEMES)  # the codebook schemes': test_codebook_formats.py
 def test_k_not_a_multiple_of_any_block(m, scheme, gen, device):
     spec = QuantSpec(4, scheme, "channel")
     w = torch.randn(19, 150, generator=gen).to(device)

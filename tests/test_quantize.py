@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from quantbench.harness.ops.metrics import weight_error
-from quantbench.kernels import BITS, GROUP_SIZES, SCHEMES, QuantSpec, dequantize_ref, quantize, quantize_ref
+from quantbench.kernels import (BITS, GROUP_SIZES, INTEGER_SCHEMES, SCHEMES, QuantSpec, dequantize_ref, quantize,
+                                quantize_ref, spec_exists)
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # Odd shapes on purpose: one row, K not a multiple of any block or of 8 // bits, N not a multiple
@@ -16,10 +17,11 @@ GROUP_SHAPES = [(3, 256), (17, 512)]
 def specs_for(k):
     for bits in BITS:
         for scheme in SCHEMES:
-            yield QuantSpec(bits, scheme, "tensor")
-            yield QuantSpec(bits, scheme, "channel")
+            for gran in ("tensor", "channel"):
+                if spec_exists(bits, scheme, gran):
+                    yield QuantSpec(bits, scheme, gran)
             for g in GROUP_SIZES:
-                if k % g == 0:
+                if k % g == 0 and spec_exists(bits, scheme, "group"):
                     yield QuantSpec(bits, scheme, "group", g)
 
 
@@ -47,7 +49,8 @@ def test_codes_equal_reference(n, k, spec, gen, device):
 
 
 @pytest.mark.parametrize("n,k", [(40, 2500), (3, 8200)])
-@pytest.mark.parametrize("spec", [QuantSpec(b, s, g) for b in (8, 4) for s in SCHEMES for g in ("tensor", "channel")],
+@pytest.mark.parametrize("spec", [QuantSpec(b, s, g) for b in (8, 4) for s in SCHEMES for g in ("tensor", "channel")
+                                  if spec_exists(b, s, g)],
                          ids=str)
 def test_long_rows_and_many_tiles(n, k, spec, gen, device):
     """Rows longer than one tile (per-channel scales looped over K) and per-tensor scales reduced
@@ -67,7 +70,7 @@ def test_shapes_and_dtypes_of_outputs(spec, gen, device):
     assert q.nbytes == spec.nbytes(6, 64, torch.float16)
 
 
-@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("scheme", INTEGER_SCHEMES)  # the codebook schemes': test_codebook_formats.py
 @pytest.mark.parametrize("granularity", ["tensor", "channel", "group"])
 @pytest.mark.parametrize("value", [0.0, 3.25, -1e-3])
 def test_constant_tensor_round_trips_without_nan(scheme, granularity, value, device):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pandas as pd
 
 SCHEME_SHORT = {"asymmetric": "asym", "symmetric": "sym"}
+CODEBOOK_LABELS = {"nf4": "nf4", "nf4_dq": "nf4+dq", "fp8": "fp8"}
 
 
 def given(value) -> bool:
@@ -20,11 +21,13 @@ def _whole(value) -> str:
 
 
 def format_label(bits, scheme, granularity, group_size) -> str:
-    """'int4 asym g128', 'int8 sym channel': the quantization format of a row, compactly; '-' for a
+    """'int4 asym g128', 'int8 sym channel', 'nf4 g64': the quantization format of a row, compactly; '-' for a
     row without one (an unquantized baseline)."""
     if not given(bits):
         return "-"
     gran = f"g{_whole(group_size)}" if granularity == "group" and given(group_size) else str(granularity)
+    if scheme in CODEBOOK_LABELS:  # the scheme names the codes: 'nf4 g64', 'nf4+dq g64', 'fp8 channel'
+        return f"{CODEBOOK_LABELS[scheme]} {gran}"
     return f"int{_whole(bits)} {SCHEME_SHORT.get(scheme, scheme)} {gran}"
 
 

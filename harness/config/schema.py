@@ -12,7 +12,7 @@ from .errors import did_you_mean
 
 DType = Literal["float32", "float16", "bfloat16"]
 Bits = Literal[8, 4, 2]
-Scheme = Literal["asymmetric", "symmetric"]
+Scheme = Literal["asymmetric", "symmetric", "nf4", "nf4_dq", "fp8"]
 Granularity = Literal["tensor", "channel", "group"]
 GroupSize = Literal[32, 64, 128, 256]
 PosInt = Annotated[int, Field(gt=0)]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 from dataclasses import asdict, dataclass, fields, replace
 
+from quantbench.kernels.spec import CODEBOOK_SCHEMES, spec_exists
+
 from ..config import ConfigError, RunConfig, did_you_mean
 from ..ops import OPS
 from ..registry import Registry, load_registry
@@ -97,7 +99,7 @@ def expand(cfg: RunConfig, registry: Registry | None = None) -> list[Case]:
             dtype=dtype, M=m if "M" in applies else None, N=n, K=k,
             layers=layers if "layers" in applies else None, shape_name=shape_name,
         )
-        if case in seen or _excluded(case, cfg.exclude):
+        if case in seen or _excluded(case, cfg.exclude) or not _format_exists(case):
             continue
         if OPS[op].square and n != k:
             raise ConfigError(f"sweep: the {op} op chains layers, so each must be square; got N = {n}, "
@@ -107,6 +109,28 @@ def expand(cfg: RunConfig, registry: Registry | None = None) -> list[Case]:
                               f"{f' (shape {shape_name!r})' if shape_name else ''}; choose a divisor "
                               f"of K or drop the point with an 'exclude:' entry", key=("sweep", "group_size"))
         seen[case] = None
+    _check_codebook_schemes(cfg, seen)
     if not seen:
         raise ConfigError("sweep: every grid point is excluded, nothing would run", key=("exclude",))
     return list(seen)
+
+
+def _format_exists(case: Case) -> bool:
+    """False for a grid point of a codebook scheme (nf4, nf4_dq, fp8) at a bit width or
+    granularity it does not have: `scheme: [asymmetric, nf4]` with `bits: [8, 4]` sweeps nf4 at 4
+    bits only, as `quantbench validate` shows."""
+    return case.scheme is None or spec_exists(case.bits, case.scheme, case.granularity)
+
+
+def _check_codebook_schemes(cfg: RunConfig, cases: dict[Case, None]) -> None:
+    """A codebook scheme the sweep names but none of its bits and granularities can express is a
+    config error naming the keys (rather than a scheme that silently never runs)."""
+    swept = {case.scheme for case in cases}
+    for scheme in cfg.sweep.scheme:
+        takes_scheme = any("scheme" in OPS[op].axes for op in cfg.sweep.op)
+        if scheme in CODEBOOK_SCHEMES and takes_scheme and scheme not in swept:
+            bits, granularities, _ = CODEBOOK_SCHEMES[scheme]
+            raise ConfigError(f"sweep.scheme: {scheme!r} has {bits}-bit codes with granularity "
+                              f"{' or '.join(granularities)}, and sweep.bits {cfg.sweep.bits} with sweep.granularity "
+                              f"{cfg.sweep.granularity} give it no grid point; add bits {bits} and one of those "
+                              f"granularities, or drop the scheme", key=("sweep", "scheme"))

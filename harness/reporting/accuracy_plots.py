@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from quantbench.kernels.spec import FLOAT_DTYPES, QuantSpec
+from quantbench.kernels.spec import FLOAT_DTYPES, SCHEMES, QuantSpec
 
 from ..analysis.labels import format_label, format_order, shape_label
 from .figures import BITS_COLORS, NoData, impl_colors, impls_by_role, new_figure
@@ -24,7 +24,7 @@ def _grid(sample: WeightSample) -> tuple[list[str], list[int], dict[tuple[str, i
     cells: dict[tuple[str, int], list] = {}
     for f in sample.formats:
         cells.setdefault((f.spec.scheme, f.spec.bits), []).append(f)
-    schemes = [s for s in ("asymmetric", "symmetric") if any(k[0] == s for k in cells)]
+    schemes = [s for s in SCHEMES if any(k[0] == s for k in cells)]
     bits = sorted({k[1] for k in cells}, reverse=True)
     return schemes, bits, cells
 

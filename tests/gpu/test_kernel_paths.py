@@ -132,9 +132,9 @@ def test_gemv_split_k(spec, splits):
     partials, tickets = split_k.split_workspace(CUDA, n, n)
     for _ in range(3):
         qm.qgemv_kernel[(triton.cdiv(n, 32), splits)](
-            x, units, q.scales, q.scales if q.zeros is None else q.zeros, y, partials, tickets, n, k,
+            x, units, q.scales, q.scales if q.zeros is None else q.zeros, q.scales, y, partials, tickets, n, k,
             units.stride(0), q.scales.stride(0), units.shape[1], BITS=spec.bits,
-            FIELDS=units.element_size() * spec.per_byte, OFFSET=spec.offset, SYMMETRIC=spec.symmetric,
+            FIELDS=units.element_size() * spec.per_byte, OFFSET=spec.offset, CODE=0, SYMMETRIC=spec.symmetric,
             GRANULARITY=qm.GRANULARITY_IDS[spec.granularity], GROUP=spec.group_size or 1, BLOCK_N=32,
             BLOCK_K=128, SPLIT_K=splits, EVEN_N=True, EVEN_K=False)
         err, bound = rel_err(y, exact_product(x, q)), tolerance(torch.float16, k)

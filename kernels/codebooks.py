@@ -1,0 +1,84 @@
+"""The codebook schemes' arithmetic in PyTorch (spec.py, "Codebook schemes"): NF4 and FP8 codes
+from scaled values and back, and the double quantization of NF4's scales (nf4_dq).
+
+Both the references and the Triton launchers use `decode_scales`: the second level of nf4_dq is
+decoded by these PyTorch ops (a tensor 1/group_size the size of W) before the kernel runs on the
+decoded scales, as bitsandbytes decodes its nested absmax before its 4-bit kernel. One function on
+both sides keeps the scales, and so the codes, identical by construction.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .spec import DQ_CHUNK, FP8_MAX, NF4_LEVELS, NF4_MIDPOINTS, QuantizedTensor, QuantSpec, ScaleQuant
+
+
+def table(values: tuple[float, ...], device) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float32, device=device)
+
+
+_tables: dict[tuple[str, str], torch.Tensor] = {}
+
+
+def code_table(spec: QuantSpec, device, decode: bool = True) -> torch.Tensor:
+    """The float32 table a kernel reads for spec's codes, made once per device: the NF4 levels
+    (decode) or midpoints (encode); for the other schemes, which read none, a 1-element stand-in."""
+    values = (NF4_LEVELS if decode else NF4_MIDPOINTS) if spec.codebook == "nf4" else (0.0,)
+    key = (str(torch.device(device)), repr(values[:2]))
+    if key not in _tables:
+        _tables[key] = table(values, device)
+    return _tables[key]
+
+
+def encode_ref(v: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """Fields (int32) of float32 values v = w / scale; NaN (a poisoned segment) gives field 0."""
+    if spec.codebook == "nf4":
+        # the number of midpoints v is above; a NaN is above none
+        return (v.unsqueeze(-1) > table(NF4_MIDPOINTS, v.device)).sum(dim=-1, dtype=torch.int32)
+    v = torch.where(torch.isnan(v), torch.zeros_like(v), v).clamp(-FP8_MAX, FP8_MAX)
+    return v.to(torch.float8_e4m3fn).view(torch.uint8).to(torch.int32)
+
+
+def decode_ref(fields: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """float32 values of int fields: the NF4 level, or the e4m3 value."""
+    if spec.codebook == "nf4":
+        return table(NF4_LEVELS, fields.device)[fields.long()]
+    return fields.to(torch.uint8).view(torch.float8_e4m3fn).float()
+
+
+def double_quantize(scales: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, ScaleQuant]:
+    """float32 first-level scales [R, C] -> (uint8 scale codes [R, C], the second level); see
+    spec.py, nf4_dq. A NaN scale (poisoned segment) gets code 0 and is left out of the mean and
+    of its chunk's maximum."""
+    flat = scales.reshape(-1)
+    finite = torch.isfinite(flat)
+    kept = torch.where(finite, flat, torch.zeros_like(flat))
+    mean = kept.sum().reshape(1) / finite.sum().clamp_min(1).to(torch.float32).reshape(1)
+    dev = torch.where(finite, flat - mean, torch.zeros_like(flat))
+    chunks = math.ceil(flat.numel() / DQ_CHUNK)
+    dev = torch.nn.functional.pad(dev, (0, chunks * DQ_CHUNK - flat.numel())).reshape(chunks, DQ_CHUNK)
+    # divide by tensors: on CUDA, division by a Python number is a multiplication by its reciprocal
+    chunk_scales = dev.abs().amax(dim=1) / torch.full((chunks,), 127.0, device=flat.device)
+    chunk_scales = torch.where(chunk_scales == 0, torch.ones_like(chunk_scales), chunk_scales)
+    codes = (dev / chunk_scales[:, None]).round().clamp(-127, 127).reshape(-1)[:flat.numel()] + 128
+    codes = torch.where(finite, codes, torch.zeros_like(codes)).to(torch.uint8)
+    return codes.reshape(scales.shape), ScaleQuant(chunk_scales, mean, dtype)
+
+
+def decode_scales(codes: torch.Tensor, second: ScaleQuant) -> torch.Tensor:
+    """The nf4_dq scales a kernel computes with: (code - 128) * chunk scale + mean in float32 (two
+    operations, never fused), rounded to the weight's dtype, 1 where that is 0; NaN for code 0."""
+    flat = codes.reshape(-1)
+    per_group = second.chunk_scales.repeat_interleave(DQ_CHUNK)[:flat.numel()]
+    s = (flat.float() - 128) * per_group
+    s = s + second.mean
+    s = torch.where(flat == 0, torch.full_like(s, float("nan")), s).to(second.dtype)
+    return torch.where(s == 0, torch.ones_like(s), s).reshape(codes.shape)
+
+
+def scales_of(q: QuantizedTensor) -> torch.Tensor:
+    """The scales q's codes were computed from (decoded, for nf4_dq)."""
+    return q.scales if q.second is None else decode_scales(q.scales, q.second)
