@@ -1,9 +1,14 @@
-"""The ops on one weight matrix alone: quantize (W -> codes, scales, zeros) and dequantize (back)."""
+"""The ops on one weight matrix alone: quantize (W -> codes, scales, zeros) and dequantize (back).
+
+An implementation with its own weight format (Impl.own_format: a library's NF4, say) is checked
+against its own W_hat rather than the reference's codes: quantize through the format's `decode`
+of what it returns, dequantize by its output. Its error is that W_hat's against W, and its memory
+columns the format's own weight_bytes (execution/case.py: prepared)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
@@ -14,19 +19,42 @@ from . import metrics
 from .base import FormatOp, spec_of
 
 if TYPE_CHECKING:
-    from ..registry.records import Impl
+    from ..registry.records import Impl, OwnWeights
 
 
 @dataclass(frozen=True)
 class WeightInputs:
     w: torch.Tensor
     spec: QuantSpec
+    own: Any = None  # an implementation's own prepared state (Impl.own_format), else None
+    own_w_hat: torch.Tensor | None = None  # that format's W_hat of w, float [N, K]
+    own_decode: Callable[[Any], torch.Tensor] | None = None  # the callable's output -> its W_hat
 
 
 @dataclass(frozen=True)
 class CodeInputs:
     w: torch.Tensor
     q: QuantizedTensor
+    own: Any = None  # an implementation's own prepared weights (Impl.own_format), else None
+    own_w_hat: torch.Tensor | None = None  # what they dequantize to, float [N, K]
+
+
+def own_w_hat(w: torch.Tensor, own: "OwnWeights") -> torch.Tensor:
+    """The own format's W_hat on w's device, checked to be W's shape."""
+    w_hat = own.w_hat.to(w.device)
+    if tuple(w_hat.shape) != tuple(w.shape):
+        raise ValueError(f"own_format returned W_hat of shape {list(w_hat.shape)}, the weight is {list(w.shape)}")
+    return w_hat
+
+
+def w_hat_problem(w_hat: torch.Tensor, expected: torch.Tensor) -> str | None:
+    """An implementation's W_hat against its own format's, up to float rounding of its dtype (the
+    rule DequantizeOp.verify applies to the reference's output)."""
+    if tuple(w_hat.shape) != tuple(expected.shape):
+        return f"W_hat has shape {list(w_hat.shape)}, its format's has {list(expected.shape)}"
+    expected = expected.to(device=w_hat.device, dtype=w_hat.dtype)
+    msg = metrics.mismatches(w_hat, expected, metrics.dequant_close(w_hat, expected))
+    return f"values differ from the format's own W_hat beyond float rounding: {msg}" if msg else None
 
 
 class QuantizeOp(FormatOp):
@@ -37,16 +65,28 @@ class QuantizeOp(FormatOp):
     def prepare(self, case, source) -> WeightInputs:
         return WeightInputs(source.weight(case), spec_of(case))
 
-    def verify(self, out: QuantizedTensor, ref: QuantizedTensor, inp: WeightInputs) -> str | None:
-        """The contract is exact: codes, scales and zeros equal the reference's."""
+    def with_own(self, inp: WeightInputs, own: "OwnWeights") -> WeightInputs:
+        """The inputs of an implementation with its own format: its prepared state as `own`, the
+        format's W_hat and the decoding of what its callable returns, which its row is verified
+        and measured by."""
+        if own.decode is None:
+            raise ValueError("own_format of a quantize implementation must give `decode` (its output -> W_hat)")
+        return replace(inp, own=own.state, own_w_hat=own_w_hat(inp.w, own), own_decode=own.decode)
+
+    def verify(self, out: Any, ref: QuantizedTensor, inp: WeightInputs) -> str | None:
+        """The contract is exact: codes, scales and zeros equal the reference's. An own format:
+        its decoded output equals the format's W_hat up to float rounding."""
+        if inp.own_decode is not None:
+            return w_hat_problem(inp.own_decode(out), inp.own_w_hat)
         for part in ("codes", "scales", "zeros"):
             a, b = getattr(out, part), getattr(ref, part)
             if a is not None and (msg := metrics.mismatches(a, b)):
                 return f"{part} differ from the reference: {msg}"
         return None
 
-    def error(self, impl: "Impl", out: QuantizedTensor, inp: WeightInputs) -> dict[str, float]:
-        return metrics.weight_error(inp.w, kernels.dequantize_ref(out))
+    def error(self, impl: "Impl", out: Any, inp: WeightInputs) -> dict[str, float]:
+        w_hat = inp.own_decode(out) if inp.own_decode is not None else kernels.dequantize_ref(out)
+        return metrics.weight_error(inp.w, w_hat)
 
 
 class DequantizeOp(FormatOp):
@@ -58,9 +98,17 @@ class DequantizeOp(FormatOp):
         w = source.weight(case)
         return CodeInputs(w, kernels.quantize_ref(w, spec_of(case)))
 
+    def with_own(self, inp: CodeInputs, own: "OwnWeights") -> CodeInputs:
+        """The inputs of an implementation with its own format: its prepared weights as `own` and
+        the W_hat they stand for, which its output is verified against."""
+        return replace(inp, own=own.state, own_w_hat=own_w_hat(inp.w, own))
+
     def verify(self, out: torch.Tensor, ref: torch.Tensor, inp: CodeInputs) -> str | None:
+        if inp.own_w_hat is not None:
+            return w_hat_problem(out, inp.own_w_hat)
         msg = metrics.mismatches(out, ref, metrics.dequant_close(out, ref))
         return f"values differ from the reference beyond float rounding: {msg}" if msg else None
 
     def error(self, impl: "Impl", out: torch.Tensor, inp: CodeInputs) -> dict[str, float]:
+        """The output is W_hat, the case's or the implementation's own: its error against W."""
         return metrics.weight_error(inp.w, out)

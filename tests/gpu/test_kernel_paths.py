@@ -21,14 +21,16 @@ from quantbench.kernels import (QuantSpec, dequantize, dequantize_ref, pack_weig
                                 quantize_ref, quantize_tokens, quantize_tokens_ref, w8a8_matmul, w8a8_matmul_ref)
 
 CUDA = torch.device("cuda")
+CODEBOOK_SPECS = [QuantSpec(4, "nf4", "group", 64), QuantSpec(4, "nf4_dq", "group", 32),
+                  QuantSpec(8, "fp8", "channel"), QuantSpec(8, "fp8", "tensor")]
 ALL_SPECS = [QuantSpec(b, s, g, gs) for b in (8, 4, 2) for s in ("asymmetric", "symmetric")
-             for g, gs in (("tensor", None), ("channel", None), ("group", 32), ("group", 128))]
+             for g, gs in (("tensor", None), ("channel", None), ("group", 32), ("group", 128))] + CODEBOOK_SPECS
 # each bits, scheme, granularity and group size at least once, and every bits x granularity pair
 MATMUL_SPECS = [QuantSpec(8, "symmetric", "channel"), QuantSpec(8, "asymmetric", "group", 128),
                 QuantSpec(4, "asymmetric", "group", 128), QuantSpec(4, "symmetric", "group", 32),
                 QuantSpec(4, "asymmetric", "channel"), QuantSpec(4, "symmetric", "tensor"),
                 QuantSpec(2, "asymmetric", "group", 32), QuantSpec(2, "symmetric", "channel"),
-                QuantSpec(8, "asymmetric", "tensor"), QuantSpec(2, "asymmetric", "group", 128)]
+                QuantSpec(8, "asymmetric", "tensor"), QuantSpec(2, "asymmetric", "group", 128)] + CODEBOOK_SPECS
 # (M, N, K, what it takes)
 MATMUL_PATHS = [
     (1, 64, 256, "gemv-even"),         # N, K multiples of every GEMV tile left: no masks, int32 words
@@ -44,7 +46,8 @@ KERNEL_OF = {"gemv-even": "gemv", "gemv-odd-k": "gemv", "gemv-odd-n": "gemv", "s
 
 
 def fmt(spec: QuantSpec) -> str:
-    return f"int{spec.bits}-{spec.scheme[:4]}-{spec.granularity}{spec.group_size or ''}"
+    name = f"int{spec.bits}-{spec.scheme[:4]}" if spec.codebook == "integer" else spec.scheme
+    return f"{name}-{spec.granularity}{spec.group_size or ''}"
 
 
 def tolerance(dtype: torch.dtype, k: int) -> float:
@@ -85,7 +88,8 @@ def test_quantize_and_dequantize_every_format(spec, n, k):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("spec", [QuantSpec(4, "asymmetric", "group", 128), QuantSpec(8, "symmetric", "channel"),
-                                  QuantSpec(2, "asymmetric", "tensor")], ids=fmt)
+                                  QuantSpec(2, "asymmetric", "tensor"), QuantSpec(8, "fp8", "channel"),
+                                  QuantSpec(4, "nf4_dq", "group", 64)], ids=fmt)
 @pytest.mark.parametrize("n,k", [(17, 8192), (5, 130)])
 def test_quantize_other_dtypes_long_and_odd_rows(spec, n, k, dtype):
     """Rows of 8192 (the per-channel tiling of whole rows), rows cut inside a byte, float32 and bfloat16."""
