@@ -26,7 +26,7 @@ class MatmulInputs:
     w: torch.Tensor
     q: QuantizedTensor
     y_exact: torch.Tensor  # float64 x @ W^T, the original weights
-    y_quant: torch.Tensor  # float64 x @ W_hat^T, the same quantized weights every kernel uses
+    y_quant: torch.Tensor  # float64 x @ W_hat^T, the same quantized weights every kernel uses (own format: own_product)
     weight_error: dict[str, float]  # of W_hat against W: the same for every quantized implementation
     own: Any = None  # an implementation's own prepared weights (Impl.own_format), else None
 
@@ -40,6 +40,25 @@ def product_problem(out: torch.Tensor, y_quant: torch.Tensor) -> str | None:
     rel, _ = metrics.output_error(out, y_quant)
     bound = 2 * torch.finfo(out.dtype).eps + y_quant.shape[1] * torch.finfo(torch.float32).eps
     return None if rel <= bound else f"relative error {rel:.3g} against the float64 product exceeds {bound:.3g}"
+
+
+def own_product(x: torch.Tensor, w: torch.Tensor, own: "OwnWeights") -> tuple[torch.Tensor, torch.Tensor]:
+    """An own format's W_hat (on the weight's device, checked to be W's shape) and the float64
+    output [M, N] of its method on x: `own.product(x)` where the method quantizes the activations
+    too (fp8 rowwise, LLM.int8), else x @ W_hat^T."""
+    w_hat = own.w_hat.to(w.device)
+    if tuple(w_hat.shape) != tuple(w.shape):
+        raise ValueError(f"own_format returned W_hat of shape {list(w_hat.shape)}, the weight is {list(w.shape)}")
+    if own.product is None:
+        return w_hat, x.double() @ w_hat.double().t()
+    y = own.product(x)
+    if tuple(y.shape) != (x.shape[0], w.shape[0]):
+        raise ValueError(f"own_format's product returned shape {list(y.shape)}, the output is "
+                         f"{[x.shape[0], w.shape[0]]}")
+    if y.dtype != torch.float64:
+        # the method's output in a lower precision would carry rounding into what rows are checked against
+        raise TypeError(f"own_format's product must return float64 (the method's exact output), got {y.dtype}")
+    return w_hat, y.to(x.device)
 
 
 def output_errors(impl: "Impl", out: torch.Tensor, y_exact: torch.Tensor, y_quant: torch.Tensor) -> dict[str, float]:
@@ -83,13 +102,10 @@ class MatmulOp(FormatOp):
 
     def with_own(self, inp: MatmulInputs, own: "OwnWeights") -> MatmulInputs:
         """The inputs of an implementation with its own weight format: its prepared state as `own`,
-        and the float64 product and weight error of its own W_hat, which its row is verified and
-        measured against."""
-        w_hat = own.w_hat.to(inp.w.device)
-        if tuple(w_hat.shape) != tuple(inp.w.shape):
-            raise ValueError(f"own_format returned W_hat of shape {list(w_hat.shape)}, the weight is {list(inp.w.shape)}")
-        return replace(inp, own=own.state, y_quant=inp.x.double() @ w_hat.double().t(),
-                       weight_error=metrics.weight_error(inp.w, w_hat))
+        the float64 output of its method (own_product) and the weight error of its own W_hat,
+        which its row is verified and measured against."""
+        w_hat, y_quant = own_product(inp.x, inp.w, own)
+        return replace(inp, own=own.state, y_quant=y_quant, weight_error=metrics.weight_error(inp.w, w_hat))
 
     def verify(self, out: torch.Tensor, ref: torch.Tensor, inp: MatmulInputs) -> str | None:
         return product_problem(out, inp.y_quant)

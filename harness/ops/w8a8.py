@@ -1,9 +1,13 @@
-"""W8A8: activations quantized per token on the fly, weights per channel, both int8."""
+"""W8A8: activations quantized per token on the fly, weights per channel, both int8.
+
+An implementation with its own format (Impl.own_format: fp8 rowwise, say) brings its method's
+float64 output (OwnWeights.product), which its row is verified and measured against: by the matmul
+rule, since its sums are float accumulations, not the int8 method's exact integer sums."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -12,10 +16,10 @@ from quantbench import kernels
 from ..results.schema import DTYPE_CEILING, INT8_CEILING
 from . import metrics
 from .base import FormatOp, bytes_memory, spec_of, unquantized
-from .matmul import layer_memory, linear_bytes, output_errors
+from .matmul import layer_memory, linear_bytes, output_errors, own_product, product_problem
 
 if TYPE_CHECKING:
-    from ..registry.records import Impl
+    from ..registry.records import Impl, OwnWeights
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,8 @@ class W8A8Inputs:
     w_scales: torch.Tensor
     y_exact: torch.Tensor  # float64 x @ W^T
     y_quant: torch.Tensor  # float64 result of the W8A8 method: quantized x and W, exact integer sums
+    own: Any = None  # an implementation's own prepared weights (Impl.own_format), else None
+    own_format: bool = False  # y_quant is that format's product (float sums), not the int8 method's
 
 
 class W8A8MatmulOp(FormatOp):
@@ -43,8 +49,19 @@ class W8A8MatmulOp(FormatOp):
         y_quant = (xq.double() @ w_int8.double().t()) * sx.double()[:, None] * w_scales.double()[None, :]
         return W8A8Inputs(x, w, w_int8, w_scales, x.double() @ w.double().t(), y_quant)
 
+    def with_own(self, inp: W8A8Inputs, own: "OwnWeights") -> W8A8Inputs:
+        """The inputs of an implementation with its own format: its prepared state as `own` and the
+        float64 output of its method (own_product: OwnWeights.product, which quantizes x its own
+        way), which its row is verified and measured against. The row's memory is the format's
+        weight_bytes (execution/case.py: prepared)."""
+        _, y_quant = own_product(inp.x, inp.w, own)
+        return replace(inp, own=own.state, y_quant=y_quant, own_format=True)
+
     def verify(self, out: torch.Tensor, ref: torch.Tensor, inp: W8A8Inputs) -> str | None:
-        """Integer sums are exact: what remains is the float32 epilogue and one rounding."""
+        """Integer sums are exact: what remains is the float32 epilogue and one rounding. An own
+        format's sums are float accumulations (fp8 products in float32): the matmul rule."""
+        if inp.own_format:
+            return product_problem(out, inp.y_quant)
         rel, _ = metrics.output_error(out, inp.y_quant)
         bound = 2 * torch.finfo(out.dtype).eps
         return None if rel <= bound else f"relative error {rel:.3g} against the exact W8A8 result exceeds {bound:.3g}"
