@@ -267,8 +267,7 @@ def test_with_own_takes_the_product_and_checks_what_it_returns(op):
 
 def test_w8a8_checks_an_own_format_by_the_matmul_rule_and_its_own_int8_exactly():
     """Float sums (an own format) may be off by K float32 roundings; the int8 method's integer sums
-    may not: an output off by a relative error between the two bounds passes only the first.
-    (N = K here: product_problem counts the terms as y_quant.shape[1].)"""
+    may not: an output off by a relative error between the two bounds passes only the first."""
     op = OPS["matmul_w8a8"]
     inp = inputs_of(case_of("matmul_w8a8", 8, "symmetric", "channel", dtype="float32", m=3, n=64, k=64))
     w = inp.w

@@ -74,3 +74,13 @@ def test_split_k_leaves_its_workspace_clear(gen, device):
         assert rel_err(qmatmul(x, q), exact) <= tolerance(torch.float32, 64)
         partials, tickets = split_k._workspaces[x.device]
         assert not partials.any() and not tickets.any()
+
+
+def test_the_product_check_counts_the_k_terms_of_the_reduction_not_n():
+    """A relative error of 1e-5 is within float32 accumulation over 4096 terms, not over 8: the
+    bound follows K, whatever N is (28672 x 8192 weights once got N's looser bound)."""
+    from quantbench.harness.ops.matmul import product_problem
+    exact = torch.randn(2, 4096, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    out = (exact * (1 + 1e-5)).float()
+    assert product_problem(out, exact, 4096) is None
+    assert product_problem(out, exact, 8) is not None

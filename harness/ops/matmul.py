@@ -34,11 +34,11 @@ class MatmulInputs:
 UNQUANTIZED_WEIGHT_ERROR = {"mse": 0.0, "mae": 0.0, "max_abs_err": 0.0, "snr_db": math.inf, "rel_err": 0.0}
 
 
-def product_problem(out: torch.Tensor, y_quant: torch.Tensor) -> str | None:
+def product_problem(out: torch.Tensor, y_quant: torch.Tensor, k: int) -> str | None:
     """A product checked against the float64 one with the same quantized weights: the output is
-    rounded once to its dtype and accumulated in float32 over K terms."""
+    rounded once to its dtype and accumulated in float32 over the k terms of the reduction."""
     rel, _ = metrics.output_error(out, y_quant)
-    bound = 2 * torch.finfo(out.dtype).eps + y_quant.shape[1] * torch.finfo(torch.float32).eps
+    bound = 2 * torch.finfo(out.dtype).eps + k * torch.finfo(torch.float32).eps
     return None if rel <= bound else f"relative error {rel:.3g} against the float64 product exceeds {bound:.3g}"
 
 
@@ -108,7 +108,7 @@ class MatmulOp(FormatOp):
         return replace(inp, own=own.state, y_quant=y_quant, weight_error=metrics.weight_error(inp.w, w_hat))
 
     def verify(self, out: torch.Tensor, ref: torch.Tensor, inp: MatmulInputs) -> str | None:
-        return product_problem(out, inp.y_quant)
+        return product_problem(out, inp.y_quant, inp.x.shape[1])
 
     def error(self, impl: "Impl", out: torch.Tensor, inp: MatmulInputs) -> dict[str, float]:
         weight_error = UNQUANTIZED_WEIGHT_ERROR if unquantized(impl) else inp.weight_error
@@ -168,7 +168,7 @@ class StackOp(FormatOp):
     def verify(self, out: list[torch.Tensor], ref: list[torch.Tensor], inp: StackInputs) -> str | None:
         """Depth 1 against the float64 product with the same quantized weights, by the matmul rule
         (deeper layers compound rounding, which the kernel_* columns report)."""
-        return product_problem(out[0], inp.y_quant[0])
+        return product_problem(out[0], inp.y_quant[0], inp.x.shape[1])
 
     def error(self, impl: "Impl", out: list[torch.Tensor], inp: StackInputs) -> list[dict[str, float]]:
         return [{"depth": depth, **output_errors(impl, y, exact, quant)}

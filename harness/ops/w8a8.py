@@ -61,7 +61,7 @@ class W8A8MatmulOp(FormatOp):
         """Integer sums are exact: what remains is the float32 epilogue and one rounding. An own
         format's sums are float accumulations (fp8 products in float32): the matmul rule."""
         if inp.own_format:
-            return product_problem(out, inp.y_quant)
+            return product_problem(out, inp.y_quant, inp.x.shape[1])
         rel, _ = metrics.output_error(out, inp.y_quant)
         bound = 2 * torch.finfo(out.dtype).eps
         return None if rel <= bound else f"relative error {rel:.3g} against the exact W8A8 result exceeds {bound:.3g}"
