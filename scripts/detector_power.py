@@ -8,10 +8,9 @@ ordered pair (base, candidate) of distinct runs goes through compare.compare_run
 - `aa`: the runs as recorded. Every `regression` or `improvement` is a false alarm.
 - `slow10`, `slow5` (--slowdowns): the candidate's raw samples (and its median columns) multiplied
   by 1.10 and 1.05 in a scratch copy of its folder. A `regression` is a detection.
-- `noisy` (in any experiment): the U test and the minimum effect disagree (a significant change
-  smaller than min_effect, or a large one that is not significant). By design a slowdown smaller
-  than min_effect is never a `regression`: with the default 10%, `slow5` measures how often it is
-  at least flagged `noisy`.
+- `unstable` (in any experiment): the median moved by min_effect or more, but the U test does not
+  confirm it. A move smaller than min_effect is `same` by design (never a `regression`): with a
+  10% min_effect, `slow5` is `same` however significant it is.
 
 Only judged cases count (GPU samples on both sides: compare's `latency_judged`). The ordered pairs
 are not independent samples: each run is in 2(K - 1) of them, and a pair and its reverse see the
@@ -51,7 +50,7 @@ from quantbench.harness.analysis.thresholds import ThresholdSet, load_thresholds
 MIN_RUNS = 6
 SLOWDOWNS = (1.10, 1.05)  # factors applied to the candidate's times
 MEDIAN_COLUMNS = ["ms", "ms_p20", "ms_p80", "ms_min", "ms_mean", "ms_std"]
-VERDICTS = ["regression", "improvement", "same", "noisy"]
+VERDICTS = ["regression", "improvement", "same", "unstable"]
 
 
 class DetectorInputError(ValueError):
@@ -153,7 +152,7 @@ def summarize(table: pd.DataFrame, n_runs: int) -> pd.DataFrame:
         alarms = counts["regression"] + counts["improvement"] if factor == 1.0 else counts["regression"]
         row["measure"] = "false_alarm_rate" if factor == 1.0 else "detection_rate"
         row["rate"] = alarms / n if n else float("nan")
-        row["noisy_rate"] = counts["noisy"] / n if n else float("nan")
+        row["unstable_rate"] = counts["unstable"] / n if n else float("nan")
         row["accuracy_regressions"] = int((t["accuracy"] == "regression").sum())
         rows.append(row)
     return pd.DataFrame(rows)
@@ -161,7 +160,7 @@ def summarize(table: pd.DataFrame, n_runs: int) -> pd.DataFrame:
 
 def per_case(table: pd.DataFrame, runs: list[Path]) -> pd.DataFrame:
     """Per case: its median time over the runs, the largest A/A change of the median, and the counts
-    of false alarms, noisy verdicts and detections over the pairs where it was judged."""
+    of false alarms, unstable verdicts and detections over the pairs where it was judged."""
     medians = pd.concat([load_run(r)[0].assign(case=lambda d: [case_label(row) for _, row in d.iterrows()])
                          for r in runs])
     judged = table[table["latency_judged"]]
@@ -171,12 +170,12 @@ def per_case(table: pd.DataFrame, runs: list[Path]) -> pd.DataFrame:
         row = {"case": case, "median_us": 1000 * medians.loc[medians["case"] == case, "ms"].median(),
                "aa_max_change_pct": 100 * (aa["ratio"] - 1).abs().max(), "aa_pairs": len(aa),
                "aa_false_alarms": int(aa["latency"].isin(["regression", "improvement"]).sum()),
-               "aa_noisy": int((aa["latency"] == "noisy").sum())}
+               "aa_unstable": int((aa["latency"] == "unstable").sum())}
         for name in table["experiment"].unique():
             if name != "aa":
                 s = t[t["experiment"] == name]
                 row[f"{name}_detected"] = int((s["latency"] == "regression").sum())
-                row[f"{name}_noisy"] = int((s["latency"] == "noisy").sum())
+                row[f"{name}_unstable"] = int((s["latency"] == "unstable").sum())
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -206,19 +205,19 @@ def markdown(summary: pd.DataFrame, cases: pd.DataFrame, runs: list[Path],
         f"Thresholds ({source}): {describe(thresholds)}", "",
         f"- A/A false alarms: {int(aa.loc['aa', 'regression'] + aa.loc['aa', 'improvement'])} of "
         f"{int(aa.loc['aa', 'judged'])} judged comparisons ({aa.loc['aa', 'rate']:.2%}); "
-        f"noisy: {int(aa.loc['aa', 'noisy'])}.",
+        f"unstable: {int(aa.loc['aa', 'unstable'])}.",
     ]
     for name in summary["experiment"]:
         if name != "aa":
             lines.append(f"- slowdown x{aa.loc[name, 'factor']:.2f} detected: {int(aa.loc[name, 'regression'])} of "
-                         f"{int(aa.loc[name, 'judged'])} ({aa.loc[name, 'rate']:.2%}); noisy: "
-                         f"{int(aa.loc[name, 'noisy'])}, same: {int(aa.loc[name, 'same'])}.")
+                         f"{int(aa.loc[name, 'judged'])} ({aa.loc[name, 'rate']:.2%}); unstable: "
+                         f"{int(aa.loc[name, 'unstable'])}, same: {int(aa.loc[name, 'same'])}.")
     lines += ["", "## Counts by experiment", "", to_markdown(summary), "",
               "## By case", "", to_markdown(cases), "",
               "Pairs are not independent: each run is in 2(K - 1) ordered pairs, and an A/A false alarm "
               "counts once as a regression and once, reversed, as an improvement. A slowdown equal to "
               "min_effect sits on the threshold: with little noise it is caught about half the time, "
-              "by construction; one below it can only be `noisy`.", "",
+              "by construction; one below it is `same`.", "",
               "## Run folders", ""]
     lines += [f"- `{r}`" for r in runs]
     return "\n".join(lines) + "\n"

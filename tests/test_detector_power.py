@@ -51,7 +51,7 @@ def test_identical_runs_raise_no_alarm_and_a_50_percent_slowdown_is_always_caugh
     _, s = summary_of(runs, slowdowns=(1.5,))
     pairs_x_cases = 6 * 5 * len(CASES)
     assert s.loc["aa", "judged"] == pairs_x_cases and s.loc["aa", "not_judged"] == 0
-    assert s.loc["aa", ["regression", "improvement", "noisy"]].tolist() == [0, 0, 0]
+    assert s.loc["aa", ["regression", "improvement", "unstable"]].tolist() == [0, 0, 0]
     assert s.loc["aa", "same"] == pairs_x_cases and s.loc["aa", "rate"] == 0
     assert s.loc["slow50", "regression"] == pairs_x_cases and s.loc["slow50", "rate"] == 1.0
     assert s.loc["aa", "accuracy_regressions"] == 0
@@ -59,14 +59,14 @@ def test_identical_runs_raise_no_alarm_and_a_50_percent_slowdown_is_always_caugh
 
 def test_independent_low_noise_runs(tmp_path):
     """1% noise, 300 samples: no A/A alarm; a 50% slowdown always caught; a 5% one is significant
-    but under the 10% minimum effect, so it is `noisy`, never a regression."""
+    but under the 10% minimum effect, so it is `same`, never a regression."""
     runs = [make_run(tmp_path, i, seed=i, cv=0.01) for i in range(6)]
     table, s = summary_of(runs, slowdowns=(1.5, 1.05))
     n = 6 * 5 * len(CASES)
     assert s.loc["aa", "regression"] + s.loc["aa", "improvement"] == 0
     assert s.loc["slow50", "regression"] == n
-    assert s.loc["slow5", "regression"] == 0 and s.loc["slow5", "noisy"] == n and s.loc["slow5", "rate"] == 0
-    assert s.loc["slow5", "noisy_rate"] == 1.0
+    assert s.loc["slow5", "regression"] == 0 and s.loc["slow5", "same"] == n and s.loc["slow5", "rate"] == 0
+    assert s.loc["slow5", "unstable_rate"] == 0.0
     slow5 = table[table["experiment"] == "slow5"]
     assert ((slow5["ratio"] > 1.03) & (slow5["ratio"] < 1.07)).all()  # the medians moved by the factor
 

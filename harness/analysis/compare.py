@@ -1,10 +1,14 @@
 """Compare runs: a baseline against candidates case by case with verdicts a CI gate can trust,
 with GPU against GPU and implementation against implementation (gpu_views.py) beside them.
 
-Latency is decided on the raw samples (samples.jsonl[.gz]): a two-sided Mann-Whitney U test (asv's
-choice) must reject "same distribution" at `alpha`, and the ratio of medians must move by at
-least `min_effect`; a difference that passes only one of the two is noise, not a change. Latency
-is judged only between GPU timings on the same GPU model.
+Latency is decided on the raw samples (samples.jsonl[.gz]): a change is the ratio of medians
+moving by at least `min_effect`, confirmed by a two-sided Mann-Whitney U test (asv's choice)
+rejecting "same distribution" at `alpha`. A move under `min_effect` is `same`, however significant
+(with thousands of samples the test calls every 1% shift significant: asv and nvbench call it same
+too); a move of `min_effect` or more that the test does not confirm is `unstable`: the samples are
+too spread to say. Apart from the verdict, `unstable_timing` flags a case whose median is not
+known to its run's timing target on either side (the row flag `noisy`). Latency is judged only
+between GPU timings on the same GPU model.
 Accuracy is decided on the error columns: an SNR that drops by more than its tolerance, an error
 that rises by more than its tolerance, or a case that was ok and now is not, is a regression.
 Thresholds come per op from thresholds.py (YAML).
@@ -14,7 +18,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -28,22 +32,30 @@ from .thresholds import Thresholds, ThresholdSet
 
 # unjudged: the latency could not be judged (interpreter timings, no raw samples, two GPU models)
 # and the accuracy did not regress: never reported as "same"
-VERDICTS = ("regression", "improvement", "same", "noisy", "new", "missing", "unjudged")
+VERDICTS = ("regression", "improvement", "same", "unstable", "new", "missing", "unjudged")
 SNR_COLUMNS = ("snr_db", "kernel_snr_db")
 ERROR_COLUMNS = ("rel_err", "kernel_rel_err")  # a weight's error; an output's error against its own float64 reference
 DEFAULT = Thresholds()
 
 
 def latency_verdict(base: list[float], cand: list[float], t: Thresholds) -> tuple[str, float]:
-    """(verdict, p-value) for two sets of timing samples of one case."""
+    """(verdict, p-value) for two sets of timing samples of one case: `same` under min_effect,
+    `unstable` at min_effect or more without the U test's confirmation, else `regression` or
+    `improvement`; `unjudged` with fewer than two samples on a side."""
     if len(base) < 2 or len(cand) < 2:
-        return "noisy", math.nan
+        return "unjudged", math.nan
     p = float(mannwhitneyu(base, cand, alternative="two-sided").pvalue)
     ratio = float(pd.Series(cand).median() / pd.Series(base).median())
-    if p >= t.alpha or abs(ratio - 1) < t.min_effect:
-        # within the noise, or too small to matter: "noisy" when the test alone saw a change
-        return ("noisy" if p < t.alpha or abs(ratio - 1) >= t.min_effect else "same"), p
+    if abs(ratio - 1) < t.min_effect:
+        return "same", p
+    if p >= t.alpha:
+        return "unstable", p
     return ("regression" if ratio > 1 else "improvement"), p
+
+
+def unstable_timing(b: pd.Series, c: pd.Series) -> bool:
+    """Either side's median was not known to its run's timing target (the row flag `noisy`)."""
+    return any("noisy" in str(row.get("flags") or "").split(";") for row in (b, c))
 
 
 def accuracy_verdict(b: pd.Series, c: pd.Series, t: Thresholds) -> tuple[str, str]:
@@ -88,7 +100,9 @@ def compare_runs(base_run: Run, cand_run: Run, t: Thresholds | ThresholdSet = DE
                   and bool(b["timing_valid"]) and bool(c["timing_valid"]))
         if judged:
             latency, p = latency_verdict(base_samples[key], cand_samples[key], op_t)
+            judged = latency != "unjudged"
         row.update(p_value=p, min_effect=op_t.min_effect, latency=latency, latency_judged=judged,
+                   unstable_timing=unstable_timing(b, c),
                    accuracy=accuracy, accuracy_reason=reason,
                    verdict="regression" if "regression" in (latency, accuracy) else latency)
         rows.append(row)
@@ -104,6 +118,8 @@ class Comparison:
     gpus: pd.DataFrame | None = None  # GPU against GPU, when the runs span more than one GPU model
     unshared: pd.DataFrame | None = None  # the cases the GPU table leaves out
     notes: list[str] = field(default_factory=list)
+    runs: dict = field(default_factory=dict)  # {"baseline": {run_id, path, gpu, git_commit}, "candidates": [...]}
+    thresholds: dict = field(default_factory=dict)  # the thresholds judged by: {"default": {...}, "ops": {op: {...}}}
 
 
 def compare_all(runs: list[Run], t: Thresholds | ThresholdSet = DEFAULT) -> Comparison:
@@ -115,13 +131,27 @@ def compare_all(runs: list[Run], t: Thresholds | ThresholdSet = DEFAULT) -> Comp
                         for cand in cands], ignore_index=True)
     impls = [impl_table(r).assign(run=r.meta.get("run_id", str(r.path))) for r in loaded]
     impls = [i for i in impls if len(i.columns) > 1]
-    result = Comparison(versus, pd.concat(impls, ignore_index=True) if impls else pd.DataFrame())
+    result = Comparison(versus, pd.concat(impls, ignore_index=True) if impls else pd.DataFrame(),
+                        runs={"baseline": _identity(base), "candidates": [_identity(c) for c in cands]},
+                        thresholds=_thresholds_dict(t))
     if len({gpu_of(r.meta) for r in loaded}) > 1:
         try:
             result.gpus, result.unshared = gpu_views(loaded)
         except CompareError as e:  # a run without candidate rows
             result.notes.append(f"No GPU-against-GPU table: {e}.")
     return result
+
+
+def _identity(run: LoadedRun) -> dict:
+    env = run.meta.get("env", {})
+    return {"run_id": run.meta.get("run_id"), "path": str(run.path), "gpu": gpu_of(run.meta),
+            "git_commit": env.get("git_commit")}
+
+
+def _thresholds_dict(t: Thresholds | ThresholdSet) -> dict:
+    if isinstance(t, Thresholds):
+        return {"default": asdict(t), "ops": {}}
+    return {"default": asdict(t.default), "ops": {op: asdict(o) for op, o in t.ops.items()}}
 
 
 VERSUS_COLUMNS = ["candidate", "op", "impl", "bits", "scheme", "granularity", "group_size", "dtype", "M", "N", "K",
@@ -139,7 +169,12 @@ def write_report(views: Comparison, out: Path) -> dict:
     versus.to_csv(out / "compare.csv", index=False)
     counts = {v: int((versus["verdict"] == v).sum()) for v in VERDICTS}
     regressions = versus[versus["verdict"] == "regression"]
-    verdict = {"counts": counts, "regressions": regressions.to_dict("records")}
+    unjudged_cases = versus[versus["verdict"] == "unjudged"]
+    case_cols = [c for c in (*CASE_KEY, "candidate") if c in versus]
+    flagged = versus.get("unstable_timing", pd.Series(False, index=versus.index)).fillna(False).astype(bool)
+    verdict = {"runs": views.runs, "thresholds": views.thresholds, "counts": counts,
+               "unstable_timing": int(flagged.sum()), "regressions": regressions.to_dict("records"),
+               "unjudged": unjudged_cases[case_cols].to_dict("records")}
     # what a CI gate reads: whole or absent, never cut short
     atomic_write(out / "verdict.json", json.dumps(verdict, indent=2, default=str))
     lines = ["# quantbench compare", "", "## Run against run", "", ", ".join(f"{k}: {v}" for k, v in counts.items()),
@@ -150,14 +185,17 @@ def write_report(views: Comparison, out: Path) -> dict:
         lines += [f"Latency not judged for {unjudged} case(s): interpreter timings, no raw samples, or runs on "
                   "different GPU models (see GPU against GPU); their accuracy is.", ""]
     cols = [c for c in VERSUS_COLUMNS if c in versus and (c != "candidate" or versus[c].nunique() > 1)]
-    changed = versus[~versus["verdict"].isin(["same", "noisy", "unjudged"])]
+    changed = versus[~versus["verdict"].isin(["same", "unstable", "unjudged"])]
     if not changed.empty:
         lines += [to_markdown(changed[cols].dropna(axis=1, how="all")), ""]
-    noisy = versus[versus["verdict"] == "noisy"]
-    if not noisy.empty:
-        lines += ["### Noisy", "", "The U test and the size of the change disagree: a significant change smaller "
-                  "than min_effect, or one at least that large that the test does not confirm. Not a verdict.", "",
-                  to_markdown(noisy[cols].dropna(axis=1, how="all")), ""]
+    unstable = versus[versus["verdict"] == "unstable"]
+    if not unstable.empty:
+        lines += ["### Unstable", "", "The median moved by min_effect or more, but the U test does not confirm it: "
+                  "the samples are too spread to call a change either way. Rerun these cases.", "",
+                  to_markdown(unstable[cols].dropna(axis=1, how="all")), ""]
+    if flagged.any():
+        lines += [f"{int(flagged.sum())} case(s) have a median that one run did not know to its timing target "
+                  "(`unstable_timing` in compare.csv; the row flag `noisy`).", ""]
     if views.gpus is not None:
         views.gpus.to_csv(out / "gpus.csv", index=False)
         views.unshared.to_csv(out / "unshared.csv", index=False)
