@@ -3,11 +3,14 @@
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
 from quantbench.harness.execution.cases import expand
 from quantbench.harness.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
 
 GOOD = """\
 name: t
@@ -112,3 +115,25 @@ def test_cli_validate_exits_2_without_traceback(tmp_path):
     good = subprocess.run([sys.executable, "-m", "quantbench.harness.cli", "validate", str(write(tmp_path, GOOD))],
                           capture_output=True, text=True)
     assert good.returncode == 0 and "8 cases" in good.stdout
+
+
+def test_shipped_configs_run_by_name_from_any_folder(tmp_path):
+    """An installed quantbench finds its example configs by name outside the source tree:
+    `validate quick` in an empty folder, `configs` lists them, `--copy` copies them without
+    overwriting, and an unknown name says which names there are (exit 2)."""
+    cli = [sys.executable, "-m", "quantbench.harness.cli"]
+    out = subprocess.run([*cli, "validate", "quick"], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0 and "ok, 51 cases" in out.stdout, out.stderr
+    listed = subprocess.run([*cli, "configs"], cwd=tmp_path, capture_output=True, text=True)
+    assert listed.returncode == 0 and "quick" in listed.stdout and "peers" in listed.stdout
+    assert subprocess.run([*cli, "configs", "--copy", "mine"], cwd=tmp_path, capture_output=True).returncode == 0
+    assert (tmp_path / "mine" / "quick.yaml").read_text() == (ROOT / "configs" / "quick.yaml").read_text()
+    again = subprocess.run([*cli, "configs", "--copy", "mine"], cwd=tmp_path, capture_output=True, text=True)
+    assert again.returncode == 2 and "not overwritten" in again.stderr
+    unknown = subprocess.run([*cli, "validate", "quik"], cwd=tmp_path, capture_output=True, text=True)
+    assert unknown.returncode == 2 and "no shipped config of that name" in unknown.stderr and "quick" in unknown.stderr
+
+
+def test_version():
+    out = subprocess.run([sys.executable, "-m", "quantbench.harness.cli", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("quantbench ") and any(c.isdigit() for c in out.stdout)

@@ -1,4 +1,4 @@
-"""The `quantbench` command: run, validate, list, show, compare, compare-gpus, merge, fit, report,
+"""The `quantbench` command: run, validate, configs, list, show, compare, compare-gpus, merge, fit, report,
 and conversion to and from pytest-benchmark JSON. Each command is a function of its parsed
 arguments (running.py makes runs, reading.py reads them); this module parses and maps errors to
 exit codes."""
@@ -15,8 +15,8 @@ from ..config.errors import EXIT_BAD_INPUT, ConfigError
 from ..results import RunFolderError
 from ..results.merge import MergeError
 from .reading import cmd_compare, cmd_compare_gpus, cmd_fit, cmd_report, cmd_show
-from .running import (MissingPackage, cmd_from_pytest_benchmark, cmd_list, cmd_merge, cmd_run, cmd_to_pytest_benchmark,
-                      cmd_validate)
+from .running import (MissingPackage, cmd_configs, cmd_from_pytest_benchmark, cmd_list, cmd_merge, cmd_run,
+                      cmd_to_pytest_benchmark, cmd_validate)
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="quantbench", description="Benchmark Triton quantization kernels "
@@ -24,9 +24,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", default=bool(os.environ.get("QUANTBENCH_DEBUG")),
                    help="show the traceback of a handled error (bad input, a damaged file) too "
                         "(or set QUANTBENCH_DEBUG=1)")
+    p.add_argument("--version", action="version", version=f"quantbench {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run a sweep and write a results folder")
-    r.add_argument("config", help="YAML config (see configs/)")
+    r.add_argument("config", help="YAML config file, or the name of a shipped one (`quantbench configs`)")
     r.add_argument("--out", default="results", help="folder to create the run folder in (default: results)")
     r.add_argument("--device", default=None, help="override the config's device: auto, cpu, cuda, cuda:N")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -38,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="check a config and count its cases, running nothing")
     v.add_argument("config")
     v.set_defaults(func=cmd_validate)
+    cf = sub.add_parser("configs", help="the example configs shipped with quantbench (run them by name)")
+    cf.add_argument("--copy", metavar="DIR", default=None, help="copy them into DIR to edit")
+    cf.set_defaults(func=cmd_configs)
     ls = sub.add_parser("list", help="ops, implementations (with their roles and origin) and sweep axes")
     ls.add_argument("--plugin", action="append", metavar="MODULE",
                     help="also load this plugin module (as a config's `plugins:` does); repeatable")
@@ -96,6 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run")
     s.set_defaults(func=cmd_show)
     return p
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("quantbench")
+    except PackageNotFoundError:  # a source tree on PYTHONPATH, not installed
+        return "(not installed)"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,7 @@ from typing import Literal, get_args, get_origin
 from rich.console import Console
 from rich.table import Table
 
-from ..config import AXES, ConfigError, RunConfig, Sweep, load_config
+from ..config import AXES, ConfigError, RunConfig, Sweep, load_config, shipped_configs
 from ..config.loading import locate
 from ..results.storage import RunFolderError, atomic_write, writable_folder
 from .rendering import show_new_run
@@ -58,6 +58,30 @@ def cmd_validate(args, console: Console) -> int:
         raise locate(args.config, e) from None
     ops = ", ".join(dict.fromkeys(c.op for c in cases))
     console.print(f"{args.config}: ok, {len(cases)} cases ({ops})")
+    return 0
+
+
+def cmd_configs(args, console: Console) -> int:
+    """The shipped example configs: name, what each sweeps (its first comment line), where it is;
+    with --copy DIR, copied there to edit."""
+    found = shipped_configs()
+    if args.copy:
+        out = writable_folder(Path(args.copy))
+        for name, path in found.items():
+            target = out / path.name
+            if target.exists():
+                raise ConfigError(f"--copy: {target} exists; not overwritten")
+            target.write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
+        console.print(f"copied {len(found)} configs to {out}")
+        return 0
+    t = Table(title="shipped configs (`quantbench run NAME`)", title_justify="left")
+    for col in ("name", "about", "file"):
+        t.add_column(col)
+    for name, path in found.items():
+        first = next((line.lstrip("# ").strip() for line in path.read_text(encoding="utf-8").splitlines()
+                      if line.startswith("#")), "")
+        t.add_row(name, first, str(path))
+    console.print(t)
     return 0
 
 

@@ -138,7 +138,29 @@ def duplicate_keys(node: yaml.Node | None, where: str = "") -> list[tuple[str, i
     return found
 
 
+def shipped_configs() -> dict[str, Path]:
+    """The example configs installed with the package (the repository's configs/), by name."""
+    from importlib.resources import files
+    folder = Path(str(files("quantbench.configs")))
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+
+
+def resolve_config(path: str | Path) -> Path:
+    """A config file: `path` where it exists, else the shipped config of that name (`quick` or
+    `quick.yaml`: what an installed quantbench runs from any folder). A path that is neither is
+    returned as given, for read_yaml to report."""
+    path = Path(path)
+    if path.exists() or len(path.parts) > 1:
+        return path
+    return shipped_configs().get(path.name.removesuffix(".yaml"), path)
+
+
 def load_config(path: str | Path) -> RunConfig:
-    """Read and validate a YAML config; raises ConfigError naming the key path and line."""
+    """Read and validate a YAML config (a file, or a shipped config by name: resolve_config);
+    raises ConfigError naming the key path and line."""
+    path = resolve_config(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: cannot read config: no such file, and no shipped config of that name "
+                          f"(those are: {', '.join(shipped_configs())}; `quantbench configs` lists them)")
     data, root = read_yaml(path)
     return parse_config(data, str(path), root)
