@@ -76,6 +76,29 @@ def op_table(df: pd.DataFrame, op: str, copy_gbps: float | None = None) -> pd.Da
     return out.reset_index()
 
 
+def compact_columns(table: pd.DataFrame, df: pd.DataFrame) -> list[str]:
+    """The columns `quantbench show` keeps by default, in the table's order: the case (shape,
+    format; dtype where the table has several), each candidate's time, its speedup over the
+    reference and the dense baseline, its kernel path, and the error of the format (the method's
+    SNR for products, the weight's SNR otherwise). The rest (every peer's time and speedup, host
+    time, GB/s, TFLOP/s, bits per weight, the kernel's own error) comes with --columns."""
+    candidates = impls_in_role(df, "candidate")
+    against = impls_in_role(df, "reference") + impls_in_role(df, "baseline")
+    keep = {"shape", "format", "depth", "method SNR dB", "SNR dB", *(f"ms {c}" for c in candidates),
+            *(f"{c} vs {o}" for c in candidates for o in against)}
+    if "dtype" in table and table["dtype"].nunique() > 1:
+        keep.add("dtype")
+    return [c for c in table.columns if c in keep or c.startswith("path")]
+
+
+def select_columns(table: pd.DataFrame, patterns: list[str]) -> tuple[pd.DataFrame, set[str]]:
+    """The table's columns matching any of the patterns (names or shell globs such as 'ms *'),
+    in the table's order, and the patterns that matched."""
+    from fnmatch import fnmatchcase
+    matched = {p for p in patterns for c in table.columns if fnmatchcase(str(c), p)}
+    return table[[c for c in table.columns if any(fnmatchcase(str(c), p) for p in patterns)]], matched
+
+
 def depth_table(df: pd.DataFrame) -> pd.DataFrame:
     """Stack rows: the output's error relative to its norm (against float64 with the original
     weights), by depth and implementation."""

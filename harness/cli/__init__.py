@@ -98,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     rp.set_defaults(func=cmd_report)
     s = sub.add_parser("show", help="print the tables of a run folder")
     s.add_argument("run")
+    s.add_argument("--columns", default=None,
+                   help="'all', or comma-separated names and globs, e.g. 'shape,format,ms *,triton vs *' "
+                        "(default: the case, each candidate's time and speedup over the reference and the "
+                        "baseline, its path, bits and error)")
+    s.add_argument("--format", choices=("table", "markdown", "csv"), default="table",
+                   help="table (the terminal), markdown or csv (for scripts)")
     s.set_defaults(func=cmd_show)
     return p
 
@@ -113,8 +119,8 @@ def _version() -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console = Console()
-    if not console.is_terminal:
-        console = Console(width=200)  # piped or logged: do not squeeze tables into 80 columns
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(width=200)  # piped or logged: do not squeeze tables into 80 columns (COLUMNS wins)
     try:
         return args.func(args, console)
     except ConfigError as e:  # plain text, unwrapped: one message per line, greppable in CI logs

@@ -14,7 +14,7 @@ from .rendering import print_table, show_run
 
 
 def cmd_show(args, console: Console) -> int:
-    show_run(args.run, console)
+    show_run(args.run, console, args.columns, args.format)
     return 0
 
 
