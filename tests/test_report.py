@@ -341,3 +341,14 @@ def test_weights_from_a_checkpoint_that_is_not_here(tmp_path):
         sample_weights(df, {**meta, "config": {**meta["config"], "weights": missing}})
     with pytest.raises(NoData, match="no config"):
         sample_weights(df, {})
+
+
+def test_the_memory_fit_bars_are_on_a_linear_axis():
+    """Bar heights are the bytes: int2's bar is about 1/14 of fp32's, as its bytes are (a log axis
+    drew it at a third)."""
+    from quantbench.harness.reporting.fit_plots import fit_gpus
+    fig = fit_gpus([("RTX 4090", 24.0, False), ("H200", 141.0, True)], params=7e9)
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "linear" and ax.get_ylim()[0] == 0
+    heights = sorted({round(bar.get_height(), 6) for bar in ax.patches if bar.get_height() > 0})
+    assert 12 < heights[-1] / heights[0] < 16  # fp32 over int2 with its per-group scales and zeros

@@ -56,15 +56,16 @@ def fit_gpus(gpus: list[tuple[str, float, bool]], params: float = 7e9, group_siz
                    edgecolor=color, hatch=None if fits else "///", linewidth=1)
         handles.append(Patch(color=color, label=f"{p.name}: {gib:.1f} GiB"))
     handles.append(Patch(facecolor="white", edgecolor="0.3", hatch="///", label="does not fit"))
+    # a linear axis: bar heights are the bytes (on a log axis int2 looked like a third of fp32, not 1/14)
+    top = max(max(_budget(m) for _, m, _ in gpus), max(params * p.bytes_per_param / GIB for p in precs))
     for i, (_, mem, _) in enumerate(gpus):
         ax.hlines(_budget(mem), x[i] - 0.45, x[i] + 0.45, color="black", linestyle="--", linewidth=1.6)
-        ax.text(x[i], _budget(mem) * 1.08, f"{_budget(mem):.1f} GiB usable", ha="center", va="bottom", fontsize=7.5,
-                bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 1})
-    ax.set_yscale("log")
+        ax.text(x[i], _budget(mem) + 0.01 * top, f"{_budget(mem):.1f} GiB usable", ha="center", va="bottom",
+                fontsize=7.5, bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 1})
     ax.set_xticks(x, [f"{name}{' *' if here else ''}\n{mem:.0f} GiB" for name, mem, here in gpus])
-    ax.set_ylabel("weights, GiB (log)")
+    ax.set_ylabel("weights, GiB")
     ax.grid(axis="x", visible=False)
-    ax.set_ylim(1, max(_budget(m) for _, m, _ in gpus) * 6)  # room for the legend
+    ax.set_ylim(0, top * 1.45)  # room for the legend
     ax.legend(handles=handles, loc="upper left", ncols=3, fontsize=7.5,
               title="weights per precision (codes + fp16 scales and zeros)", title_fontsize=7.5)
     ax.set_title(f"A {_fmt_params(params)}-parameter model against each GPU's memory less {HEADROOM:.0%} headroom "
