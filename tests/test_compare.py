@@ -189,3 +189,45 @@ def test_a_median_not_known_to_its_target_is_flagged_apart_from_the_verdict():
     assert unstable_timing(pd.Series({"flags": "throttled;noisy"}), pd.Series({"flags": None}))
     assert unstable_timing(pd.Series({"flags": float("nan")}), pd.Series({"flags": "noisy"}))
     assert not unstable_timing(pd.Series({"flags": "throttled"}), pd.Series({"flags": float("nan")}))
+
+
+def two_impl_run(root, name, triton_ms, fp16_ms, seed, n=200, cv=0.01):
+    """A run folder with one matmul workload: the candidate (triton) and its anchor, the dense
+    baseline (fp16), each n samples of median * (1 + cv * N(0, 1))."""
+    import numpy as np
+    from quantbench.harness.results import RunWriter
+    writer = RunWriter.create(root, name, {"config": {"name": "rel", "seed": 0, "sweep": {"op": ["matmul"]}},
+                                           "env": {"gpu": "NVIDIA H200"}})
+    rows, samples = [], []
+    for c, (impl, role, median) in enumerate((("triton", "candidate", triton_ms), ("fp16", "baseline", fp16_ms))):
+        s = median * (1 + cv * np.random.default_rng([seed, c]).standard_normal(n))
+        rows.append({"op": "matmul", "impl": impl, "role": role, "bits": 4, "scheme": "asymmetric",
+                     "granularity": "group", "group_size": 128, "dtype": "float16", "M": 1, "N": 8192, "K": 8192,
+                     "status": "ok", "ms": float(np.median(s)), "timing_valid": True, "snr_db": 20.0})
+        samples.append(tuple(s.tolist()))
+    writer.append_case("matmul", rows, samples)
+    writer.finish(lambda df, meta: "")
+    return writer.path
+
+
+def test_relative_mode_forgives_a_slower_machine_and_catches_a_slower_kernel(tmp_path):
+    """A machine 8% slower everywhere is a regression as measured but nothing relative to cuBLAS
+    in the same run; a kernel 10% slower than its cuBLAS neighbour is a regression either way.
+    The anchor itself is unjudged in relative mode."""
+    base = two_impl_run(tmp_path, "base", 0.030, 0.045, seed=1)
+    slower_machine = two_impl_run(tmp_path, "machine", 0.030 * 1.08, 0.045 * 1.08, seed=2)
+    slower_kernel = two_impl_run(tmp_path, "kernel", 0.030 * 1.10, 0.045, seed=3)
+
+    def verdicts(cand, mode):
+        return compare_runs(base, cand, T, mode).set_index("impl")["latency"].to_dict()
+
+    assert verdicts(slower_machine, "absolute") == {"triton": "regression", "fp16": "regression"}
+    assert verdicts(slower_machine, "relative") == {"triton": "same", "fp16": "unjudged"}
+    assert verdicts(slower_kernel, "relative") == {"triton": "regression", "fp16": "unjudged"}
+    table = compare_runs(base, slower_kernel, T, "relative").set_index("impl")
+    assert 1.07 < table.loc["triton", "relative_ratio"] < 1.13
+    out = subprocess.run([sys.executable, "-m", "quantbench.harness.cli", "compare", str(base), str(slower_machine),
+                          "--mode", "relative", "--fail-on", "regression", "--out", str(tmp_path / "cmp")],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert json.loads((tmp_path / "cmp" / "verdict.json").read_text())["mode"] == "relative"

@@ -9,6 +9,12 @@ too); a move of `min_effect` or more that the test does not confirm is `unstable
 too spread to say. Apart from the verdict, `unstable_timing` flags a case whose median is not
 known to its run's timing target on either side (the row flag `noisy`). Latency is judged only
 between GPU timings on the same GPU model.
+
+Two modes. `absolute` compares a case's samples as measured. `relative` divides each case's
+samples by the median of its anchor measured in the same run (the same workload's dense baseline,
+cuBLAS for a product; where an op has none, its PyTorch reference) before the test: a machine 8%
+slower everywhere moves nothing, a kernel 10% slower than its neighbours is a regression. That is
+the mode for runs from two machines (fresh CI runners); an anchor itself is `unjudged` there.
 Accuracy is decided on the error columns: an SNR that drops by more than its tolerance, an error
 that rises by more than its tolerance, or a case that was ok and now is not, is a regression.
 Thresholds come per op from thresholds.py (YAML).
@@ -27,12 +33,15 @@ from scipy.stats import mannwhitneyu
 from ..results import CASE_KEY
 from ..results.storage import atomic_write
 from .gpu_views import gpu_views, impl_table
-from .loaded_run import CompareError, LoadedRun, Run, gpu_of, keyed
+from .loaded_run import CompareError, LoadedRun, Run, case_key, gpu_of, keyed
 from .thresholds import Thresholds, ThresholdSet
 
 # unjudged: the latency could not be judged (interpreter timings, no raw samples, two GPU models)
 # and the accuracy did not regress: never reported as "same"
 VERDICTS = ("regression", "improvement", "same", "unstable", "new", "missing", "unjudged")
+MODES = ("absolute", "relative")
+ANCHOR_ROLES = ("baseline", "reference")  # relative mode: what a case is divided by, first found
+MODE_WORDS = {"absolute": "as measured", "relative": "relative to each case's anchor in its own run"}
 SNR_COLUMNS = ("snr_db", "kernel_snr_db")
 ERROR_COLUMNS = ("rel_err", "kernel_rel_err")  # a weight's error; an output's error against its own float64 reference
 DEFAULT = Thresholds()
@@ -74,13 +83,44 @@ def accuracy_verdict(b: pd.Series, c: pd.Series, t: Thresholds) -> tuple[str, st
     return ("regression", "; ".join(reasons)) if reasons else ("same", "")
 
 
-def compare_runs(base_run: Run, cand_run: Run, t: Thresholds | ThresholdSet = DEFAULT) -> pd.DataFrame:
+def anchors(run: LoadedRun) -> dict[str, str]:
+    """Case key -> the key of its anchor in the same run (relative mode): the row of the same
+    workload (every case column but impl) whose role comes first in ANCHOR_ROLES. An anchor has
+    none of its own."""
+    df = run.df
+    keys = list(keyed(df).index)
+    workload_cols = [c for c in CASE_KEY if c != "impl"]
+    workloads = [case_key(v) for v in df[workload_cols].itertuples(index=False)]
+    roles = df["role"].tolist() if "role" in df else [None] * len(df)
+    first: dict[str, str] = {}
+    for role in ANCHOR_ROLES:
+        for key, workload, r in zip(keys, workloads, roles):
+            if r == role and workload not in first:
+                first[workload] = key
+    return {key: first[w] for key, w in zip(keys, workloads) if w in first and first[w] != key}
+
+
+def _relative(samples: dict[str, list[float]], key: str, anchor: str | None) -> list[float] | None:
+    """The case's samples over its anchor's median, or None where there is no anchor to divide by."""
+    if anchor is None or anchor not in samples or not samples[anchor]:
+        return None
+    scale = float(pd.Series(samples[anchor]).median())
+    return [v / scale for v in samples[key]] if scale > 0 else None
+
+
+def compare_runs(base_run: Run, cand_run: Run, t: Thresholds | ThresholdSet = DEFAULT,
+                 mode: str = "absolute") -> pd.DataFrame:
     """One row per case of either run, joined on the case key: medians, their ratio, p-value, and
     the latency and accuracy verdicts (each case judged by its op's thresholds); `verdict` is the
-    worse of the two. Latency is judged only where both runs hold GPU samples from one GPU model."""
+    worse of the two. Latency is judged only where both runs hold GPU samples from one GPU model;
+    in `relative` mode on the samples over their anchor's median (the module's docstring), with
+    `relative_ratio` the ratio of those."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     base_run, cand_run = LoadedRun.of(base_run), LoadedRun.of(cand_run)
     base, cand = keyed(base_run.df), keyed(cand_run.df)
     base_samples, cand_samples = base_run.samples, cand_run.samples
+    base_anchor, cand_anchor = (anchors(base_run), anchors(cand_run)) if mode == "relative" else ({}, {})
     same_gpu = gpu_of(base_run.meta) == gpu_of(cand_run.meta)
     rows = []
     for key in dict.fromkeys([*base.index, *cand.index]):
@@ -98,7 +138,15 @@ def compare_runs(base_run: Run, cand_run: Run, t: Thresholds | ThresholdSet = DE
         # judged: GPU samples on both sides, one GPU model (interpreter timings and cases without samples are not)
         judged = (same_gpu and key in base_samples and key in cand_samples
                   and bool(b["timing_valid"]) and bool(c["timing_valid"]))
-        if judged:
+        if judged and mode == "relative":
+            b_rel = _relative(base_samples, key, base_anchor.get(key))
+            c_rel = _relative(cand_samples, key, cand_anchor.get(key))
+            judged = b_rel is not None and c_rel is not None
+            if judged:
+                latency, p = latency_verdict(b_rel, c_rel, op_t)
+                row["relative_ratio"] = float(pd.Series(c_rel).median() / pd.Series(b_rel).median())
+                judged = latency != "unjudged"
+        elif judged:
             latency, p = latency_verdict(base_samples[key], cand_samples[key], op_t)
             judged = latency != "unjudged"
         row.update(p_value=p, min_effect=op_t.min_effect, latency=latency, latency_judged=judged,
@@ -120,20 +168,21 @@ class Comparison:
     notes: list[str] = field(default_factory=list)
     runs: dict = field(default_factory=dict)  # {"baseline": {run_id, path, gpu, git_commit}, "candidates": [...]}
     thresholds: dict = field(default_factory=dict)  # the thresholds judged by: {"default": {...}, "ops": {op: {...}}}
+    mode: str = "absolute"  # latency as measured, or relative to each case's anchor in its own run
 
 
-def compare_all(runs: list[Run], t: Thresholds | ThresholdSet = DEFAULT) -> Comparison:
+def compare_all(runs: list[Run], t: Thresholds | ThresholdSet = DEFAULT, mode: str = "absolute") -> Comparison:
     if len(runs) < 2:
         raise ValueError(f"compare needs a baseline and at least one candidate run, got {len(runs)} run folder(s)")
     loaded = [LoadedRun.of(r) for r in runs]
     base, cands = loaded[0], loaded[1:]
-    versus = pd.concat([compare_runs(base, cand, t).assign(candidate=cand.meta.get("run_id", str(cand.path)))
+    versus = pd.concat([compare_runs(base, cand, t, mode).assign(candidate=cand.meta.get("run_id", str(cand.path)))
                         for cand in cands], ignore_index=True)
     impls = [impl_table(r).assign(run=r.meta.get("run_id", str(r.path))) for r in loaded]
     impls = [i for i in impls if len(i.columns) > 1]
     result = Comparison(versus, pd.concat(impls, ignore_index=True) if impls else pd.DataFrame(),
                         runs={"baseline": _identity(base), "candidates": [_identity(c) for c in cands]},
-                        thresholds=_thresholds_dict(t))
+                        thresholds=_thresholds_dict(t), mode=mode)
     if len({gpu_of(r.meta) for r in loaded}) > 1:
         try:
             result.gpus, result.unshared = gpu_views(loaded)
@@ -155,7 +204,7 @@ def _thresholds_dict(t: Thresholds | ThresholdSet) -> dict:
 
 
 VERSUS_COLUMNS = ["candidate", "op", "impl", "bits", "scheme", "granularity", "group_size", "dtype", "M", "N", "K",
-                  "base_ms", "cand_ms", "ratio", "p_value", "min_effect", "latency", "accuracy", "accuracy_reason",
+                  "base_ms", "cand_ms", "ratio", "relative_ratio", "p_value", "min_effect", "latency", "accuracy", "accuracy_reason",
                   "verdict"]
 
 
@@ -172,13 +221,14 @@ def write_report(views: Comparison, out: Path) -> dict:
     unjudged_cases = versus[versus["verdict"] == "unjudged"]
     case_cols = [c for c in (*CASE_KEY, "candidate") if c in versus]
     flagged = versus.get("unstable_timing", pd.Series(False, index=versus.index)).fillna(False).astype(bool)
-    verdict = {"runs": views.runs, "thresholds": views.thresholds, "counts": counts,
+    verdict = {"runs": views.runs, "mode": views.mode, "thresholds": views.thresholds, "counts": counts,
                "unstable_timing": int(flagged.sum()), "regressions": regressions.to_dict("records"),
                "unjudged": unjudged_cases[case_cols].to_dict("records")}
     # what a CI gate reads: whole or absent, never cut short
     atomic_write(out / "verdict.json", json.dumps(verdict, indent=2, default=str))
-    lines = ["# quantbench compare", "", "## Run against run", "", ", ".join(f"{k}: {v}" for k, v in counts.items()),
-             ""]
+    lines = ["# quantbench compare", "", "## Run against run", "",
+             f"Latency {MODE_WORDS[views.mode]} ({views.mode} mode).", "",
+             ", ".join(f"{k}: {v}" for k, v in counts.items()), ""]
     judged = versus.get("latency_judged", pd.Series(dtype=bool)).fillna(False).astype(bool)
     unjudged = int((~judged & versus["verdict"].isin(["unjudged", "regression"])).sum())
     if unjudged:

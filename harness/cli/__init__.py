@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--fail-on", choices=("regression", "unjudged"), action="append", default=None,
                    help="exit 1 if any case has this verdict (repeatable; unjudged: a latency that could not be "
                         "judged, e.g. a run without its samples)")
+    c.add_argument("--mode", choices=("absolute", "relative"), default="absolute",
+                   help="absolute: latency as measured (one machine); relative: each case over its anchor in its "
+                        "own run, the dense baseline or else the PyTorch reference (runs from two machines)")
     c.add_argument("--thresholds", default=None, help="YAML file of thresholds per op and metric "
                                                       "(configs/thresholds.yaml holds the defaults)")
     c.add_argument("--alpha", type=float, default=None, help="Mann-Whitney U significance level, for every op "

@@ -40,10 +40,10 @@ def cmd_compare(args, console: Console) -> int:
     from ..analysis.compare import compare_all, write_report
     from ..results.storage import writable_folder
     runs = [args.base, *args.candidates]
-    views = compare_all(runs, _thresholds(args))
+    views = compare_all(runs, _thresholds(args), args.mode)
     out = writable_folder(Path(args.out or Path(runs[-1]) / "compare"))
     verdict = write_report(views, out)
-    console.print(", ".join(f"{k}: {v}" for k, v in verdict["counts"].items()))
+    console.print(f"{args.mode} latency: " + ", ".join(f"{k}: {v}" for k, v in verdict["counts"].items()))
     versus = views.versus
     changed = versus[versus["verdict"] != "same"]
     if not changed.empty:
