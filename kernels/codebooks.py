@@ -21,15 +21,16 @@ def table(values: tuple[float, ...], device) -> torch.Tensor:
 
 
 _tables: dict[tuple[str, str], torch.Tensor] = {}
+TABLES = {"nf4 levels": NF4_LEVELS, "nf4 midpoints": NF4_MIDPOINTS, "none": (0.0,)}
 
 
 def code_table(spec: QuantSpec, device, decode: bool = True) -> torch.Tensor:
     """The float32 table a kernel reads for spec's codes, made once per device: the NF4 levels
     (decode) or midpoints (encode); for the other schemes, which read none, a 1-element stand-in."""
-    values = (NF4_LEVELS if decode else NF4_MIDPOINTS) if spec.codebook == "nf4" else (0.0,)
-    key = (str(torch.device(device)), repr(values[:2]))
+    name = ("nf4 levels" if decode else "nf4 midpoints") if spec.codebook == "nf4" else "none"
+    key = (str(torch.device(device)), name)
     if key not in _tables:
-        _tables[key] = table(values, device)
+        _tables[key] = table(TABLES[name], device)
     return _tables[key]
 
 

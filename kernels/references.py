@@ -14,7 +14,7 @@ import weakref
 import torch
 
 from .checks import check_matrix, check_same_device
-from .codebooks import decode_ref, double_quantize, encode_ref, scales_of
+from .codebooks import decode_ref, decode_scales, double_quantize, encode_ref, scales_of
 from .packing import pack_fields, unpack_fields
 from .spec import DQ_CHUNK, FLOAT_DTYPES, QuantizedTensor, QuantSpec
 
@@ -91,7 +91,7 @@ def quantize_ref(w: torch.Tensor, spec: QuantSpec, *, check_finite: bool = False
     second = None
     if spec.double_quant:
         stored, second = double_quantize(qparams_ref(lo, hi, spec, torch.float32)[0], w.dtype)
-        scale, zero = scales_of(QuantizedTensor(None, stored, None, spec, (n, k), second)), None
+        scale, zero = decode_scales(stored, second), None
     else:
         scale, zero = qparams_ref(lo, hi, spec, w.dtype)
         stored = scale
