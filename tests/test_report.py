@@ -71,9 +71,11 @@ def test_writes_every_file_of_a_quantize_run(quick_report):
     md = (quick_report / "report.md").read_text()
     linked = set(re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md))
     assert linked == {p.name for p in quick_report.glob("*.png")}
-    # panels this run has no data for are named, with the reason, not silently dropped
-    assert "error against depth: not drawn, the run has no stack rows" in md
-    assert "roofline: not drawn" in md
+    # panels this run has no data for are named, with the reason, not silently dropped; where their
+    # section drew something else, in the closing section, not under the drawn panels
+    closing = md[md.index("## Panels not drawn"):]
+    assert "error against depth: not drawn, the run has no stack rows" in closing
+    assert "roofline: not drawn" in closing
 
 
 def test_html_is_self_contained_and_embeds_every_png(quick_report):
@@ -209,7 +211,16 @@ def test_several_runs_gpu_against_gpu(tmp_path):
     out = write_report([a, b], tmp_path / "both")
     names = {p.name for p in out.iterdir()}
     for run in (a, b):
-        assert f"{run.name}_latency_matmul.png" in names and f"{run.name}_memory.png" in names
+        assert f"{run.name}_latency_matmul.png" in names and f"{run.name}_error_vs_depth.png" in names
+    # the same weights, formats and shapes: the weight and memory panels once, the second run pointing at them
+    assert f"{a.name}_memory.png" in names and f"{b.name}_memory.png" not in names
+    md = (out / "report.md").read_text()
+    assert f"as for {a.name} above" in md
+    # the comparison leads, after the table of contents, which links every run's sections
+    assert md.index("## GPU against GPU") < md.index(f"## {a.name}") < md.index(f"## {b.name}")
+    assert "- [GPU against GPU](#gpu-against-gpu)" in md and f"  - [Speed: {b.name}](#speed-{b.name.lower()})" in md
+    html = (out / "report.html").read_text()
+    assert "<nav><ul>" in html and f'id="speed-{b.name.lower()}"' in html and "position: sticky" in html
     assert "gpu_vs_gpu.png" in names
     check_png(out / "gpu_vs_gpu.png")
     check_self_contained((out / "report.html").read_text())

@@ -50,11 +50,51 @@ class Skipped:
 Block = Heading | Text | Image | Table | Skipped
 
 
+def gather_notices(blocks: list[Block]) -> list[Block]:
+    """The blocks with every `not drawn` notice that sits in a section (the blocks between two
+    headings) beside a drawn panel moved to one closing section, where it is still named with its
+    reason; a section with nothing drawn keeps its notices where they are."""
+    sections: list[list[Block]] = [[]]
+    for b in blocks:
+        if isinstance(b, Heading):
+            sections.append([])
+        sections[-1].append(b)
+    kept, moved = [], []
+    for section in sections:
+        drawn = any(isinstance(b, Image) for b in section)
+        for b in section:
+            (moved if drawn and isinstance(b, Skipped) else kept).append(b)
+    if moved:
+        kept += [Heading("Panels not drawn", 2), *moved]
+    return kept
+
+
+def slug(text: str, taken: set[str]) -> str:
+    """A heading's anchor as GitHub makes it (lower case, words joined by '-'), made unique."""
+    base = re.sub(r"[^\w\- ]", "", text.lower()).strip().replace(" ", "-") or "section"
+    name, i = base, 0
+    while name in taken:
+        i += 1
+        name = f"{base}-{i}"
+    taken.add(name)
+    return name
+
+
+def contents(blocks: list[Block]) -> list[tuple[int, str, str]]:
+    """(level, text, anchor) of every heading of level 2 and 3, in order: the table of contents."""
+    taken: set[str] = set()
+    anchors = [(b.level, b.text, slug(b.text, taken)) for b in blocks if isinstance(b, Heading)]
+    return [a for a in anchors if a[0] in (2, 3)]
+
+
 def to_markdown_doc(blocks: list[Block]) -> str:
     out = []
+    toc = contents(blocks)
     for b in blocks:
         if isinstance(b, Heading):
             out.append(f"{'#' * b.level} {b.text}")
+            if b.level == 1 and toc:
+                out.append("\n".join(f"{'  ' * (level - 2)}- [{text}](#{anchor})" for level, text, anchor in toc))
         elif isinstance(b, Text):
             out.append(b.text)
         elif isinstance(b, Image):
@@ -71,10 +111,11 @@ body { font-family: 'DejaVu Sans', Arial, sans-serif; margin: 2em auto; max-widt
        color: #222; line-height: 1.4; }
 img { max-width: 100%; height: auto; display: block; }
 figure { margin: 1.2em 0; } figcaption { color: #555; font-size: 0.9em; }
-.table { overflow-x: auto; margin: 1em 0; }
+.table { overflow: auto; max-height: 85vh; margin: 1em 0; }
 table { border-collapse: collapse; font-size: 0.82em; }
 th, td { border: 1px solid #ccc; padding: 2px 6px; text-align: right; white-space: nowrap; }
-th { background: #f2f2f2; } td.text { text-align: left; }
+th { background: #f2f2f2; position: sticky; top: 0; } td.text { text-align: left; }
+nav ul { margin: 0.3em 0; } nav li { margin: 0.1em 0; }
 .skipped { color: #8a5a00; font-style: italic; }
 code { background: #f4f4f4; padding: 0 3px; }
 """
@@ -103,9 +144,16 @@ def _html_table(frame: pd.DataFrame) -> str:
 def to_html_doc(blocks: list[Block], title: str) -> str:
     out = [f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
            f"<style>{CSS}</style></head><body>"]
+    toc = contents(blocks)
+    anchors = iter(anchor for *_, anchor in toc)  # the headings of level 2 and 3, in order
     for b in blocks:
         if isinstance(b, Heading):
-            out.append(f"<h{b.level}>{html.escape(b.text)}</h{b.level}>")
+            anchor = f' id="{next(anchors)}"' if b.level in (2, 3) else ""
+            out.append(f"<h{b.level}{anchor}>{html.escape(b.text)}</h{b.level}>")
+            if b.level == 1 and toc:
+                out.append("<nav><ul>" + "".join(
+                    f'<li style="margin-left:{(level - 2) * 1.5}em"><a href="#{anchor}">{html.escape(text)}</a></li>'
+                    for level, text, anchor in toc) + "</ul></nav>")
         elif isinstance(b, Text):
             out.append(f"<p>{_inline(b.text)}</p>")
         elif isinstance(b, Image):

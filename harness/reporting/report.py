@@ -3,9 +3,12 @@
 For each run: the seed notebook's panels (weights original against dequantized, their error,
 memory per format, error against depth), the kernel engineer's (latency against M, each
 candidate's speedup over every other implementation, roofline or bandwidth), and the run's tables;
-then which models fit which GPUs, and GPU against GPU when given several runs. Which
-implementation is the subject (a candidate) and which the dense baseline comes from the rows'
-roles. A panel whose data a run lacks is not drawn and the report says why. File names are fixed
+then which models fit which GPUs. Given several runs, GPU against GPU comes first, and a run
+whose weights, formats and shapes an earlier one has gets no second copy of its weight and memory
+panels. A table of contents follows the title. Which implementation is the subject (a candidate)
+and which the dense baseline comes from the rows' roles. A panel whose data a run lacks is not
+drawn and the report says why: in place where nothing else in that section was drawn, else in a
+closing "Panels not drawn" section. File names are fixed
 (prefixed with the run id when the report covers several runs), so a report written again
 replaces the same files.
 """
@@ -18,7 +21,7 @@ from typing import Callable
 import pandas as pd
 
 from ..analysis.memory_planner import GIB
-from .document import Block, Heading, Image, Skipped, Table, Text, to_html_doc, to_markdown_doc
+from .document import Block, Heading, Image, Skipped, Table, Text, gather_notices, to_html_doc, to_markdown_doc
 from ..results import load_run
 from ..analysis.tables import depth_table, failures, impls_in_role, op_table
 
@@ -90,15 +93,16 @@ def _weight_panels(df: pd.DataFrame, meta: dict, prefix: str) -> list[Block]:
     return blocks
 
 
-def _memory_and_depth(df: pd.DataFrame, prefix: str) -> list[Block]:
+def _memory_and_depth(df: pd.DataFrame, prefix: str, memory: bool = True) -> list[Block]:
     from .figures import NoData
     from .accuracy_plots import error_vs_depth, memory_per_precision, memory_table
     blocks: list[Block] = []
+    table = None
     try:
-        table = memory_table(df)
+        table = memory_table(df) if memory else None
     except NoData as e:
         blocks.append(Skipped("memory per format", str(e)))
-    else:
+    if table is not None:
         _add_figure(blocks, f"{prefix}memory.png", "Persistent memory of one weight per format: packed codes, "
                     "scales and zeros (the run's `weight_bytes`, split by kernels/spec.py's accounting).",
                     "memory per format", lambda: memory_per_precision(table))
@@ -172,12 +176,32 @@ def _tables(df: pd.DataFrame, meta: dict) -> list[Block]:
     return blocks
 
 
-def run_section(path: Path, df: pd.DataFrame, meta: dict, prefix: str) -> list[Block]:
-    blocks: list[Block] = [Heading(str(meta.get("run_id", path.name)), 2), *_header(df, meta, path),
-                           Heading("Weights, error and memory", 3), *_weight_panels(df, meta, prefix),
-                           *_memory_and_depth(df, prefix), Heading("Speed", 3), *_speed_panels(df, meta, prefix),
-                           Heading("Tables", 3), *_tables(df, meta)]
-    return blocks
+def weights_key(df: pd.DataFrame, meta: dict) -> str:
+    """What the weight and memory panels depend on: the config's weights and seed, the shapes and
+    the formats. Two runs with the same key draw the same panels (on any GPU)."""
+    import json
+    config = meta.get("config") or {}
+    formats = sorted({tuple(map(str, r)) for r in df[["bits", "scheme", "granularity", "group_size"]].itertuples(
+        index=False)})
+    shapes = sorted({tuple(map(str, r)) for r in df[["N", "K", "shape_name"]].itertuples(index=False)})
+    return json.dumps([config.get("weights"), config.get("seed"), formats, shapes], default=str)
+
+
+def run_section(path: Path, df: pd.DataFrame, meta: dict, prefix: str, same_weights_as: str | None = None) -> list[Block]:
+    """One run's sections. `same_weights_as`: the run id of an earlier run of this report whose
+    weights, formats and shapes are this run's (weights_key): its weight and memory panels are
+    not drawn twice, only named."""
+    if same_weights_as:
+        weights: list[Block] = [Text(f"Weights, their quantization error and memory per format: as for "
+                                     f"{same_weights_as} above (the same weights, seed, shapes and formats).")]
+        weights += _memory_and_depth(df, prefix, memory=False)
+    else:
+        weights = [*_weight_panels(df, meta, prefix), *_memory_and_depth(df, prefix)]
+    run_id = str(meta.get("run_id", path.name))
+    return [Heading(run_id, 2), *_header(df, meta, path),
+            Heading(f"Weights, error and memory: {run_id}", 3), *weights,
+            Heading(f"Speed: {run_id}", 3), *_speed_panels(df, meta, prefix),
+            Heading(f"Tables: {run_id}", 3), *_tables(df, meta)]
 
 
 def _run_gpus(metas: list[dict]) -> list[tuple[str, float | None]]:
@@ -249,11 +273,15 @@ def write_report(runs: list[str | Path], out: str | Path | None = None) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     blocks: list[Block] = [Heading("quantbench report", 1)]
     with matplotlib.rc_context(STYLE):
-        for path, (df, meta), run_id in zip(paths, loaded, run_ids, strict=True):
-            blocks += run_section(path, df, meta, f"{run_id}_" if len(paths) > 1 else "")
-        blocks += fit_section(metas)
-        if len(paths) > 1:
+        if len(paths) > 1:  # several runs: the comparison first, then each run
             blocks += gpu_section(paths, metas)
+        drawn: dict[str, str] = {}  # weights_key -> the run whose weight panels are drawn
+        for path, (df, meta), run_id in zip(paths, loaded, run_ids, strict=True):
+            key = weights_key(df, meta)
+            blocks += run_section(path, df, meta, f"{run_id}_" if len(paths) > 1 else "", drawn.get(key))
+            drawn.setdefault(key, run_id)
+        blocks += fit_section(metas)
+    blocks = gather_notices(blocks)
     for b in blocks:
         if isinstance(b, Image):
             (out_dir / b.file).write_bytes(b.png)
