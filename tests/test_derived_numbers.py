@@ -215,16 +215,12 @@ def test_op_table_speedups_rates_and_copy_share_are_exact(known_run):
 
 def test_quantbench_show_prints_the_speedups_rates_and_copy_share_by_hand(known_run, capsys):
     assert cli_main(["show", str(known_run)]) == 0
-    out = capsys.readouterr().out
-    assert "device-to-device copy: 2500 GB/s" in out
-    # a rich table row: cells between vertical bars, in the order of the markdown header
-    header = [c.strip() for c in next(line for line in (known_run / "summary.md").read_text().splitlines()
-                                      if line.startswith("| shape |")).strip("|").split("|")]
+    assert "device-to-device copy: 2500 GB/s" in capsys.readouterr().out
+    # every column, as a script reads them: the same numbers as summary.md's table
+    assert cli_main(["show", str(known_run), "--columns", "all", "--format", "markdown"]) == 0
+    rows = _markdown_rows(capsys.readouterr().out, "shape")
     for shape, expected in OP_TABLE_PRINTED.items():
-        line = next(line for line in out.splitlines() if f" {shape} " in line)
-        cells = [c.strip() for c in line.strip().strip("│┃").split("│")]
-        got = dict(zip(header, cells, strict=True))
-        assert {k: got[k] for k in expected} == expected, shape
+        assert {k: rows[shape][k] for k in expected} == expected, shape
 
 
 def test_report_speedup_heatmap_table_is_peer_over_candidate(known_run):

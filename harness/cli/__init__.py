@@ -122,8 +122,8 @@ def _version() -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console = Console()
-    if not console.is_terminal and "COLUMNS" not in os.environ:
-        console = Console(width=200)  # piped or logged: do not squeeze tables into 80 columns (COLUMNS wins)
+    if not console.is_terminal:
+        console = Console(width=200)  # piped or logged: do not squeeze tables into 80 columns
     try:
         return args.func(args, console)
     except ConfigError as e:  # plain text, unwrapped: one message per line, greppable in CI logs
