@@ -20,15 +20,16 @@ def table(values: tuple[float, ...], device) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float32, device=device)
 
 
-_tables: dict[tuple[str, str], torch.Tensor] = {}
+_tables: dict[tuple[torch.device, str], torch.Tensor] = {}
 TABLES = {"nf4 levels": NF4_LEVELS, "nf4 midpoints": NF4_MIDPOINTS, "none": (0.0,)}
 
 
-def code_table(spec: QuantSpec, device, decode: bool = True) -> torch.Tensor:
-    """The float32 table a kernel reads for spec's codes, made once per device: the NF4 levels
-    (decode) or midpoints (encode); for the other schemes, which read none, a 1-element stand-in."""
+def code_table(spec: QuantSpec, device: torch.device, decode: bool = True) -> torch.Tensor:
+    """The float32 table a kernel reads for spec's codes, made once per device (a tensor's
+    .device: the launchers call this on every call, so the key is built from it as it is): the NF4
+    levels (decode) or midpoints (encode); for the other schemes, which read none, a 1-element stand-in."""
     name = ("nf4 levels" if decode else "nf4 midpoints") if spec.codebook == "nf4" else "none"
-    key = (str(torch.device(device)), name)
+    key = (device, name)
     if key not in _tables:
         _tables[key] = table(TABLES[name], device)
     return _tables[key]

@@ -136,19 +136,16 @@ def compare_runs(base_run: Run, cand_run: Run, t: Thresholds | ThresholdSet = DE
         accuracy, reason = accuracy_verdict(b, c, op_t)
         latency, p = ("unjudged", math.nan)
         # judged: GPU samples on both sides, one GPU model (interpreter timings and cases without samples are not)
-        judged = (same_gpu and key in base_samples and key in cand_samples
-                  and bool(b["timing_valid"]) and bool(c["timing_valid"]))
-        if judged and mode == "relative":
-            b_rel = _relative(base_samples, key, base_anchor.get(key))
-            c_rel = _relative(cand_samples, key, cand_anchor.get(key))
-            judged = b_rel is not None and c_rel is not None
-            if judged:
-                latency, p = latency_verdict(b_rel, c_rel, op_t)
-                row["relative_ratio"] = float(pd.Series(c_rel).median() / pd.Series(b_rel).median())
-                judged = latency != "unjudged"
-        elif judged:
-            latency, p = latency_verdict(base_samples[key], cand_samples[key], op_t)
-            judged = latency != "unjudged"
+        pair = None
+        if (same_gpu and key in base_samples and key in cand_samples
+                and bool(b["timing_valid"]) and bool(c["timing_valid"])):
+            pair = (base_samples[key], cand_samples[key]) if mode == "absolute" else \
+                (_relative(base_samples, key, base_anchor.get(key)), _relative(cand_samples, key, cand_anchor.get(key)))
+        if pair is not None and None not in pair:
+            latency, p = latency_verdict(*pair, op_t)
+            if mode == "relative":
+                row["relative_ratio"] = float(pd.Series(pair[1]).median() / pd.Series(pair[0]).median())
+        judged = latency != "unjudged"
         row.update(p_value=p, min_effect=op_t.min_effect, latency=latency, latency_judged=judged,
                    unstable_timing=unstable_timing(b, c),
                    accuracy=accuracy, accuracy_reason=reason,

@@ -4,12 +4,13 @@ reference, what its rows' error and memory are, and what it moves. Which impleme
 and in which role, is the registry's (harness/registry).
 
 The inputs an implementation receives, by op (all on the run's device):
-- quantize: WeightInputs(w [N, K] float, spec)
-- dequantize: CodeInputs(w, q: QuantizedTensor of w in the case's format)
+- quantize: WeightInputs(w [N, K] float, spec; own, own_w_hat, own_decode where the implementation
+  brings its own format)
+- dequantize: CodeInputs(w, q: QuantizedTensor of w in the case's format; own, own_w_hat likewise)
 - matmul: MatmulInputs(x [M, K], w [N, K], q, ..., own: the implementation's own prepared
   weights where it declares its own format, else None)
 - stack: StackInputs(x, ws: one weight per layer, qs: their QuantizedTensors, ...)
-- matmul_w8a8: W8A8Inputs(x, w, w_int8 [N, K] int8, w_scales [N] float32, ...)
+- matmul_w8a8: W8A8Inputs(x, w, w_int8 [N, K] int8, w_scales [N] float32, ..., own)
 """
 
 from .base import FormatOp, Skipped, bytes_memory

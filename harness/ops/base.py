@@ -13,7 +13,7 @@ from ..registry.records import Role
 from . import metrics
 
 if TYPE_CHECKING:
-    from ..registry.records import Impl
+    from ..registry.records import Impl, OwnWeights
 
 
 class Skipped(Exception):
@@ -27,6 +27,14 @@ def spec_of(case) -> QuantSpec:
 
 def element_bytes(case) -> int:
     return torch.finfo(FLOAT_DTYPES[case.dtype]).bits // 8
+
+
+def own_w_hat(w: torch.Tensor, own: "OwnWeights") -> torch.Tensor:
+    """An own format's W_hat (Impl.own_format) on w's device, checked to be W's shape."""
+    w_hat = own.w_hat.to(w.device)
+    if tuple(w_hat.shape) != tuple(w.shape):
+        raise ValueError(f"own_format returned W_hat of shape {list(w_hat.shape)}, the weight is {list(w.shape)}")
+    return w_hat
 
 
 def unquantized(impl: "Impl") -> bool:

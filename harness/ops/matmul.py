@@ -14,7 +14,7 @@ from quantbench.kernels.spec import QuantizedTensor
 
 from ..results.schema import DTYPE_CEILING
 from . import metrics
-from .base import FormatOp, bytes_memory, element_bytes, spec_of, unquantized
+from .base import FormatOp, bytes_memory, element_bytes, own_w_hat, spec_of, unquantized
 
 if TYPE_CHECKING:
     from ..registry.records import Impl, OwnWeights
@@ -46,9 +46,7 @@ def own_product(x: torch.Tensor, w: torch.Tensor, own: "OwnWeights") -> tuple[to
     """An own format's W_hat (on the weight's device, checked to be W's shape) and the float64
     output [M, N] of its method on x: `own.product(x)` where the method quantizes the activations
     too (fp8 rowwise, LLM.int8), else x @ W_hat^T."""
-    w_hat = own.w_hat.to(w.device)
-    if tuple(w_hat.shape) != tuple(w.shape):
-        raise ValueError(f"own_format returned W_hat of shape {list(w_hat.shape)}, the weight is {list(w.shape)}")
+    w_hat = own_w_hat(w, own)
     if own.product is None:
         return w_hat, x.double() @ w_hat.double().t()
     y = own.product(x)

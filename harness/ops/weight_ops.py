@@ -16,7 +16,7 @@ from quantbench import kernels
 from quantbench.kernels.spec import QuantizedTensor, QuantSpec
 
 from . import metrics
-from .base import FormatOp, spec_of
+from .base import FormatOp, own_w_hat, spec_of
 
 if TYPE_CHECKING:
     from ..registry.records import Impl, OwnWeights
@@ -37,14 +37,6 @@ class CodeInputs:
     q: QuantizedTensor
     own: Any = None  # an implementation's own prepared weights (Impl.own_format), else None
     own_w_hat: torch.Tensor | None = None  # what they dequantize to, float [N, K]
-
-
-def own_w_hat(w: torch.Tensor, own: "OwnWeights") -> torch.Tensor:
-    """The own format's W_hat on w's device, checked to be W's shape."""
-    w_hat = own.w_hat.to(w.device)
-    if tuple(w_hat.shape) != tuple(w.shape):
-        raise ValueError(f"own_format returned W_hat of shape {list(w_hat.shape)}, the weight is {list(w.shape)}")
-    return w_hat
 
 
 def w_hat_problem(w_hat: torch.Tensor, expected: torch.Tensor) -> str | None:

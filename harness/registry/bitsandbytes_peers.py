@@ -8,6 +8,7 @@ names it (Needs), and the checks of which cases a record runs raise Skipped befo
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable
 
 import torch
@@ -73,11 +74,9 @@ def nf4_weights(w: torch.Tensor, case) -> OwnWeights:
 def nf4_quantize_format(w: torch.Tensor, case) -> OwnWeights:
     """own_format of quantize: what the timed call is given (blocksize, compress_statistics), the
     W_hat of bitsandbytes quantizing w, and `decode`, dequantize_4bit of what the call returns."""
-    params = nf4_params(case)
+    params = nf4_params(case)  # Skipped before bitsandbytes is imported
     from bitsandbytes import functional as F
-    packed, state = nf4_quantized(w, params)
-    return OwnWeights(state=params, w_hat=F.dequantize_4bit(packed, state).float(),
-                      weight_bytes=nf4_bytes(packed, state), decode=lambda out: F.dequantize_4bit(*out))
+    return replace(nf4_weights(w, case), state=params, decode=lambda out: F.dequantize_4bit(*out))
 
 
 def linear4bit(inp: MatmulInputs) -> Callable[[], torch.Tensor]:
