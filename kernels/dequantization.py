@@ -7,20 +7,75 @@ poisoned segment) dequantizes to NaN. The format is documented in spec.py.
 
 from __future__ import annotations
 
+import struct
+
 import torch
 import triton
 import triton.language as tl
 
-from .quantization import CODE_IDS, round_to
+from .exact_math import ON_GPU, round_to
+from .quantization import CODE_IDS
 from .checks import cdiv
 from .codebooks import code_table, scales_of
 from .launching import Launcher
 from .references import check_weight_once, dequantize_ref, expand_params, out_dtype_of  # noqa: F401 (the reference beside its kernel)
-from .spec import QuantizedTensor
+from .spec import NF4_LEVELS, QuantizedTensor
 
 GRANULARITY_IDS = {"tensor": 0, "channel": 1, "group": 2}
 TILE_ELEMS = 4096  # output elements one program writes
 MIN_BLOCK_K = 256
+
+
+def nf4_word_ptx() -> str:
+    """PTX that turns an int32 word of 8 NF4 fields (field j at bits 4j) into the 8 levels' float32
+    bits ($0..$7; the word is $8), with the level table held in registers instead of read from memory.
+
+    The table is cut into byte planes: plane p holds byte p of every level's bits, 16 bytes in four
+    registers (levels 0-3, 4-7, 8-11, 12-15). ``prmt`` picks 4 bytes out of 8 by 3-bit selectors, so
+    for 4 fields at once it reads plane p of levels (field & 7) from the low and from the high half
+    of the table; ``lop3`` keeps the high half's byte where the field's bit 3 is set (a byte mask made
+    by prmt's sign-replicating mode); six more prmt gather each field's 4 plane bytes into its float.
+    23 integer instructions per 4 fields, against a dependent memory load per field; exact, since the
+    bits are the float32 levels themselves.
+    """
+    bits = [struct.unpack("<I", struct.pack("<f", v))[0] for v in NF4_LEVELS]
+    plane = [[sum(((bits[4 * q + j] >> (8 * p)) & 0xFF) << (8 * j) for j in range(4)) for q in range(4)]
+             for p in range(4)]
+    lines = ["{", ".reg .b32 nw, nx, ns<2>, nm<2>, nlo, nhi, np<4>, nt<4>, nc<16>;", "mov.b32 nw, $8;"]
+    lines += [f"mov.b32 nc{4 * p + q}, {plane[p][q]:#010x};" for p in range(4) for q in range(4)]
+    lines += ["and.b32 ns0, nw, 0x7777;",  # fields 0-3: their low 3 bits are the selectors' nibbles
+              "shr.u32 ns1, nw, 16;", "and.b32 ns1, ns1, 0x7777;",  # fields 4-7
+              "shl.b32 nx, nw, 4;",
+              # byte k 0xFF where field k's bit 3 is set: field 2i's bit 3 is the top bit of byte i of
+              # nw << 4, field 2i + 1's the top bit of byte i of nw (prmt nibble 8 + byte: replicate it)
+              "prmt.b32 nm0, nx, nw, 0xD9C8;", "prmt.b32 nm1, nx, nw, 0xFBEA;"]
+    for half in range(2):
+        for p in range(4):
+            lines += [f"prmt.b32 nlo, nc{4 * p}, nc{4 * p + 1}, ns{half};",
+                      f"prmt.b32 nhi, nc{4 * p + 2}, nc{4 * p + 3}, ns{half};",
+                      f"lop3.b32 np{p}, nhi, nlo, nm{half}, 0xE4;"]  # nm ? nhi : nlo, bitwise
+        out = [f"${4 * half + j}" for j in range(4)]
+        lines += ["prmt.b32 nt0, np0, np1, 0x5140;", "prmt.b32 nt1, np2, np3, 0x5140;",
+                  f"prmt.b32 {out[0]}, nt0, nt1, 0x5410;", f"prmt.b32 {out[1]}, nt0, nt1, 0x7632;",
+                  "prmt.b32 nt2, np0, np1, 0x7362;", "prmt.b32 nt3, np2, np3, 0x7362;",
+                  f"prmt.b32 {out[2]}, nt2, nt3, 0x5410;", f"prmt.b32 {out[3]}, nt2, nt3, 0x7632;"]
+    return "\n".join(lines + ["}"])
+
+
+NF4_WORD_PTX = tl.constexpr(nf4_word_ptx())
+
+
+@triton.jit
+def nf4_word_levels(words):
+    """The NF4 levels (float32) of the 8 fields of int32 words, a tuple of 8 tensors shaped like
+    words (field j: bits 4j to 4j + 3), decoded in registers (nf4_word_ptx). GPU only."""
+    v = tl.inline_asm_elementwise(NF4_WORD_PTX, "=r,=r,=r,=r,=r,=r,=r,=r,r", [words],
+                                  dtype=(tl.int32, tl.int32, tl.int32, tl.int32, tl.int32, tl.int32, tl.int32,
+                                         tl.int32), is_pure=True, pack=1)
+    return (v[0].to(tl.float32, bitcast=True), v[1].to(tl.float32, bitcast=True),
+            v[2].to(tl.float32, bitcast=True), v[3].to(tl.float32, bitcast=True),
+            v[4].to(tl.float32, bitcast=True), v[5].to(tl.float32, bitcast=True),
+            v[6].to(tl.float32, bitcast=True), v[7].to(tl.float32, bitcast=True))
 
 
 @triton.jit
@@ -30,8 +85,9 @@ def field_values(fields, table_ptr, OFFSET: tl.constexpr, CODE: tl.constexpr):
 
     Integers by the exponent trick: the bits of 2^23 + field, minus 2^23 + OFFSET (exact, and
     full-rate arithmetic where an integer conversion instruction is slow). NF4 levels by a load
-    from the 16-entry table, which stays in L1. e4m3 by the hardware conversion (sm_89 and newer;
-    exact: every e4m3 value is a float32)."""
+    from the 16-entry table, which stays in L1 (on the GPU the kernels decode whole words in
+    registers instead where they can: nf4_word_levels). e4m3 by the hardware conversion (sm_89 and
+    newer; exact: every e4m3 value is a float32)."""
     if CODE == 0:
         return (fields | 0x4B000000).to(tl.float32, bitcast=True) - (8388608.0 + OFFSET)
     elif CODE == 1:
@@ -56,6 +112,16 @@ def unpack_tile(codes_ptr, table_ptr, rows, k0, N, K, stride_cn,
     byte_mask = (rows < N)[:, None] & (byte_cols[None, :] < (K + PER_BYTE - 1) // PER_BYTE)
     packed = tl.load(codes_ptr + rows[:, None] * stride_cn + byte_cols[None, :], mask=byte_mask, other=0)
     packed = packed.to(tl.int32)
+    if CODE == 1 and ON_GPU:
+        # 4 bytes into one int32 word (byte i at bits 8i), decoded 8 levels at a time; word j's
+        # level i is column 8j + i, put back in place by joins (the integer forms below, done twice)
+        b02, b13 = tl.split(tl.reshape(packed, (BLOCK_N, BLOCK_K // 8, 2, 2)))
+        b0, b2 = tl.split(b02)
+        b1, b3 = tl.split(b13)
+        v = nf4_word_levels(b0 | (b1 << 8) | (b2 << 16) | (b3 << 24))
+        levels = tl.join(tl.join(tl.join(v[0], v[4]), tl.join(v[2], v[6])),
+                         tl.join(tl.join(v[1], v[5]), tl.join(v[3], v[7])))
+        return tl.reshape(levels, (BLOCK_N, BLOCK_K))
     if BITS == 8:
         fields = packed
     elif BITS == 4:

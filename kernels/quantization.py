@@ -18,6 +18,7 @@ import triton.language as tl
 
 from .checks import cdiv, check_matrix
 from .codebooks import code_table, decode_scales, double_quantize
+from .exact_math import divide, round_to, rounded_int
 from .launching import Launcher
 from .references import qparams_ref, quantize_ref, refuse_poisoned_segments  # noqa: F401 (the reference beside its kernel)
 from .spec import QuantizedTensor, QuantSpec
@@ -33,46 +34,17 @@ GROUP_TILE_K = 512  # columns per program for per-group scales: several groups p
 GROUP_TILE_ELEMS = 2048
 GROUP_WARPS = 2
 MAX_ROW_TILE_K = 8192  # per-channel scales: rows up to this long are held in one tile
-
-
-@triton.jit
-def round_half_even(v):
-    """Round float32 to the nearest integer, ties to even, for |v| < 2**22.
-
-    Adding and subtracting 1.5 * 2**23 pushes the fraction out of the mantissa under the IEEE
-    default rounding mode; it is exact where libdevice's rint is not available (the interpreter).
-    """
-    return (v + 12582912.0) - 12582912.0
-
-
-@triton.jit
-def round_to(x, ty: tl.constexpr):
-    """float32 -> the nearest value of dtype `ty` (ties to even), returned as float32.
-
-    bfloat16 is rounded with integer arithmetic on the bits: the interpreter's float32 -> bfloat16
-    cast does not round to nearest even, the GPU's does, and the codes must agree on both. The
-    result then converts to `ty` exactly on either.
-    """
-    if ty == tl.bfloat16:
-        bits = x.to(tl.uint32, bitcast=True)
-        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-        # A NaN stays a NaN: the GPU's canonical NaN 0x7FFFFFFF would otherwise carry into the
-        # sign bit and come out as -0.0.
-        return tl.where(x != x, x, bits.to(tl.float32, bitcast=True))
-    elif ty == tl.float16:
-        return x.to(tl.float16).to(tl.float32)
-    else:
-        return x
-
-
 @triton.jit
 def minmax_operands(x, mask):
     """(operand for the minimum, operand for the maximum) of a float32 tile: elements outside
-    `mask` are +inf / -inf, and a NaN is -inf / +inf, so that it poisons its segment's range
-    whether or not the reduction would have dropped it."""
+    `mask` (None: the whole tile is inside) are +inf / -inf, and a NaN is -inf / +inf, so that it
+    poisons its segment's range whether or not the reduction would have dropped it."""
     is_nan = x != x
-    for_min = tl.where(mask, tl.where(is_nan, float("-inf"), x), float("inf"))
-    for_max = tl.where(mask, tl.where(is_nan, float("inf"), x), float("-inf"))
+    for_min = tl.where(is_nan, float("-inf"), x)
+    for_max = tl.where(is_nan, float("inf"), x)
+    if mask is not None:
+        for_min = tl.where(mask, for_min, float("inf"))
+        for_max = tl.where(mask, for_max, float("-inf"))
     return for_min, for_max
 
 
@@ -109,14 +81,14 @@ def fp8_fields(v):
     a = tl.abs(v)
     bits = a.to(tl.int32, bitcast=True)
     normal = ((bits + 0x7FFFF + ((bits >> 20) & 1)) >> 20) - 960
-    subnormal = round_half_even(a * 512.0).to(tl.int32)
+    subnormal = rounded_int(a * 512.0)
     sign = (v.to(tl.int32, bitcast=True) >> 24) & 0x80
     return tl.where(a < 0.015625, subnormal, normal) | sign
 
 
 @triton.jit
 def quantize_tile(x, scale, zero, table_ptr, QMIN: tl.constexpr, QMAX: tl.constexpr, SYMMETRIC: tl.constexpr,
-                  CODE: tl.constexpr):
+                  CODE: tl.constexpr, SAFE_RANGE: tl.constexpr):
     """float32 tile -> unsigned int32 fields, broadcasting scale/zero per row: code + offset
     (CODE 0), the NF4 level's index (1: the number of the 15 midpoints at table_ptr that v is
     greater than), or the e4m3 bits (2, fp8_fields).
@@ -125,14 +97,12 @@ def quantize_tile(x, scale, zero, table_ptr, QMIN: tl.constexpr, QMAX: tl.conste
     than left to tl.maximum, whose NaN behaviour differs between the GPU and the interpreter (a NaN
     is greater than no midpoint).
     """
-    if SYMMETRIC:
-        v = tl.div_rn(x, scale)
-    else:
-        v = tl.div_rn(x - zero, scale)
+    a = x if SYMMETRIC else x - zero
+    v = divide(a, scale, SAFE_RANGE)
     if CODE == 0:
         v = tl.where(v == v, v, QMIN)
         v = tl.minimum(tl.maximum(v, QMIN), QMAX)
-        fields = (round_half_even(v) - QMIN).to(tl.int32)
+        fields = rounded_int(v) - QMIN
     elif CODE == 1:
         fields = tl.zeros(v.shape, tl.int32)
         for i in tl.static_range(15):
@@ -165,17 +135,24 @@ def pack_tile(fields, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BITS: tl.con
 @triton.jit
 def quantize_store(codes_ptr, table_ptr, x, scale, zero, rows, N, k0, K, mask, stride_cn,
                    BITS: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr, SYMMETRIC: tl.constexpr,
-                   CODE: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                   CODE: tl.constexpr, SAFE_RANGE: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr,
+                   BLOCK_K: tl.constexpr):
     """Quantize the float32 tile x [BLOCK_N, BLOCK_K] (columns k0...) with per-group scale and zero
-    [BLOCK_N, BLOCK_K // GROUP], pack it and store the bytes."""
+    [BLOCK_N, BLOCK_K // GROUP], pack it and store the bytes. mask None: the tile lies inside the
+    matrix."""
     PER_BYTE: tl.constexpr = 8 // BITS
     x3 = tl.reshape(x, (BLOCK_N, BLOCK_K // GROUP, GROUP))
-    fields = quantize_tile(x3, scale[:, :, None], zero[:, :, None], table_ptr, QMIN, QMAX, SYMMETRIC, CODE)
-    fields = tl.where(mask, tl.reshape(fields, (BLOCK_N, BLOCK_K)), 0)
-    packed = pack_tile(fields, BLOCK_N, BLOCK_K, BITS)
+    fields = quantize_tile(x3, scale[:, :, None], zero[:, :, None], table_ptr, QMIN, QMAX, SYMMETRIC, CODE,
+                           SAFE_RANGE)
+    fields = tl.reshape(fields, (BLOCK_N, BLOCK_K))
     byte_cols = k0 // PER_BYTE + tl.arange(0, BLOCK_K // PER_BYTE)
-    byte_mask = (rows < N)[:, None] & (byte_cols[None, :] < (K + PER_BYTE - 1) // PER_BYTE)
-    tl.store(codes_ptr + rows[:, None] * stride_cn + byte_cols[None, :], packed, mask=byte_mask)
+    byte_ptrs = codes_ptr + rows[:, None] * stride_cn + byte_cols[None, :]
+    if mask is None:
+        tl.store(byte_ptrs, pack_tile(fields, BLOCK_N, BLOCK_K, BITS))
+    else:
+        packed = pack_tile(tl.where(mask, fields, 0), BLOCK_N, BLOCK_K, BITS)
+        byte_mask = (rows < N)[:, None] & (byte_cols[None, :] < (K + PER_BYTE - 1) // PER_BYTE)
+        tl.store(byte_ptrs, packed, mask=byte_mask)
 
 
 @triton.jit
@@ -219,7 +196,7 @@ def tensor_qparams_kernel(lo_ptr, hi_ptr, n_partials, scales_ptr, zeros_ptr,
 def quantize_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, table_ptr, N, K, stride_xn, stride_cn, stride_sn,
                     BITS: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr,
                     SYMMETRIC: tl.constexpr, CODE: tl.constexpr, MODE: tl.constexpr, GROUP: tl.constexpr,
-                    STORE_CODES: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                    STORE_CODES: tl.constexpr, EVEN: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """Quantize x[N, K] (fp32/fp16/bf16, unit stride along K) into packed uint8 codes.
 
     Grid: (cdiv(K, BLOCK_K), cdiv(N, BLOCK_N)); consecutive programs walk along a row block.
@@ -234,6 +211,7 @@ def quantize_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, table_ptr, N, K, st
     MODE 3 (per-group scales given: nf4_dq's decoded scales): as MODE 2, the scales read, not made.
     CODE: what a field is (quantize_tile); table_ptr: NF4's midpoints (CODE 1).
     STORE_CODES False: write the scales only (the first pass of nf4_dq, into float32 scales).
+    EVEN: N and K are multiples of BLOCK_N and BLOCK_K (MODE 0, 2, 3: the tiles need no mask).
     Scales (and zeros, asymmetric only) are written in scales_ptr's dtype at
     [row * stride_sn + group]; codes at [row * stride_cn + k * BITS // 8]. BLOCK_K must be a
     multiple of 8 // BITS, so that no byte is shared between programs.
@@ -241,6 +219,8 @@ def quantize_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, table_ptr, N, K, st
     pid_k = tl.program_id(0)
     pid_n = tl.program_id(1)
     NG: tl.constexpr = BLOCK_K // GROUP
+    # float16 scales lie in [2**-24, 65504]: divide() needs no range check
+    SAFE_RANGE: tl.constexpr = scales_ptr.dtype.element_ty == tl.float16
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < N
     x_rows = x_ptr + rows[:, None] * stride_xn
@@ -266,12 +246,16 @@ def quantize_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, table_ptr, N, K, st
             mask = row_ok[:, None] & (cols[None, :] < K)
             x = tl.load(x_rows + cols[None, :], mask=mask, other=0.0).to(tl.float32)
             quantize_store(codes_ptr, table_ptr, x, scale[:, None], zero[:, None], rows, N, k0, K, mask, stride_cn,
-                           BITS, QMIN, QMAX, SYMMETRIC, CODE, GROUP, BLOCK_N, BLOCK_K)
+                           BITS, QMIN, QMAX, SYMMETRIC, CODE, SAFE_RANGE, GROUP, BLOCK_N, BLOCK_K)
     else:
         k0 = pid_k * BLOCK_K
         cols = k0 + tl.arange(0, BLOCK_K)
-        mask = row_ok[:, None] & (cols[None, :] < K)
-        x = tl.load(x_rows + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        if EVEN:
+            mask = None
+            x = tl.load(x_rows + cols[None, :]).to(tl.float32)
+        else:
+            mask = row_ok[:, None] & (cols[None, :] < K)
+            x = tl.load(x_rows + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         if MODE == 0:
             scale = tl.zeros((BLOCK_N, NG), tl.float32) + tl.load(scales_ptr).to(tl.float32)
             if SYMMETRIC:
@@ -299,7 +283,7 @@ def quantize_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, table_ptr, N, K, st
                 tl.store(zeros_ptr + s_off, zero, mask=g_mask)
         if STORE_CODES:
             quantize_store(codes_ptr, table_ptr, x, scale, zero, rows, N, k0, K, mask, stride_cn,
-                           BITS, QMIN, QMAX, SYMMETRIC, CODE, GROUP, BLOCK_N, BLOCK_K)
+                           BITS, QMIN, QMAX, SYMMETRIC, CODE, SAFE_RANGE, GROUP, BLOCK_N, BLOCK_K)
 
 
 def _tiling(spec: QuantSpec, k: int) -> tuple[int, int, int, int, int]:
@@ -355,7 +339,8 @@ def quantize(w: torch.Tensor, spec: QuantSpec, *, check_finite: bool = False) ->
         _qparams_launch(lambda meta: (1,), (lo, hi, lo.numel(), scales, zeros_arg),
                         dict(QMAX=spec.qmax, SYMMETRIC=spec.symmetric, BLOCK=1024))
     fmt = dict(BITS=spec.bits, QMIN=spec.qmin, QMAX=spec.qmax, SYMMETRIC=spec.symmetric, CODE=CODE_IDS[spec.codebook],
-               GROUP=group, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps)
+               GROUP=group, EVEN=mode != 1 and n % block_n == 0 and k % block_k == 0, BLOCK_N=block_n, BLOCK_K=block_k,
+               num_warps=num_warps)
     second = None
     if spec.double_quant:
         _quantize_launch(lambda meta: grid, (w, codes, scales, zeros_arg, table, n, k, w.stride(0), codes.stride(0),

@@ -31,7 +31,8 @@ import triton.language as tl
 
 from .checks import cdiv, check_matrix, check_same_device, interpreting
 from .codebooks import code_table, scales_of
-from .dequantization import GRANULARITY_IDS, dequant_tile, dequantize, field_values, unpack_tile
+from .dequantization import GRANULARITY_IDS, dequant_tile, dequantize, field_values, nf4_word_levels, unpack_tile
+from .exact_math import ON_GPU
 from .quantization import CODE_IDS
 from .launching import Launcher
 from .references import check_weight_once, dequantize_ref
@@ -108,9 +109,14 @@ def qgemv_kernel(x_ptr, units_ptr, scales_ptr, zeros_ptr, table_ptr, y_ptr, part
             packed = tl.load(unit_ptrs, mask=row_ok[:, None, None] & (unit_cols < row_units)[None, :, :], other=0,
                              eviction_policy="evict_first")
         packed = packed.to(tl.int32)
+        NF4_WORDS: tl.constexpr = CODE == 1 and ON_GPU and FIELDS == 8
+        if NF4_WORDS:
+            levels = nf4_word_levels(packed)  # the 8 fields' levels, decoded in registers
         for j in tl.static_range(FIELDS):
-            field = (packed >> (j * BITS)) & FIELD_MASK
-            q = field_values(field, table_ptr, OFFSET, CODE)
+            if NF4_WORDS:
+                q = levels[j]
+            else:
+                q = field_values((packed >> (j * BITS)) & FIELD_MASK, table_ptr, OFFSET, CODE)
             cols = k0 + tile_units * FIELDS + j
             if EVEN_K:
                 xv = tl.load(x_ptr + cols, eviction_policy="evict_last").to(tl.float32)

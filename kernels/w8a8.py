@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from .checks import check_matrix, interpreting
-from .quantization import round_half_even
+from .exact_math import round_half_even
 from .references import qparams_ref
 from .spec import QuantizedTensor, QuantSpec
 from .tuning import tuning_bench

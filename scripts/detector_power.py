@@ -3,11 +3,16 @@ false alarm, and how often it catches a real slowdown.
 
 Input: K >= 6 run folders of one config recorded back to back on one GPU (configs/aa.yaml). Every
 ordered pair (base, candidate) of distinct runs goes through compare.compare_runs, the code behind
-`quantbench compare`, so the counts are those of the CI gate itself, thresholds included:
+`quantbench compare`, so the counts are those of the CI gate itself, thresholds included. With
+`--versus` the runs come from two machines (the CI case: a baseline from one fresh runner, the
+candidate from another): the positional runs from one, the --versus runs from the other, and only
+pairs across the two are compared, both ways. `--mode` is compare's (absolute or relative).
 
 - `aa`: the runs as recorded. Every `regression` or `improvement` is a false alarm.
 - `slow10`, `slow5` (--slowdowns): the candidate's raw samples (and its median columns) multiplied
-  by 1.10 and 1.05 in a scratch copy of its folder. A `regression` is a detection.
+  by 1.10 and 1.05 in a scratch copy of its folder, for every case but the anchors (the rows whose
+  role is baseline or reference, which relative mode divides by): a kernel that got slower beside
+  baselines that did not. A `regression` of a slowed case is a detection.
 - `unstable` (in any experiment): the median moved by min_effect or more, but the U test does not
   confirm it. A move smaller than min_effect is `same` by design (never a `regression`): with a
   10% min_effect, `slow5` is `same` however significant it is.
@@ -40,7 +45,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from quantbench.harness.analysis.compare import compare_runs
+from quantbench.harness.analysis.compare import ANCHOR_ROLES, MODES, compare_runs
 from quantbench.harness.results import CASE_KEY
 from quantbench.harness.config import ConfigError
 from quantbench.harness.results import has_samples, load_run, read_samples, write_samples
@@ -57,11 +62,14 @@ class DetectorInputError(ValueError):
     """Run folders that cannot be measured together; the message names the folder and the reason."""
 
 
-def check_runs(runs: list[str | Path]) -> list[Path]:
-    """At least MIN_RUNS distinct run folders with samples, one config, one GPU."""
+def check_runs(runs: list[str | Path], across: bool = False) -> list[Path]:
+    """At least MIN_RUNS distinct run folders with samples, one config, one GPU (across machines:
+    one GPU model; each machine's runs are checked apart, MIN_RUNS // 2 at least)."""
     paths = [Path(r) for r in runs]
-    if len(paths) < MIN_RUNS:
-        raise DetectorInputError(f"need at least {MIN_RUNS} run folders of one config, got {len(paths)}")
+    least = MIN_RUNS // 2 if across else MIN_RUNS
+    if len(paths) < least:
+        raise DetectorInputError(f"need at least {least} run folders of one config"
+                                 f"{' from each machine' if across else ''}, got {len(paths)}")
     if len({p.resolve() for p in paths}) != len(paths):
         raise DetectorInputError("the same run folder is given twice: an A/A pair of a run with itself "
                                  "is no measurement")
@@ -83,16 +91,46 @@ def check_runs(runs: list[str | Path]) -> list[Path]:
     return paths
 
 
+def check_machines(runs: list[Path], versus: list[Path]) -> None:
+    """Two machines' runs: one config and one GPU model between them, and no folder in both."""
+    if {p.resolve() for p in runs} & {p.resolve() for p in versus}:
+        raise DetectorInputError("a run folder is given for both machines")
+    metas = [json.loads((p / "meta.json").read_text()) if (p / "meta.json").is_file() else {}
+             for p in (runs[0], versus[0])]
+    a, b = (m.get("config") or {} for m in metas)
+    changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    if changed:
+        raise DetectorInputError(f"{versus[0]} was run with a different config than {runs[0]} "
+                                 f"(differs in: {', '.join(changed)}); A/A needs one config")
+    model_a, model_b = (m.get("env", {}).get("gpu") for m in metas)
+    if model_a != model_b:
+        raise DetectorInputError(f"{versus[0]} was recorded on {model_b!r}, {runs[0]} on {model_a!r}: "
+                                 "A/A across machines needs one GPU model")
+
+
+def anchor_impls(run: Path) -> set[tuple[str, str]]:
+    """(op, impl) of the run's anchors: the rows whose role relative mode divides by."""
+    df, _ = load_run(run)
+    if "role" not in df:
+        return set()
+    return {(op, impl) for op, impl, role in df[["op", "impl", "role"]].itertuples(index=False)
+            if role in ANCHOR_ROLES}
+
+
 def slowed_copy(run: Path, factor: float, dest: Path) -> Path:
-    """A copy of the run folder `run` in `dest` with every raw sample and every median column of
-    results.csv multiplied by `factor` (what a kernel that much slower would have recorded)."""
+    """A copy of the run folder `run` in `dest` with the raw samples and the median columns of
+    results.csv multiplied by `factor` for every case but the anchors (what kernels that much
+    slower would have recorded beside unchanged baselines)."""
     dest.mkdir(parents=True)
     if (run / "meta.json").is_file():
         (dest / "meta.json").write_text((run / "meta.json").read_text())
-    write_samples(dest, [{**rec, "samples_ms": [s * factor for s in rec["samples_ms"]]} for rec in read_samples(run)])
+    kept = anchor_impls(run)
+    write_samples(dest, [rec if (rec["op"], rec["impl"]) in kept else
+                         {**rec, "samples_ms": [s * factor for s in rec["samples_ms"]]} for rec in read_samples(run)])
     df, _ = load_run(run)
+    slowed = [(op, impl) not in kept for op, impl in df[["op", "impl"]].itertuples(index=False)]
     for col in MEDIAN_COLUMNS:
-        df[col] = df[col] * factor
+        df.loc[slowed, col] = df.loc[slowed, col] * factor
     df.to_csv(dest / "results.csv", index=False)
     return dest
 
@@ -117,37 +155,53 @@ def experiments(slowdowns: tuple[float, ...] = SLOWDOWNS) -> dict[str, float]:
     return {"aa": 1.0, **{f"slow{(f - 1) * 100:.3g}": f for f in slowdowns}}
 
 
-def measure(runs: list[Path], thresholds: ThresholdSet, slowdowns: tuple[float, ...] = SLOWDOWNS) -> pd.DataFrame:
-    """Every experiment on every ordered pair of distinct runs: one row per experiment, pair and case."""
+def pairs(n_runs: int, n_versus: int = 0) -> list[tuple[int, int]]:
+    """Ordered (base, candidate) index pairs: every two distinct runs; with a second machine's
+    n_versus runs (indices from n_runs on), only the pairs across the two machines."""
+    if not n_versus:
+        return list(itertools.permutations(range(n_runs), 2))
+    other = range(n_runs, n_runs + n_versus)
+    return [(i, j) for i in range(n_runs) for j in other] + [(j, i) for j in other for i in range(n_runs)]
+
+
+def measure(runs: list[Path], thresholds: ThresholdSet, slowdowns: tuple[float, ...] = SLOWDOWNS,
+            mode: str = "absolute", versus: list[Path] = ()) -> pd.DataFrame:
+    """Every experiment on every ordered pair (pairs()): one row per experiment, pair and case;
+    `slowed` marks the cases the slowdowns apply to (every case but the anchors)."""
     tables = []
+    everything = [*runs, *versus]
     with tempfile.TemporaryDirectory(prefix="detector-power-") as scratch:
         for name, factor in experiments(slowdowns).items():
-            cands = runs if factor == 1.0 else [slowed_copy(r, factor, Path(scratch) / name / str(i))
-                                                for i, r in enumerate(runs)]
-            for i, j in itertools.permutations(range(len(runs)), 2):
-                table = compare_runs(runs[i], cands[j], thresholds)
+            cands = everything if factor == 1.0 else [slowed_copy(r, factor, Path(scratch) / name / str(i))
+                                                      for i, r in enumerate(everything)]
+            for i, j in pairs(len(runs), len(versus)):
+                table = compare_runs(everything[i], cands[j], thresholds, mode=mode)
                 table.insert(0, "experiment", name)
                 table.insert(1, "factor", factor)
-                table.insert(2, "base", runs[i].name)
-                table.insert(3, "candidate", runs[j].name)
+                table.insert(2, "base", everything[i].name)
+                table.insert(3, "candidate", everything[j].name)
                 tables.append(table)
     out = pd.concat(tables, ignore_index=True)
+    kept = anchor_impls(runs[0])
+    out["slowed"] = [(op, impl) not in kept for op, impl in out[["op", "impl"]].itertuples(index=False)]
     out["latency_judged"] = out["latency_judged"].fillna(False).astype(bool)  # new/missing rows: not judged
     out["case"] = [case_label(row) for _, row in out.iterrows()]
     return out
 
 
-def summarize(table: pd.DataFrame, n_runs: int) -> pd.DataFrame:
+def summarize(table: pd.DataFrame, n_pairs: int) -> pd.DataFrame:
     """Per experiment: pairs, cases, judged comparisons, the count of each latency verdict, and the
     rate that matters (A/A: false alarms = regression + improvement; slowdowns: detections =
-    regression), each as a share of the judged comparisons."""
+    regression, over the slowed cases only), each as a share of the judged comparisons."""
     rows = []
     for name, factor in table.groupby("experiment", sort=False)["factor"].first().items():
         t = table[table["experiment"] == name]
+        if factor != 1.0:
+            t = t[t["slowed"]]
         judged = t[t["latency_judged"]]
         counts = {v: int((judged["latency"] == v).sum()) for v in VERDICTS}
         n = len(judged)
-        row = {"experiment": name, "factor": factor, "pairs": n_runs * (n_runs - 1), "cases": t["case"].nunique(),
+        row = {"experiment": name, "factor": factor, "pairs": n_pairs, "cases": t["case"].nunique(),
                "judged": n, "not_judged": int((~t["latency_judged"]).sum()), **counts}
         alarms = counts["regression"] + counts["improvement"] if factor == 1.0 else counts["regression"]
         row["measure"] = "false_alarm_rate" if factor == 1.0 else "detection_rate"
@@ -193,16 +247,18 @@ def describe(thresholds: ThresholdSet) -> str:
 
 
 def markdown(summary: pd.DataFrame, cases: pd.DataFrame, runs: list[Path],
-             thresholds: ThresholdSet, source: str) -> str:
+             thresholds: ThresholdSet, source: str, mode: str = "absolute", versus: list[Path] = ()) -> str:
     meta = json.loads((runs[0] / "meta.json").read_text()) if (runs[0] / "meta.json").is_file() else {}
     env = meta.get("env", {})
     aa = summary.set_index("experiment")
+    n_pairs = len(pairs(len(runs), len(versus)))
+    machines = (f"{len(runs)} runs on one machine and {len(versus)} on another, the {n_pairs} ordered pairs "
+                f"across the two" if versus else f"{len(runs)} runs, {n_pairs} ordered pairs")
     lines = [
         "# Detector power: `quantbench compare` on repeated identical runs", "",
         f"GPU: {env.get('gpu', '?')} | config: {meta.get('config', {}).get('name', '?')} | "
-        f"{len(runs)} runs, {len(runs) * (len(runs) - 1)} ordered pairs | torch {env.get('torch', '?')} | "
-        f"triton {env.get('triton', '?')}", "",
-        f"Thresholds ({source}): {describe(thresholds)}", "",
+        f"{machines} | torch {env.get('torch', '?')} | triton {env.get('triton', '?')}", "",
+        f"Mode: `{mode}`. Thresholds ({source}): {describe(thresholds)}", "",
         f"- A/A false alarms: {int(aa.loc['aa', 'regression'] + aa.loc['aa', 'improvement'])} of "
         f"{int(aa.loc['aa', 'judged'])} judged comparisons ({aa.loc['aa', 'rate']:.2%}); "
         f"unstable: {int(aa.loc['aa', 'unstable'])}.",
@@ -220,15 +276,18 @@ def markdown(summary: pd.DataFrame, cases: pd.DataFrame, runs: list[Path],
               "by construction; one below it is `same`.", "",
               "## Run folders", ""]
     lines += [f"- `{r}`" for r in runs]
+    if versus:
+        lines += ["", "The other machine's:", ""] + [f"- `{r}`" for r in versus]
     return "\n".join(lines) + "\n"
 
 
 def min_effect_sweep(runs: list[Path], thresholds: ThresholdSet, slowdowns: tuple[float, ...],
-                     effects: list[float]) -> pd.DataFrame:
+                     effects: list[float], mode: str = "absolute", versus: list[Path] = ()) -> pd.DataFrame:
     """Per min_effect (put over every op): the A/A false-alarm rate and each slowdown's detection rate."""
     rows = []
     for effect in effects:
-        summary = summarize(measure(runs, thresholds.overridden(min_effect=effect), slowdowns), len(runs))
+        table = measure(runs, thresholds.overridden(min_effect=effect), slowdowns, mode, versus)
+        summary = summarize(table, len(pairs(len(runs), len(versus))))
         rows.append({"min_effect": effect, **{f"{name} {measure_}": rate for name, measure_, rate
                                               in summary[["experiment", "measure", "rate"]].itertuples(index=False)}})
     return pd.DataFrame(rows)
@@ -236,7 +295,11 @@ def min_effect_sweep(runs: list[Path], thresholds: ThresholdSet, slowdowns: tupl
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("runs", nargs="+", help=f"at least {MIN_RUNS} run folders of one config, recorded on one GPU")
+    ap.add_argument("runs", nargs="+", help=f"at least {MIN_RUNS} run folders of one config, recorded on one GPU "
+                                            f"(with --versus: {MIN_RUNS // 2} or more from one machine)")
+    ap.add_argument("--versus", nargs="+", default=[], metavar="RUN",
+                    help="the same config's runs from a second machine: only pairs across the two are compared")
+    ap.add_argument("--mode", choices=MODES, default="absolute", help="compare's mode (default: absolute)")
     ap.add_argument("--out", required=True, help="folder to write the CSV and markdown files into")
     ap.add_argument("--thresholds", default=None, help="thresholds YAML, as `quantbench compare --thresholds` takes "
                                                        "(default: compare's built-in defaults)")
@@ -250,7 +313,10 @@ def main(argv: list[str] | None = None) -> int:
                          "and a table in detector_power.md)")
     args = ap.parse_args(argv)
     try:
-        runs = check_runs(args.runs)
+        runs = check_runs(args.runs, across=bool(args.versus))
+        versus = check_runs(args.versus, across=True) if args.versus else []
+        if versus:
+            check_machines(runs, versus)
         experiments(tuple(args.slowdowns))
         thresholds = load_thresholds(args.thresholds) if args.thresholds else ThresholdSet()
     except (DetectorInputError, ConfigError) as e:
@@ -261,15 +327,15 @@ def main(argv: list[str] | None = None) -> int:
     source = args.thresholds or "compare's defaults"
     if flags:
         source += " with " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in flags.items())
-    table = measure(runs, thresholds, tuple(args.slowdowns))
-    summary, cases = summarize(table, len(runs)), per_case(table, runs)
-    sweep = min_effect_sweep(runs, thresholds, tuple(args.slowdowns), args.sweep_min_effect)
+    table = measure(runs, thresholds, tuple(args.slowdowns), args.mode, versus)
+    summary, cases = summarize(table, len(pairs(len(runs), len(versus)))), per_case(table, [*runs, *versus])
+    sweep = min_effect_sweep(runs, thresholds, tuple(args.slowdowns), args.sweep_min_effect, args.mode, versus)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "detector_power.csv", index=False)
     summary.to_csv(out / "detector_power_summary.csv", index=False)
     cases.to_csv(out / "detector_power_cases.csv", index=False)
-    text = markdown(summary, cases, runs, thresholds, source)
+    text = markdown(summary, cases, runs, thresholds, source, args.mode, versus)
     if not sweep.empty:
         sweep.to_csv(out / "min_effect_sweep.csv", index=False)
         text += ("\n## Other minimum effects (every op, the same pairs)\n\n"

@@ -64,8 +64,8 @@ MUTATIONS = [
                                     'wide[f"{name}: % of copy{suffix}"] = 50 *')], DERIVED),
     m("copy-calibration-halved", [("harness/execution/calibration.py", "return 2 * COPY_BYTES / (ms * 1e-3) / 1e9",
                                    "return COPY_BYTES / (ms * 1e-3) / 1e9")], DERIVED),
-    m("matmul-calibration-halved", [("harness/execution/calibration.py", "return 2 * size**3 / (ms * 1e-3) / 1e12",
-                                     "return size**3 / (ms * 1e-3) / 1e12")], DERIVED),
+    m("matmul-calibration-halved", [("harness/execution/calibration.py", "return 2 * m * n * k / (ms * 1e-3) / 1e12",
+                                     "return m * n * k / (ms * 1e-3) / 1e12")], DERIVED),
     # output error metrics scaled by a common factor
     m("output-noise-doubled", [("harness/ops/metrics.py", "noise = (y.double() - ref).norm().item()",
                                 "noise = 2 * (y.double() - ref).norm().item()")], DERIVED),

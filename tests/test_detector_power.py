@@ -2,6 +2,7 @@
 from a seeded RNG): its counts are checked where they are known exactly."""
 
 import importlib.util
+import json
 import re
 import subprocess
 import sys
@@ -43,7 +44,7 @@ def make_run(root, index, seed, cv, n=300, shift=1.0, invalid=(), config=CONFIG,
 
 def summary_of(runs, slowdowns=(1.10, 1.05), thresholds=DEFAULT_THRESHOLDS):
     table = dp.measure(runs, thresholds, slowdowns)
-    return table, dp.summarize(table, len(runs)).set_index("experiment")
+    return table, dp.summarize(table, len(runs) * (len(runs) - 1)).set_index("experiment")
 
 
 def test_identical_runs_raise_no_alarm_and_a_50_percent_slowdown_is_always_caught(tmp_path):
@@ -144,3 +145,56 @@ def test_the_min_effect_sweep_trades_false_alarms_for_detections(tmp_path):
     assert sweep.loc[0.05, "slow10 detection_rate"] > 0.9  # a 10% slowdown clears a 5% bar
     assert sweep.loc[0.5, "slow10 detection_rate"] == 0  # and never a 50% one
     assert sweep["aa false_alarm_rate"].max() <= 0.05
+
+
+def make_machine_run(root, index, seed, machine_shift, uuid, cv=0.01, n=300):
+    """A run with, per matmul workload, the candidate (triton) and its anchor (the fp16 baseline),
+    every time scaled by `machine_shift` (a fresh machine a few percent slower or faster all over)."""
+    writer = RunWriter.create(root, f"aa{uuid}-{index}", {"config": CONFIG, "env": {**GPU, "gpu_uuid": uuid}})
+    for c, (n_, median) in enumerate([(4096, 0.030), (8192, 0.050)]):
+        rows, samples = [], []
+        for impl, role, share in (("triton", "candidate", 1.0), ("fp16", "baseline", 1.6)):
+            rng = np.random.default_rng([seed, c, len(rows)])
+            s = median * share * machine_shift * (1 + cv * rng.standard_normal(n))
+            rows.append({"op": "matmul", "impl": impl, "role": role, "bits": 4, "scheme": "asymmetric",
+                         "granularity": "group", "group_size": 128, "dtype": "float16", "M": 1, "N": n_, "K": n_,
+                         "status": "ok", "ms": float(np.median(s)), "timing_valid": True, "snr_db": 20.0})
+            samples.append(tuple(s.tolist()))
+        writer.append_case(f"matmul-{n_}", rows, samples)
+    writer.finish(lambda df, meta: "")
+    return writer.path
+
+
+def test_across_machines_the_relative_mode_ignores_a_machine_wide_shift(tmp_path):
+    """Machine B runs everything 12% slower: the absolute gate calls every cross pair a change; the
+    relative one (each kernel over its fp16 baseline in its own run) calls none, and still catches
+    a 15% slowdown of the kernel alone. Only pairs across the machines are compared."""
+    a = [make_machine_run(tmp_path, i, seed=i, machine_shift=1.0, uuid="GPU-A") for i in range(3)]
+    b = [make_machine_run(tmp_path, i, seed=10 + i, machine_shift=1.12, uuid="GPU-B") for i in range(3)]
+    assert len(dp.pairs(3, 3)) == 18 and all((i < 3) != (j < 3) for i, j in dp.pairs(3, 3))
+    absolute = dp.summarize(dp.measure(a, DEFAULT_THRESHOLDS, (1.15,), "absolute", b), 18).set_index("experiment")
+    relative_table = dp.measure(a, DEFAULT_THRESHOLDS, (1.15,), "relative", b)
+    relative = dp.summarize(relative_table, 18).set_index("experiment")
+    assert absolute.loc["aa", "rate"] == 1.0  # 4 cases x 18 pairs, every one a false alarm
+    assert relative.loc["aa", "judged"] == 2 * 18 and relative.loc["aa", "rate"] == 0  # anchors unjudged
+    assert relative.loc["slow15", "judged"] == 2 * 18 and relative.loc["slow15", "rate"] == 1.0
+    slowed = relative_table[relative_table["experiment"] == "slow15"]
+    assert set(slowed.loc[slowed["slowed"], "impl"]) == {"triton"}  # the anchors are never slowed
+    assert slowed.loc[slowed["slowed"], "relative_ratio"].between(1.12, 1.18).all()
+
+
+def test_the_script_takes_two_machines_and_refuses_two_gpu_models(tmp_path, capsys):
+    a = [make_machine_run(tmp_path, i, seed=i, machine_shift=1.0, uuid="GPU-A") for i in range(3)]
+    b = [make_machine_run(tmp_path, i, seed=10 + i, machine_shift=1.05, uuid="GPU-B") for i in range(3)]
+    out = tmp_path / "power"
+    assert dp.main([*map(str, a), "--versus", *map(str, b), "--mode", "relative", "--out", str(out)]) == 0
+    md = (out / "detector_power.md").read_text()
+    assert "3 runs on one machine and 3 on another, the 18 ordered pairs across the two" in md
+    assert "Mode: `relative`" in md and all(f"`{r}`" in md for r in [*a, *b])
+    for run in b:  # machine B now an H200
+        meta = json.loads((run / "meta.json").read_text())
+        meta["env"]["gpu"] = "NVIDIA H200"
+        (run / "meta.json").write_text(json.dumps(meta))
+    assert dp.main([*map(str, a), "--versus", *map(str, b), "--out", str(tmp_path / "x")]) == 2
+    assert "A/A across machines needs one GPU model" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -363,3 +363,23 @@ def test_the_memory_fit_bars_are_on_a_linear_axis():
     assert ax.get_yscale() == "linear" and ax.get_ylim()[0] == 0
     heights = sorted({round(bar.get_height(), 6) for bar in ax.patches if bar.get_height() > 0})
     assert 12 < heights[-1] / heights[0] < 16  # fp32 over int2 with its per-group scales and zeros
+
+
+def test_the_roofline_line_is_raised_to_a_row_above_the_calibration_and_says_why(tmp_path):
+    """The tiny run's fastest fp16 product (matmul rows only) reaches some TFLOP/s; calibrated at a fifth of that,
+    the measured line is drawn at the row's rate, and its legend names the row and the calibrated
+    figure. Calibrated above every row, the legend gives the calibration alone."""
+    from quantbench.harness.reporting.speed_plots import roofline
+    run = tiny_run(tmp_path, "tiny", "NVIDIA H100 80GB HBM3", 1.0, {"copy_gbps": 3000.0})
+    df, meta = load_run(run)
+    df = df[df["op"] == "matmul"]
+    fastest = df.loc[df["tflops"].idxmax()]
+    for calibrated, raised in ((fastest["tflops"] / 5, True), (fastest["tflops"] * 5, False)):
+        fig = roofline(df, {**meta, "calibration": {"copy_gbps": 3000.0, "fp16_tflops": calibrated}})
+        labels = [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+        measured = [t for t in labels if t.startswith("measured: copy")]
+        want = (f"fp16 {fastest['tflops']:.0f} TFLOP/s (raised from the calibrated {calibrated:.0f}: "
+                f"{fastest['impl']} at {int(fastest['M'])}x{N}x{K} ran faster)") if raised else \
+            f"fp16 {calibrated:.0f} TFLOP/s"
+        assert any(want in t for t in measured), measured
+        assert raised == any("raised from" in t for t in measured)

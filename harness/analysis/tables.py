@@ -133,6 +133,15 @@ def to_markdown(table: pd.DataFrame) -> str:
     return "\n".join([head, rule, *body])
 
 
+def matmul_shapes_text(calibration: dict) -> str:
+    """How the run's matmul ceilings were measured: the best of several M x N x K shapes (or, in
+    runs before that, one size^3)."""
+    shapes = calibration.get("matmul_shapes")
+    if shapes:
+        return "best of " + ", ".join("x".join(map(str, s)) for s in shapes)
+    return f"{calibration.get('matmul_size')}^3"
+
+
 def summary_markdown(df: pd.DataFrame, meta: dict) -> str:
     env = meta.get("env", {})
     lines = [f"# {meta.get('run_id', 'run')}", "",
@@ -150,7 +159,7 @@ def summary_markdown(df: pd.DataFrame, meta: dict) -> str:
                                                            ("fp32_tflops", "fp32"), ("int8_tops", "int8"))
              if cal.get(key)]
     if rates:
-        lines += [f"Measured dense matmul rates (TFLOP/s, int8 TOP/s, {cal.get('matmul_size')}^3): "
+        lines += [f"Measured dense matmul rates (TFLOP/s, int8 TOP/s, {matmul_shapes_text(cal)}): "
                   + ", ".join(rates) + "; `pct_peak_flops` in results.csv is each row's share.", ""]
     if "host_us" in df and df["host_us"].notna().any():
         lines += ["'host us': the CPU time of one call while the GPU is busy (the call only enqueues its "

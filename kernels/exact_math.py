@@ -1,0 +1,87 @@
+"""Exact float arithmetic the kernels share: rounding to an integer and to a dtype, and correctly
+rounded division, each written so that the GPU and Triton's interpreter give the same bits.
+
+Where the fast form on the GPU cannot run alike under the interpreter (its tl.fma rounds twice,
+and it has no inline PTX), ON_GPU picks the plain exact form there instead; tests/gpu checks the
+fast forms bit for bit against the plain ones on the GPU.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .checks import interpreting
+
+ON_GPU = tl.constexpr(not interpreting())  # the fast forms run (False under the interpreter)
+
+
+@triton.jit
+def round_half_even(v):
+    """Round float32 to the nearest integer, ties to even, for |v| < 2**22.
+
+    Adding and subtracting 1.5 * 2**23 pushes the fraction out of the mantissa under the IEEE
+    default rounding mode; it is exact where libdevice's rint is not available (the interpreter).
+    """
+    return (v + 12582912.0) - 12582912.0
+
+
+@triton.jit
+def rounded_int(v):
+    """round(v) (ties to even) as int32, for |v| < 2**22: the float32 bits of v + 1.5 * 2**23 are
+    0x4B400000 + round(v). One addition instead of a float-to-int conversion, which issues at a
+    quarter of the FMA rate."""
+    return (v + 12582912.0).to(tl.int32, bitcast=True) - 0x4B400000
+
+
+@triton.jit
+def divide(a, s, SAFE_RANGE: tl.constexpr):
+    """a / s rounded to nearest, ties to even: tl.div_rn's result, without a reciprocal per element.
+
+    On the GPU, r = 1 / s is taken once per scale (s broadcasts along the last axis), then each
+    quotient a * r gets two corrections with the exact remainder fma(-s, q, a): after the first, q
+    is within an ulp of a / s, and the second rounds it correctly (Markstein's theorem: Muller et
+    al., Handbook of Floating-Point Arithmetic, 2nd ed., section 4.7). The remainder is exact while
+    |s| stays in [2**-80, 2**80] and |a / s| is not far below 2**-10 (smaller quotients are code 0
+    in every format whichever way they round). SAFE_RANGE: every |s| is known to be in range (the
+    scales are float16); otherwise a tile with a scale outside it divides with tl.div_rn.
+    a must be finite where s is not NaN (in quantize an infinite element poisons its segment's
+    scale to NaN): an infinite a would meet an infinite remainder and come out NaN, not +-inf.
+    """
+    if ON_GPU:
+        r = tl.div_rn(tl.full(s.shape, 1.0, tl.float32), s)
+        if SAFE_RANGE:
+            in_range = True
+        else:
+            s_abs = tl.abs(s)
+            in_range = tl.max(((s_abs < 2.0**-80) | (s_abs > 2.0**80)).to(tl.int32)) == 0
+        if in_range:
+            q0 = a * r
+            q = tl.fma(tl.fma(-s, q0, a), r, q0)
+            q = tl.fma(tl.fma(-s, q, a), r, q)
+            q = tl.where(a == 0, q0, q)  # a correction adds +0 to -0: a / s of -0.0 keeps its sign
+        else:
+            q = tl.div_rn(a, s)
+    else:
+        q = tl.div_rn(a, s)
+    return q
+
+
+@triton.jit
+def round_to(x, ty: tl.constexpr):
+    """float32 -> the nearest value of dtype `ty` (ties to even), returned as float32.
+
+    bfloat16 is rounded with integer arithmetic on the bits: the interpreter's float32 -> bfloat16
+    cast does not round to nearest even, the GPU's does, and the codes must agree on both. The
+    result then converts to `ty` exactly on either.
+    """
+    if ty == tl.bfloat16:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        # A NaN stays a NaN: the GPU's canonical NaN 0x7FFFFFFF would otherwise carry into the
+        # sign bit and come out as -0.0.
+        return tl.where(x != x, x, bits.to(tl.float32, bitcast=True))
+    elif ty == tl.float16:
+        return x.to(tl.float16).to(tl.float32)
+    else:
+        return x

@@ -1,0 +1,184 @@
+"""The GPU-only fast forms, checked bit for bit where the interpreter runs the plain forms instead.
+
+- quantization.divide: a quotient by multiplication and two corrections, against the GPU's own
+  correctly rounded division (PyTorch's), on quotients near every rounding boundary the formats
+  have (integer halves, e4m3 steps, NF4 midpoints), on random ones, and with scales outside the
+  range where the fast form holds (the tile then divides with tl.div_rn).
+- dequantization.nf4_word_levels: the NF4 levels decoded in registers, for every byte and every
+  word position, against the level table; through dequantize (bytes joined into words) and
+  through the GEMV (int32 words) against the table-load forms.
+"""
+
+import pytest
+import torch
+import triton
+import triton.language as tl
+
+from quantbench.kernels import QuantSpec, dequantize, dequantize_ref, qmatmul, quantize, quantize_ref
+from quantbench.kernels.codebooks import scales_of
+from quantbench.kernels.dequantization import nf4_word_levels
+from quantbench.kernels.exact_math import divide
+from quantbench.kernels.spec import NF4_LEVELS, NF4_MIDPOINTS, QuantizedTensor
+
+CUDA = torch.device("cuda")
+ROWS, COLS = 64, 256
+
+
+@triton.jit
+def divide_kernel(a_ptr, s_ptr, q_ptr, SAFE_RANGE: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr):
+    """q[ROWS, COLS] = a / s[:, None] through divide(), one program per tile of 8 rows."""
+    rows = tl.program_id(0) * 8 + tl.arange(0, 8)
+    cols = tl.arange(0, COLS)
+    a = tl.load(a_ptr + rows[:, None] * COLS + cols[None, :])
+    s = tl.load(s_ptr + rows)
+    tl.store(q_ptr + rows[:, None] * COLS + cols[None, :], divide(a, s[:, None], SAFE_RANGE))
+
+
+def fast_divide(a: torch.Tensor, s: torch.Tensor, safe_range: bool = False) -> torch.Tensor:
+    q = torch.empty_like(a)
+    divide_kernel[(a.shape[0] // 8,)](a, s, q, SAFE_RANGE=safe_range, ROWS=a.shape[0], COLS=a.shape[1])
+    return q
+
+
+def near(values: torch.Tensor, ulps: int) -> torch.Tensor:
+    """float32 values and their neighbours up to `ulps` units in the last place either way."""
+    bits = values.float().view(torch.int32)
+    return torch.stack([(bits + d).view(torch.float32) for d in range(-ulps, ulps + 1)], dim=-1).reshape(-1)
+
+
+def boundaries() -> torch.Tensor:
+    """Quotients where a format's code changes: integer halves up to 256, e4m3's midpoints
+    (subnormal steps of 2^-9 and each binade's), NF4's midpoints; each with its neighbours."""
+    halves = torch.arange(-256, 256, dtype=torch.float64) + 0.5
+    e4m3 = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn).double()
+    e4m3 = e4m3[e4m3.isfinite()].unique().sort().values
+    e4m3_mid = (e4m3[1:] + e4m3[:-1]) / 2
+    nf4_mid = torch.tensor(NF4_MIDPOINTS, dtype=torch.float64)
+    return near(torch.cat([halves, e4m3_mid, nf4_mid]).float(), 3)
+
+
+def assert_bitwise(got: torch.Tensor, want: torch.Tensor, what: str) -> None:
+    same = (got.view(torch.int32) == want.view(torch.int32)) | (got.isnan() & want.isnan())
+    bad = (~same).nonzero()
+    assert bad.numel() == 0, f"{what}: {len(bad)} quotients differ, first {bad[:3].tolist()}"
+
+
+@pytest.mark.parametrize("safe_range", [False, True])
+def test_divide_rounds_as_division_near_every_code_boundary(safe_range):
+    gen = torch.Generator().manual_seed(0)
+    # scales: random float16 values (what SAFE_RANGE promises) or random float32 over a wide range
+    if safe_range:
+        s = (torch.rand(ROWS, generator=gen) * 8 + 1e-3).half().float()
+    else:
+        s = torch.exp2(torch.randint(-70, 70, (ROWS,), generator=gen).float()) * (1 + torch.rand(ROWS, generator=gen))
+    v = boundaries()
+    v = v[torch.randint(0, len(v), (ROWS, COLS), generator=gen)]
+    a = (v * s[:, None]).float()  # a / s lands on, or an ulp or so from, each boundary
+    a, s = a.to(CUDA), s.to(CUDA)
+    assert_bitwise(fast_divide(a, s, safe_range), a / s[:, None], "boundaries")
+
+
+def test_divide_rounds_as_division_on_random_operands():
+    gen = torch.Generator().manual_seed(1)
+    s = torch.exp2(torch.randint(-79, 79, (ROWS,), generator=gen).float()) * (1 + torch.rand(ROWS, generator=gen))
+    a = torch.randn(ROWS, COLS, generator=gen) * s[:, None] * torch.exp2(torch.randint(-12, 9, (ROWS, COLS),
+                                                                                         generator=gen).float())
+    a, s = a.to(CUDA), s.to(CUDA)
+    assert_bitwise(fast_divide(a, s), a / s[:, None], "random")
+
+
+def test_divide_falls_back_where_the_fast_form_does_not_hold():
+    """Scales of 2^-100, 2^-126 (subnormal reciprocal range), 2^100 and others out of range in
+    some tiles: those divide with tl.div_rn, and agree. In every tile zeros keep their sign and NaN
+    stays NaN; infinities only where the scale is NaN (the one place quantize lets them reach
+    divide)."""
+    gen = torch.Generator().manual_seed(2)
+    s = torch.exp2(torch.randint(-20, 20, (ROWS,), generator=gen).float())
+    s[::8] = torch.tensor([2.0**-100, 2.0**-126, 2.0**100, 1e-45, 3e38, 1.0, float("nan"), 0.5])
+    a = torch.randn(ROWS, COLS, generator=gen) * s[:, None] * 7
+    a[:, :3] = torch.tensor([0.0, -0.0, float("nan")])
+    a[s.isnan(), 3] = float("inf")
+    a, s = a.to(CUDA), s.to(CUDA)
+    assert_bitwise(fast_divide(a, s), a / s[:, None], "out of range")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("spec", [QuantSpec(4, "asymmetric", "group", 128), QuantSpec(8, "symmetric", "channel"),
+                                  QuantSpec(2, "asymmetric", "tensor"), QuantSpec(8, "fp8", "channel"),
+                                  QuantSpec(4, "nf4", "group", 64), QuantSpec(4, "nf4_dq", "group", 64)])
+def test_quantize_codes_equal_the_reference_near_boundaries(spec, dtype):
+    """Most weights put where they divide (by the scales of a first quantization) to within a few
+    ulps of a boundary of the format's rounding: the codes equal the reference's, which divides
+    with PyTorch. (The segments' ranges move a little when the weights do, so the quotients land
+    near the boundaries, not on them; divide() is checked on them exactly above.)"""
+    gen = torch.Generator().manual_seed(3)
+    n, k = 64, 1024
+    w = torch.randn(n, k, generator=gen).to(dtype)
+    first = quantize_ref(w, spec)
+
+    def per_element(t: torch.Tensor) -> torch.Tensor:
+        return t.float().repeat_interleave(k // t.shape[1], dim=1)
+
+    v = boundaries()
+    v = v[torch.randint(0, len(v), (n, k), generator=gen)]
+    if spec.codebook == "integer":
+        v = v.clamp(spec.qmin, spec.qmax)
+    near_boundary = v * per_element(scales_of(first)) + (0 if first.zeros is None else per_element(first.zeros))
+    w = torch.where(torch.rand(n, k, generator=gen) < 0.7, near_boundary.to(dtype), w)
+    got, want = quantize(w.to(CUDA), spec), quantize_ref(w.to(CUDA), spec)
+    for part in ("codes", "scales", "zeros"):
+        x, y = getattr(got, part), getattr(want, part)
+        assert (x is None) == (y is None), part
+        if x is not None:
+            assert torch.equal(x, y), part
+
+
+def every_byte_codes(rows: int, cols_bytes: int) -> torch.Tensor:
+    """uint8 codes [rows, cols_bytes] that hold every byte value at every position of a word."""
+    values = torch.arange(rows * cols_bytes) % 256
+    return (values + torch.arange(rows * cols_bytes) // 256).remainder(256).to(torch.uint8).reshape(rows, cols_bytes)
+
+
+@triton.jit
+def word_levels_kernel(words_ptr, out_ptr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    v = nf4_word_levels(tl.load(words_ptr + offs))
+    for j in tl.static_range(8):
+        tl.store(out_ptr + offs * 8 + j, v[j])
+
+
+def test_nf4_word_levels_give_every_level_at_every_field():
+    words = every_byte_codes(64, 1024).view(torch.int32).reshape(-1).to(CUDA)  # 16384 words
+    out = torch.empty(words.numel() * 8, dtype=torch.float32, device=CUDA)
+    word_levels_kernel[(words.numel() // 256,)](words, out, BLOCK=256)
+    w = words.cpu().view(torch.uint8).to(torch.int64)
+    fields = torch.stack([w & 15, w >> 4], dim=-1).reshape(-1)  # field 2i: byte i's low nibble
+    want = torch.tensor(NF4_LEVELS, dtype=torch.float32)[fields]
+    assert torch.equal(out.cpu(), want)
+
+
+@pytest.mark.parametrize("k", [1024, 96])  # whole tiles; a tile longer than the row (masked bytes)
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_nf4_dequantize_in_registers_equals_the_reference(k, out_dtype):
+    n, spec = 64, QuantSpec(4, "nf4", "group", 32)
+    codes = every_byte_codes(n, k // 2)
+    scales = (torch.rand(n, k // 32, generator=torch.Generator().manual_seed(4)) + 0.5).to(out_dtype)
+    q = QuantizedTensor(codes.to(CUDA), scales.to(CUDA), None, spec, (n, k))
+    assert torch.equal(dequantize(q, out_dtype), dequantize_ref(q, out_dtype))
+
+
+@pytest.mark.parametrize("n,units", [(64, "words"), (37, "words"), (64, "bytes")])
+def test_nf4_gemv_matches_float64(n, units):
+    """int32 words: the fields decoded in registers (masked rows at N = 37); codes whose rows are
+    not whole aligned words (a strided view) are read as bytes, through the table."""
+    gen = torch.Generator().manual_seed(5)
+    k, spec = 1024, QuantSpec(4, "nf4", "group", 32)
+    q = quantize(torch.randn(n, k, generator=gen).to(CUDA), spec)
+    if units == "bytes":
+        wide = torch.zeros(n, k // 2 + 2, dtype=torch.uint8, device=CUDA)
+        wide[:, : k // 2] = q.codes
+        q = QuantizedTensor(wide[:, : k // 2], q.scales, None, spec, (n, k))
+    x = torch.randn(1, k, generator=gen).to(CUDA)
+    exact = x.double() @ dequantize_ref(q, torch.float32).double().t()
+    err = ((qmatmul(x, q).double() - exact).norm() / exact.norm()).item()
+    assert err <= 2 * torch.finfo(torch.float32).eps + k * torch.finfo(torch.float32).eps
