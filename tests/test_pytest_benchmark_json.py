@@ -1,6 +1,7 @@
 """quantbench runs and pytest-benchmark JSON convert both ways without losing the timings."""
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -12,6 +13,8 @@ from quantbench.harness.results.pytest_benchmark import from_pytest_benchmark, t
 from quantbench.harness.results import COLUMNS, RunFolderError, load_run
 from quantbench.harness.results.storage import read_meta
 from quantbench.harness.execution.sweep import run_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _quantize_run(tmp_path, reps: int):
@@ -32,6 +35,10 @@ def test_round_trip(tmp_path):
     bench = data["benchmarks"][0]
     assert bench["fullname"].startswith("tests/benchmarks/test_kernels.py::test_kernel[quantize-triton-int8")
     assert set(Stats.fields) <= set(bench["stats"]) and len(bench["stats"]["data"]) == 4
+    # grouped by op, as tests/benchmarks groups a real pytest-benchmark run (its benchmark.group)
+    assert [b["group"] for b in data["benchmarks"]] == [b["extra_info"]["case"]["op"] for b in data["benchmarks"]]
+    assert {b["group"] for b in data["benchmarks"]} == {"quantize", "matmul"}
+    assert "benchmark.group = bench_group(case.as_dict())" in (ROOT / "tests/benchmarks/test_kernels.py").read_text()
     (tmp_path / "pb.json").write_text(json.dumps(data))
     back_path = from_pytest_benchmark(tmp_path / "pb.json", tmp_path / "back", summary_markdown)
     back, _ = load_run(back_path)

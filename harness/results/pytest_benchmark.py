@@ -31,6 +31,13 @@ def _plain(v):
     return v
 
 
+def bench_group(case: dict) -> str:
+    """The pytest-benchmark group of a case, its op: tests/benchmarks sets it on every benchmark
+    (`benchmark.group`), and the export writes the same, so that pytest-benchmark's tables group a
+    real run and an exported one alike."""
+    return case["op"]
+
+
 def bench_id(case: dict) -> str:
     """The pytest id of a case: readable, unique within a sweep."""
     parts = [case["op"], case["impl"]]
@@ -61,7 +68,7 @@ def to_pytest_benchmark(run: str | Path) -> dict:
         for ms in samples.get(name, [row["ms"]]):
             stats.update(ms / 1e3)
         benchmarks.append({
-            "group": case["op"], "name": f"test_kernel[{name}]", "fullname": f"{BENCH_MODULE}::test_kernel[{name}]",
+            "group": bench_group(case), "name": f"test_kernel[{name}]", "fullname": f"{BENCH_MODULE}::test_kernel[{name}]",
             "params": {"case": name}, "param": name,
             # the whole row, so that from-pytest-benchmark gives back every column (GB/s, errors,
             # bytes, host time...), not only what pytest-benchmark's statistics hold

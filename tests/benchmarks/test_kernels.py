@@ -22,7 +22,7 @@ from quantbench.harness.execution.cases import expand
 from quantbench.harness.config import load_config
 from quantbench.harness.ops.inputs import InputSource
 from quantbench.harness.ops import OPS, Skipped
-from quantbench.harness.results.pytest_benchmark import bench_id
+from quantbench.harness.results.pytest_benchmark import bench_group, bench_id
 from quantbench.harness.execution.timing import GpuEventClock, enqueue_flush_and_spin, l2_flush_buffer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,6 +64,7 @@ def test_kernel(benchmark, case):
         flush_and_spin()
         fn()
         torch.cuda.synchronize()
+    benchmark.group = bench_group(case.as_dict())
     benchmark.extra_info.update(timing_valid=True, gpu=torch.cuda.get_device_name(0))
     GPU_CLOCK.reset()
     benchmark.pedantic(fn, setup=flush_and_spin, rounds=ROUNDS, warmup_rounds=1)
