@@ -10,9 +10,9 @@ pairs across the two are compared, both ways. `--mode` is compare's (absolute or
 
 - `aa`: the runs as recorded. Every `regression` or `improvement` is a false alarm.
 - `slow10`, `slow5` (--slowdowns): the candidate's raw samples (and its median columns) multiplied
-  by 1.10 and 1.05 in a scratch copy of its folder, for every case but the anchors (the rows whose
-  role is baseline or reference, which relative mode divides by): a kernel that got slower beside
-  baselines that did not. A `regression` of a slowed case is a detection.
+  by 1.10 and 1.05 in a scratch copy of its folder, for every case but the baseline and reference
+  rows (among which relative mode finds its anchors): a kernel that got slower beside baselines
+  that did not. A `regression` of a slowed case is a detection.
 - `unstable` (in any experiment): the median moved by min_effect or more, but the U test does not
   confirm it. A move smaller than min_effect is `same` by design (never a `regression`): with a
   10% min_effect, `slow5` is `same` however significant it is.
@@ -109,7 +109,8 @@ def check_machines(runs: list[Path], versus: list[Path]) -> None:
 
 
 def anchor_impls(run: Path) -> set[tuple[str, str]]:
-    """(op, impl) of the run's anchors: the rows whose role relative mode divides by."""
+    """(op, impl) of the run's baseline and reference rows (ANCHOR_ROLES), which the slowdowns
+    leave as they are."""
     df, _ = load_run(run)
     if "role" not in df:
         return set()
