@@ -1,12 +1,13 @@
 """The GPU-only fast forms, checked bit for bit where the interpreter runs the plain forms instead.
 
-- quantization.divide: a quotient by multiplication and two corrections, against the GPU's own
+- exact_math.divide: a quotient by multiplication and two corrections, against the GPU's own
   correctly rounded division (PyTorch's), on quotients near every rounding boundary the formats
   have (integer halves, e4m3 steps, NF4 midpoints), on random ones, and with scales outside the
   range where the fast form holds (the tile then divides with tl.div_rn).
 - dequantization.nf4_word_levels: the NF4 levels decoded in registers, for every byte and every
-  word position, against the level table; through dequantize (bytes joined into words) and
-  through the GEMV (int32 words) against the table-load forms.
+  word position, against the level table; through dequantize (bytes joined into words) against
+  the reference, and through the GEMV (int32 words, and bytes, which keep the table load) against
+  float64.
 """
 
 import pytest
