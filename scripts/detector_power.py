@@ -77,41 +77,43 @@ def check_runs(runs: list[str | Path], across: bool = False) -> list[Path]:
     for p in paths:
         if not has_samples(p):
             raise DetectorInputError(f"{p}: no samples.jsonl(.gz) (not a run folder, or a run without raw samples)")
-        metas.append(json.loads((p / "meta.json").read_text()) if (p / "meta.json").is_file() else {})
+        metas.append(_meta(p))
     first, first_meta = paths[0], metas[0]
     for p, meta in zip(paths[1:], metas[1:], strict=True):
-        a, b = first_meta.get("config") or {}, meta.get("config") or {}
-        changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-        if changed:
-            raise DetectorInputError(f"{p} was run with a different config than {first} "
-                                     f"(differs in: {', '.join(changed)}); A/A needs one config")
+        _check_one_config(first, first_meta, p, meta)
         gpu_a, gpu_b = (m.get("env", {}).get("gpu_uuid") or m.get("env", {}).get("gpu") for m in (first_meta, meta))
         if gpu_a != gpu_b:
             raise DetectorInputError(f"{p} was recorded on {gpu_b!r}, {first} on {gpu_a!r}: A/A needs one GPU")
     return paths
 
 
+def _meta(run: Path) -> dict:
+    return json.loads((run / "meta.json").read_text()) if (run / "meta.json").is_file() else {}
+
+
+def _check_one_config(first: Path, first_meta: dict, run: Path, meta: dict) -> None:
+    a, b = first_meta.get("config") or {}, meta.get("config") or {}
+    changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    if changed:
+        raise DetectorInputError(f"{run} was run with a different config than {first} "
+                                 f"(differs in: {', '.join(changed)}); A/A needs one config")
+
+
 def check_machines(runs: list[Path], versus: list[Path]) -> None:
     """Two machines' runs: one config and one GPU model between them, and no folder in both."""
     if {p.resolve() for p in runs} & {p.resolve() for p in versus}:
         raise DetectorInputError("a run folder is given for both machines")
-    metas = [json.loads((p / "meta.json").read_text()) if (p / "meta.json").is_file() else {}
-             for p in (runs[0], versus[0])]
-    a, b = (m.get("config") or {} for m in metas)
-    changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-    if changed:
-        raise DetectorInputError(f"{versus[0]} was run with a different config than {runs[0]} "
-                                 f"(differs in: {', '.join(changed)}); A/A needs one config")
+    metas = [_meta(runs[0]), _meta(versus[0])]
+    _check_one_config(runs[0], metas[0], versus[0], metas[1])
     model_a, model_b = (m.get("env", {}).get("gpu") for m in metas)
     if model_a != model_b:
         raise DetectorInputError(f"{versus[0]} was recorded on {model_b!r}, {runs[0]} on {model_a!r}: "
                                  "A/A across machines needs one GPU model")
 
 
-def anchor_impls(run: Path) -> set[tuple[str, str]]:
-    """(op, impl) of the run's baseline and reference rows (ANCHOR_ROLES), which the slowdowns
+def anchor_impls(df: pd.DataFrame) -> set[tuple[str, str]]:
+    """(op, impl) of a run table's baseline and reference rows (ANCHOR_ROLES), which the slowdowns
     leave as they are."""
-    df, _ = load_run(run)
     if "role" not in df:
         return set()
     return {(op, impl) for op, impl, role in df[["op", "impl", "role"]].itertuples(index=False)
@@ -125,10 +127,10 @@ def slowed_copy(run: Path, factor: float, dest: Path) -> Path:
     dest.mkdir(parents=True)
     if (run / "meta.json").is_file():
         (dest / "meta.json").write_text((run / "meta.json").read_text())
-    kept = anchor_impls(run)
+    df, _ = load_run(run)
+    kept = anchor_impls(df)
     write_samples(dest, [rec if (rec["op"], rec["impl"]) in kept else
                          {**rec, "samples_ms": [s * factor for s in rec["samples_ms"]]} for rec in read_samples(run)])
-    df, _ = load_run(run)
     slowed = [(op, impl) not in kept for op, impl in df[["op", "impl"]].itertuples(index=False)]
     for col in MEDIAN_COLUMNS:
         df.loc[slowed, col] = df.loc[slowed, col] * factor
@@ -183,7 +185,7 @@ def measure(runs: list[Path], thresholds: ThresholdSet, slowdowns: tuple[float, 
                 table.insert(3, "candidate", everything[j].name)
                 tables.append(table)
     out = pd.concat(tables, ignore_index=True)
-    kept = anchor_impls(runs[0])
+    kept = anchor_impls(load_run(runs[0])[0])
     out["slowed"] = [(op, impl) not in kept for op, impl in out[["op", "impl"]].itertuples(index=False)]
     out["latency_judged"] = out["latency_judged"].fillna(False).astype(bool)  # new/missing rows: not judged
     out["case"] = [case_label(row) for _, row in out.iterrows()]

@@ -310,7 +310,7 @@ def test_matmul_rate_is_two_m_n_k_flops_over_the_fastest_sample(monkeypatch):
     """64^3 matmul in 1 us: 2 * 262144 = 524288 FLOPs / 1e-6 s = 0.524288 TFLOP/s; timed by its
     fastest sample (a ceiling), not its median."""
     modes = []
-    monkeypatch.setattr(calibrate_mod, "_median_ms", lambda fn, device, mode: modes.append(mode) or 0.001)
+    monkeypatch.setattr(calibrate_mod, "_bench_ms", lambda fn, device, mode: modes.append(mode) or 0.001)
     rate = calibrate_mod.matmul_tflops(torch.device("cpu"), torch.float32, (64, 64, 64))
     assert rate == pytest.approx(0.524288, rel=REL) and modes == ["min"]
 
@@ -319,7 +319,7 @@ def test_the_matmul_ceiling_is_the_best_shape(monkeypatch):
     """32 x 64 x 64 in 0.5 us (0.524288 TFLOP/s) against 64^3 in 2 us (0.262144): the first wins
     and is named."""
     times = {32: 0.0005, 64: 0.002}
-    monkeypatch.setattr(calibrate_mod, "_median_ms", lambda fn, device, mode: times[fn().shape[0]])
+    monkeypatch.setattr(calibrate_mod, "_bench_ms", lambda fn, device, mode: times[fn().shape[0]])
     rate, shape = calibrate_mod.best_matmul_tflops(torch.device("cpu"), torch.float32, ((64, 64, 64), (32, 64, 64)))
     assert rate == pytest.approx(0.524288, rel=REL) and shape == (32, 64, 64)
 

@@ -36,7 +36,7 @@ MATMUL_SHAPES = ((2048, 8192, 8192), (4096, 8192, 8192), (8192, 8192, 8192))
 
 
 
-def _median_ms(fn: Callable[[], Any], device: torch.device, return_mode: str = "median") -> float:
+def _bench_ms(fn: Callable[[], Any], device: torch.device, return_mode: str = "median") -> float:
     import triton.testing
     with torch.cuda.device(device):
         return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode=return_mode)
@@ -45,7 +45,7 @@ def _median_ms(fn: Callable[[], Any], device: torch.device, return_mode: str = "
 def _copy_ms(device: torch.device) -> float:
     src = torch.empty(COPY_BYTES // 4, dtype=torch.float32, device=device).uniform_()
     dst = torch.empty_like(src)
-    return _median_ms(lambda: dst.copy_(src), device)
+    return _bench_ms(lambda: dst.copy_(src), device)
 
 
 def copy_bandwidth_gbps(device: torch.device) -> float:
@@ -71,7 +71,7 @@ def matmul_tflops(device: torch.device, dtype: torch.dtype, shape: tuple[int, in
     tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False
     try:
-        ms = _median_ms(fn, device, "min")
+        ms = _bench_ms(fn, device, "min")
     finally:
         torch.backends.cuda.matmul.allow_tf32 = tf32
     return 2 * m * n * k / (ms * 1e-3) / 1e12
