@@ -91,7 +91,7 @@ def quantize_tile(x, scale, zero, table_ptr, QMIN: tl.constexpr, QMAX: tl.conste
                   CODE: tl.constexpr, SAFE_RANGE: tl.constexpr):
     """float32 tile -> unsigned int32 fields, broadcasting scale/zero per row: code + offset
     (CODE 0), the NF4 level's index (1: the number of the 15 midpoints at table_ptr that v is
-    greater than), or the e4m3 bits (2, fp8_fields).
+    greater than; a NaN is greater than none), or the e4m3 bits (2, fp8_fields).
 
     v is NaN exactly in a poisoned segment (NaN scale); its fields are 0. That is said here rather
     than left to tl.maximum, whose NaN behaviour differs between the GPU and the interpreter (a NaN
@@ -104,9 +104,19 @@ def quantize_tile(x, scale, zero, table_ptr, QMIN: tl.constexpr, QMAX: tl.conste
         v = tl.minimum(tl.maximum(v, QMIN), QMAX)
         fields = rounded_int(v) - QMIN
     elif CODE == 1:
-        fields = tl.zeros(v.shape, tl.int32)
-        for i in tl.static_range(15):
-            fields += (v > tl.load(table_ptr + i)).to(tl.int32)
+        # the count of midpoints below v, by binary search on the ascending midpoints: the count is
+        # at least 8 iff v > m[7], then at least base + 4 iff v > m[base + 3], and so on (4
+        # compares and 11 selects per element, where counting all 15 took 15 compares and adds)
+        m = table_ptr
+        b3 = v > tl.load(m + 7)
+        b2 = v > tl.where(b3, tl.load(m + 11), tl.load(m + 3))
+        b1 = v > tl.where(b3, tl.where(b2, tl.load(m + 13), tl.load(m + 9)),
+                          tl.where(b2, tl.load(m + 5), tl.load(m + 1)))
+        b0 = v > tl.where(b3, tl.where(b2, tl.where(b1, tl.load(m + 14), tl.load(m + 12)),
+                                       tl.where(b1, tl.load(m + 10), tl.load(m + 8))),
+                          tl.where(b2, tl.where(b1, tl.load(m + 6), tl.load(m + 4)),
+                                   tl.where(b1, tl.load(m + 2), tl.load(m + 0))))
+        fields = (b3.to(tl.int32) << 3) | (b2.to(tl.int32) << 2) | (b1.to(tl.int32) << 1) | b0.to(tl.int32)
     else:
         fields = fp8_fields(v)
     return fields
@@ -293,11 +303,12 @@ def _tiling(spec: QuantSpec, k: int) -> tuple[int, int, int, int, int]:
         block_k = max(spec.group_size, min(row_k, GROUP_TILE_K))
         return 2, max(1, GROUP_TILE_ELEMS // block_k), block_k, spec.group_size, GROUP_WARPS
     if spec.granularity == "channel" and row_k <= MAX_ROW_TILE_K:
-        # a whole row in one tile: read once, one "group" per row. int4 rows of 8192 on 16 warps:
-        # on an H100 (fp16 8192 x 8192) 997 -> 1425 GB/s asymmetric, 1034 -> 1624 symmetric, where
-        # int8 and int2 are fastest on 8 warps (2194 and 1593 GB/s; 2016 and 1543 on 16).
-        warps = 16 if spec.bits == 4 and row_k >= 8192 else 8 if row_k >= 4096 else 4
-        return 2, max(1, TILE_ELEMS // row_k), row_k, row_k, warps
+        # a whole row in one tile: read once, one "group" per row, on 4 warps. On an H200 (fp16
+        # 8192 x 8192, once the division had become multiplications; kernels/NOTES.md): int4
+        # 69.8 us against 89.1 on the 16 warps it had, int8 69.8 against 74.6 and int2 69.5
+        # against 76.5 on 8; fp8 106.4 against 104.8 on 8 (within the noise); 2 rows a program, or
+        # 16 and 32 warps, slower for every format.
+        return 2, max(1, TILE_ELEMS // row_k), row_k, row_k, 4
     block_k = min(row_k, MAX_CHUNK_K)
     return (0 if spec.granularity == "tensor" else 1), max(1, TILE_ELEMS // block_k), block_k, block_k, 4
 
