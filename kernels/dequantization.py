@@ -78,6 +78,45 @@ def nf4_word_levels(words):
             v[6].to(tl.float32, bitcast=True), v[7].to(tl.float32, bitcast=True))
 
 
+def int_word_ptx(bits: int) -> str:
+    """PTX that splits an int32 word of 32 // bits integer fields (field j at bits j * bits; 4- or
+    2-bit fields) into the float32 bits of 2^23 + field, one output each ($0.., the word last).
+
+    The word is masked into 8 // bits byte planes (plane s: field s of every byte, in that byte's
+    low bits); then one ``prmt`` per field copies its byte under the constant 0x4B000000 (the
+    exponent of 2^23): 11 instructions per 8 int4 fields, where a shift, a mask and an or per field
+    took ~2.6 after ptxas (kernels/NOTES.md).
+    """
+    fields, planes = 32 // bits, 8 // bits
+    byte_mask = ((1 << bits) - 1) * 0x01010101
+    lines = ["{", f".reg .b32 iw, ic, ip<{planes}>;", f"mov.b32 iw, ${fields};", "mov.b32 ic, 0x4B000000;",
+             f"and.b32 ip0, iw, {byte_mask:#010x};"]
+    for s in range(1, planes):
+        lines += [f"shr.u32 ip{s}, iw, {s * bits};", f"and.b32 ip{s}, ip{s}, {byte_mask:#010x};"]
+    # result bytes: the field's byte (selector i: byte i of the plane), then ic's bytes 0, 1 and 3
+    lines += [f"prmt.b32 ${i * planes + s}, ip{s}, ic, {0x7540 + i:#06x};" for i in range(4) for s in range(planes)]
+    return "\n".join(lines + ["}"])
+
+
+INT4_WORD_PTX = tl.constexpr(int_word_ptx(4))
+INT2_WORD_PTX = tl.constexpr(int_word_ptx(2))
+
+
+@triton.jit
+def int_word_fields(words, BITS: tl.constexpr):
+    """The 32 // BITS fields of int32 words (BITS 4 or 2) as the float32 bits of 2^23 + field: a
+    tuple of int32 tensors shaped like words, field j first (int_word_ptx). GPU only."""
+    if BITS == 4:
+        return tl.inline_asm_elementwise(INT4_WORD_PTX, "=r,=r,=r,=r,=r,=r,=r,=r,r", [words],
+                                         dtype=(tl.int32, tl.int32, tl.int32, tl.int32, tl.int32, tl.int32,
+                                                tl.int32, tl.int32), is_pure=True, pack=1)
+    else:
+        return tl.inline_asm_elementwise(INT2_WORD_PTX, "=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,r",
+                                         [words], dtype=(tl.int32, tl.int32, tl.int32, tl.int32, tl.int32, tl.int32,
+                                                         tl.int32, tl.int32, tl.int32, tl.int32, tl.int32, tl.int32,
+                                                         tl.int32, tl.int32, tl.int32, tl.int32), is_pure=True, pack=1)
+
+
 @triton.jit
 def field_values(fields, table_ptr, OFFSET: tl.constexpr, CODE: tl.constexpr):
     """float32 values of int32 fields: field - OFFSET (CODE 0, integer schemes), the NF4 level

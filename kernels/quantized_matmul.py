@@ -31,7 +31,8 @@ import triton.language as tl
 
 from .checks import cdiv, check_matrix, check_same_device, interpreting
 from .codebooks import code_table, scales_of
-from .dequantization import GRANULARITY_IDS, dequant_tile, dequantize, field_values, nf4_word_levels, unpack_tile
+from .dequantization import (GRANULARITY_IDS, dequant_tile, dequantize, field_values, int_word_fields, nf4_word_levels,
+                              unpack_tile)
 from .exact_math import ON_GPU
 from .quantization import CODE_IDS
 from .launching import Launcher
@@ -110,11 +111,16 @@ def qgemv_kernel(x_ptr, units_ptr, scales_ptr, zeros_ptr, table_ptr, y_ptr, part
                              eviction_policy="evict_first")
         packed = packed.to(tl.int32)
         NF4_WORDS: tl.constexpr = CODE == 1 and ON_GPU and FIELDS == 8
+        INT_WORDS: tl.constexpr = CODE == 0 and ON_GPU and BITS < 8 and FIELDS == 32 // BITS
         if NF4_WORDS:
             levels = nf4_word_levels(packed)  # the 8 fields' levels, decoded in registers
+        if INT_WORDS:
+            biased = int_word_fields(packed, BITS)  # the bits of 2^23 + field, one prmt each
         for j in tl.static_range(FIELDS):
             if NF4_WORDS:
                 q = levels[j]
+            elif INT_WORDS:
+                q = biased[j].to(tl.float32, bitcast=True) - (8388608.0 + OFFSET)
             else:
                 q = field_values((packed >> (j * BITS)) & FIELD_MASK, table_ptr, OFFSET, CODE)
             cols = k0 + tile_units * FIELDS + j
@@ -221,9 +227,12 @@ def _prune_gemm(configs, named_args, **kwargs):
 
 # (BLOCK_N, BLOCK_K, SPLIT_K, num_warps). On an H200 (kernels/NOTES.md) int4 per group at 8192^2
 # took (64, 256, 4, 8), int8 per channel (32, 512, 1, 8), int4 per channel and 4096^2 (8, 1024, 1, 4).
+# A thread holds BLOCK_N / (8 * num_warps) rows of a 128-column group (4 words of each) and reads
+# the activations of its columns once for all of them: the last six tiles give it 4 rows.
 GEMV_TILES = [(8, 512, 1, 4), (16, 512, 1, 4), (16, 256, 1, 4), (8, 256, 1, 2), (8, 1024, 1, 4), (32, 512, 1, 8),
               (4, 1024, 1, 2), (16, 512, 2, 4), (16, 512, 4, 4), (32, 512, 4, 8), (32, 256, 2, 4), (64, 256, 4, 8),
-              (128, 256, 4, 8), (64, 512, 2, 8), (64, 256, 8, 8)]
+              (128, 256, 4, 8), (64, 512, 2, 8), (64, 256, 8, 8),
+              (64, 256, 4, 2), (64, 256, 8, 2), (128, 256, 4, 4), (128, 256, 8, 4), (128, 512, 2, 4), (256, 256, 4, 8)]
 GEMV_CONFIGS = [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk}, num_warps=w) for bn, bk, sk, w in GEMV_TILES]
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages)
 # On an H100 at M = 4096, N = K = 8192 (int4): BLOCK_K 128 ran 1.3x faster than 64 (1.87 ms

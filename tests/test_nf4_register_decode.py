@@ -1,6 +1,7 @@
-"""The PTX that decodes NF4 fields in registers (dequantization.nf4_word_ptx), run here through a
-small emulator of the instructions it uses, since the interpreter cannot run inline PTX (on the GPU,
-tests/gpu/test_fast_forms.py checks the compiled form against the same table).
+"""The PTX that decodes NF4 fields in registers (dequantization.nf4_word_ptx), and the one that
+splits int4 and int2 words into biased floats (int_word_ptx), run here through a small emulator of
+the instructions they use, since the interpreter cannot run inline PTX (on the GPU,
+tests/gpu/test_fast_forms.py checks the compiled forms against the same answers).
 
 Each instruction is emulated from the PTX ISA's definition (prmt's default and sign-replicating
 byte selection, lop3's truth table); an instruction the emulator does not know fails the test, so a
@@ -98,3 +99,18 @@ def test_the_emulator_reads_prmt_as_the_isa_defines_it():
     assert prmt(a, b, 0x0123) == 0x00112233
     assert prmt(0x00800000, 0, 0x8A88) == 0x00FF0000  # byte 2 sign-replicated
     assert lop3(0xF0F0F0F0, 0xCCCCCCCC, 0xAAAAAAAA, 0xE4) == (0xF0F0F0F0 & 0xAAAAAAAA) | (0xCCCCCCCC & 0x55555555)
+
+
+@pytest.mark.parametrize("bits", [4, 2])
+def test_integer_words_split_into_the_bits_of_two_to_23_plus_each_field(bits):
+    pytest.importorskip("triton")
+    from quantbench.kernels.dequantization import int_word_ptx
+    code = int_word_ptx(bits)
+    fields = 32 // bits
+    rng = random.Random(bits)
+    words = [rng.getrandbits(32) for _ in range(300)] + [0, MASK32, 0x12345678, 0x87654321]
+    for word in words:
+        regs = run_ptx(code, {f"${fields}": word})
+        want = [struct.unpack("<I", struct.pack("<f", 2.0 ** 23 + ((word >> (bits * j)) & ((1 << bits) - 1))))[0]
+                for j in range(fields)]
+        assert [regs[f"${j}"] for j in range(fields)] == want, hex(word)

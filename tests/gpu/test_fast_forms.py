@@ -8,6 +8,8 @@
   word position, against the level table; through dequantize (bytes joined into words) against
   the reference, and through the GEMV (int32 words, and bytes, which keep the table load) against
   float64.
+- dequantization.int_word_fields: int4 and int2 words split into the bits of 2^23 + field by
+  prmt, for every byte at every word position; through the GEMV against float64.
 """
 
 import pytest
@@ -17,7 +19,7 @@ import triton.language as tl
 
 from quantbench.kernels import QuantSpec, dequantize, dequantize_ref, qmatmul, quantize, quantize_ref
 from quantbench.kernels.codebooks import scales_of
-from quantbench.kernels.dequantization import nf4_word_levels
+from quantbench.kernels.dequantization import int_word_fields, nf4_word_levels
 from quantbench.kernels.exact_math import divide
 from quantbench.kernels.spec import NF4_LEVELS, NF4_MIDPOINTS, QuantizedTensor
 
@@ -156,6 +158,48 @@ def test_nf4_word_levels_give_every_level_at_every_field():
     fields = torch.stack([w & 15, w >> 4], dim=-1).reshape(-1)  # field 2i: byte i's low nibble
     want = torch.tensor(NF4_LEVELS, dtype=torch.float32)[fields]
     assert torch.equal(out.cpu(), want)
+
+
+@triton.jit
+def word_fields_kernel(words_ptr, out_ptr, BITS: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    v = int_word_fields(tl.load(words_ptr + offs), BITS)
+    for j in tl.static_range(32 // BITS):
+        tl.store(out_ptr + offs * (32 // BITS) + j, v[j].to(tl.float32, bitcast=True))
+
+
+@pytest.mark.parametrize("bits", [4, 2])
+def test_int_word_fields_give_every_field_at_every_position(bits):
+    words = every_byte_codes(64, 1024).view(torch.int32).reshape(-1).to(CUDA)
+    fields = 32 // bits
+    out = torch.empty(words.numel() * fields, dtype=torch.float32, device=CUDA)
+    word_fields_kernel[(words.numel() // 256,)](words, out, BITS=bits, BLOCK=256)
+    w = words.cpu().view(torch.uint8).to(torch.int64)
+    want = torch.stack([(w >> (bits * s)) & ((1 << bits) - 1) for s in range(8 // bits)], dim=-1).reshape(-1)
+    assert torch.equal(out.cpu(), want.to(torch.float32) + 2.0 ** 23)
+
+
+G128 = QuantSpec(4, "asymmetric", "group", 128)
+
+
+@pytest.mark.parametrize("spec,dtype", [(G128, torch.float16), (G128, torch.bfloat16), (G128, torch.float32),
+                                        (QuantSpec(4, "symmetric", "channel"), torch.float16),
+                                        (QuantSpec(2, "asymmetric", "group", 64), torch.float16),
+                                        (QuantSpec(4, "asymmetric", "tensor"), torch.float16)], ids=str)
+def test_integer_gemv_over_words_matches_float64(spec, dtype):
+    gen = torch.Generator().manual_seed(6)
+    n, k = 192, 1024
+    w = torch.randn(n, k, generator=gen).to(dtype).to(CUDA)
+    x = torch.randn(1, k, generator=gen).to(dtype).to(CUDA)
+    q = quantize(w, spec)
+    w_hat = dequantize_ref(q, torch.float32).double()
+    want = x.double() @ w_hat.t()
+    got = qmatmul(x, q).double()
+    # one rounding to the output dtype, plus the float32 sum's error (a few ulps of sum |x w|); a
+    # single field decoded wrong moves y by ~|x| * scale, ~0.3 here, over 10x this bound in float16
+    # and float32
+    tol = torch.finfo(dtype).eps * want.abs() + 2.0 ** -18 * (x.double().abs() @ w_hat.abs().t())
+    assert ((got - want).abs() <= tol).all(), ((got - want).abs() / tol).max()
 
 
 @pytest.mark.parametrize("k", [1024, 96])  # whole tiles; a tile longer than the row (masked bytes)
