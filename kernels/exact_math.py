@@ -35,7 +35,7 @@ def rounded_int(v):
 
 
 @triton.jit
-def divide(a, s, SAFE_RANGE: tl.constexpr):
+def divide(a, s, SAFE_RANGE: tl.constexpr, SIGNED_ZERO: tl.constexpr = True):
     """a / s rounded to nearest, ties to even: tl.div_rn's result, without a reciprocal per element.
 
     On the GPU, r = 1 / s is taken once per scale (s broadcasts along the last axis), then each
@@ -45,6 +45,8 @@ def divide(a, s, SAFE_RANGE: tl.constexpr):
     |s| stays in [2**-80, 2**80] and |a / s| is not far below 2**-10 (smaller quotients are code 0
     in every format whichever way they round). SAFE_RANGE: every |s| is known to be in range (the
     scales are float16); otherwise a tile with a scale outside it divides with tl.div_rn.
+    SIGNED_ZERO False: a quotient of -0.0 may come out +0.0 (for callers that round it to an
+    integer or compare it, where the two are the same).
     a must be finite where s is not NaN (in quantize an infinite element poisons its segment's
     scale to NaN): an infinite a would meet an infinite remainder and come out NaN, not +-inf.
     """
@@ -59,7 +61,8 @@ def divide(a, s, SAFE_RANGE: tl.constexpr):
             q0 = a * r
             q = tl.fma(tl.fma(-s, q0, a), r, q0)
             q = tl.fma(tl.fma(-s, q, a), r, q)
-            q = tl.where(a == 0, q0, q)  # a correction adds +0 to -0: a / s of -0.0 keeps its sign
+            if SIGNED_ZERO:  # a correction adds +0 to -0: a / s of -0.0 keeps its sign
+                q = tl.where(a == 0, q0, q)
         else:
             q = tl.div_rn(a, s)
     else:

@@ -18,7 +18,7 @@ import triton.language as tl
 
 from .checks import cdiv, check_matrix
 from .codebooks import code_table, decode_scales, double_quantize
-from .exact_math import divide, round_to, rounded_int
+from .exact_math import ON_GPU, divide, round_to, rounded_int
 from .launching import Launcher
 from .references import qparams_ref, quantize_ref, refuse_poisoned_segments  # noqa: F401 (the reference beside its kernel)
 from .spec import QuantizedTensor, QuantSpec
@@ -49,14 +49,48 @@ def minmax_operands(x, mask):
 
 
 @triton.jit
+def min_keeping_nan(a, b):
+    return tl.minimum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def max_keeping_nan(a, b):
+    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def segment_range(x, mask, SHAPE: tl.constexpr, AXIS: tl.constexpr):
+    """(min, max) of the float32 tile x reshaped to SHAPE, along AXIS, over the elements in `mask`
+    (None: all of them); a NaN or an infinity makes the range infinite or NaN (qparams poisons it).
+
+    On the GPU a NaN is kept by the reductions themselves (min.NaN and max.NaN: one instruction an
+    element each); the interpreter's reductions differ on NaN, so there minmax_operands stands in
+    for it (a NaN counts as -inf for the minimum and +inf for the maximum)."""
+    if ON_GPU:
+        if mask is None:
+            for_min = x
+            for_max = x
+        else:
+            for_min = tl.where(mask, x, float("inf"))
+            for_max = tl.where(mask, x, float("-inf"))
+        lo = tl.reduce(tl.reshape(for_min, SHAPE), AXIS, min_keeping_nan)
+        hi = tl.reduce(tl.reshape(for_max, SHAPE), AXIS, max_keeping_nan)
+    else:
+        for_min, for_max = minmax_operands(x, mask)
+        lo = tl.min(tl.reshape(for_min, SHAPE), axis=AXIS)
+        hi = tl.max(tl.reshape(for_max, SHAPE), axis=AXIS)
+    return lo, hi
+
+
+@triton.jit
 def qparams(lo, hi, scale_ty: tl.constexpr, QMAX: tl.constexpr, SYMMETRIC: tl.constexpr):
     """Stored scale and zero (as float32) from a segment's min and max; see spec.py.
 
-    lo and hi are never NaN here (minmax_operands). A scale that is not finite (an infinite
-    element, a NaN, or a range wider than float32) poisons the segment: scale and zero are NaN.
+    A scale that is not finite (an infinite element, a NaN, or a range wider than float32) poisons
+    the segment: scale and zero are NaN (lo and hi may be NaN: segment_range).
     """
     if SYMMETRIC:
-        span = tl.maximum(-lo, hi)
+        span = tl.maximum(-lo, hi, propagate_nan=tl.PropagateNan.ALL)
     else:
         span = hi - lo
     scale = round_to(tl.div_rn(span, tl.full(span.shape, QMAX, tl.float32)), scale_ty)
@@ -98,10 +132,11 @@ def quantize_tile(x, scale, zero, table_ptr, QMIN: tl.constexpr, QMAX: tl.conste
     is greater than no midpoint).
     """
     a = x if SYMMETRIC else x - zero
-    v = divide(a, scale, SAFE_RANGE)
+    v = divide(a, scale, SAFE_RANGE, SIGNED_ZERO=CODE == 2)  # only e4m3 codes tell -0.0 from 0.0
     if CODE == 0:
-        v = tl.where(v == v, v, QMIN)
-        v = tl.minimum(tl.maximum(v, QMIN), QMAX)
+        if not ON_GPU:
+            v = tl.where(v == v, v, QMIN)
+        v = tl.minimum(tl.maximum(v, QMIN), QMAX)  # on the GPU, max.f32 of NaN and QMIN is QMIN
         fields = rounded_int(v) - QMIN
     elif CODE == 1:
         # the count of midpoints below v, by binary search on the ascending midpoints: the count is
@@ -242,9 +277,9 @@ def quantize_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, table_ptr, N, K, st
             cols = k0 + tl.arange(0, BLOCK_K)
             mask = row_ok[:, None] & (cols[None, :] < K)
             x = tl.load(x_rows + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-            for_min, for_max = minmax_operands(x, mask)
-            lo = tl.minimum(lo, tl.min(for_min, axis=1))
-            hi = tl.maximum(hi, tl.max(for_max, axis=1))
+            tile_lo, tile_hi = segment_range(x, mask, (BLOCK_N, BLOCK_K), 1)
+            lo = min_keeping_nan(lo, tile_lo)
+            hi = max_keeping_nan(hi, tile_hi)
         lo = tl.where(row_ok, lo, 0.0)  # rows past N: keep their (unstored) parameters finite
         hi = tl.where(row_ok, hi, 0.0)
         scale, zero = qparams(lo, hi, scales_ptr.dtype.element_ty, QMAX, SYMMETRIC)
@@ -262,10 +297,11 @@ def quantize_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, table_ptr, N, K, st
         cols = k0 + tl.arange(0, BLOCK_K)
         if EVEN:
             mask = None
-            x = tl.load(x_rows + cols[None, :]).to(tl.float32)
+            x_in = tl.load(x_rows + cols[None, :])
         else:
             mask = row_ok[:, None] & (cols[None, :] < K)
-            x = tl.load(x_rows + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+            x_in = tl.load(x_rows + cols[None, :], mask=mask, other=0.0)
+        x = x_in.to(tl.float32)
         if MODE == 0:
             scale = tl.zeros((BLOCK_N, NG), tl.float32) + tl.load(scales_ptr).to(tl.float32)
             if SYMMETRIC:
@@ -279,9 +315,11 @@ def quantize_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, table_ptr, N, K, st
                             other=1.0).to(tl.float32)
             zero = tl.zeros((BLOCK_N, NG), tl.float32)
         else:
-            for_min, for_max = minmax_operands(x, mask)
-            lo = tl.min(tl.reshape(for_min, (BLOCK_N, NG, GROUP)), axis=2)
-            hi = tl.max(tl.reshape(for_max, (BLOCK_N, NG, GROUP)), axis=2)
+            # float16 ranges are taken on the loaded halves, two to an instruction (exact; the
+            # float32 conversion of the result is too), others on the float32 tile
+            lo, hi = segment_range(x_in if x_in.dtype == tl.float16 else x, mask, (BLOCK_N, NG, GROUP), 2)
+            lo = lo.to(tl.float32)
+            hi = hi.to(tl.float32)
             groups = pid_k * NG + tl.arange(0, NG)
             g_mask = row_ok[:, None] & (groups[None, :] < tl.cdiv(K, GROUP))
             lo = tl.where(g_mask, lo, 0.0)  # groups past the matrix: keep them finite, never stored
