@@ -78,40 +78,48 @@ def nf4_word_levels(words):
             v[6].to(tl.float32, bitcast=True), v[7].to(tl.float32, bitcast=True))
 
 
-def int_word_ptx(bits: int) -> str:
+def int_word_ptx(bits: int, halves: bool = False) -> str:
     """PTX that splits an int32 word of 32 // bits integer fields (field j at bits j * bits; 4- or
-    2-bit fields) into the float32 bits of 2^23 + field, one output each ($0.., the word last).
+    2-bit fields) into float32 bits, one output each ($0.., the word last): those of 2^23 + field,
+    or with `halves` those of 1/2 + field / 256.
 
     The word is masked into 8 // bits byte planes (plane s: field s of every byte, in that byte's
-    low bits); then one ``prmt`` per field copies its byte under the constant 0x4B000000 (the
-    exponent of 2^23): 11 instructions per 8 int4 fields, where a shift, a mask and an or per field
-    took ~2.6 after ptxas (kernels/NOTES.md).
+    low bits); then one ``prmt`` per field copies its byte into a constant: into the low byte of
+    0x4B000000 (the exponent of 2^23), or the third byte of 0x3F000000 (1/2; the field lands on the
+    mantissa's bits 16 to 19). 11 instructions per 8 int4 fields, where a shift, a mask and an or
+    per field took ~2.6 after ptxas (kernels/NOTES.md).
     """
     fields, planes = 32 // bits, 8 // bits
     byte_mask = ((1 << bits) - 1) * 0x01010101
-    lines = ["{", f".reg .b32 iw, ic, ip<{planes}>;", f"mov.b32 iw, ${fields};", "mov.b32 ic, 0x4B000000;",
+    constant, selector = (0x3F000000, 0x7054) if halves else (0x4B000000, 0x7540)
+    position = 8 if halves else 0  # of the selector's nibble that takes the field's byte
+    lines = ["{", f".reg .b32 iw, ic, ip<{planes}>;", f"mov.b32 iw, ${fields};", f"mov.b32 ic, {constant:#010x};",
              f"and.b32 ip0, iw, {byte_mask:#010x};"]
     for s in range(1, planes):
         lines += [f"shr.u32 ip{s}, iw, {s * bits};", f"and.b32 ip{s}, ip{s}, {byte_mask:#010x};"]
-    # result bytes: the field's byte (selector i: byte i of the plane), then ic's bytes 0, 1 and 3
-    lines += [f"prmt.b32 ${i * planes + s}, ip{s}, ic, {0x7540 + i:#06x};" for i in range(4) for s in range(planes)]
+    # the field's byte (selector i: byte i of the plane) among ic's bytes
+    lines += [f"prmt.b32 ${i * planes + s}, ip{s}, ic, {selector + (i << position):#06x};"
+              for i in range(4) for s in range(planes)]
     return "\n".join(lines + ["}"])
 
 
 INT4_WORD_PTX = tl.constexpr(int_word_ptx(4))
 INT2_WORD_PTX = tl.constexpr(int_word_ptx(2))
+INT4_HALVES_PTX = tl.constexpr(int_word_ptx(4, halves=True))
+INT2_HALVES_PTX = tl.constexpr(int_word_ptx(2, halves=True))
 
 
 @triton.jit
-def int_word_fields(words, BITS: tl.constexpr):
-    """The 32 // BITS fields of int32 words (BITS 4 or 2) as the float32 bits of 2^23 + field: a
-    tuple of int32 tensors shaped like words, field j first (int_word_ptx). GPU only."""
+def int_word_fields(words, BITS: tl.constexpr, HALVES: tl.constexpr = False):
+    """The 32 // BITS fields of int32 words (BITS 4 or 2) as the float32 bits of 2^23 + field (or,
+    HALVES, of 1/2 + field / 256): a tuple of int32 tensors shaped like words, field j first
+    (int_word_ptx). GPU only."""
     if BITS == 4:
-        return tl.inline_asm_elementwise(INT4_WORD_PTX, "=r,=r,=r,=r,=r,=r,=r,=r,r", [words],
+        return tl.inline_asm_elementwise(INT4_HALVES_PTX if HALVES else INT4_WORD_PTX, "=r,=r,=r,=r,=r,=r,=r,=r,r", [words],
                                          dtype=(tl.int32, tl.int32, tl.int32, tl.int32, tl.int32, tl.int32,
                                                 tl.int32, tl.int32), is_pure=True, pack=1)
     else:
-        return tl.inline_asm_elementwise(INT2_WORD_PTX, "=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,r",
+        return tl.inline_asm_elementwise(INT2_HALVES_PTX if HALVES else INT2_WORD_PTX, "=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,r",
                                          [words], dtype=(tl.int32, tl.int32, tl.int32, tl.int32, tl.int32, tl.int32,
                                                          tl.int32, tl.int32, tl.int32, tl.int32, tl.int32, tl.int32,
                                                          tl.int32, tl.int32, tl.int32, tl.int32), is_pure=True, pack=1)

@@ -61,7 +61,8 @@ def qgemv_kernel(x_ptr, units_ptr, scales_ptr, zeros_ptr, table_ptr, y_ptr, part
                  BITS: tl.constexpr, FIELDS: tl.constexpr, OFFSET: tl.constexpr, CODE: tl.constexpr,
                  SYMMETRIC: tl.constexpr,
                  GRANULARITY: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 SPLIT_K: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr):
+                 SPLIT_K: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr, STAGES: tl.constexpr = 1,
+                 FOLD_OFFSET: tl.constexpr = False):
     """y[1, N] = x[1, K] @ W_hat^T. Grid: (cdiv(N, BLOCK_N), SPLIT_K).
 
     The codes are read as units of FIELDS bit fields: the packed bytes of ``quantize`` viewed as
@@ -99,9 +100,12 @@ def qgemv_kernel(x_ptr, units_ptr, scales_ptr, zeros_ptr, table_ptr, y_ptr, part
     row_ok = rows < N
     segs = tl.arange(0, NSEG)
     tile_units = segs[:, None] * SEG_UNITS + tl.arange(0, SEG_UNITS)[None, :]  # [NSEG, SEG_UNITS]
+    NF4_WORDS: tl.constexpr = CODE == 1 and ON_GPU and FIELDS == 8
+    INT_WORDS: tl.constexpr = CODE == 0 and ON_GPU and BITS < 8 and FIELDS == 32 // BITS
     acc = tl.zeros((BLOCK_N, NSEG, SEG_UNITS), tl.float32)
     x_total = tl.zeros((NSEG, SEG_UNITS), tl.float32)  # sum of x (per-channel and per-tensor zeros)
-    for k0 in range(k_lo, k_hi, BLOCK_K):
+    # STAGES > 1: the loads of the next tiles are issued (through shared memory) before this one is reduced
+    for k0 in tl.range(k_lo, k_hi, BLOCK_K, num_stages=STAGES):
         unit_cols = k0 // FIELDS + tile_units
         unit_ptrs = units_ptr + rows[:, None, None] * stride_un + unit_cols[None, :, :]
         if EVEN_N and EVEN_K:
@@ -110,15 +114,16 @@ def qgemv_kernel(x_ptr, units_ptr, scales_ptr, zeros_ptr, table_ptr, y_ptr, part
             packed = tl.load(unit_ptrs, mask=row_ok[:, None, None] & (unit_cols < row_units)[None, :, :], other=0,
                              eviction_policy="evict_first")
         packed = packed.to(tl.int32)
-        NF4_WORDS: tl.constexpr = CODE == 1 and ON_GPU and FIELDS == 8
-        INT_WORDS: tl.constexpr = CODE == 0 and ON_GPU and BITS < 8 and FIELDS == 32 // BITS
         if NF4_WORDS:
             levels = nf4_word_levels(packed)  # the 8 fields' levels, decoded in registers
         if INT_WORDS:
-            biased = int_word_fields(packed, BITS)  # the bits of 2^23 + field, one prmt each
+            # the bits of 2^23 + field (or 1/2 + field / 256), one prmt each
+            biased = int_word_fields(packed, BITS, FOLD_OFFSET)
         for j in tl.static_range(FIELDS):
             if NF4_WORDS:
                 q = levels[j]
+            elif INT_WORDS and FOLD_OFFSET:
+                q = biased[j].to(tl.float32, bitcast=True)
             elif INT_WORDS:
                 q = biased[j].to(tl.float32, bitcast=True) - (8388608.0 + OFFSET)
             else:
@@ -134,14 +139,23 @@ def qgemv_kernel(x_ptr, units_ptr, scales_ptr, zeros_ptr, table_ptr, y_ptr, part
             else:
                 dot += xv[None, :, :] * q
                 x_sum += xv
+        if INT_WORDS and FOLD_OFFSET:
+            # sum x (field - OFFSET) = 256 sum x (1/2 + field / 256) - (128 + OFFSET) sum x
+            dot = dot * 256.0 - (x_sum * (128.0 + OFFSET))[None, :, :]
         if GRANULARITY == 2:
             seg_cols = k0 + segs * SEG
             s_off = rows[:, None] * stride_sn + (seg_cols // GROUP)[None, :]
-            s_ok = row_ok[:, None] & (seg_cols < K)[None, :]
-            scale = tl.load(scales_ptr + s_off, mask=s_ok, other=1.0).to(tl.float32)[:, :, None]
+            if EVEN_N and EVEN_K:
+                scale = tl.load(scales_ptr + s_off).to(tl.float32)[:, :, None]
+            else:
+                s_ok = row_ok[:, None] & (seg_cols < K)[None, :]
+                scale = tl.load(scales_ptr + s_off, mask=s_ok, other=1.0).to(tl.float32)[:, :, None]
             acc += dot * scale
             if not SYMMETRIC:
-                zero = tl.load(zeros_ptr + s_off, mask=s_ok, other=0.0).to(tl.float32)[:, :, None]
+                if EVEN_N and EVEN_K:
+                    zero = tl.load(zeros_ptr + s_off).to(tl.float32)[:, :, None]
+                else:
+                    zero = tl.load(zeros_ptr + s_off, mask=s_ok, other=0.0).to(tl.float32)[:, :, None]
                 acc += x_sum[None, :, :] * zero
         else:
             acc += dot

@@ -101,16 +101,18 @@ def test_the_emulator_reads_prmt_as_the_isa_defines_it():
     assert lop3(0xF0F0F0F0, 0xCCCCCCCC, 0xAAAAAAAA, 0xE4) == (0xF0F0F0F0 & 0xAAAAAAAA) | (0xCCCCCCCC & 0x55555555)
 
 
+@pytest.mark.parametrize("halves", [False, True], ids=["2^23 + field", "1/2 + field/256"])
 @pytest.mark.parametrize("bits", [4, 2])
-def test_integer_words_split_into_the_bits_of_two_to_23_plus_each_field(bits):
+def test_integer_words_split_into_the_bits_of_a_biased_float_per_field(bits, halves):
     pytest.importorskip("triton")
     from quantbench.kernels.dequantization import int_word_ptx
-    code = int_word_ptx(bits)
+    code = int_word_ptx(bits, halves)
     fields = 32 // bits
     rng = random.Random(bits)
     words = [rng.getrandbits(32) for _ in range(300)] + [0, MASK32, 0x12345678, 0x87654321]
     for word in words:
         regs = run_ptx(code, {f"${fields}": word})
-        want = [struct.unpack("<I", struct.pack("<f", 2.0 ** 23 + ((word >> (bits * j)) & ((1 << bits) - 1))))[0]
-                for j in range(fields)]
+        values = [(word >> (bits * j)) & ((1 << bits) - 1) for j in range(fields)]
+        biased = [0.5 + v / 256 if halves else 2.0 ** 23 + v for v in values]
+        want = [struct.unpack("<I", struct.pack("<f", b))[0] for b in biased]
         assert [regs[f"${j}"] for j in range(fields)] == want, hex(word)
