@@ -239,15 +239,17 @@ def _prune_gemm(configs, named_args, **kwargs):
     return kept or _prune(configs, named_args)[:1]
 
 
-# (BLOCK_N, BLOCK_K, SPLIT_K, num_warps). On an H200 (kernels/NOTES.md) int4 per group at 8192^2
-# took (64, 256, 4, 8), int8 per channel (32, 512, 1, 8), int4 per channel and 4096^2 (8, 1024, 1, 4).
-# A thread holds BLOCK_N / (8 * num_warps) rows of a 128-column group (4 words of each) and reads
-# the activations of its columns once for all of them: the last six tiles give it 4 rows.
-GEMV_TILES = [(8, 512, 1, 4), (16, 512, 1, 4), (16, 256, 1, 4), (8, 256, 1, 2), (8, 1024, 1, 4), (32, 512, 1, 8),
-              (4, 1024, 1, 2), (16, 512, 2, 4), (16, 512, 4, 4), (32, 512, 4, 8), (32, 256, 2, 4), (64, 256, 4, 8),
-              (128, 256, 4, 8), (64, 512, 2, 8), (64, 256, 8, 8),
-              (64, 256, 4, 2), (64, 256, 8, 2), (128, 256, 4, 4), (128, 256, 8, 4), (128, 512, 2, 4), (256, 256, 4, 8)]
-GEMV_CONFIGS = [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk}, num_warps=w) for bn, bk, sk, w in GEMV_TILES]
+# (BLOCK_N, BLOCK_K, SPLIT_K, num_warps, STAGES). A thread holds BLOCK_N / (8 * num_warps) rows of
+# a 128-column group (4 words of each; BLOCK_N / (4 * num_warps) per channel) and reads the
+# activations of its columns once for all of them. On an H200 at 8192^2 (kernels/NOTES.md) int8
+# per channel took (32, 512, 1, 8), NF4 g64 (8, 1024, 1, 4), int4 per channel (128, 256, 8, 4),
+# int4 g128 (64, 256, 4, 2); STAGES 3 (the next tiles' loads issued through shared memory before
+# this one is reduced) won only in the two tiles that have it here and NF4's (16, 512, 1, 4).
+GEMV_TILES = [(8, 512, 1, 4, 1), (16, 512, 1, 4, 1), (8, 1024, 1, 4, 1), (32, 512, 1, 8, 1), (4, 1024, 1, 2, 1),
+              (32, 256, 2, 4, 1), (64, 256, 4, 8, 1), (128, 256, 4, 8, 1), (64, 256, 4, 2, 1), (64, 256, 8, 2, 1),
+              (128, 256, 4, 4, 1), (128, 256, 8, 4, 1), (64, 256, 8, 2, 3), (128, 256, 8, 4, 3), (16, 512, 1, 4, 3)]
+GEMV_CONFIGS = [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk, "STAGES": st}, num_warps=w)
+                for bn, bk, sk, w, st in GEMV_TILES]
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages)
 # On an H100 at M = 4096, N = K = 8192 (int4): BLOCK_K 128 ran 1.3x faster than 64 (1.87 ms
 # against 2.45 ms per channel, 2.10 against 2.70 per group).
@@ -268,7 +270,7 @@ SPLIT_CONFIGS = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GR
 SPLIT_MAX_M = 64
 KEY = ["M_BUCKET", "N", "K", "BITS", "CODE", "SYMMETRIC", "GRANULARITY", "GROUP"]
 qgemv_tuned = triton.autotune(GEMV_CONFIGS, key=["N", "K", "BITS", "FIELDS", "CODE", "SYMMETRIC", "GRANULARITY",
-                                                 "GROUP"],
+                                                 "GROUP", "FOLD_OFFSET"],
                               prune_configs_by={"early_config_prune": _prune}, do_bench=tuning_bench)(
     triton.heuristics({"EVEN_N": lambda a: a["N"] % a["BLOCK_N"] == 0,
                        "EVEN_K": lambda a: a["K"] % a["BLOCK_K"] == 0})(qgemv_kernel))
@@ -322,11 +324,15 @@ def _gemv(x: torch.Tensor, q: QuantizedTensor, y: torch.Tensor) -> None:
     scales = scales_of(q)
     args = (x, units, scales, scales if q.zeros is None else q.zeros, code_table(spec, x.device), y, partials, tickets,
             n, k, units.stride(0), scales.stride(0), units.shape[1])
+    # asymmetric integer codes with half-precision activations: the offset folded per unit (one
+    # instruction less an element; the float32 sums keep ~19 bits, far past the output's 8 or 11)
+    fold = not spec.symmetric and spec.codebook == "integer" and x.dtype != torch.float32
     fmt = dict(BITS=spec.bits, FIELDS=units.element_size() * spec.per_byte, OFFSET=spec.offset,
-               CODE=CODE_IDS[spec.codebook], SYMMETRIC=spec.symmetric, GRANULARITY=GRANULARITY_IDS[spec.granularity], GROUP=spec.group_size or 1)
+               CODE=CODE_IDS[spec.codebook], SYMMETRIC=spec.symmetric, GRANULARITY=GRANULARITY_IDS[spec.granularity],
+               GROUP=spec.group_size or 1, FOLD_OFFSET=fold)
     if interpreting():
         qgemv_kernel[(cdiv(n, 16), 2)](*args, **fmt, BLOCK_N=16, BLOCK_K=64, SPLIT_K=2,
-                                       EVEN_N=False, EVEN_K=False)
+                                       EVEN_N=False, EVEN_K=False, STAGES=1)
     else:
         _gemv_launch(lambda meta: (cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"]), args, fmt)
 
