@@ -36,6 +36,7 @@ from .dequantization import (GRANULARITY_IDS, dequant_tile, dequantize, field_va
 from .exact_math import ON_GPU
 from .quantization import CODE_IDS
 from .launching import Launcher
+from .matmul_tiles import GEMM_CONFIGS, GEMV_CONFIGS, SPLIT_CONFIGS, SPLIT_MAX_M, prune, prune_gemm
 from .references import check_weight_once, dequantize_ref
 from .split_k import finish_tile, split_workspace
 from .tuning import tuning_bench
@@ -223,61 +224,16 @@ def qgemm_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, table_ptr, y_ptr, part
     finish_tile(y_ptr, partials_ptr, tickets_ptr, pid, tl.trans(acc), rows_x, rows_w, M, N, stride_ym, SPLIT_K)
 
 
-def _prune(configs, named_args, **kwargs):
-    """Drop configs with tiles wider than the problem; keep the narrowest if nothing else is left."""
-    n, k = named_args["N"], named_args["K"]
-    kept = [c for c in configs
-            if c.kwargs["BLOCK_K"] <= max(32, triton.next_power_of_2(k))
-            and c.kwargs["BLOCK_N"] <= max(64, triton.next_power_of_2(n))]
-    return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_K"])]
-
-
-def _prune_gemm(configs, named_args, **kwargs):
-    """As _prune, and x tiles no taller than the M bucket (a 256-row tile at M = 16 is mostly padding)."""
-    bucket = named_args["M_BUCKET"]
-    kept = [c for c in _prune(configs, named_args) if c.kwargs["BLOCK_M"] <= max(16, bucket)]
-    return kept or _prune(configs, named_args)[:1]
-
-
-# (BLOCK_N, BLOCK_K, SPLIT_K, num_warps, STAGES). A thread holds BLOCK_N / (8 * num_warps) rows of
-# a 128-column group (4 words of each; BLOCK_N / (4 * num_warps) per channel) and reads the
-# activations of its columns once for all of them. On an H200 at 8192^2 (kernels/NOTES.md) int8
-# per channel took (32, 512, 1, 8), NF4 g64 (8, 1024, 1, 4), int4 per channel (128, 256, 8, 4),
-# int4 g128 (64, 256, 4, 2); STAGES 3 (the next tiles' loads issued through shared memory before
-# this one is reduced) won only in the two tiles that have it here and NF4's (16, 512, 1, 4).
-GEMV_TILES = [(8, 512, 1, 4, 1), (16, 512, 1, 4, 1), (8, 1024, 1, 4, 1), (32, 512, 1, 8, 1), (4, 1024, 1, 2, 1),
-              (32, 256, 2, 4, 1), (64, 256, 4, 8, 1), (128, 256, 4, 8, 1), (64, 256, 4, 2, 1), (64, 256, 8, 2, 1),
-              (128, 256, 4, 4, 1), (128, 256, 8, 4, 1), (64, 256, 8, 2, 3), (128, 256, 8, 4, 3), (16, 512, 1, 4, 3)]
-GEMV_CONFIGS = [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk, "STAGES": st}, num_warps=w)
-                for bn, bk, sk, w, st in GEMV_TILES]
-# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages)
-# On an H100 at M = 4096, N = K = 8192 (int4): BLOCK_K 128 ran 1.3x faster than 64 (1.87 ms
-# against 2.45 ms per channel, 2.10 against 2.70 per group).
-GEMM_TILES = [(128, 128, 128, 4, 3), (256, 128, 128, 8, 3), (128, 128, 128, 8, 3), (256, 128, 64, 8, 3),
-              (128, 128, 64, 8, 3), (128, 64, 128, 4, 3), (64, 128, 64, 4, 4), (64, 64, 128, 4, 4)]
-GEMM_CONFIGS = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "SPLIT_K": 1},
-                              num_warps=w, num_stages=s) for bm, bn, bk, w, s in GEMM_TILES]
-
-
-# Small M (up to SPLIT_MAX_M): few output tiles, so K is split too.
-# (BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages)
-# Every one splits K: measured on an H100 at N = K = 8192, unsplit tiles were 1.5-2x slower here.
-SPLIT_TILES = [(16, 64, 256, 4, 4, 3), (16, 64, 128, 4, 4, 4), (16, 64, 256, 8, 4, 3), (32, 64, 256, 4, 4, 3),
-               (32, 64, 128, 2, 4, 4), (64, 64, 128, 2, 4, 4), (64, 64, 256, 4, 4, 3)]
-SPLIT_CONFIGS = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "SPLIT_K": sk},
-                               num_warps=w, num_stages=s)
-                 for bm, bn, bk, sk, w, s in SPLIT_TILES]
-SPLIT_MAX_M = 64
 KEY = ["M_BUCKET", "N", "K", "BITS", "CODE", "SYMMETRIC", "GRANULARITY", "GROUP"]
 qgemv_tuned = triton.autotune(GEMV_CONFIGS, key=["N", "K", "BITS", "FIELDS", "CODE", "SYMMETRIC", "GRANULARITY",
                                                  "GROUP", "FOLD_OFFSET"],
-                              prune_configs_by={"early_config_prune": _prune}, do_bench=tuning_bench)(
+                              prune_configs_by={"early_config_prune": prune}, do_bench=tuning_bench)(
     triton.heuristics({"EVEN_N": lambda a: a["N"] % a["BLOCK_N"] == 0,
                        "EVEN_K": lambda a: a["K"] % a["BLOCK_K"] == 0})(qgemv_kernel))
-qgemm_tuned = triton.autotune(GEMM_CONFIGS, key=KEY + ["IEEE"], prune_configs_by={"early_config_prune": _prune_gemm},
+qgemm_tuned = triton.autotune(GEMM_CONFIGS, key=KEY + ["IEEE"], prune_configs_by={"early_config_prune": prune_gemm},
                               do_bench=tuning_bench)(qgemm_kernel)
 qgemm_split_tuned = triton.autotune(SPLIT_CONFIGS, key=KEY + ["IEEE"],
-                                    prune_configs_by={"early_config_prune": _prune_gemm},
+                                    prune_configs_by={"early_config_prune": prune_gemm},
                                     do_bench=tuning_bench)(qgemm_kernel)
 
 

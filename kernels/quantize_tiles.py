@@ -1,0 +1,36 @@
+"""How quantization.quantize_kernel is tiled for a format and a row length: its MODE, tile shape,
+segment length and warps (quantize_tiling)."""
+
+from __future__ import annotations
+
+import triton
+
+from .spec import QuantSpec
+
+TILE_ELEMS = 4096  # elements of W one program holds at a time
+MAX_CHUNK_K = 2048
+GROUP_TILE_K = 512  # columns per program for per-group scales: several groups per tile
+# Per-group scales: smaller tiles on 2 warps. On an H100, fp16 8192 x 8192 (GB/s the op must move,
+# against 2863 for a clone), from 4096 elements on 4 warps: int4 g128 1018 -> 1451 (asymmetric),
+# 1051 -> 1752 (symmetric), int4 g32 947 -> 1159; int8 and int2 within 2.5% either way (codes
+# identical; swept over tile shapes and 2 to 16 warps with scratch scripts, not committed).
+GROUP_TILE_ELEMS = 2048
+GROUP_WARPS = 2
+MAX_ROW_TILE_K = 8192  # per-channel scales: rows up to this long are held in one tile
+
+
+def quantize_tiling(spec: QuantSpec, k: int) -> tuple[int, int, int, int, int]:
+    """(MODE, BLOCK_N, BLOCK_K, GROUP, num_warps) of quantize_kernel for a granularity and K."""
+    row_k = max(spec.per_byte, triton.next_power_of_2(k))
+    if spec.granularity == "group":
+        block_k = max(spec.group_size, min(row_k, GROUP_TILE_K))
+        return 2, max(1, GROUP_TILE_ELEMS // block_k), block_k, spec.group_size, GROUP_WARPS
+    if spec.granularity == "channel" and row_k <= MAX_ROW_TILE_K:
+        # a whole row in one tile: read once, one "group" per row, on 4 warps. On an H200 (fp16
+        # 8192 x 8192, once the division had become multiplications; kernels/NOTES.md): int4
+        # 69.8 us against 89.1 on the 16 warps it had, int8 69.8 against 74.6 and int2 69.5
+        # against 76.5 on 8; fp8 106.4 against 104.8 on 8 (within the noise); 2 rows a program, or
+        # 16 and 32 warps, slower for every format.
+        return 2, max(1, TILE_ELEMS // row_k), row_k, row_k, 4
+    block_k = min(row_k, MAX_CHUNK_K)
+    return (0 if spec.granularity == "tensor" else 1), max(1, TILE_ELEMS // block_k), block_k, block_k, 4
