@@ -238,7 +238,7 @@ def test_resume_refuses_another_machine_or_schema(tmp_path, capsys):
     config.write_text(json.dumps(meta["config"]))
     assert main(["run", str(config), "--resume", str(run), "--device", "cpu"]) == 2
     assert "--resume" in capsys.readouterr().err
-    (run / "meta.json").write_text(json.dumps({**meta, "schema_version": 4}))
+    (run / "meta.json").write_text(json.dumps({**meta, "schema_version": SCHEMA_VERSION}))
     assert main(["run", str(config), "--resume", str(run), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert "GPU 'NVIDIA H200'" in err and "cpu" in err

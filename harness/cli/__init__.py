@@ -35,6 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run only shard I of N (1-based): a deterministic split by workload, for CI matrices")
     r.add_argument("--resume", metavar="RUN", default=None,
                    help="continue the run folder RUN (made with the same config), skipping its finished cases")
+    r.add_argument("--workers", metavar="N", type=int, nargs="?", const=0, default=None,
+                   help="run on a local Dask cluster of N workers, one workload at a time each: one per GPU "
+                        "(default: every GPU), or N interpreter processes on a machine without one "
+                        "(needs quantbench[cluster])")
+    r.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                   help="run on the Dask cluster whose scheduler is at ADDRESS (tcp://host:port); see README")
+    r.add_argument("--allow-mixed", action="store_true",
+                   help="with --workers/--scheduler: allow workers with different GPU models in one run")
     r.set_defaults(func=cmd_run)
     v = sub.add_parser("validate", help="check a config and count its cases, running nothing")
     v.add_argument("config")

@@ -19,9 +19,19 @@ def cmd_run(args, console: Console) -> int:
     from ..execution.sweep import run_sweep
     cfg = load_config(args.config)
     writable_folder(args.out)  # refused before the GPU is calibrated, not after
+    on_cluster = args.workers is not None or args.scheduler is not None
+    if on_cluster and args.shard is not None:
+        raise ConfigError("--shard splits a sweep by hand; --workers/--scheduler spread it over a cluster: use one")
+    if args.workers is not None and args.workers < 0:
+        raise ConfigError(f"--workers: expected a number of workers >= 1 (or none: every GPU), got {args.workers}")
     try:
-        writer = run_sweep(cfg, args.out, args.device, show_progress=not args.no_progress, resume=args.resume,
-                           shard=_shard(args.shard))
+        if on_cluster:
+            from ..execution.cluster import run_on_cluster
+            writer = run_on_cluster(cfg, args.out, args.device, not args.no_progress, args.resume,
+                                    args.workers or None, args.scheduler, args.allow_mixed)
+        else:
+            writer = run_sweep(cfg, args.out, args.device, show_progress=not args.no_progress, resume=args.resume,
+                               shard=_shard(args.shard))
     except ConfigError as e:  # found while expanding the sweep: the file and line go in front
         raise locate(args.config, e) from None
     show_new_run(writer.path, console)

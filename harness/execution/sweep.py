@@ -10,7 +10,7 @@ import threading
 from dataclasses import dataclass
 from itertools import groupby
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -139,6 +139,20 @@ def case_rows(op, impl: Impl, reference: Impl, case: Case, prepared: PreparedWor
         return [failed_row(e)]
 
 
+def device_columns(dev: torch.device, env: dict[str, Any]) -> dict[str, Any]:
+    """The columns that say where a row was measured: device, GPU model, host and GPU UUID."""
+    return {"device": str(dev), "gpu": gpu_name(dev), "host": env["hostname"], "gpu_uuid": env.get("gpu_uuid"),
+            "schema_version": SCHEMA_VERSION, "torch_version": env["torch"], "triton_version": env["triton"]}
+
+
+def run_meta(cfg: RunConfig, registry: Registry, cases: list[Case], env: dict[str, Any],
+             calibration: dict[str, Any], note: str | None, shard: tuple[int, int] | None) -> dict[str, Any]:
+    """meta.json of a new run: config, environment, calibration and what will run."""
+    return {"config": cfg.model_dump(mode="json"), "env": env, "calibration": calibration,
+            "datasheet": datasheet_meta(env["gpu"]), "timing_note": note, "cases": len(cases),
+            "impls": _impls_meta(registry, cases), "shard": list(shard) if shard else None}
+
+
 def _open_run(cfg: RunConfig, registry: Registry, cases: list[Case], dev: torch.device, out_root: str | Path,
               resume: str | Path | None, shard: tuple[int, int] | None,
               monitor: GpuMonitor | None, why_no_monitor: str | None) -> tuple[RunWriter, dict[str, Any]]:
@@ -148,15 +162,52 @@ def _open_run(cfg: RunConfig, registry: Registry, cases: list[Case], dev: torch.
     if note:
         print(f"note: {note}", file=sys.stderr)
     name = cfg.name if shard is None else f"{cfg.name}-shard{shard[0]}of{shard[1]}"
-    writer = open_writer(cfg, out_root, resume, name, {"config": cfg.model_dump(mode="json"), "env": env,
-                                                       "calibration": calibrate(dev),
-                                                       "datasheet": datasheet_meta(env["gpu"]),
-                                                       "timing_note": note, "cases": len(cases),
-                                                       "impls": _impls_meta(registry, cases),
-                                                       "shard": list(shard) if shard else None})
-    common = {"run_id": writer.run_id, "device": str(dev), "gpu": gpu_name(dev),
-              "schema_version": SCHEMA_VERSION, "torch_version": env["torch"], "triton_version": env["triton"]}
-    return writer, common
+    writer = open_writer(cfg, out_root, resume, name, run_meta(cfg, registry, cases, env, calibrate(dev), note, shard))
+    return writer, {"run_id": writer.run_id, **device_columns(dev, env)}
+
+
+@dataclass(frozen=True)
+class Bench:
+    """What measuring a case needs on one device: the run's config and implementations, the
+    device, its calibration and NVML monitor, and where inputs come from."""
+
+    cfg: RunConfig
+    registry: Registry
+    device: torch.device
+    calibration: dict[str, Any]
+    monitor: GpuMonitor | None
+    source: InputSource
+
+
+def measure_workload(bench: Bench, todo: list[Case], common: dict[str, Any],
+                     stop: StopAfterCase | None = None) -> Iterator[tuple[Case, list[dict[str, Any]], list[tuple]]]:
+    """Measure the cases `todo` of one workload (inputs and reference made once), yielding each
+    case with its rows (the `common` columns included) and each row's raw samples as it finishes.
+    Stops early, between cases, when `stop` asks."""
+    workload = todo[0].workload
+    op, reference = OPS[workload.op], bench.registry.reference(workload.op)
+    prepared = prepare_workload(op, reference, workload, bench.source, bench.cfg.timing.case_timeout_s)
+    for case in todo:
+        if stop is not None and stop.requested:
+            return
+        impl = bench.registry.get(case.op, case.impl)
+        base = {**case.as_dict(), **common, "role": impl.role.value, "utc": utc_now()}
+        rows = case_rows(op, impl, reference, case, prepared, bench.cfg, bench.device, bench.calibration, bench.monitor)
+        samples = [row.pop("samples_ms", ()) for row in rows]
+        # a skipped or failed row still says what the case's weight costs, unless the
+        # implementation brings its own format (then only its own bytes are ever reported)
+        memory = op.memory(case, impl) if impl.own_format is None else {}
+        yield case, [{**base, **memory, **row} for row in rows], samples
+
+
+def workloads_todo(cases: list[Case], done: set[str]) -> list[list[Case]]:
+    """The sweep's workloads in order, each as its cases not yet measured (finished ones dropped)."""
+    groups = ([case for case in group if case.key() not in done] for _, group in groupby(cases, key=lambda c: c.workload))
+    return [todo for todo in groups if todo]
+
+
+def workload_label(case: Case) -> str:
+    return f"{case.op} {case.bits}b {case.granularity} {case.N}x{case.K}"
 
 
 PROGRESS_COLUMNS = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -179,28 +230,15 @@ def run_sweep(cfg: RunConfig, out_root: str | Path = "results", device: str | No
     writer, common = _open_run(cfg, registry, cases, dev, out_root, resume, shard, monitor, why_no_monitor)
     if resume is not None and writer.done >= {case.key() for case in cases}:
         print(f"note: every case of {writer.path} was already measured; its tables are written again", file=sys.stderr)
-    source = InputSource(cfg.weights, cfg.seed, str(dev))
+    bench = Bench(cfg, registry, dev, writer.meta["calibration"], monitor, InputSource(cfg.weights, cfg.seed, str(dev)))
     with StopAfterCase() as stop, Progress(*PROGRESS_COLUMNS, disable=not show_progress, transient=True) as progress:
         task = progress.add_task(cfg.name, total=len(cases), completed=len(writer.done))
-        for workload, group in groupby(cases, key=lambda c: c.workload):
-            todo = [case for case in group if case.key() not in writer.done]
-            if not todo or stop.requested:
-                continue
-            op, reference = OPS[workload.op], registry.reference(workload.op)
-            progress.update(task, description=f"{workload.op} {workload.bits}b {workload.granularity} "
-                                              f"{workload.N}x{workload.K}")
-            prepared = prepare_workload(op, reference, workload, source, cfg.timing.case_timeout_s)
-            for case in todo:
-                if stop.requested:
-                    break
-                impl = registry.get(case.op, case.impl)
-                base = {**case.as_dict(), **common, "role": impl.role.value, "utc": utc_now()}
-                rows = case_rows(op, impl, reference, case, prepared, cfg, dev, writer.meta["calibration"], monitor)
-                samples = [row.pop("samples_ms", ()) for row in rows]
-                # a skipped or failed row still says what the case's weight costs, unless the
-                # implementation brings its own format (then only its own bytes are ever reported)
-                memory = op.memory(case, impl) if impl.own_format is None else {}
-                writer.append_case(case.key(), [{**base, **memory, **row} for row in rows], samples)
+        for todo in workloads_todo(cases, writer.done):
+            if stop.requested:
+                break
+            progress.update(task, description=workload_label(todo[0]))
+            for case, rows, samples in measure_workload(bench, todo, common, stop):
+                writer.append_case(case.key(), rows, samples)
                 progress.advance(task)
     gpu_state_end = monitor.state() if monitor else None
     if monitor:

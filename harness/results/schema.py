@@ -16,7 +16,8 @@ from ..config.schema import AXES
 # 2: pct_peak_flops, the clock columns, flags and peak_mem_bytes (runs of version 1 read them as missing)
 # 3: role (runs before it get the built-ins' roles by name when read: LEGACY_ROLES)
 # 4: host_us and path (runs before it read them as missing)
-SCHEMA_VERSION = 4
+# 5: host and gpu_uuid, the machine and GPU that measured the row (a sweep may run over several)
+SCHEMA_VERSION = 5
 
 # a row's identity: the sweep's axes (the config's, in their order), then the stack's depth and the
 # shape's name, then where it ran and how it ended
@@ -48,7 +49,7 @@ ERROR = ["mse", "mae", "max_abs_err", "snr_db", "rel_err"]
 # relative to the output's norm, and the seed's output metrics (all against the float64 output)
 OUTPUT_ERROR = ["method_rel_err", "method_snr_db", "kernel_rel_err", "kernel_snr_db", "out_rel_err",
                 "out_mean_abs_diff", "out_max_abs_diff", "out_mean_rel_diff_pct"]
-PROVENANCE = ["schema_version", "torch_version", "triton_version", "utc"]
+PROVENANCE = ["schema_version", "torch_version", "triton_version", "utc", "host", "gpu_uuid"]
 COLUMNS = IDENTITY + IMPLEMENTATION + TIME + CLOCKS + FLAGS + MEMORY + ERROR + OUTPUT_ERROR + PROVENANCE
 
 # A case's identity within a run: what joins one run's row to another's (compare, merge)
