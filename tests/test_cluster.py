@@ -157,6 +157,14 @@ def test_workers_of_two_gpu_models_are_refused_unless_allowed():
     assert [w["host"] for w in cluster._workers_meta(identities, allow_mixed=True)] == ["h0", "h1"]
 
 
+def test_a_run_over_two_gpu_models_is_never_judged_as_one_gpu():
+    from quantbench.harness.analysis.loaded_run import gpu_of
+    one = {"env": {"gpu": "NVIDIA H200"}, "workers": [{"gpu": "NVIDIA H200"}, {"gpu": "NVIDIA H200"}]}
+    mixed = {"env": {"gpu": "NVIDIA H200"}, "workers": [{"gpu": "NVIDIA H200"}, {"gpu": "NVIDIA H100 80GB HBM3"}]}
+    assert gpu_of(one) == "NVIDIA H200"
+    assert gpu_of(mixed) == "mixed (NVIDIA H100 80GB HBM3, NVIDIA H200)" != gpu_of(one)
+
+
 def test_without_dask_the_options_name_the_extra(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed -> ImportError
     assert main(["run", str(write_config(tmp_path)), "--out", str(tmp_path), "--workers", "2"]) == 2

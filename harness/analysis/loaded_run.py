@@ -33,6 +33,11 @@ def keyed(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def gpu_of(meta: dict) -> str | None:
+    """The GPU model a run was measured on; for a cluster run over several models (--allow-mixed),
+    a label naming them all, so that its latencies are never judged against one GPU's."""
+    models = sorted({worker.get("gpu") for worker in meta.get("workers") or []}, key=str)
+    if len(models) > 1:
+        return "mixed (" + ", ".join(map(str, models)) + ")"
     return (meta.get("env") or {}).get("gpu")
 
 
