@@ -53,8 +53,9 @@ def max_keeping_nan(a, b):
 
 @triton.jit
 def segment_range(x, mask, SHAPE: tl.constexpr, AXIS: tl.constexpr):
-    """(min, max) of the float32 tile x reshaped to SHAPE, along AXIS, over the elements in `mask`
-    (None: all of them); a NaN or an infinity makes the range infinite or NaN (qparams poisons it).
+    """(min, max) of the tile x (float32, or the loaded float16) reshaped to SHAPE, along AXIS, over
+    the elements in `mask` (None: all of them); a NaN or an infinity makes the range infinite or
+    NaN (qparams poisons it).
 
     On the GPU a NaN is kept by the reductions themselves (min.NaN and max.NaN: one instruction an
     element each); the interpreter's reductions differ on NaN, so there minmax_operands stands in
@@ -120,9 +121,9 @@ def quantize_tile(x, scale, zero, table_ptr, QMIN: tl.constexpr, QMAX: tl.conste
     (CODE 0), the NF4 level's index (1: the number of the 15 midpoints at table_ptr that v is
     greater than; a NaN is greater than none), or the e4m3 bits (2, fp8_fields).
 
-    v is NaN exactly in a poisoned segment (NaN scale); its fields are 0. That is said here rather
-    than left to tl.maximum, whose NaN behaviour differs between the GPU and the interpreter (a NaN
-    is greater than no midpoint).
+    v is NaN exactly in a poisoned segment (NaN scale); its fields are 0: on the GPU through the
+    clamp (max.f32 of NaN and QMIN is QMIN), under the interpreter, whose maximum keeps the NaN,
+    by a select first; for NF4 a NaN is greater than no midpoint.
     """
     a = x if SYMMETRIC else x - zero
     v = divide(a, scale, SAFE_RANGE, SIGNED_ZERO=CODE == 2)  # only e4m3 codes tell -0.0 from 0.0

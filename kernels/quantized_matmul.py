@@ -74,11 +74,14 @@ def qgemv_kernel(x_ptr, units_ptr, scales_ptr, zeros_ptr, table_ptr, y_ptr, part
     powers of two. EVEN_N / EVEN_K: N / K are multiples of BLOCK_N / BLOCK_K (no masks needed).
     SPLIT_K > 1: the K range is cut in SPLIT_K parts, one program each, summed as in finish_tile.
 
-    At M = 1 the cost to beat is the arithmetic per weight element, not the bytes (an int4 weight
-    of 8192^2 streams in ~8 us on an H200), so each element is written as four operations: shift
-    and mask-or (the field as the float bits of 2^23 + field), one subtraction (exact), one FMA
-    with its activation (what the compiler makes of it: kernels/NOTES.md). Scales and zeros are
-    applied per unit, not per element:
+    At M = 1 the arithmetic per weight element is what competes with the bytes (an int4 weight
+    of 8192^2 streams in ~8 us on an H200). On the GPU, int4 and int2 words are split by one prmt
+    a field into the float bits of 2^23 + field (int_word_fields), then one subtraction (exact)
+    and one FMA with its activation; FOLD_OFFSET (asymmetric codes, half-precision activations)
+    decodes 1/2 + field / 256 instead and puts the offset back once per unit, with no subtraction
+    per element (~5 of float32's 24 bits lost to the larger terms, far below a 16-bit output's
+    rounding). What the compiler makes of it: kernels/NOTES.md. STAGES: the K loop's
+    pipelining depth. Scales and zeros are applied per unit, not per element:
         sum_k x_k w_k = sum over units u of  s_u * sum_j x_j q_j  +  z_u * sum_j x_j
     with q = field - OFFSET, since the FIELDS elements of a unit share one segment (a group is a
     whole number of units); sum_j x_j depends on the columns only. The codebook schemes (CODE 1,
