@@ -80,10 +80,13 @@ def by_case(df: pd.DataFrame) -> pd.DataFrame:
 
 def test_two_workers_give_the_plain_runs_cases_and_errors(tmp_path):
     config = write_config(tmp_path)
-    plain = by_case(load_run(run(config, tmp_path / "plain"))[0])
+    plain_folder = run(config, tmp_path / "plain")
+    plain = by_case(load_run(plain_folder)[0])
     spread_folder = run(config, tmp_path / "cluster", "--workers", "2")
     spread = by_case(load_run(spread_folder)[0])
     assert list(spread.index) == list(plain.index)
+    in_order = [pd.read_csv(f / "results.csv")[["op", "impl", "bits"]].values.tolist() for f in (plain_folder, spread_folder)]
+    assert in_order[0] == in_order[1]  # results.csv in the sweep's order, whatever order the workloads finished in
     assert (spread["status"] == plain["status"]).all() and set(plain["status"]) == {"ok"}
     pd.testing.assert_frame_equal(spread[ERRORS], plain[ERRORS])
     meta = json.loads((spread_folder / "meta.json").read_text())

@@ -165,6 +165,7 @@ def run_on_cluster(cfg: RunConfig, out_root, device: str | None, show_progress: 
         futures = {client.submit(measure_on_worker, config, requested, writer.run_id, todo, pure=False,
                                  retries=RETRIES): todo for todo in todos}
         distributed = _distributed()
+        resumed, arrived = len(writer.rows), {}
         with StopAfterCase() as stop, Progress(*PROGRESS_COLUMNS, disable=not show_progress, transient=True) as progress:
             task = progress.add_task(cfg.name, total=len(cases), completed=len(writer.done))
             pending = len(futures)
@@ -176,6 +177,7 @@ def run_on_cluster(cfg: RunConfig, out_root, device: str | None, show_progress: 
                     results = _lost_workload(todo, registry, writer.run_id, e)
                 for key, rows, samples in results:
                     writer.append_case(key, rows, samples)
+                    arrived[key] = writer.rows[len(writer.rows) - len(rows):]
                     progress.advance(task)
                 pending -= 1
                 busy = min(pending, len(worker_list))
@@ -184,5 +186,7 @@ def run_on_cluster(cfg: RunConfig, out_root, device: str | None, show_progress: 
                     client.cancel(list(futures))
                     print("stopped: the workloads in flight are dropped; --resume measures them", file=sys.stderr)
                     break
+    # results.csv in the sweep's order, as a local run writes it (rows.jsonl keeps the order of arrival)
+    writer.rows[resumed:] = [row for case in cases if case.key() in arrived for row in arrived[case.key()]]
     writer.finish(summary_markdown, stopped_early=stop.requested, gpu_state_end=None)
     return writer
