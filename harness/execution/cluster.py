@@ -14,6 +14,8 @@ Dask (`distributed`) and dask-cuda are the optional extra `quantbench[cluster]`.
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -71,7 +73,6 @@ def open_cluster(workers: int | None, scheduler: str | None, device: torch.devic
             cluster = LocalCUDACluster(CUDA_VISIBLE_DEVICES=list(range(workers or count)), threads_per_worker=1,
                                        dashboard_address=None)
         else:
-            import os
             cluster = distributed.LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1,
                                                processes=True, dashboard_address=None)
         client = distributed.Client(cluster)
@@ -85,7 +86,7 @@ def open_cluster(workers: int | None, scheduler: str | None, device: torch.devic
 def _worker_bench(config: dict[str, Any], requested: str):
     """This worker's Bench (its device, calibration and NVML monitor; made once per process and
     config) and the columns that say where its rows were measured."""
-    key = (repr(sorted(config.items())), requested)
+    key = (json.dumps(config, sort_keys=True), requested)
     if key not in _benches:
         device = resolve_device(requested)
         use_interpreter_on_cpu(device)
