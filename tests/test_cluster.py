@@ -189,3 +189,29 @@ def test_an_unreachable_scheduler_is_a_clear_error(tmp_path, capsys):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
     assert "--scheduler tcp://127.0.0.1:9" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_worker_that_cannot_prepare_is_a_clear_error(tmp_path):
+    """A cluster whose workers lack what the config asks for (here a GPU): exit 2, one line."""
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("the workers here have the GPU the config asks for")
+    config = tmp_path / "on-gpu.yaml"
+    config.write_text(CONFIG.replace("device: cpu", "device: cuda").replace("IMPLS", "[torch]").replace("PLUGINS", "[]"))
+    code = textwrap.dedent("""
+        import subprocess, sys
+        from distributed import LocalCluster
+        if __name__ == "__main__":
+            with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as c:
+                done = subprocess.run([sys.executable, "-m", "quantbench.harness.cli", "run", sys.argv[1], "--out",
+                                       sys.argv[2], "--no-progress", "--scheduler", c.scheduler_address],
+                                      capture_output=True, text=True, timeout=120)
+            print(done.returncode)
+            print(done.stderr)
+    """)
+    script = tmp_path / "drive.py"
+    script.write_text(code)
+    out = subprocess.run([sys.executable, str(script), str(config), str(tmp_path)], capture_output=True, text=True,
+                         timeout=180).stdout
+    code, _, err = out.partition("\n")
+    assert code == "2" and "a Dask worker could not prepare" in err and "Traceback" not in err

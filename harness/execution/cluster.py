@@ -156,7 +156,10 @@ def run_on_cluster(cfg: RunConfig, out_root, device: str | None, show_progress: 
     config = cfg.model_dump(mode="json")
     with open_cluster(workers, scheduler, local) as client:
         client.wait_for_workers(1, timeout="60s")
-        identities = client.run(worker_identity, config, requested)
+        try:
+            identities = client.run(worker_identity, config, requested)
+        except Exception as e:  # e.g. a worker without the GPU asked for, or without quantbench or a plugin
+            raise ConfigError(f"a Dask worker could not prepare to measure ({type(e).__name__}: {e})") from None
         worker_list = _workers_meta(identities, allow_mixed)
         first = identities[worker_list[0]["address"]]
         note = engine_note(torch.device(first["env"]["device"]), cfg.timing)
