@@ -21,7 +21,7 @@ def cdiv(a: int, b: int) -> int:
 
 
 def check_device(name: str, t: torch.Tensor) -> None:
-    if not interpreting() and not t.is_cuda:
+    if not t.is_cuda and not interpreting():  # the environment read only off the GPU
         raise ValueError(f"{name} must be on a CUDA device (or set TRITON_INTERPRET=1 to run "
                          f"on the CPU), got a tensor on {t.device}")
 

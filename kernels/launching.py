@@ -40,7 +40,7 @@ Grid = Callable[[dict[str, Any]], tuple[int, ...]]
 INTERPRETED = interpreting()
 
 
-def _signature(args: tuple) -> tuple:
+def signature(args: tuple) -> tuple:
     """What a compiled kernel is specialized on, for each argument."""
     return tuple((a.dtype, a.data_ptr() % 16 == 0) if isinstance(a, torch.Tensor) else a for a in args)
 
@@ -61,7 +61,9 @@ class Launcher:
 
     ``launcher(grid, args, constants)``: args are the kernel's leading, non-constexpr arguments in
     order; constants the constexpr ones the caller sets; grid maps the full set of constants
-    (the caller's and the tuner's) to the launch grid."""
+    (the caller's and the tuner's) to the launch grid. ``key``, where the caller has it cheaper
+    than ``signature(args)`` (prepared.py keeps a weight's share of it): a hashable that changes
+    whenever the signature of args or the constants' values would."""
 
     def __init__(self, tuned: Any):
         self.tuned = tuned
@@ -70,11 +72,13 @@ class Launcher:
         self.direct = True  # cleared if this Triton's compiled kernels cannot be launched directly
         self.why_not_direct = ""
 
-    def __call__(self, grid: Grid, args: tuple, constants: dict[str, Any]) -> None:
+    def __call__(self, grid: Grid, args: tuple, constants: dict[str, Any], key: Any = None) -> None:
         if not self.direct or INTERPRETED or _hooks_set():
             self.tuned[grid](*args, **constants)
             return
-        key = (torch.cuda.current_device(), _signature(args), tuple(constants.values()))
+        if key is None:
+            key = (signature(args), tuple(constants.values()))
+        key = (torch.cuda.current_device(), key)
         plan = self.plans.get(key)
         if plan is None:
             self._launch_and_plan(key, grid, args, constants)

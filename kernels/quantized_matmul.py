@@ -29,15 +29,14 @@ import torch
 import triton
 import triton.language as tl
 
-from .checks import cdiv, check_matrix, check_same_device, interpreting
-from .codebooks import code_table, scales_of
-from .dequantization import (GRANULARITY_IDS, dequant_tile, dequantize, field_values, int_word_fields, nf4_word_levels,
+from .checks import cdiv, check_matrix, check_same_device
+from .dequantization import (dequant_tile, dequantize, field_values, int_word_fields, nf4_word_levels,
                               unpack_tile)
 from .exact_math import ON_GPU
-from .quantization import CODE_IDS
-from .launching import Launcher
+from .launching import INTERPRETED, Launcher
 from .matmul_tiles import GEMM_CONFIGS, GEMV_CONFIGS, SPLIT_CONFIGS, SPLIT_MAX_M, prune, prune_gemm
-from .references import check_weight_once, dequantize_ref
+from .prepared import PreparedWeight, prepared
+from .references import dequantize_ref
 from .split_k import finish_tile, split_workspace
 from .tuning import tuning_bench
 from .spec import QuantizedTensor
@@ -249,65 +248,43 @@ def _m_bucket(m: int) -> int:
     return min(triton.next_power_of_2(m), 4096)
 
 
-def launch_args(x: torch.Tensor, q: QuantizedTensor, y: torch.Tensor, partials: torch.Tensor,
-                tickets: torch.Tensor) -> tuple[tuple, dict]:
-    """Positional arguments and format constants of qgemm_kernel."""
+def _gemv(x: torch.Tensor, q: QuantizedTensor, p: PreparedWeight, y: torch.Tensor) -> None:
     n, k = q.shape
-    m = x.shape[0]
-    spec = q.spec
-    scales = scales_of(q)
-    zeros = scales if q.zeros is None else q.zeros
-    args = (x, q.codes, scales, zeros, code_table(spec, x.device), y, partials, tickets, m, n, k, x.stride(0),
-            q.codes.stride(0), scales.stride(0), y.stride(0), _m_bucket(m))
-    fmt = dict(BITS=spec.bits, OFFSET=spec.offset, CODE=CODE_IDS[spec.codebook], SYMMETRIC=spec.symmetric,
-               GRANULARITY=GRANULARITY_IDS[spec.granularity], GROUP=spec.group_size or 1)
-    return args, fmt
-
-
-def code_units(codes: torch.Tensor, bits: int) -> torch.Tensor:
-    """Sub-byte codes as int32 words where each row is a whole number of 4-byte aligned words
-    (fewer, wider loads), else as they are (uint8). 8-bit codes stay bytes: on an H100 the GEMV
-    ran 74 us over words at N = K = 8192, where an earlier
-    form of it over bytes ran 44 us."""
-    if bits < 8 and codes.shape[1] % 4 == 0 and codes.stride(0) % 4 == 0 and codes.data_ptr() % 4 == 0:
-        return codes.view(torch.int32)
-    return codes
-
-
-def _gemv(x: torch.Tensor, q: QuantizedTensor, y: torch.Tensor) -> None:
-    n, k = q.shape
-    spec = q.spec
-    units = code_units(q.codes, spec.bits)
     # the smallest BLOCK_N is 4, which bounds the number of tickets
     partials, tickets = split_workspace(x.device, n, cdiv(n, 4))
-    scales = scales_of(q)
-    args = (x, units, scales, scales if q.zeros is None else q.zeros, code_table(spec, x.device), y, partials, tickets,
-            n, k, units.stride(0), scales.stride(0), units.shape[1])
-    # asymmetric integer codes with half-precision activations: the offset folded per unit (one
-    # instruction less an element; the float32 sums keep ~19 bits, far past the output's 8 or 11)
-    fold = not spec.symmetric and spec.codebook == "integer" and x.dtype != torch.float32
-    fmt = dict(BITS=spec.bits, FIELDS=units.element_size() * spec.per_byte, OFFSET=spec.offset,
-               CODE=CODE_IDS[spec.codebook], SYMMETRIC=spec.symmetric, GRANULARITY=GRANULARITY_IDS[spec.granularity],
-               GROUP=spec.group_size or 1, FOLD_OFFSET=fold)
-    if interpreting():
-        qgemv_kernel[(cdiv(n, 16), 2)](*args, **fmt, BLOCK_N=16, BLOCK_K=64, SPLIT_K=2,
+    scales, zeros = p.weight_scales(q)
+    args = (x, p.units, scales, zeros, p.table, y, partials, tickets, n, k, p.units.stride(0), p.stride_sn,
+            p.units.shape[1])
+    constants = p.gemv_constants_for(x.dtype)
+    if INTERPRETED:
+        qgemv_kernel[(cdiv(n, 16), 2)](*args, **constants, BLOCK_N=16, BLOCK_K=64, SPLIT_K=2,
                                        EVEN_N=False, EVEN_K=False, STAGES=1)
     else:
-        _gemv_launch(lambda meta: (cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"]), args, fmt)
+        # the weight's share of the launch key is kept (prepared.py); x's and y's added here. The
+        # workspace is always float32 and int32, fresh from the allocator and so 16-byte aligned.
+        key = (p.gemv_key, x.dtype, x.data_ptr() % 16 == 0, y.data_ptr() % 16 == 0)
+        _gemv_launch(lambda meta: (cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"]), args, constants, key)
 
 
-def _gemm(x: torch.Tensor, q: QuantizedTensor, y: torch.Tensor, split: bool) -> None:
+def _gemm(x: torch.Tensor, q: QuantizedTensor, p: PreparedWeight, y: torch.Tensor, split: bool) -> None:
     m, n = y.shape
-    ieee = x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and interpreting())
+    k = q.shape[1]
+    ieee = x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and INTERPRETED)
     # tiles are at least 16 x 32, which bounds the number of tickets
     partials, tickets = split_workspace(x.device, m * n, cdiv(m, 16) * cdiv(n, 32)) if split else (y, y)
-    args, fmt = launch_args(x, q, y, partials, tickets)
-    if interpreting():
+    scales, zeros = p.weight_scales(q)
+    bucket = _m_bucket(m)
+    args = (x, q.codes, scales, zeros, p.table, y, partials, tickets, m, n, k, x.stride(0), q.codes.stride(0),
+            p.stride_sn, y.stride(0), bucket)
+    constants = {**p.fmt, "IEEE": ieee}
+    if INTERPRETED:
         qgemm_kernel[(cdiv(m, 16) * cdiv(n, 32), 2 if split else 1)](
-            *args, **fmt, IEEE=ieee, BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, GROUP_M=4, SPLIT_K=2 if split else 1)
+            *args, **constants, BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, GROUP_M=4, SPLIT_K=2 if split else 1)
     else:
+        key = (p.gemm_key, x.dtype, x.data_ptr() % 16 == 0, y.data_ptr() % 16 == 0, m, x.stride(0), y.stride(0),
+               bucket, ieee)
         grid = lambda meta: (cdiv(m, meta["BLOCK_M"]) * cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])
-        (_split_launch if split else _gemm_launch)(grid, args, {**fmt, "IEEE": ieee})
+        (_split_launch if split else _gemm_launch)(grid, args, constants, key)
 
 
 # From this many rows on, float16 and bfloat16 products dequantize the weight (a new [N, K]
@@ -339,15 +316,16 @@ def qmatmul(x: torch.Tensor, q: QuantizedTensor) -> torch.Tensor:
 
     x: float32/float16/bfloat16 [M, K], unit stride along K; q: a QuantizedTensor of W [N, K]
     (codes packed along K as written by ``quantize``). float32 x is multiplied in full float32
-    (no TF32). q's checks run on its first use only (check_weight_once); x is checked every call.
+    (no TF32). q's checks run on its first use only (prepared.py); x is checked every call.
     """
     check_matrix("x", x)
-    check_weight_once(q)
+    p = prepared(q)  # q checked on its first use
     n, k = q.shape
     m = x.shape[0]
     if x.shape[1] != k:
         raise ValueError(f"x must be [M, K] with K = {k} (the weight's K), got {list(x.shape)}")
-    check_same_device(x=x, codes=q.codes)
+    if x.device != p.units.device:
+        check_same_device(x=x, codes=q.codes)
     path = qmatmul_path(m, x.dtype, q.spec.bits)
     if path == "dequantize+cublas":
         # a new [N, K] buffer each call, from PyTorch's caching allocator (so it is reused, and a
@@ -355,9 +333,9 @@ def qmatmul(x: torch.Tensor, q: QuantizedTensor) -> torch.Tensor:
         return torch.matmul(x, dequantize(q, x.dtype).t())
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if path == "gemv":
-        _gemv(x, q, y)
+        _gemv(x, q, p, y)
     else:
-        _gemm(x, q, y, split=path == "split-k gemm")
+        _gemm(x, q, p, y, split=path == "split-k gemm")
     return y
 
 

@@ -13,10 +13,10 @@ from quantbench.kernels.spec import QuantizedTensor
 def test_a_call_signature_covers_what_triton_specializes_on():
     base = torch.zeros(64, dtype=torch.float16)
     same = torch.zeros(64, dtype=torch.float16)
-    assert launching._signature((base, 16, 3)) == launching._signature((same, 16, 3))
-    assert launching._signature((base[1:], 16, 3)) != launching._signature((base, 16, 3))  # address not 16-byte aligned
-    assert launching._signature((base.float(), 16, 3)) != launching._signature((base, 16, 3))  # dtype
-    assert launching._signature((base, 17, 3)) != launching._signature((base, 16, 3))  # any integer
+    assert launching.signature((base, 16, 3)) == launching.signature((same, 16, 3))
+    assert launching.signature((base[1:], 16, 3)) != launching.signature((base, 16, 3))  # address not 16-byte aligned
+    assert launching.signature((base.float(), 16, 3)) != launching.signature((base, 16, 3))  # dtype
+    assert launching.signature((base, 17, 3)) != launching.signature((base, 16, 3))  # any integer
 
 
 def test_a_launch_hook_sends_every_call_through_triton():
@@ -52,3 +52,32 @@ def test_a_weight_is_checked_on_first_use_and_a_bad_one_every_time():
             qmatmul(torch.randn(1, 64), bad)
     seen = references._checked_weights.get(id(bad))  # an id may be a freed weight's, its reference dead
     assert seen is None or seen() is not bad
+
+
+def test_a_prepared_weight_keys_its_format_and_is_dropped_with_the_weight():
+    """Two weights whose tensors are alike (dtypes, alignment, sizes) but whose formats differ
+    must not share a launch plan; and what is kept of a weight (views of its tensors) goes when
+    the weight does."""
+    import gc
+
+    from quantbench.kernels import prepared
+    w = torch.randn(32, 64)
+    asym = quantize_ref(w, QuantSpec(4, "asymmetric", "group", 32))
+    sym = QuantizedTensor(asym.codes, asym.scales, None, QuantSpec(4, "symmetric", "group", 32), asym.shape)
+    a, s = prepared.prepared(asym), prepared.prepared(sym)
+    assert a.gemv_key != s.gemv_key and a.gemm_key != s.gemm_key
+    assert prepared.prepared(asym) is a  # kept, not made again
+    assert a.gemv_constants_for(torch.float16)["FOLD_OFFSET"] and not a.gemv_constants_for(torch.float32)["FOLD_OFFSET"]
+    ident = id(sym)
+    del s, sym
+    gc.collect()
+    assert ident not in prepared._prepared
+
+
+def test_nf4_dq_scales_are_decoded_per_call_not_kept():
+    from quantbench.kernels import prepared
+    q = quantize_ref(torch.randn(32, 128), QuantSpec(4, "nf4_dq", "group", 32))
+    p = prepared.prepared(q)
+    assert p.scales is None and p.zeros is None
+    scales, zeros = p.weight_scales(q)
+    assert scales.dtype == q.dtype and scales is zeros and scales.stride(0) == p.stride_sn

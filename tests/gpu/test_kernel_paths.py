@@ -126,20 +126,20 @@ def test_qmatmul_every_path_and_format(spec, m, n, k, path):
 def test_gemv_split_k(spec, splits):
     """The GEMV with K split over programs (partial sums added atomically, the last program of a
     row block writing it), whatever the autotuner picks; 3 leaves the last split a short range."""
-    from quantbench.kernels import quantized_matmul as qm, split_k
+    from quantbench.kernels import dequantization, prepared, quantized_matmul as qm, split_k
     g = torch.Generator().manual_seed(splits)
     n, k = 96, 1408
     w, x = torch.randn(n, k, generator=g).half().to(CUDA), torch.randn(1, k, generator=g).half().to(CUDA)
     q = quantize(w, spec)
     y = torch.empty(1, n, dtype=x.dtype, device=CUDA)
-    units = qm.code_units(q.codes, spec.bits)
+    units = prepared.code_units(q.codes, spec.bits)
     partials, tickets = split_k.split_workspace(CUDA, n, n)
     for _ in range(3):
         qm.qgemv_kernel[(triton.cdiv(n, 32), splits)](
             x, units, q.scales, q.scales if q.zeros is None else q.zeros, q.scales, y, partials, tickets, n, k,
             units.stride(0), q.scales.stride(0), units.shape[1], BITS=spec.bits,
             FIELDS=units.element_size() * spec.per_byte, OFFSET=spec.offset, CODE=0, SYMMETRIC=spec.symmetric,
-            GRANULARITY=qm.GRANULARITY_IDS[spec.granularity], GROUP=spec.group_size or 1, BLOCK_N=32,
+            GRANULARITY=dequantization.GRANULARITY_IDS[spec.granularity], GROUP=spec.group_size or 1, BLOCK_N=32,
             BLOCK_K=128, SPLIT_K=splits, EVEN_N=True, EVEN_K=False)
         err, bound = rel_err(y, exact_product(x, q)), tolerance(torch.float16, k)
         assert err <= bound, f"split {splits}: rel err {err:.2e} > {bound:.2e}"

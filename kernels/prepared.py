@@ -1,0 +1,110 @@
+"""What qmatmul's launchers need of a weight, made once per QuantizedTensor.
+
+A launcher called for every layer of every token should pay on the host only for what changes
+between two calls (x, y and M). What depends on the weight alone is made on the first call with a
+QuantizedTensor and kept while it lives (it is frozen): its checks (check_weight_once), the int32
+view of its codes, its format's kernel constants, and the part of the launch key (see
+launching.Launcher) that its tensors and sizes make, so that a call does not walk the kernel's
+13-16 arguments again.
+
+nf4_dq's scales are still decoded on every call (codebooks.scales_of): keeping the decoded float
+scales would make the weight larger than the format it is measured as.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .codebooks import code_table, scales_of
+from .dequantization import GRANULARITY_IDS
+from .launching import signature
+from .quantization import CODE_IDS
+from .references import check_weight_once
+from .spec import QuantizedTensor
+
+
+def code_units(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Sub-byte codes as int32 words where each row is a whole number of 4-byte aligned words
+    (fewer, wider loads), else as they are (uint8). 8-bit codes stay bytes: on an H100 the GEMV
+    ran 74 us over words at N = K = 8192, where an earlier
+    form of it over bytes ran 44 us."""
+    if bits < 8 and codes.shape[1] % 4 == 0 and codes.stride(0) % 4 == 0 and codes.data_ptr() % 4 == 0:
+        return codes.view(torch.int32)
+    return codes
+
+
+@dataclass(frozen=True)
+class PreparedWeight:
+    """A weight's share of the matmul kernels' arguments.
+
+    units: the codes as the GEMV reads them (code_units); scales, zeros: what the kernels take
+    for them (zeros = scales when there are none; both None for nf4_dq, decoded per call);
+    stride_sn: the scales' row stride (decoded ones included); fmt: the format constants both
+    kernels take; gemv_key / gemm_key: the weight's share of the launch key (the signature of its
+    tensors and sizes, and fmt); gemv_constants: per activation dtype, the GEMV's constants (fmt,
+    FIELDS, FOLD_OFFSET), which the key's fmt, units dtype and x dtype determine."""
+
+    ref: weakref.ref
+    units: torch.Tensor
+    scales: torch.Tensor | None
+    zeros: torch.Tensor | None
+    table: torch.Tensor
+    stride_sn: int
+    fmt: dict[str, Any]
+    gemv_key: tuple
+    gemm_key: tuple
+    gemv_constants: dict[torch.dtype, dict[str, Any]] = field(default_factory=dict)
+
+    def weight_scales(self, q: QuantizedTensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scales, zeros) for this call: the kept ones, or nf4_dq's decoded now."""
+        if self.scales is not None:
+            return self.scales, self.zeros
+        decoded = scales_of(q)
+        return decoded, decoded
+
+    def gemv_constants_for(self, dtype: torch.dtype) -> dict[str, Any]:
+        constants = self.gemv_constants.get(dtype)
+        if constants is None:
+            spec = self.ref().spec
+            # asymmetric integer codes with half-precision activations: the offset folded per unit
+            # (one instruction less an element; the float32 sums keep ~19 bits, far past the output's 8 or 11)
+            fold = not spec.symmetric and spec.codebook == "integer" and dtype != torch.float32
+            constants = dict(self.fmt, FIELDS=self.units.element_size() * spec.per_byte, FOLD_OFFSET=fold)
+            self.gemv_constants[dtype] = constants
+        return constants
+
+
+_prepared: dict[int, PreparedWeight] = {}
+
+
+def prepared(q: QuantizedTensor) -> PreparedWeight:
+    """q's PreparedWeight, made (and q checked) on its first use."""
+    p = _prepared.get(id(q))
+    if p is not None and p.ref() is q:
+        return p
+    check_weight_once(q)
+    spec = q.spec
+    n, k = q.shape
+    units = code_units(q.codes, spec.bits)
+    table = code_table(spec, q.codes.device)
+    decoded = scales_of(q)  # once here, for the dtype and strides every later decode has too
+    scales = None if q.second is not None else q.scales
+    zeros = None if scales is None else (q.zeros if q.zeros is not None else scales)
+    stride_sn = decoded.stride(0)
+    fmt = dict(BITS=spec.bits, OFFSET=spec.offset, CODE=CODE_IDS[spec.codebook], SYMMETRIC=spec.symmetric,
+               GRANULARITY=GRANULARITY_IDS[spec.granularity], GROUP=spec.group_size or 1)
+    zeros_sig = decoded if zeros is None else zeros
+    # with the format's constants: two weights alike in their tensors can differ in their format
+    gemv_key = (signature((units, decoded, zeros_sig, table, n, k, units.stride(0), stride_sn, units.shape[1])),
+                tuple(fmt.values()))
+    gemm_key = (signature((q.codes, decoded, zeros_sig, table, n, k, q.codes.stride(0), stride_sn)),
+                tuple(fmt.values()))
+    p = PreparedWeight(weakref.ref(q), units, scales, zeros, table, stride_sn, fmt, gemv_key, gemm_key)
+    _prepared[id(q)] = p
+    # dropped with q: the entry holds views of q's tensors, which must not outlive it
+    weakref.finalize(q, _prepared.pop, id(q), None)
+    return p
