@@ -1,10 +1,11 @@
 """The codebook schemes' arithmetic in PyTorch (spec.py, "Codebook schemes"): NF4 and FP8 codes
 from scaled values and back, and the double quantization of NF4's scales (nf4_dq).
 
-Both the references and the Triton launchers use `decode_scales`: the second level of nf4_dq is
-decoded by these PyTorch ops (a tensor 1/group_size the size of W) before the kernel runs on the
-decoded scales, as bitsandbytes decodes its nested absmax before its 4-bit kernel. One function on
-both sides keeps the scales, and so the codes, identical by construction.
+`decode_scales` is nf4_dq's second level decoded by PyTorch ops: the references use it, and so
+does quantize between its two passes (the codes are computed from the decoded scales). The
+dequantize and matmul kernels decode the 8-bit scales themselves, group by group, with the same
+operations in the same order (dequantization.segment_scales), so that no decoded tensor is made
+or kept per call; tests/test_codebook_formats.py checks the two bit for bit.
 """
 
 from __future__ import annotations

@@ -13,15 +13,17 @@ import torch
 import triton
 import triton.language as tl
 
-from .exact_math import ON_GPU, round_to
+from .exact_math import ON_GPU, mul_rn, round_to
 from .quantization import CODE_IDS
 from .checks import cdiv
-from .codebooks import code_table, scales_of
+from .codebooks import code_table
 from .launching import Launcher
 from .references import check_weight_once, dequantize_ref, expand_params, out_dtype_of  # noqa: F401 (the reference beside its kernel)
-from .spec import NF4_LEVELS, QuantizedTensor
+from .spec import DQ_CHUNK, NF4_LEVELS, QuantizedTensor
 
 GRANULARITY_IDS = {"tensor": 0, "channel": 1, "group": 2}
+SCALE_DTYPE_IDS = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}  # nf4_dq's decoded scales
+DQ_CHUNK_C = tl.constexpr(DQ_CHUNK)
 TILE_ELEMS = 4096  # output elements one program writes
 MIN_BLOCK_K = 256
 
@@ -181,9 +183,34 @@ def unpack_tile(codes_ptr, table_ptr, rows, k0, N, K, stride_cn,
 
 
 @triton.jit
-def dequant_tile(codes_ptr, scales_ptr, zeros_ptr, table_ptr, rows, k0, N, K, stride_cn, stride_sn,
-                 BITS: tl.constexpr, OFFSET: tl.constexpr, CODE: tl.constexpr, SYMMETRIC: tl.constexpr,
-                 GRANULARITY: tl.constexpr, GROUP: tl.constexpr,
+def segment_scales(scales_ptr, second_ptr, mean_ptr, offs, flat, mask, DQ: tl.constexpr, SCALE_DTYPE: tl.constexpr):
+    """float32 scales at scales_ptr + offs (1 where not mask). DQ (nf4_dq): uint8 scale codes there,
+    decoded as codebooks.decode_scales decodes them, bit for bit: (code - 128) times the float32
+    scale of the code's chunk (second_ptr[flat // DQ_CHUNK], flat the code's index in the
+    row-major [N, groups] matrix) plus the mean (mean_ptr[0]), two roundings in float32 (mul_rn keeps them two),
+    then rounded to the weight's dtype (SCALE_DTYPE: SCALE_DTYPE_IDS), 1 where that is 0, NaN for
+    code 0 (a poisoned segment). Decoded here, a group costs the kernel a byte and a cached chunk
+    scale; decoded before the kernel by PyTorch ops it cost a float scale per group written and read
+    again, several launches and their host time on every call."""
+    if DQ:
+        code = tl.load(scales_ptr + offs, mask=mask, other=128).to(tl.int32)
+        chunk = tl.load(second_ptr + flat // DQ_CHUNK_C, mask=mask, other=1.0)
+        s = mul_rn((code - 128).to(tl.float32), chunk) + tl.load(mean_ptr)
+        if SCALE_DTYPE == 1:
+            s = round_to(s, tl.float16)
+        elif SCALE_DTYPE == 2:
+            s = round_to(s, tl.bfloat16)
+        s = tl.where(s == 0, 1.0, s)
+        s = tl.where(code == 0, float("nan"), s)
+        return tl.where(mask, s, 1.0)
+    else:
+        return tl.load(scales_ptr + offs, mask=mask, other=1.0).to(tl.float32)
+
+
+@triton.jit
+def dequant_tile(codes_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr, mean_ptr, rows, k0, N, K, stride_cn,
+                 stride_sn, BITS: tl.constexpr, OFFSET: tl.constexpr, CODE: tl.constexpr, SYMMETRIC: tl.constexpr,
+                 GRANULARITY: tl.constexpr, GROUP: tl.constexpr, DQ: tl.constexpr, SCALE_DTYPE: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """Dequantized float32 tile W[rows, k0 : k0 + BLOCK_K] -> [BLOCK_N, BLOCK_K] (codes as in
     unpack_tile).
@@ -191,8 +218,8 @@ def dequant_tile(codes_ptr, scales_ptr, zeros_ptr, table_ptr, rows, k0, N, K, st
     Scales (and zeros, read only when not SYMMETRIC) are one value (GRANULARITY 0), one per row at
     [row * stride_sn] (1), or one per group of GROUP columns at [row * stride_sn + group] (2;
     BLOCK_K and GROUP are powers of two, so either a tile lies in one group or it holds
-    BLOCK_K // GROUP whole groups). Columns past K hold finite garbage: mask them when storing, or
-    multiply them by zeros.
+    BLOCK_K // GROUP whole groups); DQ: nf4_dq's scale codes, decoded here (segment_scales).
+    Columns past K hold finite garbage: mask them when storing, or multiply them by zeros.
     """
     row_ok = rows < N
     q = unpack_tile(codes_ptr, table_ptr, rows, k0, N, K, stride_cn, BITS, OFFSET, CODE, BLOCK_N, BLOCK_K)
@@ -201,8 +228,10 @@ def dequant_tile(codes_ptr, scales_ptr, zeros_ptr, table_ptr, rows, k0, N, K, st
         if not SYMMETRIC:
             w += tl.load(zeros_ptr).to(tl.float32)
     elif GRANULARITY == 1 or BLOCK_K <= GROUP:
-        s_off = rows * stride_sn + (0 if GRANULARITY == 1 else k0 // GROUP)
-        w = q * tl.load(scales_ptr + s_off, mask=row_ok, other=1.0).to(tl.float32)[:, None]
+        col = 0 if GRANULARITY == 1 else k0 // GROUP
+        s_off = rows * stride_sn + col
+        flat = rows * tl.cdiv(K, GROUP) + col
+        w = q * segment_scales(scales_ptr, second_ptr, mean_ptr, s_off, flat, row_ok, DQ, SCALE_DTYPE)[:, None]
         if not SYMMETRIC:
             w += tl.load(zeros_ptr + s_off, mask=row_ok, other=0.0).to(tl.float32)[:, None]
     else:
@@ -210,7 +239,8 @@ def dequant_tile(codes_ptr, scales_ptr, zeros_ptr, table_ptr, rows, k0, N, K, st
         groups = k0 // GROUP + tl.arange(0, NG)
         g_mask = row_ok[:, None] & (groups[None, :] < K // GROUP)
         s_off = rows[:, None] * stride_sn + groups[None, :]
-        scale = tl.load(scales_ptr + s_off, mask=g_mask, other=1.0).to(tl.float32)
+        flat = rows[:, None] * tl.cdiv(K, GROUP) + groups[None, :]
+        scale = segment_scales(scales_ptr, second_ptr, mean_ptr, s_off, flat, g_mask, DQ, SCALE_DTYPE)
         w3 = tl.reshape(q, (BLOCK_N, NG, GROUP)) * scale[:, :, None]
         if not SYMMETRIC:
             w3 += tl.load(zeros_ptr + s_off, mask=g_mask, other=0.0).to(tl.float32)[:, :, None]
@@ -219,10 +249,10 @@ def dequant_tile(codes_ptr, scales_ptr, zeros_ptr, table_ptr, rows, k0, N, K, st
 
 
 @triton.jit
-def dequantize_kernel(codes_ptr, scales_ptr, zeros_ptr, table_ptr, out_ptr, N, K, stride_cn, stride_on, stride_sn,
-                      BITS: tl.constexpr, OFFSET: tl.constexpr, CODE: tl.constexpr, SYMMETRIC: tl.constexpr,
-                      GRANULARITY: tl.constexpr, GROUP: tl.constexpr, OUT_MAX: tl.constexpr,
-                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def dequantize_kernel(codes_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr, mean_ptr, out_ptr, N, K, stride_cn,
+                      stride_on, stride_sn, BITS: tl.constexpr, OFFSET: tl.constexpr, CODE: tl.constexpr,
+                      SYMMETRIC: tl.constexpr, GRANULARITY: tl.constexpr, GROUP: tl.constexpr, DQ: tl.constexpr,
+                      SCALE_DTYPE: tl.constexpr, OUT_MAX: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """out[N, K] = dequantized codes (layout and scales as in dequant_tile), clamped to
     [-OUT_MAX, OUT_MAX] (the output dtype's largest finite value) with NaN kept.
     Grid: (cdiv(K, BLOCK_K), cdiv(N, BLOCK_N))."""
@@ -230,8 +260,8 @@ def dequantize_kernel(codes_ptr, scales_ptr, zeros_ptr, table_ptr, out_ptr, N, K
     pid_n = tl.program_id(1)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     k0 = pid_k * BLOCK_K
-    w = dequant_tile(codes_ptr, scales_ptr, zeros_ptr, table_ptr, rows, k0, N, K, stride_cn, stride_sn,
-                     BITS, OFFSET, CODE, SYMMETRIC, GRANULARITY, GROUP, BLOCK_N, BLOCK_K)
+    w = dequant_tile(codes_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr, mean_ptr, rows, k0, N, K, stride_cn,
+                     stride_sn, BITS, OFFSET, CODE, SYMMETRIC, GRANULARITY, GROUP, DQ, SCALE_DTYPE, BLOCK_N, BLOCK_K)
     cols = k0 + tl.arange(0, BLOCK_K)
     mask = (rows < N)[:, None] & (cols[None, :] < K)
     # q * scale + zero can pass the dtype's maximum by rounding (fp16: 127 * 516 = 65532 > 65504)
@@ -240,6 +270,14 @@ def dequantize_kernel(codes_ptr, scales_ptr, zeros_ptr, table_ptr, out_ptr, N, K
 
 
 _dequantize_launch = Launcher(dequantize_kernel)
+
+
+def second_level(q: QuantizedTensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """The kernels' nf4_dq arguments: (the float32 chunk scales, the float32 mean [1], True); for
+    any other scheme two stand-in pointers (never read) and False."""
+    if q.second is None:
+        return q.scales, q.scales, False
+    return q.second.chunk_scales, q.second.mean, True
 
 
 def dequantize(q: QuantizedTensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -254,11 +292,11 @@ def dequantize(q: QuantizedTensor, out_dtype: torch.dtype | None = None) -> torc
     block_k = max(spec.group_size or 0, min(MIN_BLOCK_K, triton.next_power_of_2(max(k, spec.per_byte))))
     block_n = max(1, TILE_ELEMS // block_k)
     grid = (cdiv(k, block_k), cdiv(n, block_n))
-    scales = scales_of(q)
-    args = (q.codes, scales, scales if q.zeros is None else q.zeros, code_table(spec, q.codes.device), out, n, k,
-            q.codes.stride(0), out.stride(0), scales.stride(0))
+    second, mean, dq = second_level(q)
+    args = (q.codes, q.scales, q.scales if q.zeros is None else q.zeros, code_table(spec, q.codes.device), second,
+            mean, out, n, k, q.codes.stride(0), out.stride(0), q.scales.stride(0))
     _dequantize_launch(lambda meta: grid, args, dict(
         BITS=spec.bits, OFFSET=spec.offset, CODE=CODE_IDS[spec.codebook], SYMMETRIC=spec.symmetric,
-        GRANULARITY=GRANULARITY_IDS[spec.granularity], GROUP=spec.group_size or block_k,
-        OUT_MAX=torch.finfo(out.dtype).max, BLOCK_N=block_n, BLOCK_K=block_k))
+        GRANULARITY=GRANULARITY_IDS[spec.granularity], GROUP=spec.group_size or block_k, DQ=dq,
+        SCALE_DTYPE=SCALE_DTYPE_IDS[q.dtype], OUT_MAX=torch.finfo(out.dtype).max, BLOCK_N=block_n, BLOCK_K=block_k))
     return out

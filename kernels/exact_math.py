@@ -71,6 +71,19 @@ def divide(a, s, SAFE_RANGE: tl.constexpr, SIGNED_ZERO: tl.constexpr = True):
 
 
 @triton.jit
+def mul_rn(a, b):
+    """float32 a * b rounded once and never fused into a following addition: the compiler would
+    otherwise make a * b + c one FMA, rounded once where PyTorch rounds twice. On the GPU, PTX
+    mul.rn.f32 written out (no pass contracts it; libdevice's __fmul_rn compiles to the .ftz form
+    under Triton, which would flush subnormals PyTorch keeps); the interpreter never fuses."""
+    if ON_GPU:
+        return tl.inline_asm_elementwise("mul.rn.f32 $0, $1, $2;", "=f,f,f", [a, b], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+    else:
+        return a * b
+
+
+@triton.jit
 def round_to(x, ty: tl.constexpr):
     """float32 -> the nearest value of dtype `ty` (ties to even), returned as float32.
 

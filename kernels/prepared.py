@@ -7,8 +7,8 @@ view of its codes, its format's kernel constants, and the part of the launch key
 launching.Launcher) that its tensors and sizes make, so that a call does not walk the kernel's
 13-16 arguments again.
 
-nf4_dq's scales are still decoded on every call (codebooks.scales_of): keeping the decoded float
-scales would make the weight larger than the format it is measured as.
+nf4_dq's 8-bit scales are decoded inside the kernels (dequantization.segment_scales), from the
+weight's own tensors: nothing decoded is kept, so the weight stays the size of its format.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-from .codebooks import code_table, scales_of
-from .dequantization import GRANULARITY_IDS
+from .codebooks import code_table
+from .dequantization import GRANULARITY_IDS, SCALE_DTYPE_IDS, second_level
 from .launching import signature
 from .quantization import CODE_IDS
 from .references import check_weight_once
@@ -42,29 +42,25 @@ class PreparedWeight:
     """A weight's share of the matmul kernels' arguments.
 
     units: the codes as the GEMV reads them (code_units); scales, zeros: what the kernels take
-    for them (zeros = scales when there are none; both None for nf4_dq, decoded per call);
-    stride_sn: the scales' row stride (decoded ones included); fmt: the format constants both
-    kernels take; gemv_key / gemm_key: the weight's share of the launch key (the signature of its
-    tensors and sizes, and fmt); gemv_constants: per activation dtype, the GEMV's constants (fmt,
-    FIELDS, FOLD_OFFSET), which the key's fmt, units dtype and x dtype determine."""
+    for them (zeros = scales when there are none; nf4_dq's scales are its uint8 scale codes);
+    second, mean: nf4_dq's chunk scales and mean (stand-ins otherwise); stride_sn: the scales'
+    row stride; fmt: the format constants both kernels take; gemv_key / gemm_key: the weight's
+    share of the launch key (the signature of its tensors and sizes, and fmt); gemv_constants:
+    per activation dtype, the GEMV's constants (fmt, FIELDS, FOLD_OFFSET), which the key's fmt,
+    units dtype and x dtype determine."""
 
     ref: weakref.ref
     units: torch.Tensor
-    scales: torch.Tensor | None
-    zeros: torch.Tensor | None
+    scales: torch.Tensor
+    zeros: torch.Tensor
     table: torch.Tensor
+    second: torch.Tensor
+    mean: torch.Tensor
     stride_sn: int
     fmt: dict[str, Any]
     gemv_key: tuple
     gemm_key: tuple
     gemv_constants: dict[torch.dtype, dict[str, Any]] = field(default_factory=dict)
-
-    def weight_scales(self, q: QuantizedTensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(scales, zeros) for this call: the kept ones, or nf4_dq's decoded now."""
-        if self.scales is not None:
-            return self.scales, self.zeros
-        decoded = scales_of(q)
-        return decoded, decoded
 
     def gemv_constants_for(self, dtype: torch.dtype) -> dict[str, Any]:
         constants = self.gemv_constants.get(dtype)
@@ -91,19 +87,19 @@ def prepared(q: QuantizedTensor) -> PreparedWeight:
     n, k = q.shape
     units = code_units(q.codes, spec.bits)
     table = code_table(spec, q.codes.device)
-    decoded = scales_of(q)  # once here, for the dtype and strides every later decode has too
-    scales = None if q.second is not None else q.scales
-    zeros = None if scales is None else (q.zeros if q.zeros is not None else scales)
-    stride_sn = decoded.stride(0)
+    scales = q.scales
+    zeros = q.zeros if q.zeros is not None else scales
+    second, mean, dq = second_level(q)
+    stride_sn = scales.stride(0)
     fmt = dict(BITS=spec.bits, OFFSET=spec.offset, CODE=CODE_IDS[spec.codebook], SYMMETRIC=spec.symmetric,
-               GRANULARITY=GRANULARITY_IDS[spec.granularity], GROUP=spec.group_size or 1)
-    zeros_sig = decoded if zeros is None else zeros
+               GRANULARITY=GRANULARITY_IDS[spec.granularity], GROUP=spec.group_size or 1, DQ=dq,
+               SCALE_DTYPE=SCALE_DTYPE_IDS[q.dtype])
+    weight_args = (scales, zeros, table, second, mean)
     # with the format's constants: two weights alike in their tensors can differ in their format
-    gemv_key = (signature((units, decoded, zeros_sig, table, n, k, units.stride(0), stride_sn, units.shape[1])),
+    gemv_key = (signature((units,) + weight_args + (n, k, units.stride(0), stride_sn, units.shape[1])),
                 tuple(fmt.values()))
-    gemm_key = (signature((q.codes, decoded, zeros_sig, table, n, k, q.codes.stride(0), stride_sn)),
-                tuple(fmt.values()))
-    p = PreparedWeight(weakref.ref(q), units, scales, zeros, table, stride_sn, fmt, gemv_key, gemm_key)
+    gemm_key = (signature((q.codes,) + weight_args + (n, k, q.codes.stride(0), stride_sn)), tuple(fmt.values()))
+    p = PreparedWeight(weakref.ref(q), units, scales, zeros, table, second, mean, stride_sn, fmt, gemv_key, gemm_key)
     _prepared[id(q)] = p
     # dropped with q: the entry holds views of q's tensors, which must not outlive it
     weakref.finalize(q, _prepared.pop, id(q), None)

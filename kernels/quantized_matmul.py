@@ -31,7 +31,7 @@ import triton.language as tl
 
 from .checks import cdiv, check_matrix, check_same_device
 from .dequantization import (dequant_tile, dequantize, field_values, int_word_fields, nf4_word_levels,
-                              unpack_tile)
+                              segment_scales, unpack_tile)
 from .exact_math import ON_GPU
 from .launching import INTERPRETED, Launcher
 from .matmul_tiles import GEMM_CONFIGS, GEMV_CONFIGS, SPLIT_CONFIGS, SPLIT_MAX_M, prune, prune_gemm
@@ -56,11 +56,11 @@ def row_params(scales_ptr, zeros_ptr, rows, N, stride_sn, col, SYMMETRIC: tl.con
 
 
 @triton.jit
-def qgemv_kernel(x_ptr, units_ptr, scales_ptr, zeros_ptr, table_ptr, y_ptr, partials_ptr, tickets_ptr, N, K,
-                 stride_un, stride_sn, row_units,
+def qgemv_kernel(x_ptr, units_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr, mean_ptr, y_ptr, partials_ptr,
+                 tickets_ptr, N, K, stride_un, stride_sn, row_units,
                  BITS: tl.constexpr, FIELDS: tl.constexpr, OFFSET: tl.constexpr, CODE: tl.constexpr,
-                 SYMMETRIC: tl.constexpr,
-                 GRANULARITY: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                 SYMMETRIC: tl.constexpr, GRANULARITY: tl.constexpr, GROUP: tl.constexpr, DQ: tl.constexpr,
+                 SCALE_DTYPE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                  SPLIT_K: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr, STAGES: tl.constexpr = 1,
                  FOLD_OFFSET: tl.constexpr = False):
     """y[1, N] = x[1, K] @ W_hat^T. Grid: (cdiv(N, BLOCK_N), SPLIT_K).
@@ -148,7 +148,12 @@ def qgemv_kernel(x_ptr, units_ptr, scales_ptr, zeros_ptr, table_ptr, y_ptr, part
         if GRANULARITY == 2:
             seg_cols = k0 + segs * SEG
             s_off = rows[:, None] * stride_sn + (seg_cols // GROUP)[None, :]
-            if EVEN_N and EVEN_K:
+            if DQ:
+                s_ok = row_ok[:, None] & (seg_cols < K)[None, :]
+                flat = rows[:, None] * tl.cdiv(K, GROUP) + (seg_cols // GROUP)[None, :]
+                scale = segment_scales(scales_ptr, second_ptr, mean_ptr, s_off, flat, s_ok, DQ,
+                                       SCALE_DTYPE)[:, :, None]
+            elif EVEN_N and EVEN_K:
                 scale = tl.load(scales_ptr + s_off).to(tl.float32)[:, :, None]
             else:
                 s_ok = row_ok[:, None] & (seg_cols < K)[None, :]
@@ -171,10 +176,11 @@ def qgemv_kernel(x_ptr, units_ptr, scales_ptr, zeros_ptr, table_ptr, y_ptr, part
 
 
 @triton.jit
-def qgemm_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, table_ptr, y_ptr, partials_ptr, tickets_ptr, M, N, K,
-                 stride_xm, stride_cn, stride_sn, stride_ym, M_BUCKET,
+def qgemm_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr, mean_ptr, y_ptr, partials_ptr,
+                 tickets_ptr, M, N, K, stride_xm, stride_cn, stride_sn, stride_ym, M_BUCKET,
                  BITS: tl.constexpr, OFFSET: tl.constexpr, CODE: tl.constexpr, SYMMETRIC: tl.constexpr,
-                 GRANULARITY: tl.constexpr, GROUP: tl.constexpr, IEEE: tl.constexpr,
+                 GRANULARITY: tl.constexpr, GROUP: tl.constexpr, DQ: tl.constexpr, SCALE_DTYPE: tl.constexpr,
+                 IEEE: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                  GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr):
     """y[M, N] = x[M, K] @ W_hat^T with tl.dot, computed as y^T tiles [BLOCK_N, BLOCK_M] = W_hat x^T.
@@ -214,8 +220,9 @@ def qgemm_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, table_ptr, y_ptr, part
         if EPILOGUE_SCALE:
             w = unpack_tile(codes_ptr, table_ptr, rows_w, k0, N, K, stride_cn, BITS, OFFSET, CODE, BLOCK_N, BLOCK_K)
         else:
-            w = dequant_tile(codes_ptr, scales_ptr, zeros_ptr, table_ptr, rows_w, k0, N, K, stride_cn, stride_sn,
-                             BITS, OFFSET, CODE, SYMMETRIC, GRANULARITY, GROUP, BLOCK_N, BLOCK_K)
+            w = dequant_tile(codes_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr, mean_ptr, rows_w, k0, N, K,
+                             stride_cn, stride_sn, BITS, OFFSET, CODE, SYMMETRIC, GRANULARITY, GROUP, DQ, SCALE_DTYPE,
+                             BLOCK_N, BLOCK_K)
         if IEEE:
             acc = tl.dot(w, xt.to(tl.float32), acc, input_precision="ieee")
         else:
@@ -252,9 +259,8 @@ def _gemv(x: torch.Tensor, q: QuantizedTensor, p: PreparedWeight, y: torch.Tenso
     n, k = q.shape
     # the smallest BLOCK_N is 4, which bounds the number of tickets
     partials, tickets = split_workspace(x.device, n, cdiv(n, 4))
-    scales, zeros = p.weight_scales(q)
-    args = (x, p.units, scales, zeros, p.table, y, partials, tickets, n, k, p.units.stride(0), p.stride_sn,
-            p.units.shape[1])
+    args = (x, p.units, p.scales, p.zeros, p.table, p.second, p.mean, y, partials, tickets, n, k, p.units.stride(0),
+            p.stride_sn, p.units.shape[1])
     constants = p.gemv_constants_for(x.dtype)
     if INTERPRETED:
         qgemv_kernel[(cdiv(n, 16), 2)](*args, **constants, BLOCK_N=16, BLOCK_K=64, SPLIT_K=2,
@@ -272,10 +278,9 @@ def _gemm(x: torch.Tensor, q: QuantizedTensor, p: PreparedWeight, y: torch.Tenso
     ieee = x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and INTERPRETED)
     # tiles are at least 16 x 32, which bounds the number of tickets
     partials, tickets = split_workspace(x.device, m * n, cdiv(m, 16) * cdiv(n, 32)) if split else (y, y)
-    scales, zeros = p.weight_scales(q)
     bucket = _m_bucket(m)
-    args = (x, q.codes, scales, zeros, p.table, y, partials, tickets, m, n, k, x.stride(0), q.codes.stride(0),
-            p.stride_sn, y.stride(0), bucket)
+    args = (x, q.codes, p.scales, p.zeros, p.table, p.second, p.mean, y, partials, tickets, m, n, k, x.stride(0),
+            q.codes.stride(0), p.stride_sn, y.stride(0), bucket)
     constants = {**p.fmt, "IEEE": ieee}
     if INTERPRETED:
         qgemm_kernel[(cdiv(m, 16) * cdiv(n, 32), 2 if split else 1)](

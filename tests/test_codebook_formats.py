@@ -156,6 +156,30 @@ def test_double_quantized_scales_are_close_to_the_absmax(gen, device):
     assert (dequantize_ref(q).cpu() - w).norm() <= 1.05 * (dequantize_ref(nf4) - w).norm()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_nf4_dq_scales_decoded_inside_the_kernels_are_the_references(dtype, gen, device):
+    """nf4_dq's 8-bit scales are decoded inside dequantize and both matmul kernels
+    (dequantization.segment_scales): the same bits as codebooks.decode_scales, in every dtype,
+    with a second-level chunk that starts inside a row (40 rows of 12 groups: scale 256, where
+    chunk 1 starts, is row 21's group 4) and a poisoned group (NaN, scale code 0)."""
+    n, k, g = 40, 384, 32
+    w = (torch.randn(n, k, generator=gen) * torch.linspace(0.1, 3, n)[:, None]).to(dtype)
+    poisoned = w.clone()
+    poisoned[5, 64:96] = float("nan")
+    spec = QuantSpec(4, "nf4_dq", "group", g)
+    q = quantize(poisoned.to(device), spec)
+    assert q.second.chunk_scales.numel() == 2 and (q.scales.cpu()[5, 2] == 0).item()
+    got, want = dequantize(q).cpu(), dequantize_ref(q).cpu()
+    assert torch.equal(got.isnan(), want.isnan()) and got[5, 64:96].isnan().all()
+    assert torch.equal(got.nan_to_num(), want.nan_to_num())
+    q = quantize(w.to(device), spec)
+    for m in (1, 20, 70):  # the GEMV, the split-K GEMM and the GEMM
+        x = torch.randn(m, k, generator=gen).to(dtype).to(device)
+        exact = x.double() @ dequantize_ref(q, torch.float32).double().t()
+        err = ((qmatmul(x, q).double() - exact).norm() / exact.norm()).item()
+        assert err <= 2 * torch.finfo(dtype).eps + k * torch.finfo(torch.float32).eps, (m, err)
+
+
 @pytest.mark.parametrize("m", [1, 20, 70])  # the GEMV, the split-K GEMM and the GEMM
 @pytest.mark.parametrize("spec", [QuantSpec(4, "nf4", "group", 64), QuantSpec(8, "fp8", "channel")],
                          ids=["nf4", "fp8"])

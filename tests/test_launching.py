@@ -74,10 +74,12 @@ def test_a_prepared_weight_keys_its_format_and_is_dropped_with_the_weight():
     assert ident not in prepared._prepared
 
 
-def test_nf4_dq_scales_are_decoded_per_call_not_kept():
+def test_nf4_dq_scales_reach_the_kernels_as_codes():
+    """nf4_dq's 8-bit scale codes and second level go to the kernels as they are (decoded there):
+    nothing decoded is kept beside the weight."""
     from quantbench.kernels import prepared
     q = quantize_ref(torch.randn(32, 128), QuantSpec(4, "nf4_dq", "group", 32))
     p = prepared.prepared(q)
-    assert p.scales is None and p.zeros is None
-    scales, zeros = p.weight_scales(q)
-    assert scales.dtype == q.dtype and scales is zeros and scales.stride(0) == p.stride_sn
+    assert p.scales is q.scales and p.scales.dtype == torch.uint8 and p.fmt["DQ"]
+    assert p.second is q.second.chunk_scales and p.mean is q.second.mean
+    assert not prepared.prepared(quantize_ref(torch.randn(32, 128), QuantSpec(4, "nf4", "group", 32))).fmt["DQ"]

@@ -136,10 +136,11 @@ def test_gemv_split_k(spec, splits):
     partials, tickets = split_k.split_workspace(CUDA, n, n)
     for _ in range(3):
         qm.qgemv_kernel[(triton.cdiv(n, 32), splits)](
-            x, units, q.scales, q.scales if q.zeros is None else q.zeros, q.scales, y, partials, tickets, n, k,
-            units.stride(0), q.scales.stride(0), units.shape[1], BITS=spec.bits,
+            x, units, q.scales, q.scales if q.zeros is None else q.zeros, q.scales, q.scales, q.scales, y, partials,
+            tickets, n, k, units.stride(0), q.scales.stride(0), units.shape[1], BITS=spec.bits,
             FIELDS=units.element_size() * spec.per_byte, OFFSET=spec.offset, CODE=0, SYMMETRIC=spec.symmetric,
-            GRANULARITY=dequantization.GRANULARITY_IDS[spec.granularity], GROUP=spec.group_size or 1, BLOCK_N=32,
+            GRANULARITY=dequantization.GRANULARITY_IDS[spec.granularity], GROUP=spec.group_size or 1, DQ=False,
+            SCALE_DTYPE=dequantization.SCALE_DTYPE_IDS[q.dtype], BLOCK_N=32,
             BLOCK_K=128, SPLIT_K=splits, EVEN_N=True, EVEN_K=False)
         err, bound = rel_err(y, exact_product(x, q)), tolerance(torch.float16, k)
         assert err <= bound, f"split {splits}: rel err {err:.2e} > {bound:.2e}"
