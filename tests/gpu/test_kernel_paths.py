@@ -150,14 +150,16 @@ def test_gemv_split_k(spec, splits):
 
 def test_launchers_reuse_what_triton_compiled():
     """After the calls above, each launcher kept plans, and launches directly (no fallback)."""
-    from quantbench.kernels import dequantization, quantization, quantized_matmul as qm
+    from quantbench.kernels import dequantization, quantization, quantized_matmul as qm, w8a8
     g = torch.Generator().manual_seed(2)
     w, x = torch.randn(64, 256, generator=g).half().to(CUDA), torch.randn(1, 256, generator=g).half().to(CUDA)
     q = quantize(w, QuantSpec(4, "asymmetric", "group", 128))
+    w_int8, w_scales = pack_weights(quantize(w, QuantSpec(8, "symmetric", "channel")))
     for _ in range(2):
         qmatmul(x, q), qmatmul(x.repeat(16, 1), q), qmatmul(x.repeat(100, 1), q), dequantize(q), quantize(w, q.spec)
+        w8a8_matmul(x.repeat(32, 1), w_int8, w_scales)
     for launcher in (qm._gemv_launch, qm._split_launch, qm._gemm_launch, dequantization._dequantize_launch,
-                     quantization._quantize_launch):
+                     quantization._quantize_launch, w8a8._tokens_launch, w8a8._int8_gemm_launch):
         assert launcher.direct and launcher.plans, launcher.tuned
 
 
