@@ -18,6 +18,15 @@ way). The symmetric format is gemlite's integer shift: the stored field is the c
 and pack() with that integer as `zeros` dequantizes (W_q - zeros) * scales, the code times the scale.
 gemlite's bytes are the case's (packed codes, and scales and zeros in the activations' dtype; a
 4-byte integer zero when symmetric).
+
+Accumulation: on Hopper, gemlite 0.6 by default adds the K splits of its bfloat16 GEMV
+(gemv_revsplitK) into the output with bfloat16 atomic adds, so every partial sum is rounded to 8
+bits as it lands. That failed verification on the H200 (relative 0.019 against the float64
+product at 8192^2, over the bound 2 eps(bf16) + K eps(fp32) = 0.0166, which assumes float32
+accumulation as every other kernel keeps; results/h200/peers-20261203T091124Z). The adapter
+turns that off with gemlite's own switch for it (`set_native_atomic_bfp16(False)`, "disable for
+higher accuracy"): gemlite then adds the splits in a float32 buffer and casts. float16 outputs
+are unaffected (gemlite adds them in float16 either way, within the bound).
 """
 
 from __future__ import annotations
@@ -53,7 +62,8 @@ def check(inp: MatmulInputs) -> None:
 
 def gemlite_layer(inp: MatmulInputs):
     """A GemLiteLinearTriton holding the case's quantized weights (the module docstring says how)."""
-    from gemlite import DType, GemLiteLinearTriton
+    from gemlite import DType, GemLiteLinearTriton, set_native_atomic_bfp16
+    set_native_atomic_bfp16(False)  # float32 accumulation of bfloat16 splits (module docstring)
     q, x = inp.q, inp.x
     spec, (n, k) = q.spec, q.shape
     dtype = {torch.float16: DType.FP16, torch.bfloat16: DType.BF16}[x.dtype]
@@ -85,5 +95,6 @@ def gemlite_path(inp: MatmulInputs) -> str:
 GEMLITE_IMPLS: list[Impl] = [
     Impl(op="matmul", name="gemlite", role=Role.PEER, factory=gemlite_matmul, path=gemlite_path,
          needs=Needs(cuda=True, packages=("gemlite",)),
-         description="gemlite A16Wn GemLiteLinearTriton on the case's codes, scales and zeros (8/4/2 bits)"),
+         description="gemlite A16Wn GemLiteLinearTriton on the case's codes, scales and zeros (8/4/2 bits); "
+                     "bfloat16 splits added in float32 (set_native_atomic_bfp16(False))"),
 ]
