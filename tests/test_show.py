@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
-RUN = ROOT / "results" / "h200" / "peers-20261203T091124Z"  # ten implementations, two dtypes, NF4 and fp8 rows
+RUN = ROOT / "results" / "h200" / "peers-20261203T190008Z"  # ten implementations, two dtypes, NF4 and fp8 rows
 
 
 def show(*args: str) -> subprocess.CompletedProcess:

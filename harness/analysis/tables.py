@@ -6,6 +6,7 @@ import math
 
 import pandas as pd
 
+from .choice import choice_tables
 from .labels import format_label, shape_label
 
 
@@ -178,6 +179,8 @@ def summary_markdown(df: pd.DataFrame, meta: dict) -> str:
         table = op_table(df, op, copy_gbps)
         if not table.empty:
             lines += [f"## {op}", "", to_markdown(table), ""]
+        for title, choice in choice_tables(df, op):
+            lines += [f"## {title}", "", to_markdown(choice), ""]
     depth = depth_table(df)
     if not depth.empty:
         lines += ["## stack: error by depth", "", to_markdown(depth), ""]

@@ -30,30 +30,37 @@ def print_table(console: Console, title: str, table) -> None:
 
 
 def show_run(path, console: Console, columns: str | None = None, form: str = "table") -> None:
-    """A run's tables: one per op, the stack's error by depth, the rows that are not ok.
+    """A run's tables: one per op, the fastest by M where the run has peers (analysis.choice), the
+    stack's error by depth, the rows that are not ok.
 
     columns: None for the compact default (analysis.tables.compact_columns), "all", or
     comma-separated names and globs ('shape,format,ms *'); a pattern no table has is a ConfigError.
     form: "table" (rich, for a terminal), "markdown" or "csv" (for scripts: one block per table,
     headed by its title)."""
+    from ..analysis.choice import SUMMARY_COLUMNS as CHOICE_SUMMARY, choice_tables
     from ..analysis.tables import compact_columns, depth_table, failures, op_table, select_columns
     from ..results import load_run
     df, meta = load_run(path)
     env = meta.get("env", {})
-    tables = [(op, op_table(df, op, meta.get("calibration", {}).get("copy_gbps"))) for op in df["op"].unique()]
-    tables = [(op, t) for op, t in tables if not t.empty]
+    ops = df["op"].unique()
+    # (title, table, its compact columns): per op its cases, then which implementation to pick by M
+    # where the run has peers (the choice's compact form: the fastest, without every implementation)
+    tables = [(op, t, compact_columns(t, df[df["op"] == op]))
+              for op in ops if not (t := op_table(df, op, meta.get("calibration", {}).get("copy_gbps"))).empty]
+    tables += [(title, t, list(t.columns[:CHOICE_SUMMARY])) for op in ops for title, t in choice_tables(df, op)]
     patterns = None if columns in (None, "all") else [p.strip() for p in columns.split(",") if p.strip()]
     matched: set[str] = set()
-    for i, (op, t) in enumerate(tables):
+    for i, (title, t, compact) in enumerate(tables):
         if patterns is not None:
             t, hit = select_columns(t, patterns)
             matched |= hit
         elif columns is None:
-            t = t[compact_columns(t, df[df["op"] == op])]
-        tables[i] = (op, t)
+            t = t[compact]
+        tables[i] = (title, t, compact)
     if patterns is not None and (missing := [p for p in patterns if p not in matched]):
         raise ConfigError(f"--columns: {', '.join(map(repr, missing))} names no column of this run's tables "
                           f"(use 'all' to see them, or globs such as 'ms *')")
+    tables = [(title, t) for title, t, _ in tables if len(t.columns)]
     depth, bad = depth_table(df), failures(df)
     tables += [(title, t) for title, t in (("stack: error by depth", depth), ("not ok", bad)) if not t.empty]
     if form != "table":
