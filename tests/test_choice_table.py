@@ -14,9 +14,9 @@ DENSE = dict(bits=None, scheme=None, granularity=None, group_size=None)
 
 
 def row(impl, role, m, ms, fmt, status="ok", err=0.1, bits_per_weight=4.25):
-    return dict(op="matmul", impl=impl, role=role, status=status, M=m, N=256, K=512, shape_name="o_proj",
-                dtype="bfloat16", message="" if status == "ok" else "why", ms=ms if status != "skipped" else None, bits_per_weight=bits_per_weight,
-                out_rel_err=err, **fmt)
+    return dict(op="matmul", impl=impl, role=role, status=status, message="" if status == "ok" else "why", M=m,
+                N=256, K=512, shape_name="o_proj", dtype="bfloat16", ms=ms if status != "skipped" else None,
+                bits_per_weight=bits_per_weight, out_rel_err=err, **fmt)
 
 
 def rows():

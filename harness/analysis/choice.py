@@ -17,8 +17,10 @@ import pandas as pd
 
 from .labels import format_label, shape_label
 
-PICKABLE = ("candidate", "peer")
-SUMMARY_COLUMNS = 8  # shape, dtype, M, 'dense us', 'fastest', 'x dense', 'bits/weight', 'out rel err'; then one per implementation  # the reference (the seed's PyTorch path) and the baseline are yardsticks
+PICKABLE = ("candidate", "peer")  # the reference (the seed's PyTorch path) and the baseline are yardsticks
+# the table's first columns (shape, dtype, M, 'dense us', 'fastest', 'x dense', 'bits/weight',
+# 'out rel err'): its compact form; one column per implementation follows
+SUMMARY_COLUMNS = 8
 
 
 def _implementation_labels(d: pd.DataFrame) -> pd.Series:
@@ -49,7 +51,8 @@ def choice_table(df: pd.DataFrame, op: str, bits: int) -> pd.DataFrame:
         if dense is None or ok.empty:
             continue
         best = ok.loc[ok["ms"].idxmin()]
-        row = {"shape": shape_label(n, k, name), "dtype": dtype, "M": int(m), "dense us": dense, "fastest": best["label"], "x dense": dense / (best["ms"] * 1e3),
+        row = {"shape": shape_label(n, k, name), "dtype": dtype, "M": int(m), "dense us": dense,
+               "fastest": best["label"], "x dense": dense / (best["ms"] * 1e3),
                "bits/weight": best["bits_per_weight"], "out rel err": best["out_rel_err"]}
         for label in columns:
             mine = group[group["label"] == label]

@@ -23,10 +23,11 @@ Accumulation: on Hopper, gemlite 0.6 by default adds the K splits of its bfloat1
 (gemv_revsplitK) into the output with bfloat16 atomic adds, so every partial sum is rounded to 8
 bits as it lands. That failed verification on the H200 (relative 0.019 against the float64
 product at 8192^2, over the bound 2 eps(bf16) + K eps(fp32) = 0.0166, which assumes float32
-accumulation as every other kernel keeps; results/h200/peers-20261203T091124Z, pruned: in git history at 61fff38). The adapter
-turns that off with gemlite's own switch for it (`set_native_atomic_bfp16(False)`, "disable for
-higher accuracy"): gemlite then adds the splits in a float32 buffer and casts. float16 outputs
-are unaffected (gemlite adds them in float16 either way, within the bound).
+accumulation as every other kernel keeps; results/h200/peers-20261203T091124Z, in git history
+at 61fff38). The adapter turns that off with gemlite's own switch for it
+(`set_native_atomic_bfp16(False)`, "disable for higher accuracy"): gemlite then adds the splits
+in a float32 buffer and casts. float16 outputs are unaffected (gemlite adds them in float16
+either way, within the bound).
 """
 
 from __future__ import annotations
