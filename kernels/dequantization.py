@@ -8,6 +8,7 @@ poisoned segment) dequantizes to NaN. The format is documented in spec.py.
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 import torch
 import triton
@@ -272,12 +273,22 @@ def dequantize_kernel(codes_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr, m
 _dequantize_launch = Launcher(dequantize_kernel)
 
 
-def second_level(q: QuantizedTensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    """The kernels' nf4_dq arguments: (the float32 chunk scales, the float32 mean [1], True); for
-    any other scheme two stand-in pointers (never read) and False."""
+def second_level(q: QuantizedTensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernels' nf4_dq arguments: (the float32 chunk scales, the float32 mean [1]); for any
+    other scheme two stand-in pointers (never read: DQ is False)."""
     if q.second is None:
-        return q.scales, q.scales, False
-    return q.second.chunk_scales, q.second.mean, True
+        return q.scales, q.scales
+    return q.second.chunk_scales, q.second.mean
+
+
+def format_constants(q: QuantizedTensor) -> dict[str, Any]:
+    """The constexpr arguments that tell dequant_tile, and the kernels built on it (dequantize, the
+    GEMV, the GEMMs), q's format: GROUP is 1 where there are no groups; DQ and SCALE_DTYPE say
+    whether and into which dtype nf4_dq's 8-bit scales are decoded (segment_scales)."""
+    spec = q.spec
+    return dict(BITS=spec.bits, OFFSET=spec.offset, CODE=CODE_IDS[spec.codebook], SYMMETRIC=spec.symmetric,
+                GRANULARITY=GRANULARITY_IDS[spec.granularity], GROUP=spec.group_size or 1, DQ=q.second is not None,
+                SCALE_DTYPE=SCALE_DTYPE_IDS[q.dtype])
 
 
 def dequantize(q: QuantizedTensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -292,11 +303,12 @@ def dequantize(q: QuantizedTensor, out_dtype: torch.dtype | None = None) -> torc
     block_k = max(spec.group_size or 0, min(MIN_BLOCK_K, triton.next_power_of_2(max(k, spec.per_byte))))
     block_n = max(1, TILE_ELEMS // block_k)
     grid = (cdiv(k, block_k), cdiv(n, block_n))
-    second, mean, dq = second_level(q)
+    second, mean = second_level(q)
     args = (q.codes, q.scales, q.scales if q.zeros is None else q.zeros, code_table(spec, q.codes.device), second,
             mean, out, n, k, q.codes.stride(0), out.stride(0), q.scales.stride(0))
+    # GROUP: per channel and per tensor dequant_tile reads none; block_k there is what this
+    # launcher has always passed, so its compiled kernels stay the ones measured
     _dequantize_launch(lambda meta: grid, args, dict(
-        BITS=spec.bits, OFFSET=spec.offset, CODE=CODE_IDS[spec.codebook], SYMMETRIC=spec.symmetric,
-        GRANULARITY=GRANULARITY_IDS[spec.granularity], GROUP=spec.group_size or block_k, DQ=dq,
-        SCALE_DTYPE=SCALE_DTYPE_IDS[q.dtype], OUT_MAX=torch.finfo(out.dtype).max, BLOCK_N=block_n, BLOCK_K=block_k))
+        format_constants(q), GROUP=spec.group_size or block_k, OUT_MAX=torch.finfo(out.dtype).max,
+        BLOCK_N=block_n, BLOCK_K=block_k))
     return out

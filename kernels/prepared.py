@@ -20,9 +20,8 @@ from typing import Any
 import torch
 
 from .codebooks import code_table
-from .dequantization import GRANULARITY_IDS, SCALE_DTYPE_IDS, second_level
+from .dequantization import format_constants, second_level
 from .launching import signature
-from .quantization import CODE_IDS
 from .references import check_weight_once
 from .spec import QuantizedTensor
 
@@ -89,11 +88,9 @@ def prepared(q: QuantizedTensor) -> PreparedWeight:
     table = code_table(spec, q.codes.device)
     scales = q.scales
     zeros = q.zeros if q.zeros is not None else scales
-    second, mean, dq = second_level(q)
+    second, mean = second_level(q)
     stride_sn = scales.stride(0)
-    fmt = dict(BITS=spec.bits, OFFSET=spec.offset, CODE=CODE_IDS[spec.codebook], SYMMETRIC=spec.symmetric,
-               GRANULARITY=GRANULARITY_IDS[spec.granularity], GROUP=spec.group_size or 1, DQ=dq,
-               SCALE_DTYPE=SCALE_DTYPE_IDS[q.dtype])
+    fmt = format_constants(q)
     weight_args = (scales, zeros, table, second, mean)
     # with the format's constants: two weights alike in their tensors can differ in their format
     gemv_key = (signature((units,) + weight_args + (n, k, units.stride(0), stride_sn, units.shape[1])),
