@@ -50,3 +50,22 @@ def test_markdown_is_a_table_per_op_and_a_wrong_column_is_bad_input():
     assert "| shape |" in md.stdout
     bad = show("--columns", "shape,speed")
     assert bad.returncode == 2 and "--columns: 'speed' names no column" in bad.stderr
+
+
+def test_a_run_of_schema_1_reads_and_a_foreign_record_is_named(tmp_path):
+    """rows.jsonl of schema 1 held one row a line, with no case records: `show` reads it (the
+    committed stack run is one); a line that is neither a case nor a row is a clear error, exit 2."""
+    old = ROOT / "results" / "h200" / "stack-20261123T203258Z"
+    shown = subprocess.run([sys.executable, "-m", "quantbench.harness.cli", "show", str(old)],
+                           capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    assert "stack" in shown.stdout
+    import shutil
+    damaged = tmp_path / "run"
+    shutil.copytree(old, damaged)
+    (damaged / "rows.jsonl").write_text('{"hello": 1}\n')
+    (damaged / "results.csv").unlink()
+    bad = subprocess.run([sys.executable, "-m", "quantbench.harness.cli", "show", str(damaged)],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "rows.jsonl:1: neither a case record" in bad.stderr, bad.stderr
+    assert "Traceback" not in bad.stderr

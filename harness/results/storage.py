@@ -121,6 +121,9 @@ class RunWriter:
         path = Path(path)
         meta = read_meta(path, required=True)
         done = read_cases(path / "rows.jsonl", drop_torn_tail=True)
+        if any(key is None for key, _ in done):
+            raise RunFolderError(f"{path}: its rows.jsonl has one row a line, with no case records (schema 1): "
+                                 f"such a run cannot be resumed; run its config again")
         keys = {key for key, _ in done}
         samples = [rec for rec in read_samples(path, drop_torn_tail=True) if rec["case"] in keys]
         atomic_write(path / "rows.jsonl", "".join(json.dumps({"case": k, "rows": r}) + "\n" for k, r in done))
@@ -219,8 +222,20 @@ def read_lines(path: Path, drop_torn_tail: bool = False) -> list[dict[str, Any]]
     return records
 
 
-def read_cases(path: Path, drop_torn_tail: bool = False) -> list[tuple[str, list[dict[str, Any]]]]:
-    return [(rec["case"], rec["rows"]) for rec in read_lines(path, drop_torn_tail)]
+def read_cases(path: Path, drop_torn_tail: bool = False) -> list[tuple[str | None, list[dict[str, Any]]]]:
+    """(case key, its rows) for each record of a rows.jsonl. Runs of schema 1 wrote one row a line,
+    with no case records: each such row is read as a case of its own (key None). A line that is
+    neither is an error naming the file and line."""
+    cases = []
+    for number, rec in enumerate(read_lines(path, drop_torn_tail), start=1):
+        if isinstance(rec, dict) and "case" in rec and "rows" in rec:
+            cases.append((rec["case"], rec["rows"]))
+        elif isinstance(rec, dict) and "op" in rec and "impl" in rec:
+            cases.append((None, [rec]))
+        else:
+            raise RunFolderError(f"{path}:{number}: neither a case record ('case' and 'rows') nor a row "
+                                 f"('op', 'impl')")
+    return cases
 
 
 MEASURED = [c for c in TIME + CLOCKS + MEMORY + ERROR + OUTPUT_ERROR if c != "timing_valid"]
