@@ -68,19 +68,6 @@ def nf4_word_ptx() -> str:
 NF4_WORD_PTX = tl.constexpr(nf4_word_ptx())
 
 
-@triton.jit
-def nf4_word_levels(words):
-    """The NF4 levels (float32) of the 8 fields of int32 words, a tuple of 8 tensors shaped like
-    words (field j: bits 4j to 4j + 3), decoded in registers (nf4_word_ptx). GPU only."""
-    v = tl.inline_asm_elementwise(NF4_WORD_PTX, "=r,=r,=r,=r,=r,=r,=r,=r,r", [words],
-                                  dtype=(tl.int32, tl.int32, tl.int32, tl.int32, tl.int32, tl.int32, tl.int32,
-                                         tl.int32), is_pure=True, pack=1)
-    return (v[0].to(tl.float32, bitcast=True), v[1].to(tl.float32, bitcast=True),
-            v[2].to(tl.float32, bitcast=True), v[3].to(tl.float32, bitcast=True),
-            v[4].to(tl.float32, bitcast=True), v[5].to(tl.float32, bitcast=True),
-            v[6].to(tl.float32, bitcast=True), v[7].to(tl.float32, bitcast=True))
-
-
 def int_word_ptx(bits: int, halves: bool = False) -> str:
     """PTX that splits an int32 word of 32 // bits integer fields (field j at bits j * bits; 4- or
     2-bit fields) into float32 bits, one output each ($0.., the word last): those of 2^23 + field,
@@ -129,19 +116,54 @@ def int_word_fields(words, BITS: tl.constexpr, HALVES: tl.constexpr = False):
 
 
 @triton.jit
+def nf4_levels(fields, table_ptr):
+    """The NF4 levels (float32) of int32 fields 0..15, any shape: table_ptr[field].
+
+    The 16-entry table is loaded once into registers and indexed by tl.gather, which on the GPU
+    stores it to shared memory (a few stores and two barriers per call) and reads one level a field
+    (an LDS, 4-byte aligned, on the memory pipe). A load from the global table per field costs a
+    64-bit address (3-4 integer instructions) and an L1 access; the levels decoded in registers
+    (prmt on byte planes of the table) cost ~6 ALU instructions a field, the pipe that bounds the
+    GPU's GEMV (kernels/NOTES.md). Called on a whole tile so the table's store and barriers come
+    once per tile."""
+    table = tl.load(table_ptr + tl.arange(0, 16))
+    flat = tl.reshape(fields, (fields.numel,))
+    return tl.reshape(tl.gather(table, flat, 0), fields.shape)
+
+
+@triton.jit
+def nf4_word_levels(words, table_ptr):
+    """The NF4 levels (float32) of the 8 fields of int32 words (field j: bits 4j to 4j + 3), a
+    tuple of 8 tensors shaped like words, field 0 first: nf4_levels on all of them at once.
+
+    The fields are joined into a [..., 2, 2, 2] tensor (field c + 2b + 4a at [..., c, b, a]), so
+    that a thread holds all 8 fields of its words and tl.split hands them back without moving
+    data between threads."""
+    f = tl.join(tl.join(tl.join(words & 0xF, (words >> 4) & 0xF), tl.join((words >> 8) & 0xF, (words >> 12) & 0xF)),
+                tl.join(tl.join((words >> 16) & 0xF, (words >> 20) & 0xF),
+                        tl.join((words >> 24) & 0xF, (words >> 28) & 0xF)))
+    low, high = tl.split(nf4_levels(f, table_ptr))
+    f01, f23 = tl.split(low)
+    f45, f67 = tl.split(high)
+    f0, f1 = tl.split(f01)
+    f2, f3 = tl.split(f23)
+    f4, f5 = tl.split(f45)
+    f6, f7 = tl.split(f67)
+    return f0, f1, f2, f3, f4, f5, f6, f7
+
+
+@triton.jit
 def field_values(fields, table_ptr, OFFSET: tl.constexpr, CODE: tl.constexpr):
     """float32 values of int32 fields: field - OFFSET (CODE 0, integer schemes), the NF4 level
     table_ptr[field] (CODE 1), or the float8 e4m3 value of the field's bits (CODE 2).
 
     Integers by the exponent trick: the bits of 2^23 + field, minus 2^23 + OFFSET (exact, and
-    full-rate arithmetic where an integer conversion instruction is slow). NF4 levels by a load
-    from the 16-entry table, which stays in L1 (on the GPU the kernels decode whole words in
-    registers instead where they can: nf4_word_levels). e4m3 by the hardware conversion (sm_89 and
-    newer; exact: every e4m3 value is a float32)."""
+    full-rate arithmetic where an integer conversion instruction is slow). NF4 levels by nf4_levels.
+    e4m3 by the hardware conversion (sm_89 and newer; exact: every e4m3 value is a float32)."""
     if CODE == 0:
         return (fields | 0x4B000000).to(tl.float32, bitcast=True) - (8388608.0 + OFFSET)
     elif CODE == 1:
-        return tl.load(table_ptr + fields)
+        return nf4_levels(fields, table_ptr)
     else:
         return fields.to(tl.uint8).to(tl.float8e4nv, bitcast=True).to(tl.float32)
 
@@ -162,16 +184,6 @@ def unpack_tile(codes_ptr, table_ptr, rows, k0, N, K, stride_cn,
     byte_mask = (rows < N)[:, None] & (byte_cols[None, :] < (K + PER_BYTE - 1) // PER_BYTE)
     packed = tl.load(codes_ptr + rows[:, None] * stride_cn + byte_cols[None, :], mask=byte_mask, other=0)
     packed = packed.to(tl.int32)
-    if CODE == 1 and ON_GPU:
-        # 4 bytes into one int32 word (byte i at bits 8i), decoded 8 levels at a time; word j's
-        # level i is column 8j + i, put back in place by joins (the integer forms below, done twice)
-        b02, b13 = tl.split(tl.reshape(packed, (BLOCK_N, BLOCK_K // 8, 2, 2)))
-        b0, b2 = tl.split(b02)
-        b1, b3 = tl.split(b13)
-        v = nf4_word_levels(b0 | (b1 << 8) | (b2 << 16) | (b3 << 24))
-        levels = tl.join(tl.join(tl.join(v[0], v[4]), tl.join(v[2], v[6])),
-                         tl.join(tl.join(v[1], v[5]), tl.join(v[3], v[7])))
-        return tl.reshape(levels, (BLOCK_N, BLOCK_K))
     if BITS == 8:
         fields = packed
     elif BITS == 4:

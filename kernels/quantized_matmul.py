@@ -103,7 +103,8 @@ def qgemv_kernel(x_ptr, units_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr,
     row_ok = rows < N
     segs = tl.arange(0, NSEG)
     tile_units = segs[:, None] * SEG_UNITS + tl.arange(0, SEG_UNITS)[None, :]  # [NSEG, SEG_UNITS]
-    NF4_WORDS: tl.constexpr = CODE == 1 and ON_GPU and FIELDS == 8
+    # NF4 in int32 words: the 8 fields of every word of the tile looked up at once (nf4_word_levels)
+    NF4_WORDS: tl.constexpr = CODE == 1 and FIELDS == 8
     INT_WORDS: tl.constexpr = CODE == 0 and ON_GPU and BITS < 8 and FIELDS == 32 // BITS
     acc = tl.zeros((BLOCK_N, NSEG, SEG_UNITS), tl.float32)
     x_total = tl.zeros((NSEG, SEG_UNITS), tl.float32)  # sum of x (per-channel and per-tensor zeros)
@@ -118,7 +119,7 @@ def qgemv_kernel(x_ptr, units_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr,
                              eviction_policy="evict_first")
         packed = packed.to(tl.int32)
         if NF4_WORDS:
-            levels = nf4_word_levels(packed)  # the 8 fields' levels, decoded in registers
+            levels = nf4_word_levels(packed, table_ptr)  # the 8 fields' levels, one table lookup per tile
         if INT_WORDS:
             # the bits of 2^23 + field (or 1/2 + field / 256), one prmt each
             biased = int_word_fields(packed, BITS, FOLD_OFFSET)

@@ -143,9 +143,9 @@ def every_byte_codes(rows: int, cols_bytes: int) -> torch.Tensor:
 
 
 @triton.jit
-def word_levels_kernel(words_ptr, out_ptr, BLOCK: tl.constexpr):
+def word_levels_kernel(words_ptr, table_ptr, out_ptr, BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    v = nf4_word_levels(tl.load(words_ptr + offs))
+    v = nf4_word_levels(tl.load(words_ptr + offs), table_ptr)
     for j in tl.static_range(8):
         tl.store(out_ptr + offs * 8 + j, v[j])
 
@@ -153,7 +153,8 @@ def word_levels_kernel(words_ptr, out_ptr, BLOCK: tl.constexpr):
 def test_nf4_word_levels_give_every_level_at_every_field():
     words = every_byte_codes(64, 1024).view(torch.int32).reshape(-1).to(CUDA)  # 16384 words
     out = torch.empty(words.numel() * 8, dtype=torch.float32, device=CUDA)
-    word_levels_kernel[(words.numel() // 256,)](words, out, BLOCK=256)
+    table = torch.tensor(NF4_LEVELS, dtype=torch.float32, device=CUDA)
+    word_levels_kernel[(words.numel() // 256,)](words, table, out, BLOCK=256)
     w = words.cpu().view(torch.uint8).to(torch.int64)
     fields = torch.stack([w & 15, w >> 4], dim=-1).reshape(-1)  # field 2i: byte i's low nibble
     want = torch.tensor(NF4_LEVELS, dtype=torch.float32)[fields]
