@@ -8,22 +8,20 @@ poisoned segment) dequantizes to NaN. The format is documented in spec.py.
 from __future__ import annotations
 
 import struct
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 import triton
 import triton.language as tl
 
-from .exact_math import ON_GPU, mul_rn, round_to
-from .quantization import CODE_IDS
+from .exact_math import mul_rn, round_to
 from .checks import cdiv
-from .codebooks import code_table
 from .launching import Launcher
-from .references import check_weight_once, dequantize_ref, expand_params, out_dtype_of  # noqa: F401 (the reference beside its kernel)
+from .prepared import PreparedWeight, prepared
+from .references import dequantize_ref, expand_params, out_dtype_of  # noqa: F401 (the reference beside its kernel)
 from .spec import DQ_CHUNK, NF4_LEVELS, QuantizedTensor
 
-GRANULARITY_IDS = {"tensor": 0, "channel": 1, "group": 2}
-SCALE_DTYPE_IDS = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}  # nf4_dq's decoded scales
 DQ_CHUNK_C = tl.constexpr(DQ_CHUNK)
 TILE_ELEMS = 4096  # output elements one program writes
 MIN_BLOCK_K = 256
@@ -201,7 +199,7 @@ def segment_scales(scales_ptr, second_ptr, mean_ptr, offs, flat, mask, DQ: tl.co
     decoded as codebooks.decode_scales decodes them, bit for bit: (code - 128) times the float32
     scale of the code's chunk (second_ptr[flat // DQ_CHUNK], flat the code's index in the
     row-major [N, groups] matrix) plus the mean (mean_ptr[0]), two roundings in float32 (mul_rn keeps them two),
-    then rounded to the weight's dtype (SCALE_DTYPE: SCALE_DTYPE_IDS), 1 where that is 0, NaN for
+    then rounded to the weight's dtype (SCALE_DTYPE: prepared.SCALE_DTYPE_IDS), 1 where that is 0, NaN for
     code 0 (a poisoned segment). Decoded here, a group costs the kernel a byte and a cached chunk
     scale; decoded before the kernel by PyTorch ops it cost a float scale per group written and read
     again, several launches and their host time on every call."""
@@ -285,42 +283,43 @@ def dequantize_kernel(codes_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr, m
 _dequantize_launch = Launcher(dequantize_kernel)
 
 
-def second_level(q: QuantizedTensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The kernels' nf4_dq arguments: (the float32 chunk scales, the float32 mean [1]); for any
-    other scheme two stand-in pointers (never read: DQ is False)."""
-    if q.second is None:
-        return q.scales, q.scales
-    return q.second.chunk_scales, q.second.mean
+@dataclass(frozen=True)
+class DequantizePlan:
+    """dequantize's launch for one weight and output dtype, made on its first call and kept with
+    the weight (PreparedWeight.dequantize_plans): the grid, the constants and the launch key."""
+    grid: Callable[[dict[str, Any]], tuple[int, int]]
+    constants: dict[str, Any]
+    key: tuple
 
 
-def format_constants(q: QuantizedTensor) -> dict[str, Any]:
-    """The constexpr arguments that tell dequant_tile, and the kernels built on it (dequantize, the
-    GEMV, the GEMMs), q's format: GROUP is 1 where there are no groups; DQ and SCALE_DTYPE say
-    whether and into which dtype nf4_dq's 8-bit scales are decoded (segment_scales)."""
+def dequantize_plan(q: QuantizedTensor, p: PreparedWeight, dtype: torch.dtype) -> DequantizePlan:
+    n, k = q.shape
     spec = q.spec
-    return dict(BITS=spec.bits, OFFSET=spec.offset, CODE=CODE_IDS[spec.codebook], SYMMETRIC=spec.symmetric,
-                GRANULARITY=GRANULARITY_IDS[spec.granularity], GROUP=spec.group_size or 1, DQ=q.second is not None,
-                SCALE_DTYPE=SCALE_DTYPE_IDS[q.dtype])
+    block_k = max(spec.group_size or 0, min(MIN_BLOCK_K, triton.next_power_of_2(max(k, spec.per_byte))))
+    block_n = max(1, TILE_ELEMS // block_k)
+    grid = (cdiv(k, block_k), cdiv(n, block_n))
+    # GROUP: per channel and per tensor dequant_tile reads none; block_k there is what this
+    # launcher has always passed, so its compiled kernels stay the ones measured
+    constants = dict(p.fmt, GROUP=spec.group_size or block_k, OUT_MAX=torch.finfo(dtype).max, BLOCK_N=block_n,
+                     BLOCK_K=block_k)
+    # the output is always new from PyTorch's allocator (16-byte aligned), contiguous [N, K]: the
+    # weight's share of the key (its tensors, sizes and format) and the dtype say the rest
+    return DequantizePlan(lambda meta: grid, constants, (p.gemm_key, dtype))
 
 
 def dequantize(q: QuantizedTensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Dequantize with the Triton kernel into a new [N, K] tensor of `out_dtype` (default: the
     scales' dtype, which is the dtype that was quantized). Values saturate at the output dtype's
-    largest finite magnitude; a poisoned segment (NaN scale) comes out NaN. q's checks run on its
-    first use only (check_weight_once)."""
-    check_weight_once(q)
+    largest finite magnitude; a poisoned segment (NaN scale) comes out NaN. q's checks and the
+    launch's plan are made on its first use (prepared.py), so a call pays on the host for the
+    output and the launch only."""
+    p = prepared(q)
+    dtype = q.dtype if out_dtype is None else out_dtype
+    plan = p.dequantize_plans.get(dtype)
+    if plan is None:
+        plan = p.dequantize_plans[dtype] = dequantize_plan(q, p, out_dtype_of(q, dtype))
     n, k = q.shape
-    spec = q.spec
-    out = torch.empty((n, k), dtype=out_dtype_of(q, out_dtype), device=q.codes.device)
-    block_k = max(spec.group_size or 0, min(MIN_BLOCK_K, triton.next_power_of_2(max(k, spec.per_byte))))
-    block_n = max(1, TILE_ELEMS // block_k)
-    grid = (cdiv(k, block_k), cdiv(n, block_n))
-    second, mean = second_level(q)
-    args = (q.codes, q.scales, q.scales if q.zeros is None else q.zeros, code_table(spec, q.codes.device), second,
-            mean, out, n, k, q.codes.stride(0), out.stride(0), q.scales.stride(0))
-    # GROUP: per channel and per tensor dequant_tile reads none; block_k there is what this
-    # launcher has always passed, so its compiled kernels stay the ones measured
-    _dequantize_launch(lambda meta: grid, args, dict(
-        format_constants(q), GROUP=spec.group_size or block_k, OUT_MAX=torch.finfo(out.dtype).max,
-        BLOCK_N=block_n, BLOCK_K=block_k))
+    out = torch.empty((n, k), dtype=dtype, device=q.codes.device)
+    args = (q.codes, p.scales, p.zeros, p.table, p.second, p.mean, out, n, k, q.codes.stride(0), k, p.stride_sn)
+    _dequantize_launch(plan.grid, args, plan.constants, plan.key)
     return out

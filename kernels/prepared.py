@@ -1,11 +1,11 @@
-"""What qmatmul's launchers need of a weight, made once per QuantizedTensor.
+"""What the launchers (qmatmul's and dequantize's) need of a weight, made once per QuantizedTensor.
 
 A launcher called for every layer of every token should pay on the host only for what changes
 between two calls (x, y and M). What depends on the weight alone is made on the first call with a
 QuantizedTensor and kept while it lives (it is frozen): its checks (check_weight_once), the int32
-view of its codes, its format's kernel constants, and the part of the launch key (see
-launching.Launcher) that its tensors and sizes make, so that a call does not walk the kernel's
-13-16 arguments again.
+view of its codes, its format's kernel constants (format_constants, which every kernel that reads
+the format takes), and the part of the launch key (see launching.Launcher) that its tensors and
+sizes make, so that a call does not walk the kernel's 12-16 arguments again.
 
 nf4_dq's 8-bit scales are decoded inside the kernels (dequantization.segment_scales), from the
 weight's own tensors: nothing decoded is kept, so the weight stays the size of its format.
@@ -20,8 +20,8 @@ from typing import Any
 import torch
 
 from .codebooks import code_table
-from .dequantization import format_constants, second_level
 from .launching import signature
+from .quantization import CODE_IDS
 from .references import check_weight_once
 from .spec import QuantizedTensor
 
@@ -46,7 +46,8 @@ class PreparedWeight:
     row stride; fmt: the format constants both kernels take; gemv_key / gemm_key: the weight's
     share of the launch key (the signature of its tensors and sizes, and fmt); gemv_constants:
     per activation dtype, the GEMV's constants (fmt, FIELDS, FOLD_OFFSET), which the key's fmt,
-    units dtype and x dtype determine."""
+    units dtype and x dtype determine; dequantize_plans: per output dtype, dequantize's launch
+    (dequantization.DequantizePlan; the dequantize launcher's key is gemm_key and the dtype)."""
 
     ref: weakref.ref
     units: torch.Tensor
@@ -60,6 +61,7 @@ class PreparedWeight:
     gemv_key: tuple
     gemm_key: tuple
     gemv_constants: dict[torch.dtype, dict[str, Any]] = field(default_factory=dict)
+    dequantize_plans: dict[torch.dtype, Any] = field(default_factory=dict)
 
     def gemv_constants_for(self, dtype: torch.dtype) -> dict[str, Any]:
         constants = self.gemv_constants.get(dtype)
@@ -71,6 +73,28 @@ class PreparedWeight:
             constants = dict(self.fmt, FIELDS=self.units.element_size() * spec.per_byte, FOLD_OFFSET=fold)
             self.gemv_constants[dtype] = constants
         return constants
+
+
+GRANULARITY_IDS = {"tensor": 0, "channel": 1, "group": 2}
+SCALE_DTYPE_IDS = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}  # nf4_dq's decoded scales
+
+
+def second_level(q: QuantizedTensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernels' nf4_dq arguments: (the float32 chunk scales, the float32 mean [1]); for any
+    other scheme two stand-in pointers (never read: DQ is False)."""
+    if q.second is None:
+        return q.scales, q.scales
+    return q.second.chunk_scales, q.second.mean
+
+
+def format_constants(q: QuantizedTensor) -> dict[str, Any]:
+    """The constexpr arguments that tell dequant_tile, and the kernels built on it (dequantize, the
+    GEMV, the GEMMs), q's format: GROUP is 1 where there are no groups; DQ and SCALE_DTYPE say
+    whether and into which dtype nf4_dq's 8-bit scales are decoded (segment_scales)."""
+    spec = q.spec
+    return dict(BITS=spec.bits, OFFSET=spec.offset, CODE=CODE_IDS[spec.codebook], SYMMETRIC=spec.symmetric,
+                GRANULARITY=GRANULARITY_IDS[spec.granularity], GROUP=spec.group_size or 1, DQ=q.second is not None,
+                SCALE_DTYPE=SCALE_DTYPE_IDS[q.dtype])
 
 
 _prepared: dict[int, PreparedWeight] = {}

@@ -26,6 +26,7 @@ instead.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -336,7 +337,7 @@ def qmatmul(x: torch.Tensor, q: QuantizedTensor) -> torch.Tensor:
     if path == "dequantize+cublas":
         # a new [N, K] buffer each call, from PyTorch's caching allocator (so it is reused, and a
         # peak-memory measurement sees it)
-        return torch.matmul(x, dequantize(q, x.dtype).t())
+        return F.linear(x, dequantize(q, x.dtype))
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if path == "gemv":
         _gemv(x, q, p, y)

@@ -83,3 +83,21 @@ def test_nf4_dq_scales_reach_the_kernels_as_codes():
     assert p.scales is q.scales and p.scales.dtype == torch.uint8 and p.fmt["DQ"]
     assert p.second is q.second.chunk_scales and p.mean is q.second.mean
     assert not prepared.prepared(quantize_ref(torch.randn(32, 128), QuantSpec(4, "nf4", "group", 32))).fmt["DQ"]
+
+
+def test_dequantize_plans_its_launch_once_per_weight_and_output_dtype():
+    """dequantize keeps its grid, constants and launch key with the weight: made on the first call
+    of an output dtype, reused after; each dtype has its own (OUT_MAX, and the key, differ)."""
+    from quantbench.kernels import dequantize, dequantize_ref, prepared
+    q = quantize_ref(torch.randn(32, 128).half(), QuantSpec(4, "asymmetric", "group", 32))
+    assert torch.equal(dequantize(q), dequantize_ref(q))
+    p = prepared.prepared(q)
+    half = p.dequantize_plans[torch.float16]
+    assert torch.equal(dequantize(q, torch.float16), dequantize_ref(q, torch.float16))
+    assert p.dequantize_plans[torch.float16] is half and list(p.dequantize_plans) == [torch.float16]
+    assert torch.equal(dequantize(q, torch.bfloat16), dequantize_ref(q, torch.bfloat16))
+    wide = p.dequantize_plans[torch.bfloat16]
+    assert wide.key != half.key and wide.constants["OUT_MAX"] > half.constants["OUT_MAX"]
+    with pytest.raises(TypeError, match="out_dtype must be"):
+        dequantize(q, torch.int8)
+    assert torch.int8 not in p.dequantize_plans

@@ -126,7 +126,7 @@ def test_qmatmul_every_path_and_format(spec, m, n, k, path):
 def test_gemv_split_k(spec, splits):
     """The GEMV with K split over programs (partial sums added atomically, the last program of a
     row block writing it), whatever the autotuner picks; 3 leaves the last split a short range."""
-    from quantbench.kernels import dequantization, prepared, quantized_matmul as qm, split_k
+    from quantbench.kernels import prepared, quantized_matmul as qm, split_k
     g = torch.Generator().manual_seed(splits)
     n, k = 96, 1408
     w, x = torch.randn(n, k, generator=g).half().to(CUDA), torch.randn(1, k, generator=g).half().to(CUDA)
@@ -139,8 +139,8 @@ def test_gemv_split_k(spec, splits):
             x, units, q.scales, q.scales if q.zeros is None else q.zeros, q.scales, q.scales, q.scales, y, partials,
             tickets, n, k, units.stride(0), q.scales.stride(0), units.shape[1], BITS=spec.bits,
             FIELDS=units.element_size() * spec.per_byte, OFFSET=spec.offset, CODE=0, SYMMETRIC=spec.symmetric,
-            GRANULARITY=dequantization.GRANULARITY_IDS[spec.granularity], GROUP=spec.group_size or 1, DQ=False,
-            SCALE_DTYPE=dequantization.SCALE_DTYPE_IDS[q.dtype], BLOCK_N=32,
+            GRANULARITY=prepared.GRANULARITY_IDS[spec.granularity], GROUP=spec.group_size or 1, DQ=False,
+            SCALE_DTYPE=prepared.SCALE_DTYPE_IDS[q.dtype], BLOCK_N=32,
             BLOCK_K=128, SPLIT_K=splits, EVEN_N=True, EVEN_K=False)
         err, bound = rel_err(y, exact_product(x, q)), tolerance(torch.float16, k)
         assert err <= bound, f"split {splits}: rel err {err:.2e} > {bound:.2e}"
