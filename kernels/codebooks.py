@@ -21,15 +21,38 @@ def table(values: tuple[float, ...], device) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float32, device=device)
 
 
+NF4_CELLS = 32  # of NF4's encode table: cells of width 2 / NF4_CELLS over [-1, 1]
+
+
+def nf4_cells() -> tuple[float, ...]:
+    """NF4's encode table (quantization.quantize_tile), 2 * NF4_CELLS float32 values: for each cell
+    c, [c / 16 - 1, (c + 1) / 16 - 1), the midpoint that lies in it (+inf where none does), then
+    for each cell the number of midpoints below its start. The code of v in cell c is that number,
+    plus 1 if v is above the cell's midpoint: the count of midpoints below v, as encode_ref counts
+    them, with one compare. Each cell holds at most one midpoint, and none lies within 1/1000 of a
+    cell's edge, so a v put in the neighbouring cell by the rounding of v * 16 + 16 (an error near
+    2^-19) still gets its own count; both are checked here, when the table is made."""
+    width = 2.0 / NF4_CELLS
+    thresholds, below = [], []
+    for c in range(NF4_CELLS):
+        start = c * width - 1.0
+        inside = [m for m in NF4_MIDPOINTS if start <= m < start + width]
+        assert len(inside) <= 1 and all(min(m - start, start + width - m) > 1e-3 for m in inside)
+        thresholds.append(inside[0] if inside else math.inf)
+        below.append(float(sum(m < start for m in NF4_MIDPOINTS)))
+    return tuple(thresholds + below)
+
+
 _tables: dict[tuple[torch.device, str], torch.Tensor] = {}
-TABLES = {"nf4 levels": NF4_LEVELS, "nf4 midpoints": NF4_MIDPOINTS, "none": (0.0,)}
+TABLES = {"nf4 levels": NF4_LEVELS, "nf4 cells": nf4_cells(), "none": (0.0,)}
 
 
 def code_table(spec: QuantSpec, device: torch.device, decode: bool = True) -> torch.Tensor:
     """The float32 table a kernel reads for spec's codes, made once per device (a tensor's
     .device: the launchers call this on every call, so the key is built from it as it is): the NF4
-    levels (decode) or midpoints (encode); for the other schemes, which read none, a 1-element stand-in."""
-    name = ("nf4 levels" if decode else "nf4 midpoints") if spec.codebook == "nf4" else "none"
+    levels (decode) or its encode table (nf4_cells); for the other schemes, which read none, a
+    1-element stand-in."""
+    name = ("nf4 levels" if decode else "nf4 cells") if spec.codebook == "nf4" else "none"
     key = (device, name)
     if key not in _tables:
         _tables[key] = table(TABLES[name], device)

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .exact_math import mul_rn, round_to
+from .exact_math import lookup, mul_rn, round_to
 from .checks import cdiv
 from .launching import Launcher
 from .prepared import PreparedWeight, prepared
@@ -114,25 +114,9 @@ def int_word_fields(words, BITS: tl.constexpr, HALVES: tl.constexpr = False):
 
 
 @triton.jit
-def nf4_levels(fields, table_ptr):
-    """The NF4 levels (float32) of int32 fields 0..15, any shape: table_ptr[field].
-
-    The 16-entry table is loaded once into registers and indexed by tl.gather, which on the GPU
-    stores it to shared memory (a few stores and two barriers per call) and reads one level a field
-    (an LDS, 4-byte aligned, on the memory pipe). A load from the global table per field costs a
-    64-bit address (3-4 integer instructions) and an L1 access; the levels decoded in registers
-    (prmt on byte planes of the table) cost ~6 ALU instructions a field, the pipe that bounds the
-    GPU's GEMV (kernels/NOTES.md). Called on a whole tile so the table's store and barriers come
-    once per tile."""
-    table = tl.load(table_ptr + tl.arange(0, 16))
-    flat = tl.reshape(fields, (fields.numel,))
-    return tl.reshape(tl.gather(table, flat, 0), fields.shape)
-
-
-@triton.jit
 def nf4_word_levels(words, table_ptr):
     """The NF4 levels (float32) of the 8 fields of int32 words (field j: bits 4j to 4j + 3), a
-    tuple of 8 tensors shaped like words, field 0 first: nf4_levels on all of them at once.
+    tuple of 8 tensors shaped like words, field 0 first: all of them looked up in one call.
 
     The fields are joined into a [..., 2, 2, 2] tensor (field c + 2b + 4a at [..., c, b, a]), so
     that a thread holds all 8 fields of its words and tl.split hands them back without moving
@@ -140,7 +124,7 @@ def nf4_word_levels(words, table_ptr):
     f = tl.join(tl.join(tl.join(words & 0xF, (words >> 4) & 0xF), tl.join((words >> 8) & 0xF, (words >> 12) & 0xF)),
                 tl.join(tl.join((words >> 16) & 0xF, (words >> 20) & 0xF),
                         tl.join((words >> 24) & 0xF, (words >> 28) & 0xF)))
-    low, high = tl.split(nf4_levels(f, table_ptr))
+    low, high = tl.split(lookup(table_ptr, f, 16))
     f01, f23 = tl.split(low)
     f45, f67 = tl.split(high)
     f0, f1 = tl.split(f01)
@@ -156,12 +140,13 @@ def field_values(fields, table_ptr, OFFSET: tl.constexpr, CODE: tl.constexpr):
     table_ptr[field] (CODE 1), or the float8 e4m3 value of the field's bits (CODE 2).
 
     Integers by the exponent trick: the bits of 2^23 + field, minus 2^23 + OFFSET (exact, and
-    full-rate arithmetic where an integer conversion instruction is slow). NF4 levels by nf4_levels.
-    e4m3 by the hardware conversion (sm_89 and newer; exact: every e4m3 value is a float32)."""
+    full-rate arithmetic where an integer conversion instruction is slow). NF4 levels by a lookup
+    in the 16-entry table (exact_math.lookup), called on a whole tile. e4m3 by the hardware
+    conversion (sm_89 and newer; exact: every e4m3 value is a float32)."""
     if CODE == 0:
         return (fields | 0x4B000000).to(tl.float32, bitcast=True) - (8388608.0 + OFFSET)
     elif CODE == 1:
-        return nf4_levels(fields, table_ptr)
+        return lookup(table_ptr, fields, 16)
     else:
         return fields.to(tl.uint8).to(tl.float8e4nv, bitcast=True).to(tl.float32)
 

@@ -1,5 +1,6 @@
-"""Exact float arithmetic the kernels share: rounding to an integer and to a dtype, and correctly
-rounded division, each written so that the GPU and Triton's interpreter give the same bits.
+"""Exact float arithmetic the kernels share: rounding to an integer and to a dtype, correctly
+rounded division and table lookups, each written so that the GPU and Triton's interpreter give
+the same bits.
 
 Where the fast form on the GPU cannot run alike under the interpreter (its tl.fma rounds twice,
 and it has no inline PTX), ON_GPU picks the plain exact form there instead; tests/gpu checks the
@@ -101,3 +102,15 @@ def round_to(x, ty: tl.constexpr):
         return x.to(tl.float16).to(tl.float32)
     else:
         return x
+
+
+@triton.jit
+def lookup(table_ptr, index, SIZE: tl.constexpr):
+    """table_ptr[index] for int32 indices in [0, SIZE) of any shape (SIZE a power of two): the table
+    loaded once into registers and indexed by tl.gather, which on the GPU stores it to shared
+    memory (a few stores and two barriers a call) and reads one entry an index (an LDS). A load
+    from the global table per index costs a 64-bit address (3-4 integer instructions) and an L1
+    access. Called on a whole tile, so the store and the barriers come once a tile."""
+    table = tl.load(table_ptr + tl.arange(0, SIZE))
+    flat = tl.reshape(index, (index.numel,))
+    return tl.reshape(tl.gather(table, flat, 0), index.shape)

@@ -18,7 +18,7 @@ import triton.language as tl
 
 from .checks import cdiv, check_matrix
 from .codebooks import code_table, decode_scales, double_quantize
-from .exact_math import ON_GPU, divide, round_to, rounded_int
+from .exact_math import ON_GPU, divide, lookup, round_to, rounded_int
 from .launching import Launcher
 from .references import qparams_ref, quantize_ref, refuse_poisoned_segments  # noqa: F401 (the reference beside its kernel)
 from .quantize_tiles import quantize_tiling
@@ -118,8 +118,9 @@ def fp8_fields(v):
 def quantize_tile(x, scale, zero, table_ptr, QMIN: tl.constexpr, QMAX: tl.constexpr, SYMMETRIC: tl.constexpr,
                   CODE: tl.constexpr, SAFE_RANGE: tl.constexpr):
     """float32 tile -> unsigned int32 fields, broadcasting scale/zero per row: code + offset
-    (CODE 0), the NF4 level's index (1: the number of the 15 midpoints at table_ptr that v is
-    greater than; a NaN is greater than none), or the e4m3 bits (2, fp8_fields).
+    (CODE 0), the NF4 level's index (1: the number of the 15 midpoints that v is greater than,
+    from the encode table at table_ptr, codebooks.nf4_cells; a NaN is greater than none), or the
+    e4m3 bits (2, fp8_fields).
 
     v is NaN exactly in a poisoned segment (NaN scale); its fields are 0: on the GPU through the
     clamp (max.f32 of NaN and QMIN is QMIN), under the interpreter, whose maximum keeps the NaN,
@@ -133,19 +134,16 @@ def quantize_tile(x, scale, zero, table_ptr, QMIN: tl.constexpr, QMAX: tl.conste
         v = tl.minimum(tl.maximum(v, QMIN), QMAX)  # on the GPU, max.f32 of NaN and QMIN is QMIN
         fields = rounded_int(v) - QMIN
     elif CODE == 1:
-        # the count of midpoints below v, by binary search on the ascending midpoints: the count is
-        # at least 8 iff v > m[7], then at least base + 4 iff v > m[base + 3], and so on (4
-        # compares and 11 selects per element, where counting all 15 took 15 compares and adds)
-        m = table_ptr
-        b3 = v > tl.load(m + 7)
-        b2 = v > tl.where(b3, tl.load(m + 11), tl.load(m + 3))
-        b1 = v > tl.where(b3, tl.where(b2, tl.load(m + 13), tl.load(m + 9)),
-                          tl.where(b2, tl.load(m + 5), tl.load(m + 1)))
-        b0 = v > tl.where(b3, tl.where(b2, tl.where(b1, tl.load(m + 14), tl.load(m + 12)),
-                                       tl.where(b1, tl.load(m + 10), tl.load(m + 8))),
-                          tl.where(b2, tl.where(b1, tl.load(m + 6), tl.load(m + 4)),
-                                   tl.where(b1, tl.load(m + 2), tl.load(m + 0))))
-        fields = (b3.to(tl.int32) << 3) | (b2.to(tl.int32) << 2) | (b1.to(tl.int32) << 1) | b0.to(tl.int32)
+        # the count of midpoints below v: the count below v's cell (of 32 over [-1, 1]) plus one
+        # compare with the midpoint inside it (codebooks.nf4_cells), the cell's two entries looked
+        # up with tl.gather (one table store per tile, an LDS a field). A binary search over the
+        # 15 midpoints took 4 compares and 11 selects an element.
+        position = v * 16.0 + 16.0
+        if not ON_GPU:
+            position = tl.where(v == v, position, 0.0)  # on the GPU max.f32 of NaN and 0 is 0
+        cell = tl.minimum(tl.maximum(position, 0.0), 31.0).to(tl.int32)
+        threshold = lookup(table_ptr, cell, 32)
+        fields = lookup(table_ptr + 32, cell, 32).to(tl.int32) + (v > threshold).to(tl.int32)
     else:
         fields = fp8_fields(v)
     return fields
@@ -248,7 +246,7 @@ def quantize_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, table_ptr, N, K, st
     MODE 0 (per-tensor): the scale and zero were written by tensor_qparams_kernel and are read
     here. GROUP == BLOCK_K.
     MODE 3 (per-group scales given: nf4_dq's decoded scales): as MODE 2, the scales read, not made.
-    CODE: what a field is (quantize_tile); table_ptr: NF4's midpoints (CODE 1).
+    CODE: what a field is (quantize_tile); table_ptr: NF4's encode table (CODE 1).
     STORE_CODES False: write the scales only (the first pass of nf4_dq, into float32 scales).
     EVEN: N and K are multiples of BLOCK_N and BLOCK_K (MODE 0, 2, 3: the tiles need no mask).
     Scales (and zeros, asymmetric only) are written in scales_ptr's dtype at

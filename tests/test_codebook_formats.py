@@ -79,6 +79,22 @@ def test_nf4_codes_are_the_nearest_level_and_ties_go_down(device):
     assert fields[31:46].tolist() == list(range(1, 16))
 
 
+def test_nf4_codes_at_the_encode_tables_cell_edges(device):
+    """The kernel finds v's code from its cell of 1/16 (codebooks.nf4_cells); a v at a cell's edge
+    may be put in either neighbour by the rounding of v * 16 + 16. Each edge and the float32
+    values either side of it (the group's absmax 1, so its scale is 1) encode as the reference
+    counts midpoints. (nf4_dq's decoded scales put v past +-1: the random nf4_dq cases.)"""
+    edges = torch.arange(33, dtype=torch.float32) / 16 - 1  # -1 .. 1
+    row = torch.cat([edges, edges[:-1].nextafter(torch.tensor(2.0)), edges[1:].nextafter(torch.tensor(-2.0))])
+    w = torch.cat([row, torch.zeros(128 - row.numel())]).reshape(1, 128).to(device)
+    spec = QuantSpec(4, "nf4", "group", 128)
+    q = quantize(w, spec)
+    assert q.scales.item() == 1.0
+    assert_same_quantization(q, quantize_ref(w, spec))
+    fields = unpack_fields(q.codes.cpu(), 4, 128).flatten()[:row.numel()].long()
+    assert torch.equal(fields, (row[:, None] > torch.tensor(NF4_MIDPOINTS)).sum(dim=1))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_nf4_values_are_nearest_levels_on_random_weights(dtype, gen, device):
     w = torch.randn(8, 256, generator=gen).to(dtype)
