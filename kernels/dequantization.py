@@ -7,7 +7,6 @@ poisoned segment) dequantizes to NaN. The format is documented in spec.py.
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -20,50 +19,11 @@ from .checks import cdiv
 from .launching import Launcher
 from .prepared import PreparedWeight, prepared
 from .references import dequantize_ref, expand_params, out_dtype_of  # noqa: F401 (the reference beside its kernel)
-from .spec import DQ_CHUNK, NF4_LEVELS, QuantizedTensor
+from .spec import DQ_CHUNK, QuantizedTensor
 
 DQ_CHUNK_C = tl.constexpr(DQ_CHUNK)
 TILE_ELEMS = 4096  # output elements one program writes
 MIN_BLOCK_K = 256
-
-
-def nf4_word_ptx() -> str:
-    """PTX that turns an int32 word of 8 NF4 fields (field j at bits 4j) into the 8 levels' float32
-    bits ($0..$7; the word is $8), with the level table held in registers instead of read from memory.
-
-    The table is cut into byte planes: plane p holds byte p of every level's bits, 16 bytes in four
-    registers (levels 0-3, 4-7, 8-11, 12-15). ``prmt`` picks 4 bytes out of 8 by 3-bit selectors, so
-    for 4 fields at once it reads plane p of levels (field & 7) from the low and from the high half
-    of the table; ``lop3`` keeps the high half's byte where the field's bit 3 is set (a byte mask made
-    by prmt's sign-replicating mode); six more prmt gather each field's 4 plane bytes into its float.
-    23 integer instructions per 4 fields, against a dependent memory load per field; exact, since the
-    bits are the float32 levels themselves.
-    """
-    bits = [struct.unpack("<I", struct.pack("<f", v))[0] for v in NF4_LEVELS]
-    plane = [[sum(((bits[4 * q + j] >> (8 * p)) & 0xFF) << (8 * j) for j in range(4)) for q in range(4)]
-             for p in range(4)]
-    lines = ["{", ".reg .b32 nw, nx, ns<2>, nm<2>, nlo, nhi, np<4>, nt<4>, nc<16>;", "mov.b32 nw, $8;"]
-    lines += [f"mov.b32 nc{4 * p + q}, {plane[p][q]:#010x};" for p in range(4) for q in range(4)]
-    lines += ["and.b32 ns0, nw, 0x7777;",  # fields 0-3: their low 3 bits are the selectors' nibbles
-              "shr.u32 ns1, nw, 16;", "and.b32 ns1, ns1, 0x7777;",  # fields 4-7
-              "shl.b32 nx, nw, 4;",
-              # byte k 0xFF where field k's bit 3 is set: field 2i's bit 3 is the top bit of byte i of
-              # nw << 4, field 2i + 1's the top bit of byte i of nw (prmt nibble 8 + byte: replicate it)
-              "prmt.b32 nm0, nx, nw, 0xD9C8;", "prmt.b32 nm1, nx, nw, 0xFBEA;"]
-    for half in range(2):
-        for p in range(4):
-            lines += [f"prmt.b32 nlo, nc{4 * p}, nc{4 * p + 1}, ns{half};",
-                      f"prmt.b32 nhi, nc{4 * p + 2}, nc{4 * p + 3}, ns{half};",
-                      f"lop3.b32 np{p}, nhi, nlo, nm{half}, 0xE4;"]  # nm ? nhi : nlo, bitwise
-        out = [f"${4 * half + j}" for j in range(4)]
-        lines += ["prmt.b32 nt0, np0, np1, 0x5140;", "prmt.b32 nt1, np2, np3, 0x5140;",
-                  f"prmt.b32 {out[0]}, nt0, nt1, 0x5410;", f"prmt.b32 {out[1]}, nt0, nt1, 0x7632;",
-                  "prmt.b32 nt2, np0, np1, 0x7362;", "prmt.b32 nt3, np2, np3, 0x7362;",
-                  f"prmt.b32 {out[2]}, nt2, nt3, 0x5410;", f"prmt.b32 {out[3]}, nt2, nt3, 0x7632;"]
-    return "\n".join(lines + ["}"])
-
-
-NF4_WORD_PTX = tl.constexpr(nf4_word_ptx())
 
 
 def int_word_ptx(bits: int, halves: bool = False) -> str:

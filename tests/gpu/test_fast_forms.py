@@ -4,10 +4,6 @@
   correctly rounded division (PyTorch's), on quotients near every rounding boundary the formats
   have (integer halves, e4m3 steps, NF4 midpoints), on random ones, and with scales outside the
   range where the fast form holds (the tile then divides with tl.div_rn).
-- dequantization.nf4_word_levels: the NF4 levels decoded in registers, for every byte and every
-  word position, against the level table; through dequantize (bytes joined into words) against
-  the reference, and through the GEMV (int32 words, and bytes, which keep the table load) against
-  float64.
 - dequantization.int_word_fields: int4 and int2 words split into the bits of 2^23 + field by
   prmt, for every byte at every word position; through the GEMV against float64.
 """
@@ -17,11 +13,11 @@ import torch
 import triton
 import triton.language as tl
 
-from quantbench.kernels import QuantSpec, dequantize, dequantize_ref, qmatmul, quantize, quantize_ref
+from quantbench.kernels import QuantSpec, dequantize_ref, qmatmul, quantize, quantize_ref
 from quantbench.kernels.codebooks import scales_of
-from quantbench.kernels.dequantization import int_word_fields, nf4_word_levels
+from quantbench.kernels.dequantization import int_word_fields
 from quantbench.kernels.exact_math import divide
-from quantbench.kernels.spec import NF4_LEVELS, NF4_MIDPOINTS, QuantizedTensor
+from quantbench.kernels.spec import NF4_MIDPOINTS
 
 CUDA = torch.device("cuda")
 ROWS, COLS = 64, 256
@@ -143,25 +139,6 @@ def every_byte_codes(rows: int, cols_bytes: int) -> torch.Tensor:
 
 
 @triton.jit
-def word_levels_kernel(words_ptr, table_ptr, out_ptr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    v = nf4_word_levels(tl.load(words_ptr + offs), table_ptr)
-    for j in tl.static_range(8):
-        tl.store(out_ptr + offs * 8 + j, v[j])
-
-
-def test_nf4_word_levels_give_every_level_at_every_field():
-    words = every_byte_codes(64, 1024).view(torch.int32).reshape(-1).to(CUDA)  # 16384 words
-    out = torch.empty(words.numel() * 8, dtype=torch.float32, device=CUDA)
-    table = torch.tensor(NF4_LEVELS, dtype=torch.float32, device=CUDA)
-    word_levels_kernel[(words.numel() // 256,)](words, table, out, BLOCK=256)
-    w = words.cpu().view(torch.uint8).to(torch.int64)
-    fields = torch.stack([w & 15, w >> 4], dim=-1).reshape(-1)  # field 2i: byte i's low nibble
-    want = torch.tensor(NF4_LEVELS, dtype=torch.float32)[fields]
-    assert torch.equal(out.cpu(), want)
-
-
-@triton.jit
 def word_fields_kernel(words_ptr, out_ptr, BITS: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     v = int_word_fields(tl.load(words_ptr + offs), BITS)
@@ -201,30 +178,3 @@ def test_integer_gemv_over_words_matches_float64(spec, dtype):
     # and float32
     tol = torch.finfo(dtype).eps * want.abs() + 2.0 ** -18 * (x.double().abs() @ w_hat.abs().t())
     assert ((got - want).abs() <= tol).all(), ((got - want).abs() / tol).max()
-
-
-@pytest.mark.parametrize("k", [1024, 96])  # whole tiles; a tile longer than the row (masked bytes)
-@pytest.mark.parametrize("out_dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_nf4_dequantize_in_registers_equals_the_reference(k, out_dtype):
-    n, spec = 64, QuantSpec(4, "nf4", "group", 32)
-    codes = every_byte_codes(n, k // 2)
-    scales = (torch.rand(n, k // 32, generator=torch.Generator().manual_seed(4)) + 0.5).to(out_dtype)
-    q = QuantizedTensor(codes.to(CUDA), scales.to(CUDA), None, spec, (n, k))
-    assert torch.equal(dequantize(q, out_dtype), dequantize_ref(q, out_dtype))
-
-
-@pytest.mark.parametrize("n,units", [(64, "words"), (37, "words"), (64, "bytes")])
-def test_nf4_gemv_matches_float64(n, units):
-    """int32 words: the fields decoded in registers (masked rows at N = 37); codes whose rows are
-    not whole aligned words (a strided view) are read as bytes, through the table."""
-    gen = torch.Generator().manual_seed(5)
-    k, spec = 1024, QuantSpec(4, "nf4", "group", 32)
-    q = quantize(torch.randn(n, k, generator=gen).to(CUDA), spec)
-    if units == "bytes":
-        wide = torch.zeros(n, k // 2 + 2, dtype=torch.uint8, device=CUDA)
-        wide[:, : k // 2] = q.codes
-        q = QuantizedTensor(wide[:, : k // 2], q.scales, None, spec, (n, k))
-    x = torch.randn(1, k, generator=gen).to(CUDA)
-    exact = x.double() @ dequantize_ref(q, torch.float32).double().t()
-    err = ((qmatmul(x, q).double() - exact).norm() / exact.norm()).item()
-    assert err <= 2 * torch.finfo(torch.float32).eps + k * torch.finfo(torch.float32).eps

@@ -1,7 +1,6 @@
-"""The PTX that decodes NF4 fields in registers (dequantization.nf4_word_ptx), and the one that
-splits int4 and int2 words into biased floats (int_word_ptx), run here through a small emulator of
-the instructions they use, since the interpreter cannot run inline PTX (on the GPU,
-tests/gpu/test_fast_forms.py checks the compiled forms against the same answers).
+"""The PTX that splits int4 and int2 words into biased floats (dequantization.int_word_ptx), run
+here through a small emulator of the instructions it uses, since the interpreter cannot run inline
+PTX (on the GPU, tests/gpu/test_fast_forms.py checks the compiled form against the same answers).
 
 Each instruction is emulated from the PTX ISA's definition (prmt's default and sign-replicating
 byte selection, lop3's truth table); an instruction the emulator does not know fails the test, so a
@@ -13,9 +12,6 @@ import struct
 
 import pytest
 
-from quantbench.kernels.spec import NF4_LEVELS
-
-LEVEL_BITS = [struct.unpack("<I", struct.pack("<f", v))[0] for v in NF4_LEVELS]
 MASK32 = 0xFFFFFFFF
 
 
@@ -64,32 +60,6 @@ def run_ptx(ptx: str, operands: dict[str, int]) -> dict[str, int]:
         dest, *args = [t.strip() for t in rest.split(",")]
         regs[dest] = OPS[op](*[int(t, 0) if t[0].isdigit() else regs[t] for t in args]) & MASK32
     return regs
-
-
-@pytest.fixture(scope="module")
-def ptx() -> str:
-    pytest.importorskip("triton")
-    from quantbench.kernels.dequantization import nf4_word_ptx
-    return nf4_word_ptx()
-
-
-def decoded(ptx: str, word: int) -> list[int]:
-    regs = run_ptx(ptx, {"$8": word})
-    return [regs[f"${j}"] for j in range(8)]
-
-
-def test_every_byte_at_every_position_decodes_to_its_levels(ptx):
-    rng = random.Random(0)
-    for position in range(4):
-        for byte in range(256):
-            word = rng.getrandbits(32) & ~(0xFF << (8 * position)) | (byte << (8 * position))
-            fields = [(word >> (4 * j)) & 15 for j in range(8)]
-            assert decoded(ptx, word) == [LEVEL_BITS[f] for f in fields], hex(word)
-
-
-def test_uniform_words_give_one_level_eight_times(ptx):
-    for field in range(16):
-        assert decoded(ptx, field * 0x11111111) == [LEVEL_BITS[field]] * 8
 
 
 def test_the_emulator_reads_prmt_as_the_isa_defines_it():
