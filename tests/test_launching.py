@@ -33,35 +33,37 @@ def test_a_launch_hook_sends_every_call_through_triton():
     assert not launching._hooks_set()
 
 
-def test_under_the_interpreter_nothing_is_planned():
+def test_under_the_interpreter_nothing_is_planned(device):
     from quantbench.kernels import quantized_matmul as qm
+    if device.type != "cpu":
+        pytest.skip("on the GPU the launchers plan (tests/gpu/test_kernel_paths.py)")
     q = quantize_ref(torch.randn(32, 64), QuantSpec(4, "asymmetric", "group", 32))
     qmatmul(torch.randn(1, 64), q)
     qmatmul(torch.randn(1, 64), q)
     assert not qm._gemv_launch.plans
 
 
-def test_a_weight_is_checked_on_first_use_and_a_bad_one_every_time():
+def test_a_weight_is_checked_on_first_use_and_a_bad_one_every_time(device):
     spec = QuantSpec(4, "asymmetric", "group", 32)
-    good = quantize_ref(torch.randn(32, 64), spec)
+    good = quantize_ref(torch.randn(32, 64, device=device), spec)
     references.check_weight_once(good)
     assert references._checked_weights[id(good)]() is good
     bad = QuantizedTensor(good.codes[:, :-1], good.scales, good.zeros, spec, good.shape)
     for _ in range(2):
         with pytest.raises(ValueError, match="codes must be"):
-            qmatmul(torch.randn(1, 64), bad)
+            qmatmul(torch.randn(1, 64, device=device), bad)
     seen = references._checked_weights.get(id(bad))  # an id may be a freed weight's, its reference dead
     assert seen is None or seen() is not bad
 
 
-def test_a_prepared_weight_keys_its_format_and_is_dropped_with_the_weight():
+def test_a_prepared_weight_keys_its_format_and_is_dropped_with_the_weight(device):
     """Two weights whose tensors are alike (dtypes, alignment, sizes) but whose formats differ
     must not share a launch plan; and what is kept of a weight (views of its tensors) goes when
     the weight does."""
     import gc
 
     from quantbench.kernels import prepared
-    w = torch.randn(32, 64)
+    w = torch.randn(32, 64, device=device)
     asym = quantize_ref(w, QuantSpec(4, "asymmetric", "group", 32))
     sym = QuantizedTensor(asym.codes, asym.scales, None, QuantSpec(4, "symmetric", "group", 32), asym.shape)
     a, s = prepared.prepared(asym), prepared.prepared(sym)
@@ -74,22 +76,23 @@ def test_a_prepared_weight_keys_its_format_and_is_dropped_with_the_weight():
     assert ident not in prepared._prepared
 
 
-def test_nf4_dq_scales_reach_the_kernels_as_codes():
+def test_nf4_dq_scales_reach_the_kernels_as_codes(device):
     """nf4_dq's 8-bit scale codes and second level go to the kernels as they are (decoded there):
     nothing decoded is kept beside the weight."""
     from quantbench.kernels import prepared
-    q = quantize_ref(torch.randn(32, 128), QuantSpec(4, "nf4_dq", "group", 32))
+    q = quantize_ref(torch.randn(32, 128, device=device), QuantSpec(4, "nf4_dq", "group", 32))
     p = prepared.prepared(q)
     assert p.scales is q.scales and p.scales.dtype == torch.uint8 and p.fmt["DQ"]
     assert p.second is q.second.chunk_scales and p.mean is q.second.mean
-    assert not prepared.prepared(quantize_ref(torch.randn(32, 128), QuantSpec(4, "nf4", "group", 32))).fmt["DQ"]
+    nf4 = quantize_ref(torch.randn(32, 128, device=device), QuantSpec(4, "nf4", "group", 32))
+    assert not prepared.prepared(nf4).fmt["DQ"]
 
 
-def test_dequantize_plans_its_launch_once_per_weight_and_output_dtype():
+def test_dequantize_plans_its_launch_once_per_weight_and_output_dtype(device):
     """dequantize keeps its grid, constants and launch key with the weight: made on the first call
     of an output dtype, reused after; each dtype has its own (OUT_MAX, and the key, differ)."""
     from quantbench.kernels import dequantize, dequantize_ref, prepared
-    q = quantize_ref(torch.randn(32, 128).half(), QuantSpec(4, "asymmetric", "group", 32))
+    q = quantize_ref(torch.randn(32, 128, device=device).half(), QuantSpec(4, "asymmetric", "group", 32))
     assert torch.equal(dequantize(q), dequantize_ref(q))
     p = prepared.prepared(q)
     half = p.dequantize_plans[torch.float16]
