@@ -258,8 +258,11 @@ def dequantize(q: QuantizedTensor, out_dtype: torch.dtype | None = None) -> torc
     largest finite magnitude; a poisoned segment (NaN scale) comes out NaN. q's checks and the
     launch's plan are made on its first use (prepared.py), so a call pays on the host for the
     output and the launch only."""
-    p = prepared(q)
-    dtype = q.dtype if out_dtype is None else out_dtype
+    return dequantize_prepared(q, prepared(q), q.dtype if out_dtype is None else out_dtype)
+
+
+def dequantize_prepared(q: QuantizedTensor, p: PreparedWeight, dtype: torch.dtype) -> torch.Tensor:
+    """dequantize with q's PreparedWeight already in hand (qmatmul's dequantize+cuBLAS path)."""
     plan = p.dequantize_plans.get(dtype)
     if plan is None:
         plan = p.dequantize_plans[dtype] = dequantize_plan(q, p, out_dtype_of(q, dtype))

@@ -31,7 +31,7 @@ import triton
 import triton.language as tl
 
 from .checks import cdiv, check_matrix, check_same_device
-from .dequantization import (dequant_tile, dequantize, field_values, int_word_fields, nf4_word_levels,
+from .dequantization import (dequant_tile, dequantize_prepared, field_values, int_word_fields, nf4_word_levels,
                               segment_scales, unpack_tile)
 from .exact_math import ON_GPU
 from .launching import INTERPRETED, Launcher
@@ -337,7 +337,7 @@ def qmatmul(x: torch.Tensor, q: QuantizedTensor) -> torch.Tensor:
     if path == "dequantize+cublas":
         # a new [N, K] buffer each call, from PyTorch's caching allocator (so it is reused, and a
         # peak-memory measurement sees it)
-        return F.linear(x, dequantize(q, x.dtype))
+        return F.linear(x, dequantize_prepared(q, p, x.dtype))
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if path == "gemv":
         _gemv(x, q, p, y)
