@@ -263,7 +263,8 @@ def dequantize(q: QuantizedTensor, out_dtype: torch.dtype | None = None) -> torc
 
 def dequantize_prepared(q: QuantizedTensor, p: PreparedWeight, dtype: torch.dtype) -> torch.Tensor:
     """dequantize with q's PreparedWeight already in hand (qmatmul's dequantize+cuBLAS path)."""
-    plan = p.dequantize_plans.get(dtype)
+    # anything but a torch.dtype (a string, a list) goes to out_dtype_of, whose error names it
+    plan = p.dequantize_plans.get(dtype) if isinstance(dtype, torch.dtype) else None
     if plan is None:
         plan = p.dequantize_plans[dtype] = dequantize_plan(q, p, out_dtype_of(q, dtype))
     n, k = q.shape

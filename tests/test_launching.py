@@ -101,6 +101,7 @@ def test_dequantize_plans_its_launch_once_per_weight_and_output_dtype(device):
     assert torch.equal(dequantize(q, torch.bfloat16), dequantize_ref(q, torch.bfloat16))
     wide = p.dequantize_plans[torch.bfloat16]
     assert wide.key != half.key and wide.constants["OUT_MAX"] > half.constants["OUT_MAX"]
-    with pytest.raises(TypeError, match="out_dtype must be"):
-        dequantize(q, torch.int8)
+    for bad in (torch.int8, "float16", [torch.float16]):
+        with pytest.raises(TypeError, match="out_dtype must be"):
+            dequantize(q, bad)
     assert torch.int8 not in p.dequantize_plans
