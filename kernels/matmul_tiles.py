@@ -22,15 +22,15 @@ def prune_gemm(configs, named_args, **kwargs):
     return kept or prune(configs, named_args)[:1]
 
 
-# (BLOCK_N, BLOCK_K, SPLIT_K, num_warps, STAGES). A thread holds BLOCK_N / (8 * num_warps) rows of
-# a 128-column group (4 words of each; BLOCK_N / (4 * num_warps) per channel) and reads the
-# activations of its columns once for all of them. On an H200 at 8192^2 (kernels/NOTES.md) int8
-# per channel took (32, 512, 1, 8), NF4 g64 (8, 1024, 1, 4), int4 per channel (128, 256, 8, 4),
-# int4 g128 (64, 256, 4, 2); STAGES 3 (the next tiles' loads issued through shared memory before
-# this one is reduced) won only in the two tiles that have it here and NF4's (16, 512, 1, 4).
-GEMV_TILES = [(8, 512, 1, 4, 1), (16, 512, 1, 4, 1), (8, 1024, 1, 4, 1), (32, 512, 1, 8, 1), (4, 1024, 1, 2, 1),
-              (32, 256, 2, 4, 1), (64, 256, 4, 8, 1), (128, 256, 4, 8, 1), (64, 256, 4, 2, 1), (64, 256, 8, 2, 1),
-              (128, 256, 4, 4, 1), (128, 256, 8, 4, 1), (64, 256, 8, 2, 3), (128, 256, 8, 4, 3), (16, 512, 1, 4, 3)]
+# (BLOCK_N, BLOCK_K, SPLIT_K, num_warps, STAGES). STAGES > 1: the next tiles' loads issued through
+# shared memory before this one is reduced. Chosen on an H200 (kernels/NOTES.md, session 13) from
+# 35 tiles timed on 10 weights (int4 g128 asymmetric at 4096^2, 8192^2, 28672 x 8192; per channel,
+# symmetric g128, NF4 g64 at two shapes, int2 g64, int8 per channel): the first nine are, greedily,
+# the set whose best is within 0.1% of the best of all 35 on each; the rest keep small N covered.
+# Splitting K 8 to 32 ways is what the earlier set lacked: 8192^2 int4 g128 bfloat16 29.2 -> 24.8 us.
+GEMV_TILES = [(16, 512, 1, 4, 3), (64, 256, 8, 2, 3), (128, 128, 16, 2, 1), (128, 128, 16, 2, 2), (32, 512, 1, 8, 1),
+              (64, 256, 4, 8, 1), (256, 128, 32, 4, 1), (256, 256, 8, 8, 1), (128, 256, 4, 8, 1),
+              (4, 1024, 1, 2, 1), (8, 512, 1, 4, 1), (16, 512, 1, 4, 1), (32, 256, 2, 4, 1), (64, 256, 8, 2, 1)]
 GEMV_CONFIGS = [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk, "STAGES": st}, num_warps=w)
                 for bn, bk, sk, w, st in GEMV_TILES]
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages)

@@ -40,6 +40,7 @@ from .prepared import PreparedWeight, prepared
 from .references import dequantize_ref
 from .split_k import finish_tile, split_workspace
 from .tuning import tuning_bench
+from .unit_activations import word_activations
 from .spec import QuantizedTensor
 
 
@@ -88,9 +89,11 @@ def qgemv_kernel(x_ptr, units_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr,
     2: NF4 levels, e4m3 values; field_values) have no zeros and the same form with q their value.
     The tile is held as [BLOCK_N, segments, units per segment], a segment being the columns that
     share one scale (a group, or the whole tile), so a scale broadcasts without a reshape. Each
-    field is multiplied by the activations of its own columns (a strided read of x, which is small
-    and stays in cache), so the fields are never interleaved. The weight is read once, so its loads
-    ask to be evicted first; x is read by every program, so it asks to stay.
+    field is multiplied by the activations of its own columns, so the fields are never
+    interleaved: for int32 words of 8 or 16 fields the activations of a unit's columns come in one
+    load and are taken apart in registers (word_activations; the compiler passes them through
+    shared memory to the words' layout), for byte units one strided 2-byte load a field. The weight
+    is read once, so its loads ask to be evicted first; x is read by every program, so it asks to stay.
     """
     FIELD_MASK: tl.constexpr = (1 << BITS) - 1
     SEG: tl.constexpr = min(GROUP, BLOCK_K) if GRANULARITY == 2 else BLOCK_K
@@ -107,6 +110,8 @@ def qgemv_kernel(x_ptr, units_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr,
     # NF4 in int32 words: the 8 fields of every word of the tile looked up at once (nf4_word_levels)
     NF4_WORDS: tl.constexpr = CODE == 1 and FIELDS == 8
     INT_WORDS: tl.constexpr = CODE == 0 and ON_GPU and BITS < 8 and FIELDS == 32 // BITS
+    # the activations of a unit's 8 or 16 columns in one load (word_activations)
+    X_UNITS: tl.constexpr = FIELDS >= 8
     acc = tl.zeros((BLOCK_N, NSEG, SEG_UNITS), tl.float32)
     x_total = tl.zeros((NSEG, SEG_UNITS), tl.float32)  # sum of x (per-channel and per-tensor zeros)
     # STAGES > 1: the loads of the next tiles are issued (through shared memory) before this one is reduced
@@ -124,6 +129,8 @@ def qgemv_kernel(x_ptr, units_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr,
         if INT_WORDS:
             # the bits of 2^23 + field (or 1/2 + field / 256), one prmt each
             biased = int_word_fields(packed, BITS, FOLD_OFFSET)
+        if X_UNITS:
+            x_fields = word_activations(x_ptr, k0 + tile_units * FIELDS, K, FIELDS, EVEN_K)
         for j in tl.static_range(FIELDS):
             if NF4_WORDS:
                 q = levels[j]
@@ -134,7 +141,9 @@ def qgemv_kernel(x_ptr, units_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr,
             else:
                 q = field_values((packed >> (j * BITS)) & FIELD_MASK, table_ptr, OFFSET, CODE)
             cols = k0 + tile_units * FIELDS + j
-            if EVEN_K:
+            if X_UNITS:
+                xv = x_fields[j]
+            elif EVEN_K:
                 xv = tl.load(x_ptr + cols, eviction_policy="evict_last").to(tl.float32)
             else:
                 xv = tl.load(x_ptr + cols, mask=cols < K, other=0.0, eviction_policy="evict_last").to(tl.float32)
