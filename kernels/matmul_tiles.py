@@ -26,8 +26,10 @@ def prune_gemm(configs, named_args, **kwargs):
 # shared memory before this one is reduced. Chosen on an H200 (kernels/NOTES.md, session 13) from
 # 35 tiles timed on 10 weights (int4 g128 asymmetric at 4096^2, 8192^2, 28672 x 8192; per channel,
 # symmetric g128, NF4 g64 at two shapes, int2 g64, int8 per channel): the first nine are, greedily,
-# the set whose best is within 0.1% of the best of all 35 on each; the rest keep small N covered.
-# Splitting K 8 to 32 ways is what the earlier set lacked: 8192^2 int4 g128 bfloat16 29.2 -> 24.8 us.
+# the set whose best is within 0.1% of the best of all 35 on each; the other five, of the earlier
+# set, are kept for shapes the probe did not cover (small N among them).
+# Splitting K 16 to 32 ways is what the earlier set lacked: 8192^2 int4 g128 bfloat16 29.2 -> 25.1 us on
+# (128, 128, 16, 2, 1), 24.8 with the activations read a word at a time (unit_activations.py).
 GEMV_TILES = [(16, 512, 1, 4, 3), (64, 256, 8, 2, 3), (128, 128, 16, 2, 1), (128, 128, 16, 2, 2), (32, 512, 1, 8, 1),
               (64, 256, 4, 8, 1), (256, 128, 32, 4, 1), (256, 256, 8, 8, 1), (128, 256, 4, 8, 1),
               (4, 1024, 1, 2, 1), (8, 512, 1, 4, 1), (16, 512, 1, 4, 1), (32, 256, 2, 4, 1), (64, 256, 8, 2, 1)]
