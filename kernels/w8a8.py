@@ -13,13 +13,15 @@ reads, once, outside the timed call, as weight-loading code would.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 import triton
 import triton.language as tl
 
-from .checks import cdiv, check_matrix
+from .checks import cdiv, check_matrix, check_same_device
 from .exact_math import round_half_even
-from .launching import INTERPRETED, Launcher
+from .launching import INTERPRETED, Launcher, signature
 from .references import qparams_ref
 from .spec import QuantizedTensor, QuantSpec
 from .tuning import tuning_bench
@@ -102,11 +104,19 @@ def pack_weights(q: QuantizedTensor) -> tuple[torch.Tensor, torch.Tensor]:
 def quantize_tokens(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token symmetric int8 quantization of x [M, K] with the Triton kernel: (xq, sx)."""
     check_matrix("x", x)
+    return _quantize_tokens(x)
+
+
+def _quantize_tokens(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """quantize_tokens on an x already checked."""
     m, k = x.shape
     xq = torch.empty((m, k), dtype=torch.int8, device=x.device)
     sx = torch.empty(m, dtype=torch.float32, device=x.device)
     block_k = min(TOKEN_BLOCK_K, triton.next_power_of_2(k))
-    _tokens_launch(lambda meta: (m,), (x, xq, sx, m, k, x.stride(0), xq.stride(0)), {"BLOCK_K": block_k})
+    # the launch key without walking the arguments: xq and sx are new from the allocator (16-byte
+    # aligned, int8 and float32), xq's row stride is k, and BLOCK_K follows from k
+    key = (x.dtype, x.data_ptr() % 16 == 0, m, k, x.stride(0))
+    _tokens_launch(lambda meta: (m,), (x, xq, sx, m, k, x.stride(0), xq.stride(0)), {"BLOCK_K": block_k}, key)
     return xq, sx
 
 
@@ -123,21 +133,48 @@ def quantize_tokens_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def w8a8_matmul(x: torch.Tensor, w_int8: torch.Tensor, w_scales: torch.Tensor) -> torch.Tensor:
     """y = x @ W^T in x's dtype, x quantized per token on the fly; w from pack_weights."""
     check_matrix("x", x)
-    check_matrix("w_int8", w_int8, (torch.int8,))
+    weight_key = checked_weight(w_int8, w_scales)  # the weight pair checked on its first use
     n, k = w_int8.shape
     m = x.shape[0]
     if x.shape[1] != k:
         raise ValueError(f"x must be [M, K] with K = {k} (the weight's K), got {list(x.shape)}")
-    if w_scales.shape != (n,) or w_scales.dtype != torch.float32:
-        raise ValueError(f"w_scales must be float32 [{n}], got {w_scales.dtype} {list(w_scales.shape)}")
-    xq, sx = quantize_tokens(x)
+    if x.device != w_int8.device:
+        check_same_device(x=x, w_int8=w_int8)
+    xq, sx = _quantize_tokens(x)
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     args = (xq, w_int8, sx, w_scales, y, m, n, k, xq.stride(0), w_int8.stride(0), y.stride(0))
     if INTERPRETED:
         int8_gemm_kernel[(cdiv(m, 16) * cdiv(n, 32),)](*args, BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, GROUP_M=4)
     else:
-        _int8_gemm_launch(lambda meta: (cdiv(m, meta["BLOCK_M"]) * cdiv(n, meta["BLOCK_N"]),), args, {})
+        # xq, sx and y are new from the allocator (16-byte aligned); their row strides are k and n
+        _int8_gemm_launch(lambda meta: (cdiv(m, meta["BLOCK_M"]) * cdiv(n, meta["BLOCK_N"]),), args, {},
+                          (weight_key, x.dtype, m))
     return y
+
+
+# (id(w_int8), id(w_scales)) -> (weak references to both, the pair's share of the GEMM's launch key)
+_checked_weights: dict[tuple[int, int], tuple[weakref.ref, weakref.ref, tuple]] = {}
+
+
+def checked_weight(w_int8: torch.Tensor, w_scales: torch.Tensor) -> tuple:
+    """The weight pair's share of the int8 GEMM's launch key (its tensors' signature, N, K and row
+    stride), the pair checked on its first use and remembered while w_int8 lives, as qmatmul does
+    for a QuantizedTensor (prepared.py): a weight is checked once, not on every call."""
+    ids = (id(w_int8), id(w_scales))
+    entry = _checked_weights.get(ids)
+    if entry is not None and entry[0]() is w_int8 and entry[1]() is w_scales:
+        return entry[2]
+    check_matrix("w_int8", w_int8, (torch.int8,))
+    n, k = w_int8.shape
+    if not isinstance(w_scales, torch.Tensor):
+        raise TypeError(f"w_scales must be a torch.Tensor, got {type(w_scales).__name__}")
+    if w_scales.shape != (n,) or w_scales.dtype != torch.float32:
+        raise ValueError(f"w_scales must be float32 [{n}], got {w_scales.dtype} {list(w_scales.shape)}")
+    check_same_device(w_int8=w_int8, w_scales=w_scales)
+    key = (signature((w_int8, w_scales)), n, k, w_int8.stride(0))
+    _checked_weights[ids] = (weakref.ref(w_int8), weakref.ref(w_scales), key)
+    weakref.finalize(w_int8, _checked_weights.pop, ids, None)
+    return key
 
 
 def w8a8_matmul_ref(x: torch.Tensor, w_int8: torch.Tensor, w_scales: torch.Tensor) -> torch.Tensor:

@@ -38,3 +38,37 @@ def test_pack_weights_refuses_other_formats(device):
     q = quantize_ref(torch.randn(4, 32).to(device), QuantSpec(8, "asymmetric", "channel"))
     with pytest.raises(ValueError, match="W8A8 takes a symmetric 8-bit per-channel weight"):
         pack_weights(q)
+
+
+def test_a_weight_is_checked_on_first_use_and_a_wrong_one_on_every_call(gen, device):
+    """The weight pair's checks run once per pair (kernels/w8a8.checked_weight): a wrong weight is
+    refused on every call, a pair checked once may be reused, and another scales tensor beside the
+    same codes is checked again."""
+    n, k = 8, 64
+    x = torch.randn(2, k, generator=gen).to(device)
+    w_int8, w_scales = pack_weights(quantize_ref(torch.randn(n, k, generator=gen).to(device), W_SPEC))
+    for _ in range(2):
+        with pytest.raises(TypeError, match="w_int8 must have dtype in"):
+            w8a8_matmul(x, w_int8.to(torch.int16), w_scales)
+        with pytest.raises(ValueError, match=r"w_scales must be float32 \[8\]"):
+            w8a8_matmul(x, w_int8, w_scales[:4])
+    first = w8a8_matmul(x, w_int8, w_scales)
+    assert torch.equal(w8a8_matmul(x, w_int8, w_scales), first)
+    with pytest.raises(ValueError, match=r"w_scales must be float32 \[8\]"):
+        w8a8_matmul(x, w_int8, w_scales.double())
+    with pytest.raises(TypeError, match="w_scales must be a torch.Tensor"):
+        w8a8_matmul(x, w_int8, [1.0] * n)
+
+
+def test_a_checked_weight_is_not_kept_alive(gen, device):
+    import gc
+    import weakref
+
+    k = 32
+    x = torch.randn(1, k, generator=gen).to(device)
+    w_int8, w_scales = pack_weights(quantize_ref(torch.randn(4, k, generator=gen).to(device), W_SPEC))
+    w8a8_matmul(x, w_int8, w_scales)
+    alive = weakref.ref(w_int8)
+    del w_int8
+    gc.collect()
+    assert alive() is None
