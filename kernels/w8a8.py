@@ -152,16 +152,17 @@ def w8a8_matmul(x: torch.Tensor, w_int8: torch.Tensor, w_scales: torch.Tensor) -
     return y
 
 
-# (id(w_int8), id(w_scales)) -> (weak references to both, the pair's share of the GEMM's launch key)
-_checked_weights: dict[tuple[int, int], tuple[weakref.ref, weakref.ref, tuple]] = {}
+# id(w_int8) -> (weak references to the codes and the scales last checked with them, the pair's
+# share of the GEMM's launch key): one entry per live codes tensor, however many scales it meets
+_checked_weights: dict[int, tuple[weakref.ref, weakref.ref, tuple]] = {}
 
 
 def checked_weight(w_int8: torch.Tensor, w_scales: torch.Tensor) -> tuple:
     """The weight pair's share of the int8 GEMM's launch key (its tensors' signature, N, K and row
     stride), the pair checked on its first use and remembered while w_int8 lives, as qmatmul does
-    for a QuantizedTensor (prepared.py): a weight is checked once, not on every call."""
-    ids = (id(w_int8), id(w_scales))
-    entry = _checked_weights.get(ids)
+    for a QuantizedTensor (prepared.py): a weight is checked once, not on every call. Other scales
+    beside the same codes are checked again and replace the pair remembered."""
+    entry = _checked_weights.get(id(w_int8))
     if entry is not None and entry[0]() is w_int8 and entry[1]() is w_scales:
         return entry[2]
     check_matrix("w_int8", w_int8, (torch.int8,))
@@ -172,8 +173,9 @@ def checked_weight(w_int8: torch.Tensor, w_scales: torch.Tensor) -> tuple:
         raise ValueError(f"w_scales must be float32 [{n}], got {w_scales.dtype} {list(w_scales.shape)}")
     check_same_device(w_int8=w_int8, w_scales=w_scales)
     key = (signature((w_int8, w_scales)), n, k, w_int8.stride(0))
-    _checked_weights[ids] = (weakref.ref(w_int8), weakref.ref(w_scales), key)
-    weakref.finalize(w_int8, _checked_weights.pop, ids, None)
+    if entry is None or entry[0]() is not w_int8:  # the codes' first entry: dropped when they die
+        weakref.finalize(w_int8, _checked_weights.pop, id(w_int8), None)
+    _checked_weights[id(w_int8)] = (weakref.ref(w_int8), weakref.ref(w_scales), key)
     return key
 
 

@@ -1,8 +1,12 @@
 """W8A8: per-token activation quantization (exact codes) and the int8 GEMM (exact integer sums)."""
 
+import gc
+import weakref
+
 import pytest
 import torch
 
+from quantbench.kernels import w8a8 as w8a8_module
 from quantbench.kernels import (QuantSpec, pack_weights, quantize_ref, quantize_tokens, quantize_tokens_ref,
                                 w8a8_matmul, w8a8_matmul_ref)
 
@@ -61,9 +65,6 @@ def test_a_weight_is_checked_on_first_use_and_a_wrong_one_on_every_call(gen, dev
 
 
 def test_a_checked_weight_is_not_kept_alive(gen, device):
-    import gc
-    import weakref
-
     k = 32
     x = torch.randn(1, k, generator=gen).to(device)
     w_int8, w_scales = pack_weights(quantize_ref(torch.randn(4, k, generator=gen).to(device), W_SPEC))
@@ -72,3 +73,15 @@ def test_a_checked_weight_is_not_kept_alive(gen, device):
     del w_int8
     gc.collect()
     assert alive() is None
+
+
+def test_codes_met_with_new_scales_each_call_keep_one_entry(gen, device):
+    """Scales made afresh for every call (a .clone(), a cast) are checked each time, and the codes
+    keep one remembered entry, not one per scales tensor."""
+    k = 32
+    x = torch.randn(1, k, generator=gen).to(device)
+    w_int8, w_scales = pack_weights(quantize_ref(torch.randn(4, k, generator=gen).to(device), W_SPEC))
+    before = len(w8a8_module._checked_weights)
+    for _ in range(5):
+        w8a8_matmul(x, w_int8, w_scales.clone())
+    assert len(w8a8_module._checked_weights) == before + 1
