@@ -26,53 +26,6 @@ TILE_ELEMS = 4096  # output elements one program writes
 MIN_BLOCK_K = 256
 
 
-def int_word_ptx(bits: int, halves: bool = False) -> str:
-    """PTX that splits an int32 word of 32 // bits integer fields (field j at bits j * bits; 4- or
-    2-bit fields) into float32 bits, one output each ($0.., the word last): those of 2^23 + field,
-    or with `halves` those of 1/2 + field / 256.
-
-    The word is masked into 8 // bits byte planes (plane s: field s of every byte, in that byte's
-    low bits); then one ``prmt`` per field copies its byte into a constant: into the low byte of
-    0x4B000000 (the exponent of 2^23), or the third byte of 0x3F000000 (1/2; the field lands on the
-    mantissa's bits 16 to 19). 11 instructions per 8 int4 fields, where a shift, a mask and an or
-    per field took ~2.6 after ptxas (kernels/NOTES.md).
-    """
-    fields, planes = 32 // bits, 8 // bits
-    byte_mask = ((1 << bits) - 1) * 0x01010101
-    constant, selector = (0x3F000000, 0x7054) if halves else (0x4B000000, 0x7540)
-    position = 8 if halves else 0  # of the selector's nibble that takes the field's byte
-    lines = ["{", f".reg .b32 iw, ic, ip<{planes}>;", f"mov.b32 iw, ${fields};", f"mov.b32 ic, {constant:#010x};",
-             f"and.b32 ip0, iw, {byte_mask:#010x};"]
-    for s in range(1, planes):
-        lines += [f"shr.u32 ip{s}, iw, {s * bits};", f"and.b32 ip{s}, ip{s}, {byte_mask:#010x};"]
-    # the field's byte (selector i: byte i of the plane) among ic's bytes
-    lines += [f"prmt.b32 ${i * planes + s}, ip{s}, ic, {selector + (i << position):#06x};"
-              for i in range(4) for s in range(planes)]
-    return "\n".join(lines + ["}"])
-
-
-INT4_WORD_PTX = tl.constexpr(int_word_ptx(4))
-INT2_WORD_PTX = tl.constexpr(int_word_ptx(2))
-INT4_HALVES_PTX = tl.constexpr(int_word_ptx(4, halves=True))
-INT2_HALVES_PTX = tl.constexpr(int_word_ptx(2, halves=True))
-
-
-@triton.jit
-def int_word_fields(words, BITS: tl.constexpr, HALVES: tl.constexpr = False):
-    """The 32 // BITS fields of int32 words (BITS 4 or 2) as the float32 bits of 2^23 + field (or,
-    HALVES, of 1/2 + field / 256): a tuple of int32 tensors shaped like words, field j first
-    (int_word_ptx). GPU only."""
-    if BITS == 4:
-        return tl.inline_asm_elementwise(INT4_HALVES_PTX if HALVES else INT4_WORD_PTX, "=r,=r,=r,=r,=r,=r,=r,=r,r", [words],
-                                         dtype=(tl.int32, tl.int32, tl.int32, tl.int32, tl.int32, tl.int32,
-                                                tl.int32, tl.int32), is_pure=True, pack=1)
-    else:
-        return tl.inline_asm_elementwise(INT2_HALVES_PTX if HALVES else INT2_WORD_PTX, "=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,r",
-                                         [words], dtype=(tl.int32, tl.int32, tl.int32, tl.int32, tl.int32, tl.int32,
-                                                         tl.int32, tl.int32, tl.int32, tl.int32, tl.int32, tl.int32,
-                                                         tl.int32, tl.int32, tl.int32, tl.int32), is_pure=True, pack=1)
-
-
 @triton.jit
 def nf4_word_levels(words, table_ptr):
     """The NF4 levels (float32) of the 8 fields of int32 words (field j: bits 4j to 4j + 3), a
@@ -201,6 +154,84 @@ def dequant_tile(codes_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr, mean_p
         if not SYMMETRIC:
             w3 += tl.load(zeros_ptr + s_off, mask=g_mask, other=0.0).to(tl.float32)[:, :, None]
         w = tl.reshape(w3, (BLOCK_N, BLOCK_K))
+    return w
+
+
+@triton.jit
+def row_params(scales_ptr, zeros_ptr, rows, N, stride_sn, col, SYMMETRIC: tl.constexpr):
+    """float32 scale and zero [len(rows)] of column `col` of the scale matrix (zero 0 if symmetric)."""
+    ok = rows < N
+    scale = tl.load(scales_ptr + rows * stride_sn + col, mask=ok, other=1.0).to(tl.float32)
+    if SYMMETRIC:
+        zero = tl.zeros_like(scale)
+    else:
+        zero = tl.load(zeros_ptr + rows * stride_sn + col, mask=ok, other=0.0).to(tl.float32)
+    return scale, zero
+
+
+@triton.jit
+def load_packed(codes_ptr, rows, k0, N, K, stride_cn, BITS: tl.constexpr, BLOCK_N: tl.constexpr,
+                BLOCK_K: tl.constexpr, EVEN: tl.constexpr = False):
+    """uint8 [BLOCK_N, BLOCK_K // (8 // BITS)]: the bytes that hold W[rows, k0 : k0 + BLOCK_K] (as
+    in unpack_tile; bytes past the row read as 0). EVEN: the tile lies inside W (no mask, so the
+    loads can be vectorized)."""
+    PER_BYTE: tl.constexpr = 8 // BITS
+    byte_cols = k0 // PER_BYTE + tl.arange(0, BLOCK_K // PER_BYTE)
+    ptrs = codes_ptr + rows[:, None] * stride_cn + byte_cols[None, :]
+    if EVEN:
+        return tl.load(ptrs)
+    byte_mask = (rows < N)[:, None] & (byte_cols[None, :] < (K + PER_BYTE - 1) // PER_BYTE)
+    return tl.load(ptrs, mask=byte_mask, other=0)
+
+
+@triton.jit
+def tile_params(scales_ptr, zeros_ptr, second_ptr, mean_ptr, rows, k0, N, K, stride_sn, SYMMETRIC: tl.constexpr,
+                GRANULARITY: tl.constexpr, GROUP: tl.constexpr, DQ: tl.constexpr, SCALE_DTYPE: tl.constexpr,
+                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """(scale, zero), float32 [BLOCK_N, NG], of the segments of W[rows, k0 : k0 + BLOCK_K]: NG =
+    BLOCK_K // GROUP groups where a tile holds several, else 1 (per tensor, per channel, or a tile
+    inside one group). zero is 0 for SYMMETRIC. As dequant_tile reads them, for apply_params."""
+    row_ok = rows < N
+    if GRANULARITY == 0:
+        scale = tl.zeros((BLOCK_N, 1), tl.float32) + tl.load(scales_ptr).to(tl.float32)
+        zero = tl.zeros((BLOCK_N, 1), tl.float32)
+        if not SYMMETRIC:
+            zero += tl.load(zeros_ptr).to(tl.float32)
+    else:
+        if GRANULARITY == 1:
+            segs = tl.zeros((1,), tl.int32)
+            seg_ok = row_ok[:, None]
+        elif BLOCK_K <= GROUP:
+            segs = tl.zeros((1,), tl.int32) + k0 // GROUP
+            seg_ok = row_ok[:, None]
+        else:
+            segs = k0 // GROUP + tl.arange(0, BLOCK_K // GROUP)
+            seg_ok = row_ok[:, None] & (segs[None, :] < K // GROUP)
+        s_off = rows[:, None] * stride_sn + segs[None, :]
+        flat = rows[:, None] * tl.cdiv(K, GROUP) + segs[None, :]
+        scale = segment_scales(scales_ptr, second_ptr, mean_ptr, s_off, flat, seg_ok, DQ, SCALE_DTYPE)
+        if SYMMETRIC:
+            zero = tl.zeros_like(scale)
+        else:
+            zero = tl.load(zeros_ptr + s_off, mask=seg_ok, other=0.0).to(tl.float32)
+    return scale, zero
+
+
+@triton.jit
+def apply_params(q, scale, zero, SYMMETRIC: tl.constexpr, BLOCK_N: tl.constexpr, WIDTH: tl.constexpr,
+                 NG: tl.constexpr):
+    """q [BLOCK_N, WIDTH] * scale + zero, with scale and zero [BLOCK_N, NG] from tile_params: the
+    NG segments each take WIDTH // NG consecutive columns of q (q may hold one field of each byte,
+    whose columns are then bytes: a segment is a whole number of bytes)."""
+    if NG == 1:
+        w = q * scale
+        if not SYMMETRIC:
+            w += zero
+    else:
+        w3 = tl.reshape(q, (BLOCK_N, NG, WIDTH // NG)) * scale[:, :, None]
+        if not SYMMETRIC:
+            w3 += zero[:, :, None]
+        w = tl.reshape(w3, (BLOCK_N, WIDTH))
     return w
 
 

@@ -11,7 +11,7 @@ The path is chosen by M (and, for large M, the bit width), as the fast libraries
 - ``qgemv_kernel`` for M = 1, on the CUDA cores (a tl.dot padded to 16 rows wastes most of its
   work). Each program streams BLOCK_N weight rows over its part of K (K may be split over
   programs), reading the codes as int32 words where it can.
-- ``qgemm_kernel``: a tiled tl.dot GEMM with the dequantization inside the K loop, computed
+- ``qgemm_kernel`` (qgemm.py): a tiled tl.dot GEMM with the dequantization inside the K loop, computed
   transposed (y^T = W_hat x^T) so that the dequantized weight, which lives in registers, is the
   dot's left operand (Hopper's wgmma reads its left operand from registers, its right one from
   shared memory, where the pipelined x tile already is). For M <= SPLIT_MAX_M there are too few
@@ -31,30 +31,19 @@ import triton
 import triton.language as tl
 
 from .checks import cdiv, check_matrix, check_same_device
-from .dequantization import (dequant_tile, dequantize_prepared, field_values, int_word_fields, nf4_word_levels,
-                              segment_scales, unpack_tile)
+from .dequantization import dequantize_prepared, field_values, nf4_word_levels, row_params, segment_scales
+from .field_ptx import int_word_fields
 from .exact_math import ON_GPU
 from .launching import INTERPRETED, Launcher
 from .matmul_tiles import GEMM_CONFIGS, GEMV_CONFIGS, SPLIT_CONFIGS, SPLIT_MAX_M, prune, prune_gemm
 from .prepared import PreparedWeight, prepared
 from .references import dequantize_ref
+from .qgemm import qgemm_kernel
 from .split_k import finish_tile, split_workspace
 from .tuning import tuning_bench
 from .unit_activations import word_activations
 from .spec import QuantizedTensor
 
-
-
-@triton.jit
-def row_params(scales_ptr, zeros_ptr, rows, N, stride_sn, col, SYMMETRIC: tl.constexpr):
-    """float32 scale and zero [len(rows)] of column `col` of the scale matrix (zero 0 if symmetric)."""
-    ok = rows < N
-    scale = tl.load(scales_ptr + rows * stride_sn + col, mask=ok, other=1.0).to(tl.float32)
-    if SYMMETRIC:
-        zero = tl.zeros_like(scale)
-    else:
-        zero = tl.load(zeros_ptr + rows * stride_sn + col, mask=ok, other=0.0).to(tl.float32)
-    return scale, zero
 
 
 @triton.jit
@@ -186,75 +175,19 @@ def qgemv_kernel(x_ptr, units_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr,
     finish_tile(y_ptr, partials_ptr, tickets_ptr, pid_n, y[None, :], tl.arange(0, 1), rows, 1, N, N, SPLIT_K)
 
 
-@triton.jit
-def qgemm_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr, mean_ptr, y_ptr, partials_ptr,
-                 tickets_ptr, M, N, K, stride_xm, stride_cn, stride_sn, stride_ym, M_BUCKET,
-                 BITS: tl.constexpr, OFFSET: tl.constexpr, CODE: tl.constexpr, SYMMETRIC: tl.constexpr,
-                 GRANULARITY: tl.constexpr, GROUP: tl.constexpr, DQ: tl.constexpr, SCALE_DTYPE: tl.constexpr,
-                 IEEE: tl.constexpr,
-                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr):
-    """y[M, N] = x[M, K] @ W_hat^T with tl.dot, computed as y^T tiles [BLOCK_N, BLOCK_M] = W_hat x^T.
-
-    Grid: (cdiv(M, BLOCK_M) * cdiv(N, BLOCK_N), SPLIT_K), programs ordered in GROUP_M-row bands so
-    that neighbouring programs share weight tiles in L2. partials and tickets: see finish_tile
-    (unused when SPLIT_K is 1).
-    Each weight tile is dequantized to x's dtype inside the K loop, except with symmetric
-    per-channel or per-tensor scales: then the integer codes or e4m3 values (exact in fp16 and
-    bf16) go into the dot and the scale is applied once, in the epilogue. (The asymmetric form, s (q . x) + z sum(x)
-    with sum(x) taken from the x tile that also feeds the dot, gave wrong outputs, relative error
-    near 1, on an H100 with Triton 3.6 for some tile shapes (e.g. 128 x 128 x 64, 8 warps, 3
-    stages) and right ones for others; not isolated further, so the zero goes into the tile.)
-    IEEE: both operands in float32, multiplied without TF32 (float32 activations; bfloat16 under
-    the interpreter, whose dot reads bfloat16's raw bits as integers).
-    """
-    pid = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    num_n = tl.cdiv(N, BLOCK_N)
-    # GROUP_M-row bands, column-major within a band (Triton's grouped ordering)
-    pid_m, pid_n = tl.swizzle2d(pid // num_n, pid % num_n, tl.cdiv(M, BLOCK_M), num_n, GROUP_M)
-    k_per_split = tl.cdiv(tl.cdiv(K, SPLIT_K), BLOCK_K) * BLOCK_K
-    k_lo = pid_k * k_per_split
-    k_hi = min(K, k_lo + k_per_split)
-
-    rows_x = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rows_w = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    # symmetric per-channel or per-tensor: integer codes in the dot, one scale per output column
-    EPILOGUE_SCALE: tl.constexpr = SYMMETRIC and GRANULARITY != 2
-    acc = tl.zeros((BLOCK_N, BLOCK_M), tl.float32)
-    for k0 in range(k_lo, k_hi, BLOCK_K):
-        cols = k0 + tl.arange(0, BLOCK_K)
-        # x^T tile [BLOCK_K, BLOCK_M], read straight from row-major x
-        xt = tl.load(x_ptr + rows_x[None, :] * stride_xm + cols[:, None],
-                     mask=(rows_x[None, :] < M) & (cols[:, None] < K), other=0.0)
-        # columns past K meet zeros of x; their weights are finite (codes read as 0, scales as 1)
-        if EPILOGUE_SCALE:
-            w = unpack_tile(codes_ptr, table_ptr, rows_w, k0, N, K, stride_cn, BITS, OFFSET, CODE, BLOCK_N, BLOCK_K)
-        else:
-            w = dequant_tile(codes_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr, mean_ptr, rows_w, k0, N, K,
-                             stride_cn, stride_sn, BITS, OFFSET, CODE, SYMMETRIC, GRANULARITY, GROUP, DQ, SCALE_DTYPE,
-                             BLOCK_N, BLOCK_K)
-        if IEEE:
-            acc = tl.dot(w, xt.to(tl.float32), acc, input_precision="ieee")
-        else:
-            acc = tl.dot(w.to(xt.dtype), xt, acc)
-    if EPILOGUE_SCALE:
-        scale, _ = row_params(scales_ptr, zeros_ptr, rows_w * (GRANULARITY == 1), N, stride_sn, 0, True)
-        acc = acc * scale[:, None]
-    finish_tile(y_ptr, partials_ptr, tickets_ptr, pid, tl.trans(acc), rows_x, rows_w, M, N, stride_ym, SPLIT_K)
-
-
 KEY = ["M_BUCKET", "N", "K", "BITS", "CODE", "SYMMETRIC", "GRANULARITY", "GROUP"]
+# EVEN_N / EVEN_K: the tile chosen divides N / K, so the weight's loads need no mask
+even_tiles = triton.heuristics({"EVEN_N": lambda a: a["N"] % a["BLOCK_N"] == 0,
+                                "EVEN_K": lambda a: a["K"] % a["BLOCK_K"] == 0})
 qgemv_tuned = triton.autotune(GEMV_CONFIGS, key=["N", "K", "BITS", "FIELDS", "CODE", "SYMMETRIC", "GRANULARITY",
                                                  "GROUP", "FOLD_OFFSET"],
                               prune_configs_by={"early_config_prune": prune}, do_bench=tuning_bench)(
-    triton.heuristics({"EVEN_N": lambda a: a["N"] % a["BLOCK_N"] == 0,
-                       "EVEN_K": lambda a: a["K"] % a["BLOCK_K"] == 0})(qgemv_kernel))
+    even_tiles(qgemv_kernel))
 qgemm_tuned = triton.autotune(GEMM_CONFIGS, key=KEY + ["IEEE"], prune_configs_by={"early_config_prune": prune_gemm},
-                              do_bench=tuning_bench)(qgemm_kernel)
+                              do_bench=tuning_bench)(even_tiles(qgemm_kernel))
 qgemm_split_tuned = triton.autotune(SPLIT_CONFIGS, key=KEY + ["IEEE"],
                                     prune_configs_by={"early_config_prune": prune_gemm},
-                                    do_bench=tuning_bench)(qgemm_kernel)
+                                    do_bench=tuning_bench)(even_tiles(qgemm_kernel))
 
 
 _gemv_launch = Launcher(qgemv_tuned)

@@ -1,4 +1,4 @@
-"""The PTX that splits int4 and int2 words into biased floats (dequantization.int_word_ptx), run
+"""The PTX that splits int4 and int2 words into biased floats (field_ptx.int_word_ptx), run
 here through a small emulator of the instructions it uses, since the interpreter cannot run inline
 PTX (on the GPU, tests/gpu/test_fast_forms.py checks the compiled form against the same answers).
 
@@ -75,7 +75,7 @@ def test_the_emulator_reads_prmt_as_the_isa_defines_it():
 @pytest.mark.parametrize("bits", [4, 2])
 def test_integer_words_split_into_the_bits_of_a_biased_float_per_field(bits, halves):
     pytest.importorskip("triton")
-    from quantbench.kernels.dequantization import int_word_ptx
+    from quantbench.kernels.field_ptx import int_word_ptx
     code = int_word_ptx(bits, halves)
     fields = 32 // bits
     rng = random.Random(bits)

@@ -4,8 +4,10 @@
   correctly rounded division (PyTorch's), on quotients near every rounding boundary the formats
   have (integer halves, e4m3 steps, NF4 midpoints), on random ones, and with scales outside the
   range where the fast form holds (the tile then divides with tl.div_rn).
-- dequantization.int_word_fields: int4 and int2 words split into the bits of 2^23 + field by
+- field_ptx.int_word_fields: int4 and int2 words split into the bits of 2^23 + field by
   prmt, for every byte at every word position; through the GEMV against float64.
+- field_ptx.half_fields: the GEMMs' dequantization of int4 and int2 bytes in float16 and
+  bfloat16, two elements an instruction, against the exact value rounded once.
 """
 
 import pytest
@@ -15,7 +17,7 @@ import triton.language as tl
 
 from quantbench.kernels import QuantSpec, dequantize_ref, qmatmul, quantize, quantize_ref
 from quantbench.kernels.codebooks import scales_of
-from quantbench.kernels.dequantization import int_word_fields
+from quantbench.kernels.field_ptx import half_fields, int_word_fields
 from quantbench.kernels.exact_math import divide
 from quantbench.kernels.spec import NF4_MIDPOINTS
 
@@ -155,6 +157,38 @@ def test_int_word_fields_give_every_field_at_every_position(bits):
     w = words.cpu().view(torch.uint8).to(torch.int64)
     want = torch.stack([(w >> (bits * s)) & ((1 << bits) - 1) for s in range(8 // bits)], dim=-1).reshape(-1)
     assert torch.equal(out.cpu(), want.to(torch.float32) + 2.0 ** 23)
+
+
+@triton.jit
+def half_fields_kernel(bytes_ptr, scales_ptr, zeros_ptr, out_ptr, OFFSET: tl.constexpr, BITS: tl.constexpr,
+                       BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    v = half_fields(tl.load(bytes_ptr + offs), tl.load(scales_ptr + offs), tl.load(zeros_ptr + offs), OFFSET, BITS,
+                    scales_ptr.dtype.element_ty)
+    for j in tl.static_range(8 // BITS):
+        tl.store(out_ptr + offs * (8 // BITS) + j, v[j])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("bits,offset", [(4, 0), (4, 8), (2, 0), (2, 2)])
+def test_half_fields_round_once_for_every_field_at_every_position(bits, offset, dtype):
+    """The GEMMs' half-precision dequantization: (field - offset) * scale + zero for every byte
+    value at every position of a 4-byte pack, equal bit for bit to the exact value rounded once."""
+    gen = torch.Generator().manual_seed(14)
+    codes = every_byte_codes(64, 1024).reshape(-1)
+    scales = (torch.rand(codes.numel(), generator=gen) * 0.1 + 1e-3).to(dtype)
+    zeros = (torch.randn(codes.numel(), generator=gen) * 0.5).to(dtype)
+    fields = 8 // bits
+    out = torch.empty(codes.numel() * fields, dtype=dtype, device=CUDA)
+    half_fields_kernel[(codes.numel() // 256,)](codes.to(CUDA), scales.to(CUDA), zeros.to(CUDA), out, OFFSET=offset,
+                                                BITS=bits, BLOCK=256)
+    c = codes.to(torch.int64)
+    q = torch.stack([(c >> (bits * j)) & ((1 << bits) - 1) for j in range(fields)], dim=-1) - offset
+    # exact in float64 (an 11- or 8-bit scale times a small integer, plus a zero), then one rounding
+    want = (q.double() * scales.double()[:, None] + zeros.double()[:, None]).to(dtype).reshape(-1)
+    got = out.cpu()
+    bad = (got.view(torch.int16) != want.view(torch.int16)).nonzero()
+    assert bad.numel() == 0, f"{len(bad)} of {got.numel()} differ, first at {bad[:3].tolist()}"
 
 
 G128 = QuantSpec(4, "asymmetric", "group", 128)

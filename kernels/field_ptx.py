@@ -1,0 +1,126 @@
+"""Inline PTX that splits packed integer codes into their fields on the GPU, a few instructions a
+field where Triton's shifts, masks and conversions take several more (kernels/NOTES.md). GPU
+only: the interpreter runs no PTX, so the kernels use these where exact_math.ON_GPU holds and
+the plain forms (dequantization.field_values) elsewhere; tests/gpu/test_fast_forms.py checks
+every field at every position against the plain forms' values.
+
+- int_word_fields: an int32 word of 8 int4 (16 int2) fields into the float32 bits of 2^23 +
+  field (or 1/2 + field / 256), one prmt a field: the GEMV's decode.
+- half_fields: 4 bytes of int4 or int2 fields dequantized into float16 or bfloat16 pairs, (field -
+  offset) * scale + zero rounded once: the GEMMs' decode.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+def int_word_ptx(bits: int, halves: bool = False) -> str:
+    """PTX that splits an int32 word of 32 // bits integer fields (field j at bits j * bits; 4- or
+    2-bit fields) into float32 bits, one output each ($0.., the word last): those of 2^23 + field,
+    or with `halves` those of 1/2 + field / 256.
+
+    The word is masked into 8 // bits byte planes (plane s: field s of every byte, in that byte's
+    low bits); then one ``prmt`` per field copies its byte into a constant: into the low byte of
+    0x4B000000 (the exponent of 2^23), or the third byte of 0x3F000000 (1/2; the field lands on the
+    mantissa's bits 16 to 19). 11 instructions per 8 int4 fields, where a shift, a mask and an or
+    per field took ~2.6 after ptxas (kernels/NOTES.md).
+    """
+    fields, planes = 32 // bits, 8 // bits
+    byte_mask = ((1 << bits) - 1) * 0x01010101
+    constant, selector = (0x3F000000, 0x7054) if halves else (0x4B000000, 0x7540)
+    position = 8 if halves else 0  # of the selector's nibble that takes the field's byte
+    lines = ["{", f".reg .b32 iw, ic, ip<{planes}>;", f"mov.b32 iw, ${fields};", f"mov.b32 ic, {constant:#010x};",
+             f"and.b32 ip0, iw, {byte_mask:#010x};"]
+    for s in range(1, planes):
+        lines += [f"shr.u32 ip{s}, iw, {s * bits};", f"and.b32 ip{s}, ip{s}, {byte_mask:#010x};"]
+    # the field's byte (selector i: byte i of the plane) among ic's bytes
+    lines += [f"prmt.b32 ${i * planes + s}, ip{s}, ic, {selector + (i << position):#06x};"
+              for i in range(4) for s in range(planes)]
+    return "\n".join(lines + ["}"])
+
+
+INT4_WORD_PTX = tl.constexpr(int_word_ptx(4))
+INT2_WORD_PTX = tl.constexpr(int_word_ptx(2))
+INT4_HALVES_PTX = tl.constexpr(int_word_ptx(4, halves=True))
+INT2_HALVES_PTX = tl.constexpr(int_word_ptx(2, halves=True))
+
+
+@triton.jit
+def int_word_fields(words, BITS: tl.constexpr, HALVES: tl.constexpr = False):
+    """The 32 // BITS fields of int32 words (BITS 4 or 2) as the float32 bits of 2^23 + field (or,
+    HALVES, of 1/2 + field / 256): a tuple of int32 tensors shaped like words, field j first
+    (int_word_ptx). GPU only."""
+    if BITS == 4:
+        return tl.inline_asm_elementwise(INT4_HALVES_PTX if HALVES else INT4_WORD_PTX, "=r,=r,=r,=r,=r,=r,=r,=r,r", [words],
+                                         dtype=(tl.int32, tl.int32, tl.int32, tl.int32, tl.int32, tl.int32,
+                                                tl.int32, tl.int32), is_pure=True, pack=1)
+    else:
+        return tl.inline_asm_elementwise(INT2_HALVES_PTX if HALVES else INT2_WORD_PTX, "=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,r",
+                                         [words], dtype=(tl.int32, tl.int32, tl.int32, tl.int32, tl.int32, tl.int32,
+                                                         tl.int32, tl.int32, tl.int32, tl.int32, tl.int32, tl.int32,
+                                                         tl.int32, tl.int32, tl.int32, tl.int32), is_pure=True, pack=1)
+
+
+def half_fields_ptx(bits: int, bfloat16: bool) -> str:
+    """PTX that dequantizes 4 bytes of 8 // bits integer fields into float16 (or bfloat16) pairs,
+    field by field: for field j of each byte, (field - offset) * scale + zero with one rounding.
+
+    Operands ($ numbers): the outputs first, two registers (elements 0-1, 2-3) per field; then the
+    4 bytes in one register, the scale and zero pairs (two registers each) and the pair of
+    -(magic + offset). Each byte goes into its own half-word (``prmt``); a field is shifted to the
+    half's low bits, masked and or-ed into the exponent of the magic number (float16 1024,
+    bfloat16 128: their unit in the last place is 1), so the half reads magic + field; one fma
+    takes away magic + offset (exact) and one fma applies scale and zero. ~2 instructions an
+    element, where the float32 route (field_values, apply_params, a conversion) takes ~5.
+    """
+    fields = 8 // bits
+    mask = ((1 << bits) - 1) * 0x00010001
+    magic, one = (0x43004300, 0x3F803F80) if bfloat16 else (0x64006400, 0x3C003C00)
+    fma = "fma.rn.bf16x2" if bfloat16 else "fma.rn.f16x2"
+    w, s0, z0, neg = 2 * fields, 2 * fields + 1, 2 * fields + 3, 2 * fields + 5
+    lines = ["{", ".reg .b32 hz, ho, hp<2>, hf, hq;", "mov.b32 hz, 0;", f"mov.b32 ho, {one:#010x};",
+             # bytes 0, 1 (then 2, 3) of the word into the low bytes of the two half-words
+             f"prmt.b32 hp0, ${w}, hz, 0x4140;", f"prmt.b32 hp1, ${w}, hz, 0x4342;"]
+    for j in range(fields):
+        for p in range(2):
+            src = f"hp{p}"
+            if j:
+                lines.append(f"shr.u32 hf, hp{p}, {j * bits};")
+                src = "hf"
+            lines += [f"and.b32 hf, {src}, {mask:#010x};", f"or.b32 hf, hf, {magic:#010x};",
+                      f"{fma} hq, hf, ho, ${neg};", f"{fma} ${2 * j + p}, hq, ${s0 + p}, ${z0 + p};"]
+    return "\n".join(lines + ["}"])
+
+
+INT4_F16_PTX = tl.constexpr(half_fields_ptx(4, False))
+INT4_BF16_PTX = tl.constexpr(half_fields_ptx(4, True))
+INT2_F16_PTX = tl.constexpr(half_fields_ptx(2, False))
+INT2_BF16_PTX = tl.constexpr(half_fields_ptx(2, True))
+
+
+@triton.jit
+def half_fields(packed, scale, zero, OFFSET: tl.constexpr, BITS: tl.constexpr, DTYPE: tl.constexpr):
+    """The 8 // BITS fields of uint8 `packed` (BITS 4 or 2), each dequantized, (field - OFFSET) *
+    scale + zero rounded once, into DTYPE (float16 or bfloat16): a tuple of tensors shaped like
+    packed, field 0 (the low bits) first. scale and zero: DTYPE, broadcast against packed.
+    half_fields_ptx; GPU only."""
+    MAGIC: tl.constexpr = 128.0 if DTYPE == tl.bfloat16 else 1024.0
+    neg = tl.full((1,), -(MAGIC + OFFSET), DTYPE)
+    s = scale.to(DTYPE)
+    z = zero.to(DTYPE)
+    if BITS == 4:
+        if DTYPE == tl.bfloat16:
+            ptx: tl.constexpr = INT4_BF16_PTX
+        else:
+            ptx: tl.constexpr = INT4_F16_PTX
+        return tl.inline_asm_elementwise(ptx, "=r,=r,=r,=r,r,r,r,r,r,r,r", [packed, s, z, neg], dtype=(s.dtype, s.dtype),
+                                         is_pure=True, pack=4)
+    else:
+        if DTYPE == tl.bfloat16:
+            ptx: tl.constexpr = INT2_BF16_PTX
+        else:
+            ptx: tl.constexpr = INT2_F16_PTX
+        return tl.inline_asm_elementwise(ptx, "=r,=r,=r,=r,=r,=r,=r,=r,r,r,r,r,r,r,r", [packed, s, z, neg],
+                                         dtype=(s.dtype, s.dtype, s.dtype, s.dtype), is_pure=True, pack=4)
