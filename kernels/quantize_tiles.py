@@ -3,8 +3,7 @@ segment length and warps (quantize_tiling)."""
 
 from __future__ import annotations
 
-import triton
-
+from .checks import next_power_of_2
 from .spec import QuantSpec
 
 TILE_ELEMS = 4096  # elements of W one program holds at a time
@@ -21,7 +20,7 @@ MAX_ROW_TILE_K = 8192  # per-channel scales: rows up to this long are held in on
 
 def quantize_tiling(spec: QuantSpec, k: int) -> tuple[int, int, int, int, int]:
     """(MODE, BLOCK_N, BLOCK_K, GROUP, num_warps) of quantize_kernel for a granularity and K."""
-    row_k = max(spec.per_byte, triton.next_power_of_2(k))
+    row_k = max(spec.per_byte, next_power_of_2(k))
     if spec.granularity == "group":
         block_k = max(spec.group_size, min(row_k, GROUP_TILE_K))
         return 2, max(1, GROUP_TILE_ELEMS // block_k), block_k, spec.group_size, GROUP_WARPS

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .checks import cdiv, check_matrix, check_same_device
+from .checks import cdiv, check_matrix, check_same_device, next_power_of_2
 from .dequantization import dequantize_prepared, field_values, nf4_word_levels, row_params, segment_scales
 from .field_ptx import int_word_fields
 from .exact_math import ON_GPU
@@ -196,7 +196,7 @@ _split_launch = Launcher(qgemm_split_tuned)
 
 
 def _m_bucket(m: int) -> int:
-    return min(triton.next_power_of_2(m), 4096)
+    return min(next_power_of_2(m), 4096)
 
 
 def _gemv(x: torch.Tensor, q: QuantizedTensor, p: PreparedWeight, y: torch.Tensor) -> None:

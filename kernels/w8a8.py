@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .checks import cdiv, check_matrix, check_same_device
+from .checks import cdiv, check_matrix, check_same_device, next_power_of_2
 from .exact_math import round_half_even
 from .launching import INTERPRETED, Launcher, signature
 from .references import qparams_ref
@@ -112,7 +112,7 @@ def _quantize_tokens(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     m, k = x.shape
     xq = torch.empty((m, k), dtype=torch.int8, device=x.device)
     sx = torch.empty(m, dtype=torch.float32, device=x.device)
-    block_k = min(TOKEN_BLOCK_K, triton.next_power_of_2(k))
+    block_k = min(TOKEN_BLOCK_K, next_power_of_2(k))
     # the launch key without walking the arguments: xq and sx are new from the allocator (16-byte
     # aligned, int8 and float32), xq's row stride is k, and BLOCK_K follows from k
     key = (x.dtype, x.data_ptr() % 16 == 0, m, k, x.stride(0))

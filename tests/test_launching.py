@@ -4,9 +4,11 @@ launch itself runs on a GPU only (tests/gpu/test_kernel_paths.py)."""
 
 import pytest
 import torch
+import triton
 
 from quantbench.kernels import QuantSpec, qmatmul, quantize_ref
 from quantbench.kernels import launching, references
+from quantbench.kernels.checks import next_power_of_2
 from quantbench.kernels.spec import QuantizedTensor
 
 
@@ -105,3 +107,10 @@ def test_dequantize_plans_its_launch_once_per_weight_and_output_dtype(device):
         with pytest.raises(TypeError, match="out_dtype must be"):
             dequantize(q, bad)
     assert torch.int8 not in p.dequantize_plans
+
+
+def test_host_next_power_of_2_agrees_with_triton():
+    """The launchers' host-side next_power_of_2 (M's bucket, the token kernel's tile, quantize's
+    tiling) gives triton.next_power_of_2's answer, without its per-call unwrapping."""
+    for n in [*range(1, 300), 4095, 4096, 4097, 8191, 8192, 28672, 1 << 20]:
+        assert next_power_of_2(n) == triton.next_power_of_2(n), n
