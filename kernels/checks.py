@@ -22,8 +22,8 @@ def cdiv(a: int, b: int) -> int:
 
 def next_power_of_2(n: int) -> int:
     """The smallest power of two >= n (1 for n <= 1), on the host: triton.next_power_of_2 is a
-    constexpr function there too (~4 us a call through its unwrapping, profiled on an H200 in
-    session 14: a sixth of the split-K launch's host time)."""
+    constexpr function there too, whose unwrapping cost ~4 us a call under cProfile on an H200
+    (kernels/NOTES.md, session 14)."""
     return 1 if n <= 1 else 1 << (n - 1).bit_length()
 
 
