@@ -9,6 +9,10 @@ import torch
 
 from quantbench.kernels import (BITS, INTEGER_SCHEMES, SCHEMES, QuantSpec, dequantize_ref, qmatmul, qmatmul_ref,
                                 quantize_ref, spec_exists)
+from quantbench.kernels.checks import cdiv
+from quantbench.kernels.prepared import prepared
+from quantbench.kernels.qgemm import qgemm_kernel
+from quantbench.kernels.split_k import split_workspace
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32]
 SPECS = [QuantSpec(b, s, g, gs) for b in BITS for s in SCHEMES
@@ -47,6 +51,32 @@ def test_k_not_a_multiple_of_any_block(m, scheme, gen, device):
     q = quantize_ref(w, spec)
     exact = x.double() @ dequantize_ref(q).double().t()
     assert rel_err(qmatmul(x, q), exact) <= tolerance(torch.float32, 150)
+
+
+@pytest.mark.parametrize("even", [False, True], ids=["masked", "even"])
+@pytest.mark.parametrize("spec", [QuantSpec(4, "asymmetric", "group", 32), QuantSpec(2, "symmetric", "group", 64),
+                                  QuantSpec(4, "nf4", "group", 64), QuantSpec(4, "symmetric", "channel")], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=str)
+def test_gemm_tiles_that_hold_several_groups(spec, dtype, even, gen, device):
+    """The GEMMs' sub-byte route, one dot per field of the bytes, with a K tile of 128 columns over
+    groups of 32 or 64 (each field's tile then holds 2 or 4 groups of bytes), K split in two, and
+    tiles that do (even) or do not divide M and N: against float64. qmatmul's interpreter config
+    has tiles no wider than a group; this one reaches the grouped form (apply_params over
+    [BLOCK_N, groups, bytes], half_fields' on the GPU)."""
+    n, k, m = (64, 512, 16) if even else (48, 512, 5)
+    w = torch.randn(n, k, generator=gen).to(dtype).to(device)
+    x = torch.randn(m, k, generator=gen).to(dtype).to(device)
+    q = quantize_ref(w, spec)
+    p = prepared(q)
+    y = torch.empty(m, n, dtype=dtype, device=device)
+    partials, tickets = split_workspace(x.device, m * n, cdiv(m, 16) * cdiv(n, 32))
+    qgemm_kernel[(cdiv(m, 16) * cdiv(n, 32), 2)](
+        x, q.codes, p.scales, p.zeros, p.table, p.second, p.mean, y, partials, tickets, m, n, k, x.stride(0),
+        q.codes.stride(0), p.stride_sn, y.stride(0), 16, **p.fmt, IEEE=dtype == torch.float32,
+        BLOCK_M=16, BLOCK_N=32, BLOCK_K=128, GROUP_M=4, SPLIT_K=2, EVEN_N=even, EVEN_K=even)
+    exact = x.double() @ dequantize_ref(q, torch.float32).double().t()
+    err = rel_err(y, exact)
+    assert err <= tolerance(dtype, k), f"rel err {err:.2e} > {tolerance(dtype, k):.2e}"
 
 
 def test_reference_is_the_seed_forward_pass(gen):
