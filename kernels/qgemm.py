@@ -75,7 +75,8 @@ def qgemm_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr,
     NG: tl.constexpr = BLOCK_K // GROUP if GRANULARITY == 2 and BLOCK_K > GROUP else 1
     X_DTYPE: tl.constexpr = x_ptr.dtype.element_ty
     # integer fields dequantized in half precision, where the scales are stored in x's dtype (so
-    # exactly what they are) and the dot takes x's dtype: one rounding, as the float32 route's
+    # exactly what they are) and the dot takes x's dtype: rounded once to that dtype, where the
+    # float32 route rounds to float32 and then to x's dtype
     HALF_FIELDS: tl.constexpr = (ON_GPU and not IEEE and CODE == 0 and PER_BYTE > 1
                                  and scales_ptr.dtype.element_ty == X_DTYPE and zeros_ptr.dtype.element_ty == X_DTYPE)
     for k0 in range(k_lo, k_hi, BLOCK_K):
