@@ -2,7 +2,10 @@
 
 ``w_hat = value(field) * scale + zero`` in float32 (value: field - offset, an NF4 level or an e4m3 value), saturated to the output dtype's finite
 range, then rounded to the output dtype (zero is absent for the symmetric scheme). A NaN scale (a
-poisoned segment) dequantizes to NaN. The format is documented in spec.py.
+poisoned segment) dequantizes to NaN. The format is documented in spec.py. On the GPU, 4- and
+2-bit integer codes dequantized into the half-precision dtype of their scales are computed in
+that dtype with one rounding (half_tile), which may differ from the float32 route's two by a
+unit in the last place (dequant_close allows it).
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .exact_math import lookup, mul_rn, round_to
+from .exact_math import ON_GPU, lookup, mul_rn, round_to
+from .field_ptx import half_fields
 from .checks import cdiv
 from .launching import Launcher
 from .prepared import PreparedWeight, prepared
@@ -171,12 +175,15 @@ def row_params(scales_ptr, zeros_ptr, rows, N, stride_sn, col, SYMMETRIC: tl.con
 
 @triton.jit
 def load_packed(codes_ptr, rows, k0, N, K, stride_cn, BITS: tl.constexpr, BLOCK_N: tl.constexpr,
-                BLOCK_K: tl.constexpr, EVEN: tl.constexpr = False):
+                BLOCK_K: tl.constexpr, EVEN: tl.constexpr = False, VECTOR: tl.constexpr = 0):
     """uint8 [BLOCK_N, BLOCK_K // (8 // BITS)]: the bytes that hold W[rows, k0 : k0 + BLOCK_K] (as
     in unpack_tile; bytes past the row read as 0). EVEN: the tile lies inside W (no mask, so the
-    loads can be vectorized)."""
+    loads can be vectorized). VECTOR: the bytes a thread loads at once (0: the compiler's choice,
+    up to 16), which sets the layout of what is made of the tile."""
     PER_BYTE: tl.constexpr = 8 // BITS
     byte_cols = k0 // PER_BYTE + tl.arange(0, BLOCK_K // PER_BYTE)
+    if VECTOR:
+        byte_cols = tl.max_contiguous(byte_cols, VECTOR)
     ptrs = codes_ptr + rows[:, None] * stride_cn + byte_cols[None, :]
     if EVEN:
         return tl.load(ptrs)
@@ -236,24 +243,76 @@ def apply_params(q, scale, zero, SYMMETRIC: tl.constexpr, BLOCK_N: tl.constexpr,
 
 
 @triton.jit
+def half_tile(codes_ptr, scales_ptr, zeros_ptr, rows, k0, N, K, stride_cn, stride_sn, BITS: tl.constexpr,
+              OFFSET: tl.constexpr, SYMMETRIC: tl.constexpr, GRANULARITY: tl.constexpr, GROUP: tl.constexpr,
+              DTYPE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN: tl.constexpr):
+    """W[rows, k0 : k0 + BLOCK_K] of 4- or 2-bit integer codes whose scales (and zeros) are stored
+    in DTYPE (float16 or bfloat16), dequantized in DTYPE two elements to an instruction and
+    saturated (field_ptx.half_fields): [BLOCK_N, BLOCK_K] in DTYPE. GPU only.
+
+    Each field of the bytes comes out as its own tile; tl.join interleaves them back into column
+    order in registers. One rounding where dequant_tile's float32 route rounds twice (to float32,
+    then to DTYPE): the two can differ by a unit in the last place where the float32 value lands
+    on a tie of DTYPE, as the reference and a fused multiply-add already may (dequant_close)."""
+    PER_BYTE: tl.constexpr = 8 // BITS
+    BYTES: tl.constexpr = BLOCK_K // PER_BYTE
+    NG: tl.constexpr = BLOCK_K // GROUP if GRANULARITY == 2 and BLOCK_K > GROUP else 1
+    # a thread loads the bytes of 8 outputs (16 bytes): the fields then come out in the layout of
+    # the output's 16-byte stores, where 16 bytes of codes a thread made 64 or 128 of outputs,
+    # sent through shared memory to be stored
+    packed = load_packed(codes_ptr, rows, k0, N, K, stride_cn, BITS, BLOCK_N, BLOCK_K, EVEN, 8 // PER_BYTE)
+    # DQ (nf4_dq) never reaches here, so its arguments are stand-ins
+    scale, zero = tile_params(scales_ptr, zeros_ptr, scales_ptr, scales_ptr, rows, k0, N, K, stride_sn, SYMMETRIC,
+                              GRANULARITY, GROUP, False, 0, BLOCK_N, BLOCK_K)
+    if NG == 1:
+        f = half_fields(packed, scale, zero, OFFSET, BITS, DTYPE, True)
+    else:
+        f = half_fields(tl.reshape(packed, (BLOCK_N, NG, BYTES // NG)), scale[:, :, None], zero[:, :, None], OFFSET,
+                        BITS, DTYPE, True)
+    if PER_BYTE == 2:
+        w = tl.join(tl.reshape(f[0], (BLOCK_N, BYTES)), tl.reshape(f[1], (BLOCK_N, BYTES)))
+    else:
+        f0, f1, f2, f3 = (tl.reshape(f[0], (BLOCK_N, BYTES)), tl.reshape(f[1], (BLOCK_N, BYTES)),
+                          tl.reshape(f[2], (BLOCK_N, BYTES)), tl.reshape(f[3], (BLOCK_N, BYTES)))
+        # join(join(f0, f2), join(f1, f3))[..., i, j] is f(2i + j): row-major order f0 f1 f2 f3
+        w = tl.join(tl.join(f0, f2), tl.join(f1, f3))
+    return tl.reshape(w, (BLOCK_N, BLOCK_K))
+
+
+@triton.jit
 def dequantize_kernel(codes_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr, mean_ptr, out_ptr, N, K, stride_cn,
                       stride_on, stride_sn, BITS: tl.constexpr, OFFSET: tl.constexpr, CODE: tl.constexpr,
                       SYMMETRIC: tl.constexpr, GRANULARITY: tl.constexpr, GROUP: tl.constexpr, DQ: tl.constexpr,
-                      SCALE_DTYPE: tl.constexpr, OUT_MAX: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                      SCALE_DTYPE: tl.constexpr, OUT_MAX: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                      EVEN: tl.constexpr = False):
     """out[N, K] = dequantized codes (layout and scales as in dequant_tile), clamped to
     [-OUT_MAX, OUT_MAX] (the output dtype's largest finite value) with NaN kept.
-    Grid: (cdiv(K, BLOCK_K), cdiv(N, BLOCK_N))."""
+    Grid: (cdiv(K, BLOCK_K), cdiv(N, BLOCK_N)). EVEN: the tiles lie inside the matrix (no masks).
+    Integer codes of 4 and 2 bits whose scales are stored in the output's half-precision dtype
+    take half_tile on the GPU (int4 g128 float16 at 8192^2: 13.5 -> ~6.5 instructions an element
+    in sm_90 SASS, kernels/NOTES.md); the rest take dequant_tile's float32 route."""
     pid_k = tl.program_id(0)
     pid_n = tl.program_id(1)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     k0 = pid_k * BLOCK_K
-    w = dequant_tile(codes_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr, mean_ptr, rows, k0, N, K, stride_cn,
-                     stride_sn, BITS, OFFSET, CODE, SYMMETRIC, GRANULARITY, GROUP, DQ, SCALE_DTYPE, BLOCK_N, BLOCK_K)
+    OUT_DTYPE: tl.constexpr = out_ptr.dtype.element_ty
+    HALF: tl.constexpr = (ON_GPU and CODE == 0 and BITS < 8 and OUT_DTYPE != tl.float32
+                          and scales_ptr.dtype.element_ty == OUT_DTYPE and zeros_ptr.dtype.element_ty == OUT_DTYPE)
+    if HALF:
+        w = half_tile(codes_ptr, scales_ptr, zeros_ptr, rows, k0, N, K, stride_cn, stride_sn, BITS, OFFSET, SYMMETRIC,
+                      GRANULARITY, GROUP, OUT_DTYPE, BLOCK_N, BLOCK_K, EVEN)
+    else:
+        w = dequant_tile(codes_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr, mean_ptr, rows, k0, N, K, stride_cn,
+                         stride_sn, BITS, OFFSET, CODE, SYMMETRIC, GRANULARITY, GROUP, DQ, SCALE_DTYPE, BLOCK_N,
+                         BLOCK_K)
+        # q * scale + zero can pass the dtype's maximum by rounding (fp16: 127 * 516 = 65532 > 65504)
+        w = round_to(tl.clamp(w, -OUT_MAX, OUT_MAX, propagate_nan=tl.PropagateNan.ALL), OUT_DTYPE)
     cols = k0 + tl.arange(0, BLOCK_K)
-    mask = (rows < N)[:, None] & (cols[None, :] < K)
-    # q * scale + zero can pass the dtype's maximum by rounding (fp16: 127 * 516 = 65532 > 65504)
-    w = tl.clamp(w, -OUT_MAX, OUT_MAX, propagate_nan=tl.PropagateNan.ALL)
-    tl.store(out_ptr + rows[:, None] * stride_on + cols[None, :], round_to(w, out_ptr.dtype.element_ty), mask=mask)
+    ptrs = out_ptr + rows[:, None] * stride_on + cols[None, :]
+    if EVEN:
+        tl.store(ptrs, w)
+    else:
+        tl.store(ptrs, w, mask=(rows < N)[:, None] & (cols[None, :] < K))
 
 
 _dequantize_launch = Launcher(dequantize_kernel)
@@ -277,7 +336,7 @@ def dequantize_plan(q: QuantizedTensor, p: PreparedWeight, dtype: torch.dtype) -
     # GROUP: per channel and per tensor dequant_tile reads none; block_k there is what this
     # launcher has always passed, so its compiled kernels stay the ones measured
     constants = dict(p.fmt, GROUP=spec.group_size or block_k, OUT_MAX=torch.finfo(dtype).max, BLOCK_N=block_n,
-                     BLOCK_K=block_k)
+                     BLOCK_K=block_k, EVEN=n % block_n == 0 and k % block_k == 0)
     # the output is always new from PyTorch's allocator (16-byte aligned), contiguous [N, K]: the
     # weight's share of the key (its tensors, sizes and format) and the dtype say the rest
     return DequantizePlan(lambda meta: grid, constants, (p.gemm_key, dtype))

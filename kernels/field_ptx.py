@@ -63,9 +63,11 @@ def int_word_fields(words, BITS: tl.constexpr, HALVES: tl.constexpr = False):
                                                          tl.int32, tl.int32, tl.int32, tl.int32), is_pure=True, pack=1)
 
 
-def half_fields_ptx(bits: int, bfloat16: bool) -> str:
+@triton.constexpr_function
+def half_fields_ptx(bits: int, bfloat16: bool, saturate: bool = False) -> str:
     """PTX that dequantizes 4 bytes of 8 // bits integer fields into float16 (or bfloat16) pairs,
-    field by field: for field j of each byte, (field - offset) * scale + zero with one rounding.
+    field by field: for field j of each byte, (field - offset) * scale + zero with one rounding;
+    `saturate`: then clamped to the dtype's finite range, NaN kept (dequantize's output).
 
     Operands ($ numbers): the outputs first, two registers (elements 0-1, 2-3) per field; then the
     4 bytes in one register, the scale and zero pairs (two registers each) and the pair of
@@ -75,53 +77,48 @@ def half_fields_ptx(bits: int, bfloat16: bool) -> str:
     takes away magic + offset (exact) and one fma applies scale and zero: ~2 instructions an
     element. With one dot per field, the split-K GEMM's K loop went from 10.1 instructions an
     element (float32 route, fields interleaved) to 4.8 in sm_90 SASS (kernels/NOTES.md, session 14).
+    A constexpr function: the kernels ask for their variant by bits, dtype and saturation.
     """
     fields = 8 // bits
     mask = ((1 << bits) - 1) * 0x00010001
     magic, one = (0x43004300, 0x3F803F80) if bfloat16 else (0x64006400, 0x3C003C00)
-    fma = "fma.rn.bf16x2" if bfloat16 else "fma.rn.f16x2"
+    # the largest finite value, positive and negative, in both halves
+    top, bottom = (0x7F7F7F7F, 0xFF7FFF7F) if bfloat16 else (0x7BFF7BFF, 0xFBFFFBFF)
+    kind = "bf16x2" if bfloat16 else "f16x2"
     w, s0, z0, neg = 2 * fields, 2 * fields + 1, 2 * fields + 3, 2 * fields + 5
-    lines = ["{", ".reg .b32 hz, ho, hp<2>, hf, hq;", "mov.b32 hz, 0;", f"mov.b32 ho, {one:#010x};",
+    lines = ["{", ".reg .b32 hz, ho, hp<2>, hf, hq, ht, hb;", "mov.b32 hz, 0;", f"mov.b32 ho, {one:#010x};",
+             f"mov.b32 ht, {top:#010x};", f"mov.b32 hb, {bottom:#010x};",
              # bytes 0, 1 (then 2, 3) of the word into the low bytes of the two half-words
              f"prmt.b32 hp0, ${w}, hz, 0x4140;", f"prmt.b32 hp1, ${w}, hz, 0x4342;"]
     for j in range(fields):
         for p in range(2):
-            src = f"hp{p}"
+            src, out = f"hp{p}", f"${2 * j + p}"
             if j:
                 lines.append(f"shr.u32 hf, hp{p}, {j * bits};")
                 src = "hf"
             lines += [f"and.b32 hf, {src}, {mask:#010x};", f"or.b32 hf, hf, {magic:#010x};",
-                      f"{fma} hq, hf, ho, ${neg};", f"{fma} ${2 * j + p}, hq, ${s0 + p}, ${z0 + p};"]
+                      f"fma.rn.{kind} hq, hf, ho, ${neg};", f"fma.rn.{kind} {out}, hq, ${s0 + p}, ${z0 + p};"]
+            if saturate:
+                # an fma that passes the largest finite value rounds to infinity; min.NaN keeps a NaN
+                lines += [f"min.NaN.{kind} {out}, {out}, ht;", f"max.NaN.{kind} {out}, {out}, hb;"]
     return "\n".join(lines + ["}"])
 
 
-INT4_F16_PTX = tl.constexpr(half_fields_ptx(4, False))
-INT4_BF16_PTX = tl.constexpr(half_fields_ptx(4, True))
-INT2_F16_PTX = tl.constexpr(half_fields_ptx(2, False))
-INT2_BF16_PTX = tl.constexpr(half_fields_ptx(2, True))
-
-
 @triton.jit
-def half_fields(packed, scale, zero, OFFSET: tl.constexpr, BITS: tl.constexpr, DTYPE: tl.constexpr):
+def half_fields(packed, scale, zero, OFFSET: tl.constexpr, BITS: tl.constexpr, DTYPE: tl.constexpr,
+                SATURATE: tl.constexpr = False):
     """The 8 // BITS fields of uint8 `packed` (BITS 4 or 2), each dequantized, (field - OFFSET) *
     scale + zero rounded once, into DTYPE (float16 or bfloat16): a tuple of tensors shaped like
     packed, field 0 (the low bits) first. scale and zero: DTYPE, broadcast against packed.
-    half_fields_ptx; GPU only."""
+    SATURATE: clamped to DTYPE's finite range, NaN kept. half_fields_ptx; GPU only."""
     MAGIC: tl.constexpr = 128.0 if DTYPE == tl.bfloat16 else 1024.0
     neg = tl.full((1,), -(MAGIC + OFFSET), DTYPE)
     s = scale.to(DTYPE)
     z = zero.to(DTYPE)
+    ptx: tl.constexpr = half_fields_ptx(BITS, DTYPE == tl.bfloat16, SATURATE)
     if BITS == 4:
-        if DTYPE == tl.bfloat16:
-            ptx: tl.constexpr = INT4_BF16_PTX
-        else:
-            ptx: tl.constexpr = INT4_F16_PTX
         return tl.inline_asm_elementwise(ptx, "=r,=r,=r,=r,r,r,r,r,r,r,r", [packed, s, z, neg], dtype=(s.dtype, s.dtype),
                                          is_pure=True, pack=4)
     else:
-        if DTYPE == tl.bfloat16:
-            ptx: tl.constexpr = INT2_BF16_PTX
-        else:
-            ptx: tl.constexpr = INT2_F16_PTX
         return tl.inline_asm_elementwise(ptx, "=r,=r,=r,=r,=r,=r,=r,=r,r,r,r,r,r,r,r", [packed, s, z, neg],
                                          dtype=(s.dtype, s.dtype, s.dtype, s.dtype), is_pure=True, pack=4)

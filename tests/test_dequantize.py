@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from quantbench.harness.ops.metrics import dequant_close
-from quantbench.kernels import BITS, SCHEMES, QuantSpec, dequantize, dequantize_ref, quantize_ref, spec_exists
+from quantbench.kernels import BITS, SCHEMES, QuantSpec, QuantizedTensor, dequantize, dequantize_ref, quantize_ref, spec_exists
 from quantbench.kernels.references import expand_params
 from quantbench.kernels.packing import pack_fields, unpack_fields
 
@@ -43,6 +43,32 @@ def test_output_dtype_can_differ_from_the_weight(gen, device):
     out = dequantize(q, out_dtype=torch.float32)
     assert out.dtype == torch.float32
     assert dequant_close(out, dequantize_ref(q, torch.float32)).all()
+
+
+# the interpreter computes in numpy, which warns where float32 overflows (as it should here)
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("spec", [QuantSpec(4, "symmetric", "group", 32), QuantSpec(2, "symmetric", "group", 32),
+                                  QuantSpec(4, "asymmetric", "channel")], ids=lambda v: f"{v.bits}b-{v.scheme[:4]}")
+def test_values_past_the_dtype_saturate_and_a_nan_scale_stays_nan(spec, dtype, gen, device):
+    """Codes whose value passes the output dtype's largest finite magnitude give that magnitude
+    (on the GPU the half-precision route rounds them to infinity first, then clamps), and a
+    poisoned segment (NaN scale) gives NaN, as the reference does. The values are exact in
+    float32, so the one rounding of the half route and the reference's two agree bit for bit."""
+    n, k = 8, 64
+    biggest = torch.finfo(dtype).max
+    scale = 0.6 * biggest  # code - offset = -2 (int2) already passes the largest value
+    fields = torch.randint(0, 1 << spec.bits, (n, k), generator=gen)
+    segments = 1 if spec.granularity == "channel" else k // spec.group_size
+    scales = torch.full((n, segments), scale).to(dtype)
+    scales[3, -1] = float("nan")
+    zeros = None if spec.symmetric else torch.full((n, segments), -scale / 2).to(dtype)
+    q = QuantizedTensor(pack_fields(fields, spec.bits).to(device), scales.to(device),
+                        None if zeros is None else zeros.to(device), spec, (n, k))
+    got, want = dequantize(q).cpu(), dequantize_ref(q).cpu()
+    assert (want.abs() == biggest).any() and want.isnan().any()  # the case reaches both
+    same = (got == want) | (got.isnan() & want.isnan())
+    assert same.all(), f"{(~same).sum().item()} differ, first at {(~same).nonzero()[:3].tolist()}"
 
 
 def test_packing_order_is_little_end_first():
