@@ -71,16 +71,18 @@ def field_values(fields, table_ptr, OFFSET: tl.constexpr, CODE: tl.constexpr):
 @triton.jit
 def unpack_tile(codes_ptr, table_ptr, rows, k0, N, K, stride_cn,
                 BITS: tl.constexpr, OFFSET: tl.constexpr, CODE: tl.constexpr,
-                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, VECTOR: tl.constexpr = 0):
     """Code values (field_values) of W[rows, k0 : k0 + BLOCK_K] as float32 [BLOCK_N, BLOCK_K].
 
     codes: uint8 [N, ceil(K * BITS / 8)], element k of a row in byte k // (8 // BITS) at bit
     offset (k % (8 // BITS)) * BITS. The tile's bytes are loaded contiguously and split into fields
     with shifts and tl.join, which keeps neighbours in one thread's registers. k0 is a multiple of
-    BLOCK_K, itself a multiple of 8 // BITS; bytes past the row read as 0.
+    BLOCK_K, itself a multiple of 8 // BITS; bytes past the row read as 0. VECTOR: as in load_packed.
     """
     PER_BYTE: tl.constexpr = 8 // BITS
     byte_cols = k0 // PER_BYTE + tl.arange(0, BLOCK_K // PER_BYTE)
+    if VECTOR:
+        byte_cols = tl.max_contiguous(byte_cols, VECTOR)
     byte_mask = (rows < N)[:, None] & (byte_cols[None, :] < (K + PER_BYTE - 1) // PER_BYTE)
     packed = tl.load(codes_ptr + rows[:, None] * stride_cn + byte_cols[None, :], mask=byte_mask, other=0)
     packed = packed.to(tl.int32)
@@ -124,7 +126,7 @@ def segment_scales(scales_ptr, second_ptr, mean_ptr, offs, flat, mask, DQ: tl.co
 def dequant_tile(codes_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr, mean_ptr, rows, k0, N, K, stride_cn,
                  stride_sn, BITS: tl.constexpr, OFFSET: tl.constexpr, CODE: tl.constexpr, SYMMETRIC: tl.constexpr,
                  GRANULARITY: tl.constexpr, GROUP: tl.constexpr, DQ: tl.constexpr, SCALE_DTYPE: tl.constexpr,
-                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, VECTOR: tl.constexpr = 0):
     """Dequantized float32 tile W[rows, k0 : k0 + BLOCK_K] -> [BLOCK_N, BLOCK_K] (codes as in
     unpack_tile).
 
@@ -135,7 +137,7 @@ def dequant_tile(codes_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr, mean_p
     Columns past K hold finite garbage: mask them when storing, or multiply them by zeros.
     """
     row_ok = rows < N
-    q = unpack_tile(codes_ptr, table_ptr, rows, k0, N, K, stride_cn, BITS, OFFSET, CODE, BLOCK_N, BLOCK_K)
+    q = unpack_tile(codes_ptr, table_ptr, rows, k0, N, K, stride_cn, BITS, OFFSET, CODE, BLOCK_N, BLOCK_K, VECTOR)
     if GRANULARITY == 0:
         w = q * tl.load(scales_ptr).to(tl.float32)
         if not SYMMETRIC:
@@ -245,7 +247,8 @@ def apply_params(q, scale, zero, SYMMETRIC: tl.constexpr, BLOCK_N: tl.constexpr,
 @triton.jit
 def half_tile(codes_ptr, scales_ptr, zeros_ptr, rows, k0, N, K, stride_cn, stride_sn, BITS: tl.constexpr,
               OFFSET: tl.constexpr, SYMMETRIC: tl.constexpr, GRANULARITY: tl.constexpr, GROUP: tl.constexpr,
-              DTYPE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN: tl.constexpr):
+              DTYPE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN: tl.constexpr,
+              VECTOR: tl.constexpr):
     """W[rows, k0 : k0 + BLOCK_K] of 4- or 2-bit integer codes whose scales (and zeros) are stored
     in DTYPE (float16 or bfloat16), dequantized in DTYPE two elements to an instruction and
     saturated (field_ptx.half_fields): [BLOCK_N, BLOCK_K] in DTYPE. GPU only.
@@ -257,10 +260,7 @@ def half_tile(codes_ptr, scales_ptr, zeros_ptr, rows, k0, N, K, stride_cn, strid
     PER_BYTE: tl.constexpr = 8 // BITS
     BYTES: tl.constexpr = BLOCK_K // PER_BYTE
     NG: tl.constexpr = BLOCK_K // GROUP if GRANULARITY == 2 and BLOCK_K > GROUP else 1
-    # a thread loads the bytes of 8 outputs (16 bytes): the fields then come out in the layout of
-    # the output's 16-byte stores, where 16 bytes of codes a thread made 64 or 128 of outputs,
-    # sent through shared memory to be stored
-    packed = load_packed(codes_ptr, rows, k0, N, K, stride_cn, BITS, BLOCK_N, BLOCK_K, EVEN, 8 // PER_BYTE)
+    packed = load_packed(codes_ptr, rows, k0, N, K, stride_cn, BITS, BLOCK_N, BLOCK_K, EVEN, VECTOR)
     # DQ (nf4_dq) never reaches here, so its arguments are stand-ins
     scale, zero = tile_params(scales_ptr, zeros_ptr, scales_ptr, scales_ptr, rows, k0, N, K, stride_sn, SYMMETRIC,
                               GRANULARITY, GROUP, False, 0, BLOCK_N, BLOCK_K)
@@ -284,10 +284,13 @@ def dequantize_kernel(codes_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr, m
                       stride_on, stride_sn, BITS: tl.constexpr, OFFSET: tl.constexpr, CODE: tl.constexpr,
                       SYMMETRIC: tl.constexpr, GRANULARITY: tl.constexpr, GROUP: tl.constexpr, DQ: tl.constexpr,
                       SCALE_DTYPE: tl.constexpr, OUT_MAX: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                      EVEN: tl.constexpr = False):
+                      EVEN: tl.constexpr = False, VECTOR: tl.constexpr = 0):
     """out[N, K] = dequantized codes (layout and scales as in dequant_tile), clamped to
     [-OUT_MAX, OUT_MAX] (the output dtype's largest finite value) with NaN kept.
     Grid: (cdiv(K, BLOCK_K), cdiv(N, BLOCK_N)). EVEN: the tiles lie inside the matrix (no masks).
+    VECTOR: the bytes of codes a thread loads at once, those of one 16-byte store of the output:
+    the tile then comes out of the unpacking in the stores' layout, where 16 bytes of codes a
+    thread became 64 or 128 of outputs, sent through shared memory to be stored.
     Integer codes of 4 and 2 bits whose scales are stored in the output's half-precision dtype
     take half_tile on the GPU (int4 g128 float16 at 8192^2: 13.5 -> ~6.5 instructions an element
     in sm_90 SASS, kernels/NOTES.md); the rest take dequant_tile's float32 route."""
@@ -300,11 +303,11 @@ def dequantize_kernel(codes_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr, m
                           and scales_ptr.dtype.element_ty == OUT_DTYPE and zeros_ptr.dtype.element_ty == OUT_DTYPE)
     if HALF:
         w = half_tile(codes_ptr, scales_ptr, zeros_ptr, rows, k0, N, K, stride_cn, stride_sn, BITS, OFFSET, SYMMETRIC,
-                      GRANULARITY, GROUP, OUT_DTYPE, BLOCK_N, BLOCK_K, EVEN)
+                      GRANULARITY, GROUP, OUT_DTYPE, BLOCK_N, BLOCK_K, EVEN, VECTOR)
     else:
         w = dequant_tile(codes_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr, mean_ptr, rows, k0, N, K, stride_cn,
                          stride_sn, BITS, OFFSET, CODE, SYMMETRIC, GRANULARITY, GROUP, DQ, SCALE_DTYPE, BLOCK_N,
-                         BLOCK_K)
+                         BLOCK_K, VECTOR)
         # q * scale + zero can pass the dtype's maximum by rounding (fp16: 127 * 516 = 65532 > 65504)
         w = round_to(tl.clamp(w, -OUT_MAX, OUT_MAX, propagate_nan=tl.PropagateNan.ALL), OUT_DTYPE)
     cols = k0 + tl.arange(0, BLOCK_K)
@@ -336,7 +339,8 @@ def dequantize_plan(q: QuantizedTensor, p: PreparedWeight, dtype: torch.dtype) -
     # GROUP: per channel and per tensor dequant_tile reads none; block_k there is what this
     # launcher has always passed, so its compiled kernels stay the ones measured
     constants = dict(p.fmt, GROUP=spec.group_size or block_k, OUT_MAX=torch.finfo(dtype).max, BLOCK_N=block_n,
-                     BLOCK_K=block_k, EVEN=n % block_n == 0 and k % block_k == 0)
+                     BLOCK_K=block_k, EVEN=n % block_n == 0 and k % block_k == 0,
+                     VECTOR=max(1, 16 // dtype.itemsize // spec.per_byte))
     # the output is always new from PyTorch's allocator (16-byte aligned), contiguous [N, K]: the
     # weight's share of the key (its tensors, sizes and format) and the dtype say the rest
     return DequantizePlan(lambda meta: grid, constants, (p.gemm_key, dtype))
