@@ -288,9 +288,12 @@ def dequantize_kernel(codes_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr, m
     """out[N, K] = dequantized codes (layout and scales as in dequant_tile), clamped to
     [-OUT_MAX, OUT_MAX] (the output dtype's largest finite value) with NaN kept.
     Grid: (cdiv(K, BLOCK_K), cdiv(N, BLOCK_N)). EVEN: the tiles lie inside the matrix (no masks).
-    VECTOR: the bytes of codes a thread loads at once, those of one 16-byte store of the output:
-    the tile then comes out of the unpacking in the stores' layout, where 16 bytes of codes a
-    thread became 64 or 128 of outputs, sent through shared memory to be stored.
+    VECTOR: the bytes of codes a thread loads at once (0: the compiler's 16). Those of one 16-byte
+    store of the output make the unpacked tile come out in the stores' layout; 16 bytes make it go
+    through shared memory to be stored. On an H200 at 8192^2 (kernels/NOTES.md, session 15) NF4
+    took 65.1 -> 56.3 us with a store's worth, while the integer and e4m3 routes ran as fast or
+    faster with 16 (int4 g128 46.2 against 47.8 us: more bytes in flight a thread), so
+    dequantize_plan sets it for the NF4 codebooks only.
     Integer codes of 4 and 2 bits whose scales are stored in the output's half-precision dtype
     take half_tile on the GPU (int4 g128 float16 at 8192^2: 13.5 -> ~6.5 instructions an element
     in sm_90 SASS, kernels/NOTES.md); the rest take dequant_tile's float32 route."""
@@ -340,7 +343,7 @@ def dequantize_plan(q: QuantizedTensor, p: PreparedWeight, dtype: torch.dtype) -
     # launcher has always passed, so its compiled kernels stay the ones measured
     constants = dict(p.fmt, GROUP=spec.group_size or block_k, OUT_MAX=torch.finfo(dtype).max, BLOCK_N=block_n,
                      BLOCK_K=block_k, EVEN=n % block_n == 0 and k % block_k == 0,
-                     VECTOR=max(1, 16 // dtype.itemsize // spec.per_byte))
+                     VECTOR=16 // dtype.itemsize // spec.per_byte if spec.codebook == "nf4" else 0)
     # the output is always new from PyTorch's allocator (16-byte aligned), contiguous [N, K]: the
     # weight's share of the key (its tensors, sizes and format) and the dtype say the rest
     return DequantizePlan(lambda meta: grid, constants, (p.gemm_key, dtype))

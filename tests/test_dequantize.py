@@ -47,14 +47,21 @@ def test_output_dtype_can_differ_from_the_weight(gen, device):
 
 # the interpreter computes in numpy, which warns where float32 overflows (as it should here)
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("spec", [QuantSpec(4, "symmetric", "group", 32), QuantSpec(2, "symmetric", "group", 32),
-                                  QuantSpec(4, "asymmetric", "channel")], ids=lambda v: f"{v.bits}b-{v.scheme[:4]}")
+# Not bfloat16 with a zero: at scales near float32's largest, the reference's q * scale in float32
+# can overflow where q * scale + zero does not, and the GPU's half route, which rounds the exact
+# value once, then differs from it (quantize never makes such scales: their range would overflow)
+@pytest.mark.parametrize("spec,dtype", [(QuantSpec(4, "symmetric", "group", 32), torch.float16),
+                                        (QuantSpec(4, "symmetric", "group", 32), torch.bfloat16),
+                                        (QuantSpec(2, "symmetric", "group", 32), torch.float16),
+                                        (QuantSpec(2, "symmetric", "group", 32), torch.bfloat16),
+                                        (QuantSpec(4, "asymmetric", "channel"), torch.float16)],
+                         ids=lambda v: f"{v.bits}b-{v.scheme[:4]}" if isinstance(v, QuantSpec) else str(v))
 def test_values_past_the_dtype_saturate_and_a_nan_scale_stays_nan(spec, dtype, gen, device):
     """Codes whose value passes the output dtype's largest finite magnitude give that magnitude
     (on the GPU the half-precision route rounds them to infinity first, then clamps), and a
     poisoned segment (NaN scale) gives NaN, as the reference does. The values are exact in
-    float32, so the one rounding of the half route and the reference's two agree bit for bit."""
+    float32 or overflow it alike, so the one rounding of the half route and the reference's two
+    agree bit for bit."""
     n, k = 8, 64
     biggest = torch.finfo(dtype).max
     scale = 0.6 * biggest  # code - offset = -2 (int2) already passes the largest value
