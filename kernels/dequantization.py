@@ -77,7 +77,8 @@ def unpack_tile(codes_ptr, table_ptr, rows, k0, N, K, stride_cn,
     codes: uint8 [N, ceil(K * BITS / 8)], element k of a row in byte k // (8 // BITS) at bit
     offset (k % (8 // BITS)) * BITS. The tile's bytes are loaded contiguously and split into fields
     with shifts and tl.join, which keeps neighbours in one thread's registers. k0 is a multiple of
-    BLOCK_K, itself a multiple of 8 // BITS; bytes past the row read as 0. VECTOR: as in load_packed.
+    BLOCK_K, itself a multiple of 8 // BITS; bytes past the row read as 0. VECTOR: the bytes a
+    thread loads at once (0: the compiler's choice, up to 16), which sets the layout of the tile.
     """
     PER_BYTE: tl.constexpr = 8 // BITS
     byte_cols = k0 // PER_BYTE + tl.arange(0, BLOCK_K // PER_BYTE)
@@ -177,15 +178,12 @@ def row_params(scales_ptr, zeros_ptr, rows, N, stride_sn, col, SYMMETRIC: tl.con
 
 @triton.jit
 def load_packed(codes_ptr, rows, k0, N, K, stride_cn, BITS: tl.constexpr, BLOCK_N: tl.constexpr,
-                BLOCK_K: tl.constexpr, EVEN: tl.constexpr = False, VECTOR: tl.constexpr = 0):
+                BLOCK_K: tl.constexpr, EVEN: tl.constexpr = False):
     """uint8 [BLOCK_N, BLOCK_K // (8 // BITS)]: the bytes that hold W[rows, k0 : k0 + BLOCK_K] (as
     in unpack_tile; bytes past the row read as 0). EVEN: the tile lies inside W (no mask, so the
-    loads can be vectorized). VECTOR: the bytes a thread loads at once (0: the compiler's choice,
-    up to 16), which sets the layout of what is made of the tile."""
+    loads can be vectorized)."""
     PER_BYTE: tl.constexpr = 8 // BITS
     byte_cols = k0 // PER_BYTE + tl.arange(0, BLOCK_K // PER_BYTE)
-    if VECTOR:
-        byte_cols = tl.max_contiguous(byte_cols, VECTOR)
     ptrs = codes_ptr + rows[:, None] * stride_cn + byte_cols[None, :]
     if EVEN:
         return tl.load(ptrs)
@@ -247,8 +245,7 @@ def apply_params(q, scale, zero, SYMMETRIC: tl.constexpr, BLOCK_N: tl.constexpr,
 @triton.jit
 def half_tile(codes_ptr, scales_ptr, zeros_ptr, rows, k0, N, K, stride_cn, stride_sn, BITS: tl.constexpr,
               OFFSET: tl.constexpr, SYMMETRIC: tl.constexpr, GRANULARITY: tl.constexpr, GROUP: tl.constexpr,
-              DTYPE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN: tl.constexpr,
-              VECTOR: tl.constexpr):
+              DTYPE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN: tl.constexpr):
     """W[rows, k0 : k0 + BLOCK_K] of 4- or 2-bit integer codes whose scales (and zeros) are stored
     in DTYPE (float16 or bfloat16), dequantized in DTYPE two elements to an instruction and
     saturated (field_ptx.half_fields): [BLOCK_N, BLOCK_K] in DTYPE. GPU only.
@@ -260,7 +257,7 @@ def half_tile(codes_ptr, scales_ptr, zeros_ptr, rows, k0, N, K, stride_cn, strid
     PER_BYTE: tl.constexpr = 8 // BITS
     BYTES: tl.constexpr = BLOCK_K // PER_BYTE
     NG: tl.constexpr = BLOCK_K // GROUP if GRANULARITY == 2 and BLOCK_K > GROUP else 1
-    packed = load_packed(codes_ptr, rows, k0, N, K, stride_cn, BITS, BLOCK_N, BLOCK_K, EVEN, VECTOR)
+    packed = load_packed(codes_ptr, rows, k0, N, K, stride_cn, BITS, BLOCK_N, BLOCK_K, EVEN)
     # DQ (nf4_dq) never reaches here, so its arguments are stand-ins
     scale, zero = tile_params(scales_ptr, zeros_ptr, scales_ptr, scales_ptr, rows, k0, N, K, stride_sn, SYMMETRIC,
                               GRANULARITY, GROUP, False, 0, BLOCK_N, BLOCK_K)
@@ -288,12 +285,13 @@ def dequantize_kernel(codes_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr, m
     """out[N, K] = dequantized codes (layout and scales as in dequant_tile), clamped to
     [-OUT_MAX, OUT_MAX] (the output dtype's largest finite value) with NaN kept.
     Grid: (cdiv(K, BLOCK_K), cdiv(N, BLOCK_N)). EVEN: the tiles lie inside the matrix (no masks).
-    VECTOR: the bytes of codes a thread loads at once (0: the compiler's 16). Those of one 16-byte
-    store of the output make the unpacked tile come out in the stores' layout; 16 bytes make it go
-    through shared memory to be stored. On an H200 at 8192^2 (kernels/NOTES.md, session 15) NF4
-    took 65.1 -> 56.3 us with a store's worth, while the integer and e4m3 routes ran as fast or
-    faster with 16 (int4 g128 46.2 against 47.8 us: more bytes in flight a thread), so
-    dequantize_plan sets it for the NF4 codebooks only.
+    VECTOR: the bytes of codes a thread loads at once on the float32 route (0: the compiler's 16).
+    Those of one 16-byte store of the output (what dequantize_plan passes for 2-byte outputs) make
+    the unpacked tile come out in the stores' layout; 16 bytes make it go through shared memory to
+    be stored. On an H200 at 8192^2 (kernels/NOTES.md, session 15) a store's worth took int8 per
+    channel bfloat16 65.4 -> 53.9 us, NF4 bfloat16 64.2 -> 55.7, nf4_dq float16 54.7 -> 51.5, and
+    cost NF4 float16 49.8 -> 52.1 and int4 g128 to float32 82.3 -> 82.8; half_tile loads 16
+    bytes, measured faster there (int4 g128 45.9 against 47.1 us: more bytes in flight a thread).
     Integer codes of 4 and 2 bits whose scales are stored in the output's half-precision dtype
     take half_tile on the GPU (int4 g128 float16 at 8192^2: 13.5 -> ~6.5 instructions an element
     in sm_90 SASS, kernels/NOTES.md); the rest take dequant_tile's float32 route."""
@@ -306,7 +304,7 @@ def dequantize_kernel(codes_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr, m
                           and scales_ptr.dtype.element_ty == OUT_DTYPE and zeros_ptr.dtype.element_ty == OUT_DTYPE)
     if HALF:
         w = half_tile(codes_ptr, scales_ptr, zeros_ptr, rows, k0, N, K, stride_cn, stride_sn, BITS, OFFSET, SYMMETRIC,
-                      GRANULARITY, GROUP, OUT_DTYPE, BLOCK_N, BLOCK_K, EVEN, VECTOR)
+                      GRANULARITY, GROUP, OUT_DTYPE, BLOCK_N, BLOCK_K, EVEN)
     else:
         w = dequant_tile(codes_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr, mean_ptr, rows, k0, N, K, stride_cn,
                          stride_sn, BITS, OFFSET, CODE, SYMMETRIC, GRANULARITY, GROUP, DQ, SCALE_DTYPE, BLOCK_N,
@@ -343,7 +341,7 @@ def dequantize_plan(q: QuantizedTensor, p: PreparedWeight, dtype: torch.dtype) -
     # launcher has always passed, so its compiled kernels stay the ones measured
     constants = dict(p.fmt, GROUP=spec.group_size or block_k, OUT_MAX=torch.finfo(dtype).max, BLOCK_N=block_n,
                      BLOCK_K=block_k, EVEN=n % block_n == 0 and k % block_k == 0,
-                     VECTOR=16 // dtype.itemsize // spec.per_byte if spec.codebook == "nf4" else 0)
+                     VECTOR=16 // dtype.itemsize // spec.per_byte if dtype.itemsize == 2 else 0)
     # the output is always new from PyTorch's allocator (16-byte aligned), contiguous [N, K]: the
     # weight's share of the key (its tensors, sizes and format) and the dtype say the rest
     return DequantizePlan(lambda meta: grid, constants, (p.gemm_key, dtype))
