@@ -347,6 +347,14 @@ def dequantize_plan(q: QuantizedTensor, p: PreparedWeight, dtype: torch.dtype) -
     return DequantizePlan(lambda meta: grid, constants, (p.gemm_key, dtype))
 
 
+def dequantize_choice(q: QuantizedTensor, dtype: torch.dtype) -> str:
+    """The tile dequantize launches for q into `dtype` (its plan, made on first use), as the
+    results' kernel_config puts it. Planned rather than autotuned, with Triton's default warps."""
+    p = prepared(q)
+    plan = p.dequantize_plans.get(dtype) or dequantize_plan(q, p, out_dtype_of(q, dtype))
+    return f"BLOCK_N={plan.constants['BLOCK_N']} BLOCK_K={plan.constants['BLOCK_K']} num_warps=4"
+
+
 def dequantize(q: QuantizedTensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Dequantize with the Triton kernel into a new [N, K] tensor of `out_dtype` (default: the
     scales' dtype, which is the dtype that was quantized). Values saturate at the output dtype's

@@ -45,6 +45,12 @@ def signature(args: tuple) -> tuple:
     return tuple((a.dtype, a.data_ptr() % 16 == 0) if isinstance(a, torch.Tensor) else a for a in args)
 
 
+def describe_choice(config: Any) -> str:
+    """An autotuner's choice (a triton.Config) as one line: its constants, warps and stages."""
+    options = f"num_warps={config.num_warps} num_stages={config.num_stages}"
+    return " ".join([*(f"{name}={value}" for name, value in config.kwargs.items()), options])
+
+
 def _hooks_set() -> bool:
     """True when a launch hook is installed (Triton 3.6 keeps them as HookChain objects, set when
     they hold calls; older versions as a callable or None)."""
@@ -63,18 +69,25 @@ class Launcher:
     order; constants the constexpr ones the caller sets; grid maps the full set of constants
     (the caller's and the tuner's) to the launch grid. ``key``, where the caller has it cheaper
     than ``signature(args)`` (prepared.py keeps a weight's share of it): a hashable that changes
-    whenever the signature of args or the constants' values would."""
+    whenever the signature of args or the constants' values would.
+
+    ``last_choice``: the autotuner's choice for the last launch (describe_choice), None before
+    one or where the chain has no autotuner: what a result row reports as its kernel_config."""
 
     def __init__(self, tuned: Any):
         self.tuned = tuned
-        # call signature -> (launcher, CUfunction, packed metadata, constexpr values, chosen constants)
-        self.plans: dict[tuple, tuple[Any, Any, Any, tuple, dict[str, Any]]] = {}
+        # call signature -> (launcher, CUfunction, packed metadata, constexpr values, chosen constants,
+        # the autotuner's choice described)
+        self.plans: dict[tuple, tuple[Any, Any, Any, tuple, dict[str, Any], str | None]] = {}
         self.direct = True  # cleared if this Triton's compiled kernels cannot be launched directly
         self.why_not_direct = ""
+        self.last_choice: str | None = None
 
     def __call__(self, grid: Grid, args: tuple, constants: dict[str, Any], key: Any = None) -> None:
         if not self.direct or INTERPRETED or _hooks_set():
             self.tuned[grid](*args, **constants)
+            # the autotuner keeps the config it ran last (best_config): rare paths, so read it here
+            self.last_choice = self._autotuner_choice()
             return
         if key is None:
             key = (signature(args), tuple(constants.values()))
@@ -83,7 +96,7 @@ class Launcher:
         if plan is None:
             self._launch_and_plan(key, grid, args, constants)
             return
-        run, function, metadata, tail, chosen = plan
+        run, function, metadata, tail, chosen, self.last_choice = plan
         g = grid(chosen)
         g = g + (1,) * (3 - len(g))
         stream = driver.active.get_current_stream(key[0])
@@ -92,16 +105,25 @@ class Launcher:
     def _launch_and_plan(self, key: tuple, grid: Grid, args: tuple, constants: dict[str, Any]) -> None:
         """Launch through Triton (autotuning on the first call of a shape), then keep what it ran."""
         compiled = self.tuned[grid](*args, **constants)
+        self.last_choice = self._autotuner_choice()
         try:
             chosen, jit = self._constants_chosen(args, constants)
             tail = tuple(chosen[name] for name in jit.arg_names[len(args):])
             compiled._init_handles()
-            plan = (compiled.run, compiled.function, compiled.packed_metadata, tail, chosen)
+            plan = (compiled.run, compiled.function, compiled.packed_metadata, tail, chosen, self.last_choice)
         except (AttributeError, KeyError, TypeError) as exc:
             self.direct = False
             self.why_not_direct = f"{type(exc).__name__}: {exc}"
             return
         self.plans[key] = plan
+
+    def _autotuner_choice(self) -> str | None:
+        """describe_choice of the config the chain's autotuner ran last; None without one."""
+        fn = self.tuned
+        while fn is not None and not isinstance(fn, Autotuner):
+            fn = getattr(fn, "fn", None)
+        config = getattr(fn, "best_config", None)
+        return describe_choice(config) if config is not None else None
 
     def _constants_chosen(self, args: tuple, constants: dict[str, Any]) -> tuple[dict[str, Any], Any]:
         """Every constexpr argument of the last launch: the caller's, the autotuner's choice, the

@@ -31,7 +31,7 @@ import triton
 import triton.language as tl
 
 from .checks import cdiv, check_matrix, check_same_device, next_power_of_2
-from .dequantization import dequantize_prepared, field_values, nf4_word_levels, row_params, segment_scales
+from .dequantization import dequantize_choice, dequantize_prepared, field_values, nf4_word_levels, row_params, segment_scales
 from .field_ptx import int_word_fields
 from .exact_math import ON_GPU
 from .launching import INTERPRETED, Launcher
@@ -195,6 +195,11 @@ _gemm_launch = Launcher(qgemm_tuned)
 _split_launch = Launcher(qgemm_split_tuned)
 
 
+# the fixed tiles under the interpreter, which would take minutes to autotune
+INTERPRETER_GEMV = {"BLOCK_N": 16, "BLOCK_K": 64, "SPLIT_K": 2, "STAGES": 1}
+INTERPRETER_GEMM = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4}
+
+
 def _m_bucket(m: int) -> int:
     return min(next_power_of_2(m), 4096)
 
@@ -207,8 +212,8 @@ def _gemv(x: torch.Tensor, q: QuantizedTensor, p: PreparedWeight, y: torch.Tenso
             p.stride_sn, p.units.shape[1])
     constants = p.gemv_constants_for(x.dtype)
     if INTERPRETED:
-        qgemv_kernel[(cdiv(n, 16), 2)](*args, **constants, BLOCK_N=16, BLOCK_K=64, SPLIT_K=2,
-                                       EVEN_N=False, EVEN_K=False, STAGES=1)
+        qgemv_kernel[(cdiv(n, INTERPRETER_GEMV["BLOCK_N"]), INTERPRETER_GEMV["SPLIT_K"])](
+            *args, **constants, **INTERPRETER_GEMV, EVEN_N=False, EVEN_K=False)
     else:
         # the weight's share of the launch key is kept (prepared.py); x's and y's added here. The
         # workspace is always float32 and int32, fresh from the allocator and so 16-byte aligned.
@@ -227,8 +232,9 @@ def _gemm(x: torch.Tensor, q: QuantizedTensor, p: PreparedWeight, y: torch.Tenso
             q.codes.stride(0), p.stride_sn, y.stride(0), bucket)
     constants = {**p.fmt, "IEEE": ieee}
     if INTERPRETED:
-        qgemm_kernel[(cdiv(m, 16) * cdiv(n, 32), 2 if split else 1)](
-            *args, **constants, BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, GROUP_M=4, SPLIT_K=2 if split else 1)
+        split_k = 2 if split else 1
+        qgemm_kernel[(cdiv(m, INTERPRETER_GEMM["BLOCK_M"]) * cdiv(n, INTERPRETER_GEMM["BLOCK_N"]), split_k)](
+            *args, **constants, **INTERPRETER_GEMM, SPLIT_K=split_k)
     else:
         key = (p.gemm_key, x.dtype, x.data_ptr() % 16 == 0, y.data_ptr() % 16 == 0, m, x.stride(0), y.stride(0),
                bucket, ieee)
@@ -258,6 +264,20 @@ def qmatmul_path(m: int, dtype: torch.dtype = torch.float16, bits: int = 4) -> s
     if m >= DEQUANT_MIN_M[bits] and dtype in (torch.float16, torch.bfloat16):
         return "dequantize+cublas"
     return "gemm"
+
+
+def qmatmul_config(x: torch.Tensor, q: QuantizedTensor) -> str | None:
+    """The launch configuration of the kernel qmatmul(x, q) runs, as its last launch ran it: the
+    autotuner's choice for the GEMV or GEMM qmatmul_path picks (Launcher.last_choice), the
+    dequantize plan's tile then cuBLAS, or the fixed tile under the interpreter. Read it right
+    after the call: a launcher remembers its last launch only (the results' kernel_config)."""
+    path = qmatmul_path(x.shape[0], x.dtype, q.spec.bits)
+    if path == "dequantize+cublas":
+        return f"dequantize {dequantize_choice(q, x.dtype)}, then cuBLAS"
+    if INTERPRETED:
+        fixed = INTERPRETER_GEMV if path == "gemv" else {**INTERPRETER_GEMM, "SPLIT_K": 2 if path != "gemm" else 1}
+        return " ".join(f"{name}={value}" for name, value in fixed.items()) + " (interpreter)"
+    return {"gemv": _gemv_launch, "split-k gemm": _split_launch, "gemm": _gemm_launch}[path].last_choice
 
 
 def qmatmul(x: torch.Tensor, q: QuantizedTensor) -> torch.Tensor:

@@ -34,6 +34,17 @@ def test_the_candidate_rows_say_which_kernel_ran(matmul_run):
     assert matmul_run.loc[matmul_run["impl"] != "triton", "path"].isna().all()  # no variants to name
 
 
+def test_the_candidate_rows_say_how_their_kernel_was_launched(matmul_run):
+    """kernel_config: under the interpreter the fixed tiles (on the GPU the autotuner's choice,
+    tests/gpu/test_kernel_paths.py), and the dequantize plan's tile before cuBLAS."""
+    configs = matmul_run[matmul_run["impl"] == "triton"].set_index("M")["kernel_config"].to_dict()
+    assert configs == {1: "BLOCK_N=16 BLOCK_K=64 SPLIT_K=2 STAGES=1 (interpreter)",
+                       16: "BLOCK_M=16 BLOCK_N=32 BLOCK_K=32 GROUP_M=4 SPLIT_K=2 (interpreter)",
+                       96: "BLOCK_M=16 BLOCK_N=32 BLOCK_K=32 GROUP_M=4 SPLIT_K=1 (interpreter)",
+                       128: "dequantize BLOCK_N=64 BLOCK_K=64 num_warps=4, then cuBLAS"}
+    assert matmul_run.loc[matmul_run["impl"] != "triton", "kernel_config"].isna().all()
+
+
 def test_the_tables_show_the_path_and_no_host_time_on_the_cpu(matmul_run):
     table = op_table(matmul_run, "matmul")
     assert table["path"].tolist() == ["gemv", "split-k gemm", "gemm", "dequantize+cublas"]

@@ -5,7 +5,9 @@ launch itself runs on a GPU only (tests/gpu/test_kernel_paths.py)."""
 import pytest
 import torch
 import triton
+import triton.language as tl
 
+from quantbench.harness.ops.metrics import dequant_close
 from quantbench.kernels import QuantSpec, qmatmul, quantize_ref
 from quantbench.kernels import launching, references
 from quantbench.kernels.checks import next_power_of_2
@@ -92,21 +94,25 @@ def test_nf4_dq_scales_reach_the_kernels_as_codes(device):
 
 def test_dequantize_plans_its_launch_once_per_weight_and_output_dtype(device):
     """dequantize keeps its grid, constants and launch key with the weight: made on the first call
-    of an output dtype, reused after; each dtype has its own (OUT_MAX, and the key, differ)."""
-    from quantbench.kernels import dequantize, dequantize_ref, prepared
+    of an output dtype, reused after; each dtype has its own (OUT_MAX, and the key, differ). The
+    outputs agree with the reference as dequantize's do (dequant_close: on the GPU, 4-bit codes
+    into float16 round once where the reference rounds twice)."""
+    from quantbench.kernels import dequantize, dequantize_choice, dequantize_ref, prepared
     q = quantize_ref(torch.randn(32, 128, device=device).half(), QuantSpec(4, "asymmetric", "group", 32))
-    assert torch.equal(dequantize(q), dequantize_ref(q))
+    assert dequant_close(dequantize(q), dequantize_ref(q)).all()
     p = prepared.prepared(q)
     half = p.dequantize_plans[torch.float16]
-    assert torch.equal(dequantize(q, torch.float16), dequantize_ref(q, torch.float16))
+    assert dequant_close(dequantize(q, torch.float16), dequantize_ref(q, torch.float16)).all()
     assert p.dequantize_plans[torch.float16] is half and list(p.dequantize_plans) == [torch.float16]
-    assert torch.equal(dequantize(q, torch.bfloat16), dequantize_ref(q, torch.bfloat16))
+    assert dequant_close(dequantize(q, torch.bfloat16), dequantize_ref(q, torch.bfloat16)).all()
     wide = p.dequantize_plans[torch.bfloat16]
     assert wide.key != half.key and wide.constants["OUT_MAX"] > half.constants["OUT_MAX"]
     for bad in (torch.int8, "float16", [torch.float16]):
         with pytest.raises(TypeError, match="out_dtype must be"):
             dequantize(q, bad)
     assert torch.int8 not in p.dequantize_plans
+    # the results' kernel_config of a dequantize row: the plan's tile (K = 128: one tile a row)
+    assert dequantize_choice(q, torch.float16) == "BLOCK_N=32 BLOCK_K=128 num_warps=4"
 
 
 def test_host_next_power_of_2_agrees_with_triton():
@@ -114,3 +120,20 @@ def test_host_next_power_of_2_agrees_with_triton():
     tiling) gives triton.next_power_of_2's answer, without its per-call unwrapping."""
     for n in [*range(1, 300), 4095, 4096, 4097, 8191, 8192, 28672, 1 << 20]:
         assert next_power_of_2(n) == triton.next_power_of_2(n), n
+
+
+def test_a_launcher_reports_its_autotuners_choice():
+    """last_choice (a row's kernel_config) describes the config the chain's autotuner ran last:
+    None before any launch and where the chain has no autotuner."""
+    @triton.jit
+    def kernel(x_ptr, BLOCK: tl.constexpr, EVEN: tl.constexpr):
+        pass
+
+    configs = [triton.Config({"BLOCK": 16}, num_warps=2, num_stages=1),
+               triton.Config({"BLOCK": 64}, num_warps=8, num_stages=3)]
+    tuned = triton.autotune(configs, key=[])(triton.heuristics({"EVEN": lambda args: True})(kernel))
+    launcher = launching.Launcher(tuned)
+    assert launcher.last_choice is None and launcher._autotuner_choice() is None
+    tuned.best_config = configs[1]  # as Autotuner.run sets it on every call
+    assert launcher._autotuner_choice() == "BLOCK=64 num_warps=8 num_stages=3"
+    assert launching.Launcher(kernel)._autotuner_choice() is None

@@ -137,8 +137,10 @@ def measure_case(op, impl: Impl, case: Case, inputs: Any, ref_out: Any, ref_erro
         return [{"status": "skipped", "message": str(e)}]
     out, first_call_ms = first_call(fn, device)
     peak_mem_bytes = peak_memory(fn, device)
+    # read right after the untimed calls: a launcher remembers how it launched last
     status = {**verdict(op, impl, out, ref_out, ref_error, inputs), **memory,
-              "path": impl.path(inputs) if impl.path else None}
+              "path": impl.path(inputs) if impl.path else None,
+              "kernel_config": impl.kernel_config(inputs) if impl.kernel_config else None}
     errors = op.error(impl, out, inputs)
     rows = [{**status, **e} for e in (errors if isinstance(errors, list) else [errors])]
     timed = rows[-1]

@@ -48,6 +48,12 @@ def _qmatmul_path(inp) -> str:
     return kernels.qmatmul_path(inp.x.shape[0], inp.x.dtype, q.spec.bits)
 
 
+def _qmatmul_config(inp) -> str | None:
+    """How qmatmul's kernel was launched for the inputs (a stack: its last layer's)."""
+    q = inp.q if hasattr(inp, "q") else inp.qs[-1]
+    return kernels.qmatmul_config(inp.x, q)
+
+
 def _compiled(fn, *args) -> Callable[[], torch.Tensor]:
     """fn(*args) under torch.compile. Dynamo's caches are cleared first: every workload is a new
     shape, and past its recompile limit Dynamo would fall back to eager without saying so. The
@@ -146,11 +152,12 @@ BUILTIN_IMPLS: list[Impl] = [
     Impl(op="quantize", name="torch", role=R, factory=lambda inp: lambda: kernels.quantize_ref(inp.w, inp.spec),
          description="PyTorch reference"),
     Impl(op="dequantize", name="triton", role=C, factory=lambda inp: lambda: kernels.dequantize(inp.q),
+         kernel_config=lambda inp: kernels.dequantize_choice(inp.q, inp.q.dtype),
          description="the project's Triton dequantizer"),
     Impl(op="dequantize", name="torch", role=R, factory=lambda inp: lambda: kernels.dequantize_ref(inp.q),
          description="PyTorch reference"),
     Impl(op="matmul", name="triton", role=C, factory=lambda inp: lambda: kernels.qmatmul(inp.x, inp.q),
-         path=_qmatmul_path,
+         path=_qmatmul_path, kernel_config=_qmatmul_config,
          description="the project's dequantize-matmul (GEMV, split-K GEMM, GEMM, dequantize+cuBLAS by M)"),
     Impl(op="matmul", name="torch", role=R, factory=lambda inp: lambda: kernels.qmatmul_ref(inp.x, inp.q),
          description="dequantize, then matmul (the seed notebook's forward pass)"),
@@ -162,7 +169,7 @@ BUILTIN_IMPLS: list[Impl] = [
     Impl(op="matmul", name="tinygemm", role=P, factory=_tinygemm, needs=CUDA,
          description="PyTorch's _weight_int4pack_mm (int4 per group, bfloat16)"),
     Impl(op="stack", name="triton", role=C, factory=lambda inp: lambda: chain(kernels.qmatmul, inp.x, inp.qs),
-         path=_qmatmul_path,
+         path=_qmatmul_path, kernel_config=_qmatmul_config,
          description="the project's matmul, layer after layer"),
     Impl(op="stack", name="torch", role=R, factory=lambda inp: lambda: chain(kernels.qmatmul_ref, inp.x, inp.qs),
          description="the reference, layer after layer"),

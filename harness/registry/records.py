@@ -90,6 +90,11 @@ class Impl:
     returning the variant a call runs ("gemv", "split-k gemm", ...): the row's `path` column, so a
     table explains a jump between two values of M.
 
+    kernel_config: for an implementation whose kernels are autotuned or planned per shape, a
+    function of its inputs returning the launch configuration its last call ran (tile, split,
+    warps, stages: "BLOCK_N=64 BLOCK_K=256 ... num_warps=4 num_stages=3"), read right after the
+    case's untimed calls: the row's `kernel_config` column.
+
     A plugin module is imported before a run decides whether Triton runs through its interpreter:
     import quantbench.kernels' functions inside the factory (`from quantbench import kernels`,
     then `kernels.dequantize_ref(...)` when called), not at the plugin's top level.
@@ -102,5 +107,6 @@ class Impl:
     needs: Needs = field(default_factory=Needs)
     own_format: Callable[[Any, Any], OwnWeights] | None = None
     path: Callable[[Any], str] | None = None
+    kernel_config: Callable[[Any], str | None] | None = None
     description: str = ""
     origin: str = "built-in"  # set when loaded: the entry point or module it came from

@@ -17,16 +17,18 @@ from ..config.schema import AXES
 # 3: role (runs before it get the built-ins' roles by name when read: LEGACY_ROLES)
 # 4: host_us and path (runs before it read them as missing)
 # 5: host and gpu_uuid, the machine and GPU that measured the row (a sweep may run over several)
-SCHEMA_VERSION = 5
+# 6: kernel_config, the launch configuration (the autotuner's choice) the implementation ran
+SCHEMA_VERSION = 6
 
 # a row's identity: the sweep's axes (the config's, in their order), then the stack's depth and the
 # shape's name, then where it ran and how it ended
 IDENTITY = ["run_id", *AXES, "depth", "shape_name", "device", "gpu", "status", "message"]
 # role: the implementation's role (reference, candidate, peer, baseline: harness/registry), which
 # decides what a table shows as its subject and its dense baseline; path: the kernel variant the
-# implementation ran for this case where it picks one by shape (Impl.path); neither is part of a
+# implementation ran for this case where it picks one by shape (Impl.path); kernel_config: how that
+# kernel was launched, its tile, split, warps and stages (Impl.kernel_config); none is part of a
 # case's identity
-IMPLEMENTATION = ["role", "path"]
+IMPLEMENTATION = ["role", "path", "kernel_config"]
 # runs written before the role column (schema < 3) knew only the built-ins, whose roles were these
 LEGACY_ROLES = {"triton": "candidate", "torch": "reference", "fp16": "baseline", "torch_compile": "peer",
                 "tinygemm": "peer", "int_mm": "peer"}

@@ -19,6 +19,7 @@ import triton
 from quantbench.harness.ops.metrics import dequant_close
 from quantbench.kernels import (QuantSpec, dequantize, dequantize_ref, pack_weights, qmatmul, qmatmul_path, quantize,
                                 quantize_ref, quantize_tokens, quantize_tokens_ref, w8a8_matmul, w8a8_matmul_ref)
+from quantbench.kernels import launching
 
 CUDA = torch.device("cuda")
 CODEBOOK_SPECS = [QuantSpec(4, "nf4", "group", 64), QuantSpec(4, "nf4_dq", "group", 32),
@@ -161,6 +162,10 @@ def test_launchers_reuse_what_triton_compiled():
     for launcher in (qm._gemv_launch, qm._split_launch, qm._gemm_launch, dequantization._dequantize_launch,
                      quantization._quantize_launch, w8a8._tokens_launch, w8a8._int8_gemm_launch):
         assert launcher.direct and launcher.plans, launcher.tuned
+    # each path's kernel_config is one of its autotuner's configs, read after a direct launch
+    for m, tuned in ((1, qm.qgemv_tuned), (16, qm.qgemm_split_tuned), (100, qm.qgemm_tuned)):
+        qmatmul(x.repeat(m, 1), q)
+        assert qm.qmatmul_config(x.repeat(m, 1), q) in {launching.describe_choice(c) for c in tuned.configs}
 
 
 @pytest.mark.parametrize("m,n,k,path", MATMUL_PATHS, ids=[p[3] for p in MATMUL_PATHS])
