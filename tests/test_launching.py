@@ -137,3 +137,25 @@ def test_a_launcher_reports_its_autotuners_choice():
     tuned.best_config = configs[1]  # as Autotuner.run sets it on every call
     assert launcher._autotuner_choice() == "BLOCK=64 num_warps=8 num_stages=3"
     assert launching.Launcher(kernel)._autotuner_choice() is None
+
+
+def test_a_planned_launch_runs_the_kept_kernel_and_says_its_choice(monkeypatch):
+    """The direct launch's bookkeeping, with the GPU's pieces stood in for (the launch itself runs
+    on a GPU only): a planned call signature runs the kept launcher with the kept constants and
+    sets last_choice to that plan's, whatever was launched in between."""
+    calls = []
+    monkeypatch.setattr(launching, "INTERPRETED", False)
+    monkeypatch.setattr(launching, "_hooks_set", lambda: False)
+    monkeypatch.setattr(launching.torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(launching, "driver", type("D", (), {"active": type("A", (), {
+        "get_current_stream": staticmethod(lambda device: "stream")})}))
+    launcher = launching.Launcher(tuned=None)
+    run = lambda *a: calls.append(a)
+    launcher.plans[(0, "small")] = (run, "function", "metadata", (16,), {"BLOCK": 16}, "BLOCK=16 num_warps=2")
+    launcher.plans[(0, "large")] = (run, "function", "metadata", (64,), {"BLOCK": 64}, "BLOCK=64 num_warps=8")
+    grid = lambda meta: (128 // meta["BLOCK"],)
+    launcher(grid, ("x",), {}, key="large")
+    launcher(grid, ("x",), {}, key="small")
+    assert launcher.last_choice == "BLOCK=16 num_warps=2"
+    assert calls == [(2, 1, 1, "stream", "function", "metadata", None, None, None, "x", 64),
+                     (8, 1, 1, "stream", "function", "metadata", None, None, None, "x", 16)]
