@@ -80,10 +80,10 @@ def _builtin(op, name):
 
 def _known_builtins():
     """The built-in records with the matmul triton, torch and fp16 factories of KnownMatmul (and no
-    kernel path: they run no kernel)."""
+    kernel path or launch configuration: they run no kernel)."""
     from quantbench.harness.registry import builtin
-    return [dataclasses.replace(i, factory=KNOWN_FACTORIES[i.name], path=None) if i.op == "matmul" and i.name in KNOWN_FACTORIES
-            else i for i in builtin.BUILTIN_IMPLS]
+    return [dataclasses.replace(i, factory=KNOWN_FACTORIES[i.name], path=None, kernel_config=None)
+            if i.op == "matmul" and i.name in KNOWN_FACTORIES else i for i in builtin.BUILTIN_IMPLS]
 
 
 def _known_measure(fn, device, timing):
