@@ -52,10 +52,21 @@ def max_keeping_nan(a, b):
 
 
 @triton.jit
-def segment_range(x, mask, SHAPE: tl.constexpr, AXIS: tl.constexpr):
-    """(min, max) of the tile x (float32, or the loaded float16) reshaped to SHAPE, along AXIS, over
-    the elements in `mask` (None: all of them); a NaN or an infinity makes the range infinite or
-    NaN (qparams poisons it).
+def segment_columns(start, NG: tl.constexpr, C: tl.constexpr, CHUNK: tl.constexpr, GROUP: tl.constexpr):
+    """Column offsets [1, NG, C, CHUNK] of NG segments of GROUP columns from `start`, segment g
+    held as C = GROUP // CHUNK chunks of CHUNK columns: quantize_kernel's tile layout. In bytes
+    (start, CHUNK and GROUP divided by the fields a byte holds), the packed codes' columns."""
+    g = tl.arange(0, NG)[None, :, None, None]
+    c = tl.arange(0, C)[None, None, :, None]
+    e = tl.arange(0, CHUNK)[None, None, None, :]
+    return start + g * GROUP + c * CHUNK + e
+
+
+@triton.jit
+def segment_range(x, mask):
+    """(min, max) [BLOCK_N, NG] of each segment of the tile x [BLOCK_N, NG, C, CHUNK] (float32, or
+    the loaded float16; segment_columns) over the elements in `mask` (None: all of them); a NaN
+    or an infinity makes the range infinite or NaN (qparams poisons it).
 
     On the GPU a NaN is kept by the reductions themselves (min.NaN and max.NaN: one instruction an
     element each); the interpreter's reductions differ on NaN, so there minmax_operands stands in
@@ -67,12 +78,12 @@ def segment_range(x, mask, SHAPE: tl.constexpr, AXIS: tl.constexpr):
         else:
             for_min = tl.where(mask, x, float("inf"))
             for_max = tl.where(mask, x, float("-inf"))
-        lo = tl.reduce(tl.reshape(for_min, SHAPE), AXIS, min_keeping_nan)
-        hi = tl.reduce(tl.reshape(for_max, SHAPE), AXIS, max_keeping_nan)
+        lo = tl.reduce(tl.reduce(for_min, 3, min_keeping_nan), 2, min_keeping_nan)
+        hi = tl.reduce(tl.reduce(for_max, 3, max_keeping_nan), 2, max_keeping_nan)
     else:
         for_min, for_max = minmax_operands(x, mask)
-        lo = tl.min(tl.reshape(for_min, SHAPE), axis=AXIS)
-        hi = tl.max(tl.reshape(for_max, SHAPE), axis=AXIS)
+        lo = tl.min(tl.min(for_min, axis=3), axis=2)
+        hi = tl.max(tl.max(for_max, axis=3), axis=2)
     return lo, hi
 
 
@@ -150,8 +161,10 @@ def quantize_tile(x, scale, zero, table_ptr, QMIN: tl.constexpr, QMAX: tl.conste
 
 
 @triton.jit
-def pack_tile(fields, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BITS: tl.constexpr):
-    """[BLOCK_N, BLOCK_K] fields -> [BLOCK_N, BLOCK_K * BITS // 8] bytes, little end first.
+def pack_tile(fields, BLOCK_N: tl.constexpr, NG: tl.constexpr, C: tl.constexpr, CHUNK: tl.constexpr,
+              BITS: tl.constexpr):
+    """[BLOCK_N, NG, C, CHUNK] fields -> [BLOCK_N, NG, C, CHUNK * BITS // 8] bytes, little end
+    first.
 
     Neighbouring fields are separated with reshape + split (which stays in registers) rather than
     a sum over a small axis (which the compiler lowers through shared memory).
@@ -159,10 +172,10 @@ def pack_tile(fields, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BITS: tl.con
     if BITS == 8:
         packed = fields
     elif BITS == 4:
-        even, odd = tl.split(tl.reshape(fields, (BLOCK_N, BLOCK_K // 2, 2)))
+        even, odd = tl.split(tl.reshape(fields, (BLOCK_N, NG, C, CHUNK // 2, 2)))
         packed = even | (odd << 4)
     else:
-        f02, f13 = tl.split(tl.reshape(fields, (BLOCK_N, BLOCK_K // 4, 2, 2)))  # k%2 == 0 | 1
+        f02, f13 = tl.split(tl.reshape(fields, (BLOCK_N, NG, C, CHUNK // 4, 2, 2)))  # k%2 == 0 | 1
         f0, f2 = tl.split(f02)
         f1, f3 = tl.split(f13)
         packed = f0 | (f1 << 2) | (f2 << 4) | (f3 << 6)
@@ -172,23 +185,22 @@ def pack_tile(fields, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BITS: tl.con
 @triton.jit
 def quantize_store(codes_ptr, table_ptr, x, scale, zero, rows, N, k0, K, mask, stride_cn,
                    BITS: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr, SYMMETRIC: tl.constexpr,
-                   CODE: tl.constexpr, SAFE_RANGE: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr,
-                   BLOCK_K: tl.constexpr):
-    """Quantize the float32 tile x [BLOCK_N, BLOCK_K] (columns k0...) with per-group scale and zero
-    [BLOCK_N, BLOCK_K // GROUP], pack it and store the bytes. mask None: the tile lies inside the
-    matrix."""
+                   CODE: tl.constexpr, SAFE_RANGE: tl.constexpr, GROUP: tl.constexpr, CHUNK: tl.constexpr,
+                   BLOCK_N: tl.constexpr, NG: tl.constexpr):
+    """Quantize the float32 tile x [BLOCK_N, NG, C, CHUNK] (segment_columns from k0) with per-segment
+    scale and zero [BLOCK_N, NG], pack it and store the bytes. mask None: the tile lies inside
+    the matrix."""
     PER_BYTE: tl.constexpr = 8 // BITS
-    x3 = tl.reshape(x, (BLOCK_N, BLOCK_K // GROUP, GROUP))
-    fields = quantize_tile(x3, scale[:, :, None], zero[:, :, None], table_ptr, QMIN, QMAX, SYMMETRIC, CODE,
-                           SAFE_RANGE)
-    fields = tl.reshape(fields, (BLOCK_N, BLOCK_K))
-    byte_cols = k0 // PER_BYTE + tl.arange(0, BLOCK_K // PER_BYTE)
-    byte_ptrs = codes_ptr + rows[:, None] * stride_cn + byte_cols[None, :]
+    C: tl.constexpr = GROUP // CHUNK
+    fields = quantize_tile(x, scale[:, :, None, None], zero[:, :, None, None], table_ptr, QMIN, QMAX, SYMMETRIC,
+                           CODE, SAFE_RANGE)
+    byte_cols = segment_columns(k0 // PER_BYTE, NG, C, CHUNK // PER_BYTE, GROUP // PER_BYTE)
+    byte_ptrs = codes_ptr + rows[:, None, None, None] * stride_cn + byte_cols
     if mask is None:
-        tl.store(byte_ptrs, pack_tile(fields, BLOCK_N, BLOCK_K, BITS))
+        tl.store(byte_ptrs, pack_tile(fields, BLOCK_N, NG, C, CHUNK, BITS))
     else:
-        packed = pack_tile(tl.where(mask, fields, 0), BLOCK_N, BLOCK_K, BITS)
-        byte_mask = (rows < N)[:, None] & (byte_cols[None, :] < (K + PER_BYTE - 1) // PER_BYTE)
+        packed = pack_tile(tl.where(mask, fields, 0), BLOCK_N, NG, C, CHUNK, BITS)
+        byte_mask = (rows < N)[:, None, None, None] & (byte_cols < (K + PER_BYTE - 1) // PER_BYTE)
         tl.store(byte_ptrs, packed, mask=byte_mask)
 
 
@@ -233,67 +245,77 @@ def tensor_qparams_kernel(lo_ptr, hi_ptr, n_partials, scales_ptr, zeros_ptr,
 def quantize_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, table_ptr, N, K, stride_xn, stride_cn, stride_sn,
                     BITS: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr,
                     SYMMETRIC: tl.constexpr, CODE: tl.constexpr, MODE: tl.constexpr, GROUP: tl.constexpr,
-                    STORE_CODES: tl.constexpr, EVEN: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                    CHUNK: tl.constexpr, STORE_CODES: tl.constexpr, EVEN: tl.constexpr, BLOCK_N: tl.constexpr,
+                    BLOCK_K: tl.constexpr):
     """Quantize x[N, K] (fp32/fp16/bf16, unit stride along K) into packed uint8 codes.
 
     Grid: (cdiv(K, BLOCK_K), cdiv(N, BLOCK_N)); consecutive programs walk along a row block.
-    MODE 2 (groups in a tile; per-group scales, or per-channel ones when a row fits in BLOCK_K): a
-    program holds a [BLOCK_N, BLOCK_K] tile, BLOCK_K a multiple of GROUP, and takes each group's
-    min and max on the tile reshaped to [BLOCK_N, BLOCK_K // GROUP, GROUP].
+    A tile is held as [BLOCK_N, NG, C, CHUNK] (segment_columns): NG = BLOCK_K // GROUP segments
+    of a row, each as C = GROUP // CHUNK chunks. Triton gives threads the contiguous axis first,
+    then rows and segments, the chunks last, so a thread holds C vectors of one segment and works
+    out its segment's range, scale and zero once (with [BLOCK_N, NG, GROUP], every thread holding
+    8 elements of a segment of 128 repeated its reduction, reciprocal and parameters: 29
+    instructions an element in the sm_90 SASS of int4 g128, 18-22 with chunks of 16-32).
+    MODE 2 (groups in a tile; per-group scales, or per-channel ones when a row fits in BLOCK_K):
+    BLOCK_K a multiple of GROUP; each segment's min and max make its scale and zero.
     MODE 1 (per-channel scales, rows longer than BLOCK_K): the grid has one column of programs;
     each loops over its rows twice, a min/max pass and a quantize pass that re-reads the rows from
-    cache. GROUP == BLOCK_K.
+    cache. GROUP == CHUNK == BLOCK_K.
     MODE 0 (per-tensor): the scale and zero were written by tensor_qparams_kernel and are read
-    here. GROUP == BLOCK_K.
+    here. GROUP == CHUNK == BLOCK_K.
     MODE 3 (per-group scales given: nf4_dq's decoded scales): as MODE 2, the scales read, not made.
     CODE: what a field is (quantize_tile); table_ptr: NF4's encode table (CODE 1).
     STORE_CODES False: write the scales only (the first pass of nf4_dq, into float32 scales).
     EVEN: N and K are multiples of BLOCK_N and BLOCK_K (MODE 0, 2, 3: the tiles need no mask).
     Scales (and zeros, asymmetric only) are written in scales_ptr's dtype at
-    [row * stride_sn + group]; codes at [row * stride_cn + k * BITS // 8]. BLOCK_K must be a
-    multiple of 8 // BITS, so that no byte is shared between programs.
+    [row * stride_sn + group]; codes at [row * stride_cn + k * BITS // 8]. CHUNK must be a
+    multiple of 8 // BITS, so that no byte is shared between chunks.
     """
     pid_k = tl.program_id(0)
     pid_n = tl.program_id(1)
     NG: tl.constexpr = BLOCK_K // GROUP
+    C: tl.constexpr = GROUP // CHUNK
     # float16 scales lie in [2**-24, 65504]: divide() needs no range check
     SAFE_RANGE: tl.constexpr = scales_ptr.dtype.element_ty == tl.float16
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < N
-    x_rows = x_ptr + rows[:, None] * stride_xn
+    x_rows = x_ptr + rows[:, None, None, None] * stride_xn
 
     if MODE == 1:
-        lo = tl.full((BLOCK_N,), float("inf"), tl.float32)
-        hi = tl.full((BLOCK_N,), float("-inf"), tl.float32)
+        lo = tl.full((BLOCK_N, 1), float("inf"), tl.float32)
+        hi = tl.full((BLOCK_N, 1), float("-inf"), tl.float32)
         for k0 in range(0, K, BLOCK_K):
-            cols = k0 + tl.arange(0, BLOCK_K)
-            mask = row_ok[:, None] & (cols[None, :] < K)
-            x = tl.load(x_rows + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-            tile_lo, tile_hi = segment_range(x, mask, (BLOCK_N, BLOCK_K), 1)
+            cols = segment_columns(k0, 1, 1, BLOCK_K, BLOCK_K)
+            mask = row_ok[:, None, None, None] & (cols < K)
+            x = tl.load(x_rows + cols, mask=mask, other=0.0).to(tl.float32)
+            tile_lo, tile_hi = segment_range(x, mask)
             lo = min_keeping_nan(lo, tile_lo)
             hi = max_keeping_nan(hi, tile_hi)
-        lo = tl.where(row_ok, lo, 0.0)  # rows past N: keep their (unstored) parameters finite
-        hi = tl.where(row_ok, hi, 0.0)
+        lo = tl.where(row_ok[:, None], lo, 0.0)  # rows past N: keep their (unstored) parameters finite
+        hi = tl.where(row_ok[:, None], hi, 0.0)
         scale, zero = qparams(lo, hi, scales_ptr.dtype.element_ty, QMAX, SYMMETRIC)
-        tl.store(scales_ptr + rows * stride_sn, scale, mask=row_ok)
+        s_off = rows[:, None] * stride_sn + tl.arange(0, 1)[None, :]
+        tl.store(scales_ptr + s_off, scale, mask=row_ok[:, None])
         if not SYMMETRIC:
-            tl.store(zeros_ptr + rows * stride_sn, zero, mask=row_ok)
+            tl.store(zeros_ptr + s_off, zero, mask=row_ok[:, None])
         for k0 in range(0, K, BLOCK_K):
-            cols = k0 + tl.arange(0, BLOCK_K)
-            mask = row_ok[:, None] & (cols[None, :] < K)
-            x = tl.load(x_rows + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-            quantize_store(codes_ptr, table_ptr, x, scale[:, None], zero[:, None], rows, N, k0, K, mask, stride_cn,
-                           BITS, QMIN, QMAX, SYMMETRIC, CODE, SAFE_RANGE, GROUP, BLOCK_N, BLOCK_K)
+            cols = segment_columns(k0, 1, 1, BLOCK_K, BLOCK_K)
+            mask = row_ok[:, None, None, None] & (cols < K)
+            x = tl.load(x_rows + cols, mask=mask, other=0.0).to(tl.float32)
+            quantize_store(codes_ptr, table_ptr, x, scale, zero, rows, N, k0, K, mask, stride_cn,
+                           BITS, QMIN, QMAX, SYMMETRIC, CODE, SAFE_RANGE, BLOCK_K, BLOCK_K, BLOCK_N, 1)
     else:
         k0 = pid_k * BLOCK_K
-        cols = k0 + tl.arange(0, BLOCK_K)
+        cols = segment_columns(k0, NG, C, CHUNK, GROUP)
         if EVEN:
             mask = None
-            x_in = tl.load(x_rows + cols[None, :])
+            x_in = tl.load(x_rows + cols)
         else:
-            mask = row_ok[:, None] & (cols[None, :] < K)
-            x_in = tl.load(x_rows + cols[None, :], mask=mask, other=0.0)
+            mask = row_ok[:, None, None, None] & (cols < K)
+            x_in = tl.load(x_rows + cols, mask=mask, other=0.0)
         x = x_in.to(tl.float32)
+        groups = pid_k * NG + tl.arange(0, NG)
+        g_mask = row_ok[:, None] & (groups[None, :] < tl.cdiv(K, GROUP))
         if MODE == 0:
             scale = tl.zeros((BLOCK_N, NG), tl.float32) + tl.load(scales_ptr).to(tl.float32)
             if SYMMETRIC:
@@ -301,21 +323,15 @@ def quantize_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, table_ptr, N, K, st
             else:
                 zero = tl.zeros((BLOCK_N, NG), tl.float32) + tl.load(zeros_ptr).to(tl.float32)
         elif MODE == 3:
-            groups = pid_k * NG + tl.arange(0, NG)
-            g_mask = row_ok[:, None] & (groups[None, :] < tl.cdiv(K, GROUP))
             scale = tl.load(scales_ptr + rows[:, None] * stride_sn + groups[None, :], mask=g_mask,
                             other=1.0).to(tl.float32)
             zero = tl.zeros((BLOCK_N, NG), tl.float32)
         else:
             # float16 ranges are taken on the loaded halves, two to an instruction (exact; the
             # float32 conversion of the result is too), others on the float32 tile
-            lo, hi = segment_range(x_in if x_in.dtype == tl.float16 else x, mask, (BLOCK_N, NG, GROUP), 2)
-            lo = lo.to(tl.float32)
-            hi = hi.to(tl.float32)
-            groups = pid_k * NG + tl.arange(0, NG)
-            g_mask = row_ok[:, None] & (groups[None, :] < tl.cdiv(K, GROUP))
-            lo = tl.where(g_mask, lo, 0.0)  # groups past the matrix: keep them finite, never stored
-            hi = tl.where(g_mask, hi, 0.0)
+            lo, hi = segment_range(x_in if x_in.dtype == tl.float16 else x, mask)
+            lo = tl.where(g_mask, lo.to(tl.float32), 0.0)  # groups past the matrix: keep them finite, never stored
+            hi = tl.where(g_mask, hi.to(tl.float32), 0.0)
             scale, zero = qparams(lo, hi, scales_ptr.dtype.element_ty, QMAX, SYMMETRIC)
             s_off = rows[:, None] * stride_sn + groups[None, :]
             tl.store(scales_ptr + s_off, scale, mask=g_mask)
@@ -323,7 +339,7 @@ def quantize_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, table_ptr, N, K, st
                 tl.store(zeros_ptr + s_off, zero, mask=g_mask)
         if STORE_CODES:
             quantize_store(codes_ptr, table_ptr, x, scale, zero, rows, N, k0, K, mask, stride_cn,
-                           BITS, QMIN, QMAX, SYMMETRIC, CODE, SAFE_RANGE, GROUP, BLOCK_N, BLOCK_K)
+                           BITS, QMIN, QMAX, SYMMETRIC, CODE, SAFE_RANGE, GROUP, CHUNK, BLOCK_N, NG)
 
 
 _minmax_launch = Launcher(minmax_partials_kernel)
@@ -353,7 +369,7 @@ def quantize(w: torch.Tensor, spec: QuantSpec, *, check_finite: bool = False) ->
                          device=w.device)
     zeros = None if spec.symmetric else torch.empty_like(scales)
     zeros_arg = scales if zeros is None else zeros  # never written when symmetric
-    mode, block_n, block_k, group, num_warps = quantize_tiling(spec, k)
+    mode, block_n, block_k, group, chunk, num_warps = quantize_tiling(spec, k)
     grid = (1 if mode == 1 else cdiv(k, block_k), cdiv(n, block_n))
     table = code_table(spec, w.device, decode=False)
     if spec.granularity == "tensor":
@@ -363,7 +379,7 @@ def quantize(w: torch.Tensor, spec: QuantSpec, *, check_finite: bool = False) ->
         _qparams_launch(lambda meta: (1,), (lo, hi, lo.numel(), scales, zeros_arg),
                         dict(QMAX=spec.qmax, SYMMETRIC=spec.symmetric, BLOCK=1024))
     fmt = dict(BITS=spec.bits, QMIN=spec.qmin, QMAX=spec.qmax, SYMMETRIC=spec.symmetric, CODE=CODE_IDS[spec.codebook],
-               GROUP=group, EVEN=mode != 1 and n % block_n == 0 and k % block_k == 0, BLOCK_N=block_n, BLOCK_K=block_k,
+               GROUP=group, CHUNK=chunk, EVEN=mode != 1 and n % block_n == 0 and k % block_k == 0, BLOCK_N=block_n, BLOCK_K=block_k,
                num_warps=num_warps)
     second = None
     if spec.double_quant:

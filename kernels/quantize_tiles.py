@@ -1,5 +1,5 @@
 """How quantization.quantize_kernel is tiled for a format and a row length: its MODE, tile shape,
-segment length and warps (quantize_tiling)."""
+segment length, chunk and warps (quantize_tiling)."""
 
 from __future__ import annotations
 
@@ -15,21 +15,34 @@ GROUP_TILE_K = 512  # columns per program for per-group scales: several groups p
 # identical; swept over tile shapes and 2 to 16 warps with scratch scripts, not committed).
 GROUP_TILE_ELEMS = 2048
 GROUP_WARPS = 2
+# Per-group scales: a segment is held as chunks of GROUP_CHUNK columns, or two chunks where it is
+# shorter, each thread holding whole chunks of one segment (quantization.quantize_kernel says
+# why). On the H200, fp16 8192 x 8192, us against the [BLOCK_N, NG, GROUP] tile it replaced
+# (kernels/NOTES.md, session 16): int4 g128 69.1 -> 59.2 (chunks of 16: 61.9, 64: 62.0), int2
+# g128 70.0 -> 59.4, int8 g128 59.2 -> 56.9, int4 g32 64.6 -> 59.6 (chunks of 16; 32: 66.8),
+# int8 g32 57.1 -> 57.5; codes identical.
+GROUP_CHUNK = 32
+# NF4 (a table lookup an element) on one warp, 1024 elements a program: g64 fp16 78.4 -> 72.9 us
+# (the integer formats within 2 us either way of the default tile, so they keep it)
+NF4_TILE_ELEMS = 1024
+NF4_WARPS = 1
 MAX_ROW_TILE_K = 8192  # per-channel scales: rows up to this long are held in one tile
 
 
-def quantize_tiling(spec: QuantSpec, k: int) -> tuple[int, int, int, int, int]:
-    """(MODE, BLOCK_N, BLOCK_K, GROUP, num_warps) of quantize_kernel for a granularity and K."""
+def quantize_tiling(spec: QuantSpec, k: int) -> tuple[int, int, int, int, int, int]:
+    """(MODE, BLOCK_N, BLOCK_K, GROUP, CHUNK, num_warps) of quantize_kernel for a granularity and K."""
     row_k = max(spec.per_byte, next_power_of_2(k))
     if spec.granularity == "group":
         block_k = max(spec.group_size, min(row_k, GROUP_TILE_K))
-        return 2, max(1, GROUP_TILE_ELEMS // block_k), block_k, spec.group_size, GROUP_WARPS
+        chunk = min(spec.group_size // 2, GROUP_CHUNK)
+        elems, warps = (NF4_TILE_ELEMS, NF4_WARPS) if spec.codebook == "nf4" else (GROUP_TILE_ELEMS, GROUP_WARPS)
+        return 2, max(1, elems // block_k), block_k, spec.group_size, chunk, warps
     if spec.granularity == "channel" and row_k <= MAX_ROW_TILE_K:
         # a whole row in one tile: read once, one "group" per row, on 4 warps. On an H200 (fp16
         # 8192 x 8192, once the division had become multiplications; kernels/NOTES.md): int4
         # 69.8 us against 89.1 on the 16 warps it had, int8 69.8 against 74.6 and int2 69.5
         # against 76.5 on 8; fp8 106.4 against 104.8 on 8 (within the noise); 2 rows a program, or
         # 16 and 32 warps, slower for every format.
-        return 2, max(1, TILE_ELEMS // row_k), row_k, row_k, 4
+        return 2, max(1, TILE_ELEMS // row_k), row_k, row_k, row_k, 4
     block_k = min(row_k, MAX_CHUNK_K)
-    return (0 if spec.granularity == "tensor" else 1), max(1, TILE_ELEMS // block_k), block_k, block_k, 4
+    return (0 if spec.granularity == "tensor" else 1), max(1, TILE_ELEMS // block_k), block_k, block_k, block_k, 4

@@ -59,6 +59,21 @@ def test_long_rows_and_many_tiles(n, k, spec, gen, device):
     assert_same_quantization(quantize(w, spec), quantize_ref(w, spec))
 
 
+@pytest.mark.parametrize("chunk", [4, 8, 64])
+@pytest.mark.parametrize("spec", [QuantSpec(2, "asymmetric", "group", 32), QuantSpec(4, "symmetric", "group", 128),
+                                  QuantSpec(4, "nf4", "group", 64), QuantSpec(8, "asymmetric", "group", 64)], ids=str)
+def test_codes_do_not_depend_on_how_a_group_is_chunked(spec, chunk, gen, device, monkeypatch):
+    """The kernel holds a group as chunks (quantize_tiles.GROUP_CHUNK, at most half a group): any
+    chunk length, down to one byte's worth of fields, gives the reference's codes, on tiles inside
+    the matrix and on masked ones (N and K not multiples of the tile)."""
+    from quantbench.kernels import quantize_tiles
+
+    monkeypatch.setattr(quantize_tiles, "GROUP_CHUNK", max(spec.per_byte, chunk))
+    for n, k in ((8, 512), (5, 3 * spec.group_size)):
+        w = torch.randn(n, k, generator=gen).to(torch.float16).to(device)
+        assert_same_quantization(quantize(w, spec), quantize_ref(w, spec))
+
+
 @pytest.mark.parametrize("spec", [QuantSpec(4, "asymmetric", "tensor"), QuantSpec(2, "symmetric", "group", 32),
                                   QuantSpec(8, "asymmetric", "channel")], ids=str)
 def test_shapes_and_dtypes_of_outputs(spec, gen, device):
