@@ -17,6 +17,9 @@ import torch
 from .spec import DQ_CHUNK, FP8_MAX, NF4_LEVELS, NF4_MIDPOINTS, QuantizedTensor, QuantSpec, ScaleQuant
 
 
+CODE_IDS = {"integer": 0, "nf4": 1, "fp8": 2}  # a kernel's CODE: quantize_tile's and dequantization.field_values'
+
+
 def table(values: tuple[float, ...], device) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float32, device=device)
 
@@ -75,14 +78,21 @@ def decode_ref(fields: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
     return fields.to(torch.uint8).view(torch.float8_e4m3fn).float()
 
 
+def finite_mean(flat: torch.Tensor, finite: torch.Tensor | None = None) -> torch.Tensor:
+    """float32 [1]: the mean of the finite values of flat (0 where none is): nf4_dq's second-level
+    mean, by PyTorch's sum (its order of additions is the format's; scale_codes.py uses this too)."""
+    finite = torch.isfinite(flat) if finite is None else finite
+    kept = torch.where(finite, flat, torch.zeros_like(flat))
+    return kept.sum().reshape(1) / finite.sum().clamp_min(1).to(torch.float32).reshape(1)
+
+
 def double_quantize(scales: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, ScaleQuant]:
     """float32 first-level scales [R, C] -> (uint8 scale codes [R, C], the second level); see
     spec.py, nf4_dq. A NaN scale (poisoned segment) gets code 0 and is left out of the mean and
     of its chunk's maximum."""
     flat = scales.reshape(-1)
     finite = torch.isfinite(flat)
-    kept = torch.where(finite, flat, torch.zeros_like(flat))
-    mean = kept.sum().reshape(1) / finite.sum().clamp_min(1).to(torch.float32).reshape(1)
+    mean = finite_mean(flat, finite)
     dev = torch.where(finite, flat - mean, torch.zeros_like(flat))
     chunks = math.ceil(flat.numel() / DQ_CHUNK)
     dev = torch.nn.functional.pad(dev, (0, chunks * DQ_CHUNK - flat.numel())).reshape(chunks, DQ_CHUNK)

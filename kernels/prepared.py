@@ -19,9 +19,8 @@ from typing import Any
 
 import torch
 
-from .codebooks import code_table
+from .codebooks import CODE_IDS, code_table
 from .launching import signature
-from .quantization import CODE_IDS
 from .references import check_weight_once
 from .spec import QuantizedTensor
 

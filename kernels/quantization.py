@@ -17,15 +17,15 @@ import triton
 import triton.language as tl
 
 from .checks import cdiv, check_matrix
-from .codebooks import code_table, decode_scales, double_quantize
+from .codebooks import CODE_IDS, code_table
+from .dequantization import segment_scales
 from .exact_math import ON_GPU, divide, lookup, round_to, rounded_int
 from .launching import Launcher
+from .prepared import SCALE_DTYPE_IDS
 from .references import qparams_ref, quantize_ref, refuse_poisoned_segments  # noqa: F401 (the reference beside its kernel)
 from .quantize_tiles import quantize_tiling
+from .scale_codes import double_quantize_scales
 from .spec import QuantizedTensor, QuantSpec
-
-CODE_IDS = {"integer": 0, "nf4": 1, "fp8": 2}  # quantize_tile's CODE (dequantization.field_values' too)
-
 
 @triton.jit
 def minmax_operands(x, mask):
@@ -242,11 +242,11 @@ def tensor_qparams_kernel(lo_ptr, hi_ptr, n_partials, scales_ptr, zeros_ptr,
 
 
 @triton.jit
-def quantize_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, table_ptr, N, K, stride_xn, stride_cn, stride_sn,
-                    BITS: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr,
+def quantize_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr, mean_ptr, N, K, stride_xn,
+                    stride_cn, stride_sn, BITS: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr,
                     SYMMETRIC: tl.constexpr, CODE: tl.constexpr, MODE: tl.constexpr, GROUP: tl.constexpr,
                     CHUNK: tl.constexpr, STORE_CODES: tl.constexpr, EVEN: tl.constexpr, BLOCK_N: tl.constexpr,
-                    BLOCK_K: tl.constexpr):
+                    BLOCK_K: tl.constexpr, SCALE_DTYPE: tl.constexpr = 0):
     """Quantize x[N, K] (fp32/fp16/bf16, unit stride along K) into packed uint8 codes.
 
     Grid: (cdiv(K, BLOCK_K), cdiv(N, BLOCK_N)); consecutive programs walk along a row block.
@@ -263,7 +263,9 @@ def quantize_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, table_ptr, N, K, st
     cache. GROUP == CHUNK == BLOCK_K.
     MODE 0 (per-tensor): the scale and zero were written by tensor_qparams_kernel and are read
     here. GROUP == CHUNK == BLOCK_K.
-    MODE 3 (per-group scales given: nf4_dq's decoded scales): as MODE 2, the scales read, not made.
+    MODE 3 (nf4_dq's second pass): as MODE 2, the scales read, not made: nf4_dq's 8-bit scale codes
+    at scales_ptr, decoded here into SCALE_DTYPE (prepared.SCALE_DTYPE_IDS) with the chunk scales
+    at second_ptr and the mean at mean_ptr (dequantization.segment_scales; stand-ins otherwise).
     CODE: what a field is (quantize_tile); table_ptr: NF4's encode table (CODE 1).
     STORE_CODES False: write the scales only (the first pass of nf4_dq, into float32 scales).
     EVEN: N and K are multiples of BLOCK_N and BLOCK_K (MODE 0, 2, 3: the tiles need no mask).
@@ -323,8 +325,8 @@ def quantize_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, table_ptr, N, K, st
             else:
                 zero = tl.zeros((BLOCK_N, NG), tl.float32) + tl.load(zeros_ptr).to(tl.float32)
         elif MODE == 3:
-            scale = tl.load(scales_ptr + rows[:, None] * stride_sn + groups[None, :], mask=g_mask,
-                            other=1.0).to(tl.float32)
+            flat = rows[:, None] * stride_sn + groups[None, :]  # the scale codes are contiguous [N, groups]
+            scale = segment_scales(scales_ptr, second_ptr, mean_ptr, flat, flat, g_mask, True, SCALE_DTYPE)
             zero = tl.zeros((BLOCK_N, NG), tl.float32)
         else:
             # float16 ranges are taken on the loaded halves, two to an instruction (exact; the
@@ -363,8 +365,8 @@ def quantize(w: torch.Tensor, spec: QuantSpec, *, check_finite: bool = False) ->
     n, k = w.shape
     spec.check_shape(n, k)
     codes = torch.empty((n, spec.packed_cols(k)), dtype=torch.uint8, device=w.device)
-    # nf4_dq: a first pass writes the float32 absmax scales, which are double-quantized (the same
-    # PyTorch code as the reference's), then the codes are made from the decoded scales
+    # nf4_dq: a first pass writes the float32 absmax scales, which are double-quantized
+    # (scale_codes.py), then the codes pass decodes them as it goes
     scales = torch.empty(spec.scales_shape(n, k), dtype=torch.float32 if spec.double_quant else w.dtype,
                          device=w.device)
     zeros = None if spec.symmetric else torch.empty_like(scales)
@@ -382,16 +384,16 @@ def quantize(w: torch.Tensor, spec: QuantSpec, *, check_finite: bool = False) ->
                GROUP=group, CHUNK=chunk, EVEN=mode != 1 and n % block_n == 0 and k % block_k == 0, BLOCK_N=block_n, BLOCK_K=block_k,
                num_warps=num_warps)
     second = None
-    if spec.double_quant:
-        _quantize_launch(lambda meta: grid, (w, codes, scales, zeros_arg, table, n, k, w.stride(0), codes.stride(0),
-                                             scales.stride(0)), dict(fmt, MODE=mode, STORE_CODES=False))
-        scales, second = double_quantize(scales, w.dtype)
-        decoded = decode_scales(scales, second)
-        _quantize_launch(lambda meta: grid, (w, codes, decoded, decoded, table, n, k, w.stride(0), codes.stride(0),
-                                             decoded.stride(0)), dict(fmt, MODE=3, STORE_CODES=True))
+    if spec.double_quant:  # second_ptr and mean_ptr: stand-ins (scales) but in MODE 3
+        _quantize_launch(lambda meta: grid, (w, codes, scales, zeros_arg, table, scales, scales, n, k, w.stride(0),
+                                             codes.stride(0), scales.stride(0)), dict(fmt, MODE=mode, STORE_CODES=False))
+        scales, second = double_quantize_scales(scales, w.dtype)
+        _quantize_launch(lambda meta: grid, (w, codes, scales, scales, table, second.chunk_scales, second.mean, n, k,
+                                             w.stride(0), codes.stride(0), scales.stride(0)),
+                         dict(fmt, MODE=3, STORE_CODES=True, SCALE_DTYPE=SCALE_DTYPE_IDS[w.dtype]))
     else:
-        _quantize_launch(lambda meta: grid, (w, codes, scales, zeros_arg, table, n, k, w.stride(0), codes.stride(0),
-                                             scales.stride(0)), dict(fmt, MODE=mode, STORE_CODES=True))
+        _quantize_launch(lambda meta: grid, (w, codes, scales, zeros_arg, table, scales, scales, n, k, w.stride(0),
+                                             codes.stride(0), scales.stride(0)), dict(fmt, MODE=mode, STORE_CODES=True))
     q = QuantizedTensor(codes, scales, zeros, spec, (n, k), second)
     if check_finite:
         refuse_poisoned_segments("w", w, q)

@@ -172,6 +172,35 @@ def test_double_quantized_scales_are_close_to_the_absmax(gen, device):
     assert (dequantize_ref(q).cpu() - w).norm() <= 1.05 * (dequantize_ref(nf4) - w).norm()
 
 
+@pytest.mark.parametrize("case", ["normal", "non-finite", "constant", "all-poisoned", "huge"])
+@pytest.mark.parametrize("count", [700, 512, 3])  # chunks of 256: a short last one, whole ones, one short one
+def test_scale_codes_kernel_equals_the_pytorch_double_quantization(case, count, gen, device):
+    """scale_codes.double_quantize_scales (one kernel after PyTorch's mean, what quantize runs) and
+    codebooks.double_quantize (PyTorch ops, what the reference runs): the same codes, chunk scales
+    and mean, bit for bit, on first-level scales with NaN and infinities (left out, code 0), a
+    constant chunk (chunk scale 1), none finite, and magnitudes whose sum nears float32's largest."""
+    from quantbench.kernels.codebooks import double_quantize
+    from quantbench.kernels.scale_codes import double_quantize_scales
+
+    scales = torch.rand(count, generator=gen) * 3
+    if case == "non-finite":
+        scales[::7] = float("nan")
+        scales[3::11] = float("inf")
+        scales[1] = -float("inf")
+    elif case == "constant":
+        scales[:] = 0.75
+    elif case == "all-poisoned":
+        scales[:] = float("nan")
+    elif case == "huge":  # large, and still a finite sum (past float32's largest the mean is inf in both)
+        scales = scales * 1e35
+    scales = scales.reshape(1, count).to(device)
+    got_codes, got = double_quantize_scales(scales, torch.float16)
+    want_codes, want = double_quantize(scales, torch.float16)
+    assert torch.equal(got_codes, want_codes)
+    assert torch.equal(got.chunk_scales, want.chunk_scales) and torch.equal(got.mean, want.mean)
+    assert got.dtype == want.dtype
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_nf4_dq_scales_decoded_inside_the_kernels_are_the_references(dtype, gen, device):
     """nf4_dq's 8-bit scales are decoded inside dequantize and both matmul kernels
