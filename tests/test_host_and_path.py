@@ -48,6 +48,8 @@ def test_the_candidate_rows_say_how_their_kernel_was_launched(matmul_run):
 def test_the_tables_show_the_path_and_no_host_time_on_the_cpu(matmul_run):
     table = op_table(matmul_run, "matmul")
     assert table["path"].tolist() == ["gemv", "split-k gemm", "gemm", "dequantize+cublas"]
+    # beside it the tile, so a jump between two M values of one path is explained too
+    assert table["kernel config"].tolist() == matmul_run.loc[matmul_run["impl"] == "triton", "kernel_config"].tolist()
     assert not any(c.startswith("host us") for c in table.columns)  # the interpreter's time is not a launcher's
     assert matmul_run["host_us"].isna().all()
 

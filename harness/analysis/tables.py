@@ -32,7 +32,7 @@ def impls_in_role(df: pd.DataFrame, role: str) -> list[str]:
 def op_table(df: pd.DataFrame, op: str, copy_gbps: float | None = None) -> pd.DataFrame:
     """One row per case of `op`: median ms per implementation, the speedup of each candidate over
     every other implementation, each implementation's host time per call (GPU runs), each
-    candidate's kernel variant (where it picks one), GB/s (its share of the measured copy bandwidth)
+    candidate's kernel variant and its tile (where it picks them: path, kernel config), GB/s (its share of the measured copy bandwidth)
     and TFLOP/s, and the memory and error of the case's quantized weight (of the output, for
     products). With one candidate its share columns carry no name ("% of copy")."""
     d = df[(df["op"] == op) & (df["status"] == "ok")]
@@ -58,6 +58,8 @@ def op_table(df: pd.DataFrame, op: str, copy_gbps: float | None = None) -> pd.Da
     for cand, rows in by_candidate.items():
         if "path" in rows and rows["path"].notna().any():
             out[named("path", cand)] = rows["path"]
+        if "kernel_config" in rows and rows["kernel_config"].notna().any():  # schema 6 on
+            out[named("kernel config", cand)] = rows["kernel_config"]
         out[f"GB/s {cand}"] = rows["gbps"]
         if copy_gbps:
             out[named("% of copy", cand)] = 100 * rows["gbps"] / copy_gbps
