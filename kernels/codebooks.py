@@ -1,11 +1,12 @@
 """The codebook schemes' arithmetic in PyTorch (spec.py, "Codebook schemes"): NF4 and FP8 codes
 from scaled values and back, and the double quantization of NF4's scales (nf4_dq).
 
-`decode_scales` is nf4_dq's second level decoded by PyTorch ops: the references use it, and so
-does quantize between its two passes (the codes are computed from the decoded scales). The
-dequantize and matmul kernels decode the 8-bit scales themselves, group by group, with the same
-operations in the same order (dequantization.segment_scales), so that no decoded tensor is made
-or kept per call; tests/test_codebook_formats.py checks the two bit for bit.
+`double_quantize` and `decode_scales` are nf4_dq's second level made and decoded by PyTorch ops:
+the references use them. The kernels do both with the same operations in the same order:
+quantize makes the 8-bit scales in one kernel after `finite_mean` (scale_codes.py), and its codes
+pass, dequantize and the matmul kernels decode them group by group (dequantization.segment_scales),
+so that no decoded tensor is made or kept per call; tests/test_codebook_formats.py checks each
+pair bit for bit.
 """
 
 from __future__ import annotations
