@@ -42,8 +42,10 @@ class PreparedWeight:
     units: the codes as the GEMV reads them (code_units); scales, zeros: what the kernels take
     for them (zeros = scales when there are none; nf4_dq's scales are its uint8 scale codes);
     second, mean: nf4_dq's chunk scales and mean (stand-ins otherwise); stride_sn: the scales'
-    row stride; fmt: the format constants both kernels take; gemv_key / gemm_key: the weight's
-    share of the launch key (the signature of its tensors and sizes, and fmt); gemv_constants:
+    row stride; fmt: the format constants both kernels take; params_paired: whether the GEMMs may
+    read the 2-byte scales and zeros two to a 32-bit word (qgemm.paired_params: both 4-byte
+    aligned, an even row stride); gemv_key / gemm_key: the weight's share of the launch key (the
+    signature of its tensors and sizes, fmt, and for the GEMMs params_paired); gemv_constants:
     per activation dtype, the GEMV's constants (fmt, FIELDS, FOLD_OFFSET), which the key's fmt,
     units dtype and x dtype determine; dequantize_plans: per output dtype, dequantize's launch
     (dequantization.DequantizePlan; the dequantize launcher's key is gemm_key and the dtype)."""
@@ -57,6 +59,7 @@ class PreparedWeight:
     mean: torch.Tensor
     stride_sn: int
     fmt: dict[str, Any]
+    params_paired: bool
     gemv_key: tuple
     gemm_key: tuple
     gemv_constants: dict[torch.dtype, dict[str, Any]] = field(default_factory=dict)
@@ -118,8 +121,11 @@ def prepared(q: QuantizedTensor) -> PreparedWeight:
     # with the format's constants: two weights alike in their tensors can differ in their format
     gemv_key = (signature((units,) + weight_args + (n, k, units.stride(0), stride_sn, units.shape[1])),
                 tuple(fmt.values()))
-    gemm_key = (signature((q.codes,) + weight_args + (n, k, q.codes.stride(0), stride_sn)), tuple(fmt.values()))
-    p = PreparedWeight(weakref.ref(q), units, scales, zeros, table, second, mean, stride_sn, fmt, gemv_key, gemm_key)
+    paired = (scales.element_size() == 2 and zeros.element_size() == 2 and stride_sn % 2 == 0
+              and scales.data_ptr() % 4 == 0 and zeros.data_ptr() % 4 == 0)
+    gemm_key = (signature((q.codes,) + weight_args + (n, k, q.codes.stride(0), stride_sn)), tuple(fmt.values()), paired)
+    p = PreparedWeight(weakref.ref(q), units, scales, zeros, table, second, mean, stride_sn, fmt, paired, gemv_key,
+                       gemm_key)
     _prepared[id(q)] = p
     # dropped with q: the entry holds views of q's tensors, which must not outlive it
     weakref.finalize(q, _prepared.pop, id(q), None)

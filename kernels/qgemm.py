@@ -27,14 +27,35 @@ def byte_fields(x_tile, BLOCK_M: tl.constexpr, BYTES: tl.constexpr, PER_BYTE: tl
 
 
 @triton.jit
+def paired_params(scales_ptr, zeros_ptr, rows, k0, stride_sn, SYMMETRIC: tl.constexpr, GROUP: tl.constexpr,
+                  NG: tl.constexpr, DTYPE: tl.constexpr):
+    """(scale, zero) [len(rows), NG] in DTYPE (2 bytes, the scales' own) of the NG groups (NG even)
+    from column k0 of each row, as tile_params gives them but read as 32-bit words, two groups a
+    word. The point is the width: Triton pipelines a load through cp.async (num_stages) only if a
+    thread reads at least 4 bytes, so 2-byte scales were read in the loop, each waited for
+    (kernels/NOTES.md, session 17). Needs a tile inside the matrix (no mask), and scales and zeros
+    at 4-byte aligned addresses with an even row stride (prepared.py's params_paired)."""
+    words = rows[:, None] * (stride_sn // 2) + ((k0 // GROUP) // 2 + tl.arange(0, NG // 2))[None, :]
+    s = tl.load(scales_ptr.to(tl.pointer_type(tl.int32)) + words)
+    # little endian: group 2i in the low half-word, 2i + 1 in the high one
+    scale = tl.reshape(tl.join(s.to(tl.int16), (s >> 16).to(tl.int16)), (rows.shape[0], NG)).to(DTYPE, bitcast=True)
+    if SYMMETRIC:
+        zero = tl.zeros_like(scale)
+    else:
+        z = tl.load(zeros_ptr.to(tl.pointer_type(tl.int32)) + words)
+        zero = tl.reshape(tl.join(z.to(tl.int16), (z >> 16).to(tl.int16)), (rows.shape[0], NG)).to(DTYPE, bitcast=True)
+    return scale, zero
+
+
+@triton.jit
 def qgemm_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr, mean_ptr, y_ptr, partials_ptr,
                  tickets_ptr, M, N, K, stride_xm, stride_cn, stride_sn, stride_ym, M_BUCKET,
                  BITS: tl.constexpr, OFFSET: tl.constexpr, CODE: tl.constexpr, SYMMETRIC: tl.constexpr,
                  GRANULARITY: tl.constexpr, GROUP: tl.constexpr, DQ: tl.constexpr, SCALE_DTYPE: tl.constexpr,
                  IEEE: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr, EVEN_N: tl.constexpr = False,
-                 EVEN_K: tl.constexpr = False):
+                 GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr, PAIRED: tl.constexpr = False,
+                 EVEN_N: tl.constexpr = False, EVEN_K: tl.constexpr = False):
     """y[M, N] = x[M, K] @ W_hat^T with tl.dot, computed as y^T tiles [BLOCK_N, BLOCK_M] = W_hat x^T.
 
     Grid: (cdiv(M, BLOCK_M) * cdiv(N, BLOCK_N), SPLIT_K), programs ordered in GROUP_M-row bands so
@@ -80,6 +101,14 @@ def qgemm_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr,
     # float32 route rounds to float32 and then to x's dtype
     HALF_FIELDS: tl.constexpr = (ON_GPU and not IEEE and CODE == 0 and PER_BYTE > 1
                                  and scales_ptr.dtype.element_ty == X_DTYPE and zeros_ptr.dtype.element_ty == X_DTYPE)
+    # per-group scales two to a 32-bit word, so that the pipeline prefetches them with the codes
+    PAIRED_WORDS: tl.constexpr = (PAIRED and HALF_FIELDS and GRANULARITY == 2 and not DQ and NG % 2 == 0
+                                  and EVEN_N and EVEN_K)
+    # per tensor and per channel: the same scale and zero for every tile of the K loop, read once
+    LOOP_PARAMS: tl.constexpr = PER_BYTE > 1 and not EPILOGUE_SCALE and GRANULARITY != 2
+    if LOOP_PARAMS:
+        row_scale, row_zero = tile_params(scales_ptr, zeros_ptr, second_ptr, mean_ptr, rows_w, k_lo, N, K, stride_sn,
+                                          SYMMETRIC, GRANULARITY, GROUP, DQ, SCALE_DTYPE, BLOCK_N, BLOCK_K)
     for k0 in range(k_lo, k_hi, BLOCK_K):
         if PER_BYTE > 1:
             # one dot per field of the bytes (see the docstring)
@@ -92,6 +121,10 @@ def qgemm_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr,
             if EPILOGUE_SCALE:
                 scale = tl.full((BLOCK_N, 1), 1.0, tl.float32)
                 zero = tl.zeros((BLOCK_N, 1), tl.float32)
+            elif PAIRED_WORDS:
+                scale, zero = paired_params(scales_ptr, zeros_ptr, rows_w, k0, stride_sn, SYMMETRIC, GROUP, NG, X_DTYPE)
+            elif LOOP_PARAMS:
+                scale, zero = row_scale, row_zero
             else:
                 scale, zero = tile_params(scales_ptr, zeros_ptr, second_ptr, mean_ptr, rows_w, k0, N, K, stride_sn,
                                           SYMMETRIC, GRANULARITY, GROUP, DQ, SCALE_DTYPE, BLOCK_N, BLOCK_K)

@@ -230,7 +230,7 @@ def _gemm(x: torch.Tensor, q: QuantizedTensor, p: PreparedWeight, y: torch.Tenso
     bucket = _m_bucket(m)
     args = (x, q.codes, p.scales, p.zeros, p.table, p.second, p.mean, y, partials, tickets, m, n, k, x.stride(0),
             q.codes.stride(0), p.stride_sn, y.stride(0), bucket)
-    constants = {**p.fmt, "IEEE": ieee}
+    constants = {**p.fmt, "IEEE": ieee, "PAIRED": p.params_paired}
     if INTERPRETED:
         split_k = 2 if split else 1
         qgemm_kernel[(cdiv(m, INTERPRETER_GEMM["BLOCK_M"]) * cdiv(n, INTERPRETER_GEMM["BLOCK_N"]), split_k)](
