@@ -51,14 +51,44 @@ def describe_choice(config: Any) -> str:
     return " ".join([*(f"{name}={value}" for name, value in config.kwargs.items()), options])
 
 
+_RUNTIME = getattr(_knobs, "runtime", None)
+_HookChain = getattr(_knobs, "HookChain", None)
+
+
+def _hook_set(hook: Any) -> bool:
+    # Triton 3.6 keeps launch hooks as HookChain objects, set when they hold calls; older
+    # versions as a callable or None
+    return hook is not None and (type(hook) is not _HookChain or bool(hook.calls))
+
+
 def _hooks_set() -> bool:
-    """True when a launch hook is installed (Triton 3.6 keeps them as HookChain objects, set when
-    they hold calls; older versions as a callable or None)."""
-    runtime = getattr(_knobs, "runtime", None)
-    if runtime is None:
+    """True when a launch hook is installed (or where this Triton has no knobs to say)."""
+    if _RUNTIME is None:
         return True
-    return any(hook is not None and getattr(hook, "calls", True)
-               for hook in (runtime.launch_enter_hook, runtime.launch_exit_hook))
+    return _hook_set(_RUNTIME.launch_enter_hook) or _hook_set(_RUNTIME.launch_exit_hook)
+
+
+_key_tokens: dict[Any, int] = {}
+
+
+def key_token(key: Any) -> int:
+    """A small int standing for the hashable `key`, the same for equal keys for the life of the
+    process: a launch key built around it hashes in constant time on every call, where a
+    weight's share of the key (prepared.py) is a tuple of some twenty items."""
+    return _key_tokens.setdefault(key, len(_key_tokens))
+
+
+# the current CUDA device and its current stream, as Triton's launch reads them; bound to
+# PyTorch's own functions after the first launch, when CUDA is initialized (torch.cuda's
+# current_device also checks that, at a cost per call)
+_current_device: Callable[[], int] = torch.cuda.current_device
+_current_stream: Callable[[int], int] | None = None
+
+
+def _bind_cuda() -> None:
+    global _current_device, _current_stream
+    _current_device = getattr(torch._C, "_cuda_getDevice", torch.cuda.current_device)
+    _current_stream = driver.active.get_current_stream
 
 
 class Launcher:
@@ -69,16 +99,17 @@ class Launcher:
     order; constants the constexpr ones the caller sets; grid maps the full set of constants
     (the caller's and the tuner's) to the launch grid. ``key``, where the caller has it cheaper
     than ``signature(args)`` (prepared.py keeps a weight's share of it): a hashable that changes
-    whenever the signature of args or the constants' values would.
+    whenever the signature of args, the constants' values or the grid would. The grid is worked
+    out once per key (with no key, from the signature of args, which holds their integer values).
 
     ``last_choice``: the autotuner's choice for the last launch (describe_choice), None before
     one or where the chain has no autotuner: what a result row reports as its kernel_config."""
 
     def __init__(self, tuned: Any):
         self.tuned = tuned
-        # call signature -> (launcher, CUfunction, packed metadata, constexpr values, chosen constants,
-        # the autotuner's choice described)
-        self.plans: dict[tuple, tuple[Any, Any, Any, tuple, dict[str, Any], str | None]] = {}
+        # (device, call signature) -> (launcher, CUfunction, packed metadata, constexpr values,
+        # the grid, the autotuner's choice described)
+        self.plans: dict[tuple, tuple[Any, Any, Any, tuple, tuple[int, int, int], str | None]] = {}
         self.direct = True  # cleared if this Triton's compiled kernels cannot be launched directly
         self.why_not_direct = ""
         self.last_choice: str | None = None
@@ -91,16 +122,13 @@ class Launcher:
             return
         if key is None:
             key = (signature(args), tuple(constants.values()))
-        key = (torch.cuda.current_device(), key)
-        plan = self.plans.get(key)
+        device = _current_device()
+        plan = self.plans.get((device, key))
         if plan is None:
-            self._launch_and_plan(key, grid, args, constants)
+            self._launch_and_plan((device, key), grid, args, constants)
             return
-        run, function, metadata, tail, chosen, self.last_choice = plan
-        g = grid(chosen)
-        g = g + (1,) * (3 - len(g))
-        stream = driver.active.get_current_stream(key[0])
-        run(g[0], g[1], g[2], stream, function, metadata, None, None, None, *args, *tail)
+        run, function, metadata, tail, g, self.last_choice = plan
+        run(g[0], g[1], g[2], _current_stream(device), function, metadata, None, None, None, *args, *tail)
 
     def _launch_and_plan(self, key: tuple, grid: Grid, args: tuple, constants: dict[str, Any]) -> None:
         """Launch through Triton (autotuning on the first call of a shape), then keep what it ran."""
@@ -110,7 +138,10 @@ class Launcher:
             chosen, jit = self._constants_chosen(args, constants)
             tail = tuple(chosen[name] for name in jit.arg_names[len(args):])
             compiled._init_handles()
-            plan = (compiled.run, compiled.function, compiled.packed_metadata, tail, chosen, self.last_choice)
+            g = tuple(grid(chosen))
+            plan = (compiled.run, compiled.function, compiled.packed_metadata, tail, g + (1,) * (3 - len(g)),
+                    self.last_choice)
+            _bind_cuda()
         except (AttributeError, KeyError, TypeError) as exc:
             self.direct = False
             self.why_not_direct = f"{type(exc).__name__}: {exc}"

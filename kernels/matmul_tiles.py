@@ -47,9 +47,12 @@ GEMM_CONFIGS = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GRO
 # Small M (up to SPLIT_MAX_M): few output tiles, so K is split too.
 # (BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages)
 # Every one splits K: measured on an H100 at N = K = 8192, unsplit tiles were 1.5-2x slower here.
-# The last added on an H200 (session 14): NF4 g64 at M = 64 61.6 us, 64.0 on the next best.
+# (64, 128, 128, 4, 4, 4) added on an H200 (session 14): NF4 g64 at M = 64 61.6 us, 64.0 on the
+# next best. The two splitting K 2 ways (session 17): the best of 16 tiles for int4 g128 float16
+# at M = 16 and 64 once the scales were pipelined (30.1 and 46.8 us, against 30.7 and 49.8).
 SPLIT_TILES = [(16, 64, 256, 4, 4, 3), (16, 64, 128, 4, 4, 4), (16, 64, 256, 8, 4, 3), (32, 64, 256, 4, 4, 3),
-               (32, 64, 128, 2, 4, 4), (64, 64, 128, 2, 4, 4), (64, 64, 256, 4, 4, 3), (64, 128, 128, 4, 4, 4)]
+               (32, 64, 128, 2, 4, 4), (64, 64, 128, 2, 4, 4), (64, 64, 256, 4, 4, 3), (64, 128, 128, 4, 4, 4),
+               (16, 64, 256, 2, 4, 3), (64, 64, 256, 2, 4, 3)]
 SPLIT_CONFIGS = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "SPLIT_K": sk},
                                num_warps=w, num_stages=s)
                  for bm, bn, bk, sk, w, s in SPLIT_TILES]

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from .codebooks import CODE_IDS, code_table
-from .launching import signature
+from .launching import key_token, signature
 from .references import check_weight_once
 from .spec import QuantizedTensor
 
@@ -45,7 +45,8 @@ class PreparedWeight:
     row stride; fmt: the format constants both kernels take; params_paired: whether the GEMMs may
     read the 2-byte scales and zeros two to a 32-bit word (qgemm.paired_params: both 4-byte
     aligned, an even row stride); gemv_key / gemm_key: the weight's share of the launch key (the
-    signature of its tensors and sizes, fmt, and for the GEMMs params_paired); gemv_constants:
+    signature of its tensors and sizes, fmt, and for the GEMMs params_paired; as a
+    launching.key_token); gemv_constants:
     per activation dtype, the GEMV's constants (fmt, FIELDS, FOLD_OFFSET), which the key's fmt,
     units dtype and x dtype determine; dequantize_plans: per output dtype, dequantize's launch
     (dequantization.DequantizePlan; the dequantize launcher's key is gemm_key and the dtype)."""
@@ -60,8 +61,8 @@ class PreparedWeight:
     stride_sn: int
     fmt: dict[str, Any]
     params_paired: bool
-    gemv_key: tuple
-    gemm_key: tuple
+    gemv_key: int
+    gemm_key: int
     gemv_constants: dict[torch.dtype, dict[str, Any]] = field(default_factory=dict)
     dequantize_plans: dict[torch.dtype, Any] = field(default_factory=dict)
 
@@ -119,11 +120,12 @@ def prepared(q: QuantizedTensor) -> PreparedWeight:
     fmt = format_constants(q)
     weight_args = (scales, zeros, table, second, mean)
     # with the format's constants: two weights alike in their tensors can differ in their format
-    gemv_key = (signature((units,) + weight_args + (n, k, units.stride(0), stride_sn, units.shape[1])),
-                tuple(fmt.values()))
+    gemv_key = key_token((signature((units,) + weight_args + (n, k, units.stride(0), stride_sn, units.shape[1])),
+                          tuple(fmt.values())))
     paired = (scales.element_size() == 2 and zeros.element_size() == 2 and stride_sn % 2 == 0
               and scales.data_ptr() % 4 == 0 and zeros.data_ptr() % 4 == 0)
-    gemm_key = (signature((q.codes,) + weight_args + (n, k, q.codes.stride(0), stride_sn)), tuple(fmt.values()), paired)
+    gemm_key = key_token((signature((q.codes,) + weight_args + (n, k, q.codes.stride(0), stride_sn)),
+                          tuple(fmt.values()), paired))
     p = PreparedWeight(weakref.ref(q), units, scales, zeros, table, second, mean, stride_sn, fmt, paired, gemv_key,
                        gemm_key)
     _prepared[id(q)] = p

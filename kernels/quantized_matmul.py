@@ -215,9 +215,9 @@ def _gemv(x: torch.Tensor, q: QuantizedTensor, p: PreparedWeight, y: torch.Tenso
         qgemv_kernel[(cdiv(n, INTERPRETER_GEMV["BLOCK_N"]), INTERPRETER_GEMV["SPLIT_K"])](
             *args, **constants, **INTERPRETER_GEMV, EVEN_N=False, EVEN_K=False)
     else:
-        # the weight's share of the launch key is kept (prepared.py); x's and y's added here. The
-        # workspace is always float32 and int32, fresh from the allocator and so 16-byte aligned.
-        key = (p.gemv_key, x.dtype, x.data_ptr() % 16 == 0, y.data_ptr() % 16 == 0)
+        # the weight's share of the launch key is kept (prepared.py); x's added here. y and the
+        # workspace (float32 and int32) are fresh from the allocator and so 16-byte aligned.
+        key = (p.gemv_key, x.dtype, x.data_ptr() % 16 == 0)
         _gemv_launch(lambda meta: (cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"]), args, constants, key)
 
 
@@ -236,8 +236,8 @@ def _gemm(x: torch.Tensor, q: QuantizedTensor, p: PreparedWeight, y: torch.Tenso
         qgemm_kernel[(cdiv(m, INTERPRETER_GEMM["BLOCK_M"]) * cdiv(n, INTERPRETER_GEMM["BLOCK_N"]), split_k)](
             *args, **constants, **INTERPRETER_GEMM, SPLIT_K=split_k)
     else:
-        key = (p.gemm_key, x.dtype, x.data_ptr() % 16 == 0, y.data_ptr() % 16 == 0, m, x.stride(0), y.stride(0),
-               bucket, ieee)
+        # y is fresh from the allocator (16-byte aligned), its row stride n
+        key = (p.gemm_key, x.dtype, x.data_ptr() % 16 == 0, m, x.stride(0), ieee)
         grid = lambda meta: (cdiv(m, meta["BLOCK_M"]) * cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])
         (_split_launch if split else _gemm_launch)(grid, args, constants, key)
 
@@ -300,7 +300,7 @@ def qmatmul(x: torch.Tensor, q: QuantizedTensor) -> torch.Tensor:
         # a new [N, K] buffer each call, from PyTorch's caching allocator (so it is reused, and a
         # peak-memory measurement sees it)
         return F.linear(x, dequantize_prepared(q, p, x.dtype))
-    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    y = x.new_empty((m, n))
     if path == "gemv":
         _gemv(x, q, p, y)
     else:

@@ -146,13 +146,13 @@ def test_a_planned_launch_runs_the_kept_kernel_and_says_its_choice(monkeypatch):
     calls = []
     monkeypatch.setattr(launching, "INTERPRETED", False)
     monkeypatch.setattr(launching, "_hooks_set", lambda: False)
-    monkeypatch.setattr(launching.torch.cuda, "current_device", lambda: 0)
-    monkeypatch.setattr(launching, "driver", type("D", (), {"active": type("A", (), {
-        "get_current_stream": staticmethod(lambda device: "stream")})}))
+    monkeypatch.setattr(launching, "_current_device", lambda: 0)
+    monkeypatch.setattr(launching, "_current_stream", lambda device: "stream")
     launcher = launching.Launcher(tuned=None)
     run = lambda *a: calls.append(a)
-    launcher.plans[(0, "small")] = (run, "function", "metadata", (16,), {"BLOCK": 16}, "BLOCK=16 num_warps=2")
-    launcher.plans[(0, "large")] = (run, "function", "metadata", (64,), {"BLOCK": 64}, "BLOCK=64 num_warps=8")
+    # a plan keeps the grid its constants gave (128 // BLOCK programs), worked out when it was made
+    launcher.plans[(0, "small")] = (run, "function", "metadata", (16,), (8, 1, 1), "BLOCK=16 num_warps=2")
+    launcher.plans[(0, "large")] = (run, "function", "metadata", (64,), (2, 1, 1), "BLOCK=64 num_warps=8")
     grid = lambda meta: (128 // meta["BLOCK"],)
     launcher(grid, ("x",), {}, key="large")
     launcher(grid, ("x",), {}, key="small")
