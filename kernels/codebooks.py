@@ -19,6 +19,8 @@ from .spec import DQ_CHUNK, FP8_MAX, NF4_LEVELS, NF4_MIDPOINTS, QuantizedTensor,
 
 
 CODE_IDS = {"integer": 0, "nf4": 1, "fp8": 2}  # a kernel's CODE: quantize_tile's and dequantization.field_values'
+# a kernel's SCALE_DTYPE: the dtype nf4_dq's scales decode into (dequantization.segment_scales)
+SCALE_DTYPE_IDS = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 
 def table(values: tuple[float, ...], device) -> torch.Tensor:

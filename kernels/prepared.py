@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .codebooks import CODE_IDS, code_table
+from .codebooks import CODE_IDS, SCALE_DTYPE_IDS, code_table
 from .launching import key_token, signature
 from .references import check_weight_once
 from .spec import QuantizedTensor
@@ -79,7 +79,6 @@ class PreparedWeight:
 
 
 GRANULARITY_IDS = {"tensor": 0, "channel": 1, "group": 2}
-SCALE_DTYPE_IDS = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}  # nf4_dq's decoded scales
 
 
 def second_level(q: QuantizedTensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,11 +17,10 @@ import triton
 import triton.language as tl
 
 from .checks import cdiv, check_matrix
-from .codebooks import CODE_IDS, code_table
+from .codebooks import CODE_IDS, SCALE_DTYPE_IDS, code_table
 from .dequantization import segment_scales
 from .exact_math import ON_GPU, divide, lookup, round_to, rounded_int
 from .launching import Launcher
-from .prepared import SCALE_DTYPE_IDS
 from .references import qparams_ref, quantize_ref, refuse_poisoned_segments  # noqa: F401 (the reference beside its kernel)
 from .quantize_tiles import quantize_tiling
 from .scale_codes import double_quantize_scales
@@ -381,19 +380,18 @@ def quantize(w: torch.Tensor, spec: QuantSpec, *, check_finite: bool = False) ->
         _qparams_launch(lambda meta: (1,), (lo, hi, lo.numel(), scales, zeros_arg),
                         dict(QMAX=spec.qmax, SYMMETRIC=spec.symmetric, BLOCK=1024))
     fmt = dict(BITS=spec.bits, QMIN=spec.qmin, QMAX=spec.qmax, SYMMETRIC=spec.symmetric, CODE=CODE_IDS[spec.codebook],
-               GROUP=group, CHUNK=chunk, EVEN=mode != 1 and n % block_n == 0 and k % block_k == 0, BLOCK_N=block_n, BLOCK_K=block_k,
-               num_warps=num_warps)
+               GROUP=group, CHUNK=chunk, EVEN=mode != 1 and n % block_n == 0 and k % block_k == 0, BLOCK_N=block_n,
+               BLOCK_K=block_k, num_warps=num_warps)
+    # the scales, and the codes but for nf4_dq; second_ptr and mean_ptr are stand-ins (scales) outside MODE 3
+    _quantize_launch(lambda meta: grid, (w, codes, scales, zeros_arg, table, scales, scales, n, k, w.stride(0),
+                                         codes.stride(0), scales.stride(0)),
+                     dict(fmt, MODE=mode, STORE_CODES=not spec.double_quant))
     second = None
-    if spec.double_quant:  # second_ptr and mean_ptr: stand-ins (scales) but in MODE 3
-        _quantize_launch(lambda meta: grid, (w, codes, scales, zeros_arg, table, scales, scales, n, k, w.stride(0),
-                                             codes.stride(0), scales.stride(0)), dict(fmt, MODE=mode, STORE_CODES=False))
+    if spec.double_quant:
         scales, second = double_quantize_scales(scales, w.dtype)
         _quantize_launch(lambda meta: grid, (w, codes, scales, scales, table, second.chunk_scales, second.mean, n, k,
                                              w.stride(0), codes.stride(0), scales.stride(0)),
                          dict(fmt, MODE=3, STORE_CODES=True, SCALE_DTYPE=SCALE_DTYPE_IDS[w.dtype]))
-    else:
-        _quantize_launch(lambda meta: grid, (w, codes, scales, zeros_arg, table, scales, scales, n, k, w.stride(0),
-                                             codes.stride(0), scales.stride(0)), dict(fmt, MODE=mode, STORE_CODES=True))
     q = QuantizedTensor(codes, scales, zeros, spec, (n, k), second)
     if check_finite:
         refuse_poisoned_segments("w", w, q)

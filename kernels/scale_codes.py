@@ -15,6 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .checks import cdiv
 from .codebooks import finite_mean
 from .exact_math import round_half_even
 from .launching import Launcher
@@ -51,7 +52,7 @@ def double_quantize_scales(scales: torch.Tensor, dtype: torch.dtype) -> tuple[to
     the second level) with the mean from PyTorch and the rest in one kernel. scales contiguous."""
     flat = scales.reshape(-1)
     mean = finite_mean(flat)
-    chunks = triton.cdiv(flat.numel(), DQ_CHUNK)
+    chunks = cdiv(flat.numel(), DQ_CHUNK)
     codes = torch.empty(scales.shape, dtype=torch.uint8, device=scales.device)
     chunk_scales = torch.empty(chunks, dtype=torch.float32, device=scales.device)
     _double_quantize_launch(lambda meta: (chunks,), (flat, mean, codes, chunk_scales, flat.numel()),
