@@ -50,9 +50,16 @@ GEMM_CONFIGS = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GRO
 # (64, 128, 128, 4, 4, 4) added on an H200 (session 14): NF4 g64 at M = 64 61.6 us, 64.0 on the
 # next best. The two splitting K 2 ways (session 17): the best of 16 tiles for int4 g128 float16
 # at M = 16 and 64 once the scales were pipelined (30.1 and 46.8 us, against 30.7 and 49.8).
+# The last four run on 2 warps, where Triton multiplies with mma.sync instead of Hopper's wgmma,
+# which is issued by 4 warps together and which Triton waits for after each dot whose weight
+# operand comes from registers (session 18, 8192^2 float16 at M = 16, best 4-warp tile -> best
+# 2-warp one: int4 g128 30.1 -> 25.8 us, bfloat16 30.1 -> 25.9, per channel 28.3 -> 26.0; at
+# M = 64 no 2-warp tile came within 25% of the 4-warp ones; with wgmma switched off for the
+# process (DISABLE_MMA_V3=1), mma.sync on 4 or 8 warps lost at M = 64, 256 and 1024).
 SPLIT_TILES = [(16, 64, 256, 4, 4, 3), (16, 64, 128, 4, 4, 4), (16, 64, 256, 8, 4, 3), (32, 64, 256, 4, 4, 3),
                (32, 64, 128, 2, 4, 4), (64, 64, 128, 2, 4, 4), (64, 64, 256, 4, 4, 3), (64, 128, 128, 4, 4, 4),
-               (16, 64, 256, 2, 4, 3), (64, 64, 256, 2, 4, 3)]
+               (16, 64, 256, 2, 4, 3), (64, 64, 256, 2, 4, 3),
+               (16, 64, 256, 4, 2, 3), (16, 64, 256, 8, 2, 3), (16, 32, 256, 2, 2, 3), (16, 32, 128, 8, 2, 4)]
 SPLIT_CONFIGS = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "SPLIT_K": sk},
                                num_warps=w, num_stages=s)
                  for bm, bn, bk, sk, w, s in SPLIT_TILES]

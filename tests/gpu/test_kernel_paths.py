@@ -20,6 +20,11 @@ from quantbench.harness.ops.metrics import dequant_close
 from quantbench.kernels import (QuantSpec, dequantize, dequantize_ref, pack_weights, qmatmul, qmatmul_path, quantize,
                                 quantize_ref, quantize_tokens, quantize_tokens_ref, w8a8_matmul, w8a8_matmul_ref)
 from quantbench.kernels import launching
+from quantbench.kernels.checks import cdiv
+from quantbench.kernels.matmul_tiles import SPLIT_TILES
+from quantbench.kernels.prepared import prepared
+from quantbench.kernels.qgemm import qgemm_kernel
+from quantbench.kernels.split_k import split_workspace
 
 CUDA = torch.device("cuda")
 CODEBOOK_SPECS = [QuantSpec(4, "nf4", "group", 64), QuantSpec(4, "nf4_dq", "group", 32),
@@ -208,6 +213,47 @@ def test_float32_is_multiplied_in_float32_not_tf32(m, n, k, path):
     err = rel_err(qmatmul(x, q), exact)
     assert err <= bound, f"rel err {err:.2e} > {bound:.2e} (TF32 gives {tf32_err:.2e})"
 
+
+
+# the split-K tiles on fewer than 4 warps: there Triton multiplies with mma.sync, not wgmma, a
+# different lowering of the same dots, and the autotuner may pick them for any format
+MMA_SYNC_TILES = [t for t in SPLIT_TILES if t[4] < 4]
+
+
+@pytest.mark.parametrize("tile", MMA_SYNC_TILES, ids=str)
+@pytest.mark.parametrize("spec,dtype", [(QuantSpec(4, "asymmetric", "group", 128), torch.float16),
+                                        (QuantSpec(4, "asymmetric", "group", 128), torch.bfloat16),
+                                        (QuantSpec(8, "symmetric", "channel"), torch.float16),
+                                        (QuantSpec(2, "asymmetric", "group", 32), torch.float16),
+                                        (QuantSpec(4, "nf4_dq", "group", 64), torch.bfloat16),
+                                        (QuantSpec(8, "fp8", "channel"), torch.float16)],
+                         ids=lambda v: fmt(v) if isinstance(v, QuantSpec) else str(v)[6:])
+def test_split_k_tiles_on_two_warps(tile, spec, dtype):
+    """Each split-K tile of fewer than 4 warps, launched directly (not through the autotuner,
+    which keeps only its pick), on the sub-byte route and its scales read two to a word (int4
+    g128), bytes with the scale in the epilogue (int8), 16 fields a byte row (int2), a codebook
+    with decoded scales (nf4_dq) and e4m3 values (fp8): against float64, twice in a row (the
+    workspace clean after the first)."""
+    bm, bn, bk, splits, warps, stages = tile
+    m, n, k = 16, 2 * bn, 4 * bk
+    g = torch.Generator().manual_seed(bn + bk)
+    w = torch.randn(n, k, generator=g).to(dtype).to(CUDA)
+    x = torch.randn(m, k, generator=g).to(dtype).to(CUDA)
+    q = quantize(w, spec)
+    p = prepared(q)
+    exact, bound = exact_product(x, q), tolerance(dtype, k)
+    for call in ("first", "second"):
+        y = torch.empty(m, n, dtype=dtype, device=CUDA)
+        partials, tickets = split_workspace(CUDA, m * n, cdiv(m, 16) * cdiv(n, 16))
+        qgemm_kernel[(cdiv(m, bm) * cdiv(n, bn), splits)](
+            x, q.codes, p.scales, p.zeros, p.table, p.second, p.mean, y, partials, tickets, m, n, k, x.stride(0),
+            q.codes.stride(0), p.stride_sn, y.stride(0), 16, **p.fmt, IEEE=False, BLOCK_M=bm, BLOCK_N=bn,
+            BLOCK_K=bk, GROUP_M=8, SPLIT_K=splits, PAIRED=p.params_paired, EVEN_N=True, EVEN_K=True,
+            num_warps=warps, num_stages=stages)
+        err = rel_err(y, exact)
+        assert err <= bound, f"{tile} {call} call: rel err {err:.2e} > {bound:.2e}"
+    torch.cuda.synchronize()
+    assert not partials.any() and not tickets.any()
 
 def test_split_k_sums_every_partial_on_every_call():
     """Many split-K programs per tile racing on the same tickets, 30 calls in a row without a
