@@ -214,7 +214,6 @@ def test_float32_is_multiplied_in_float32_not_tf32(m, n, k, path):
     assert err <= bound, f"rel err {err:.2e} > {bound:.2e} (TF32 gives {tf32_err:.2e})"
 
 
-
 # the split-K tiles on fewer than 4 warps: there Triton multiplies with mma.sync, not wgmma, a
 # different lowering of the same dots, and the autotuner may pick them for any format
 MMA_SYNC_TILES = [t for t in SPLIT_TILES if t[4] < 4]
@@ -231,7 +230,7 @@ MMA_SYNC_TILES = [t for t in SPLIT_TILES if t[4] < 4]
 def test_split_k_tiles_on_two_warps(tile, spec, dtype):
     """Each split-K tile of fewer than 4 warps, launched directly (not through the autotuner,
     which keeps only its pick), on the sub-byte route and its scales read two to a word (int4
-    g128), bytes with the scale in the epilogue (int8), 16 fields a byte row (int2), a codebook
+    g128), bytes with the scale in the epilogue (int8), four fields a byte (int2), a codebook
     with decoded scales (nf4_dq) and e4m3 values (fp8): against float64, twice in a row (the
     workspace clean after the first)."""
     bm, bn, bk, splits, warps, stages = tile
@@ -254,6 +253,7 @@ def test_split_k_tiles_on_two_warps(tile, spec, dtype):
         assert err <= bound, f"{tile} {call} call: rel err {err:.2e} > {bound:.2e}"
     torch.cuda.synchronize()
     assert not partials.any() and not tickets.any()
+
 
 def test_split_k_sums_every_partial_on_every_call():
     """Many split-K programs per tile racing on the same tickets, 30 calls in a row without a
