@@ -12,7 +12,7 @@ from .spec import (BITS, FLOAT_DTYPES, GRANULARITIES, GROUP_SIZES, INTEGER_SCHEM
                    spec_exists)
 
 _LAZY = {
-    "quantize": ".quantization", "quantize_ref": ".references",
+    "quantize": ".quantization", "quantize_ref": ".references", "quantize_choice": ".quantize_tiles",
     "dequantize": ".dequantization", "dequantize_ref": ".references", "dequantize_choice": ".dequantization",
     "qmatmul": ".quantized_matmul", "qmatmul_ref": ".quantized_matmul", "qmatmul_path": ".quantized_matmul",
     "qmatmul_config": ".quantized_matmul",

@@ -1,5 +1,6 @@
 """How quantization.quantize_kernel is tiled for a format and a row length: its MODE, tile shape,
-segment length, chunk and warps (quantize_tiling)."""
+segment length, chunk and warps (quantize_tiling), and the line a result row gives it
+(quantize_choice)."""
 
 from __future__ import annotations
 
@@ -46,3 +47,17 @@ def quantize_tiling(spec: QuantSpec, k: int) -> tuple[int, int, int, int, int, i
         return 2, max(1, TILE_ELEMS // row_k), row_k, row_k, row_k, 4
     block_k = min(row_k, MAX_CHUNK_K)
     return (0 if spec.granularity == "tensor" else 1), max(1, TILE_ELEMS // block_k), block_k, block_k, block_k, 4
+
+
+def quantize_choice(spec: QuantSpec, k: int) -> str:
+    """The launch quantize makes for a format and row length K, as the results' kernel_config puts
+    it: quantize_kernel's MODE, tile, segment (GROUP), chunk and warps (quantize_tiling). Planned,
+    not autotuned, so the same on the GPU and under the interpreter. Per tensor a min/max pass and
+    the scale's kernel come first; nf4_dq writes its scales (MODE 2) before its codes (MODE 3)."""
+    mode, block_n, block_k, group, chunk, warps = quantize_tiling(spec, k)
+    tile = f"BLOCK_N={block_n} BLOCK_K={block_k} GROUP={group} CHUNK={chunk} num_warps={warps}"
+    if spec.granularity == "tensor":
+        return f"min/max pass, then MODE=0 {tile}"
+    if spec.double_quant:
+        return f"MODE=2 (scales), then MODE=3 (codes) {tile}"
+    return f"MODE={mode} {tile}"

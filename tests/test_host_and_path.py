@@ -69,3 +69,24 @@ def test_the_tables_show_each_implementations_host_time():
 def test_host_time_is_not_measured_on_the_cpu():
     import torch
     assert host_us(lambda: None, torch.device("cpu")) is None
+
+
+def test_quantize_rows_name_the_tiling_they_ran(tmp_path):
+    """A quantize row's kernel_config is quantize_choice: the kernel's MODE and tile, which quantize
+    plans from the format and K (the same on the GPU), with the passes per tensor and for nf4_dq."""
+    cfg = RunConfig.model_validate({
+        "name": "tiling", "device": "cpu", "timing": {"cpu_reps": 1},
+        "sweep": {"op": ["quantize"], "impl": ["triton", "torch"], "bits": [4], "scheme": ["asymmetric", "nf4_dq"],
+                  "granularity": ["tensor", "channel", "group"], "group_size": [32], "N": [32], "K": [64],
+                  "dtype": ["float16"]}})
+    rows = pd.read_csv(run_sweep(cfg, tmp_path, device="cpu", show_progress=False).path / "results.csv")
+    assert (rows["status"] == "ok").all(), rows["message"].tolist()
+    triton = rows[rows["impl"] == "triton"].set_index(["scheme", "granularity"])["kernel_config"].to_dict()
+    assert triton == {
+        ("asymmetric", "tensor"): "min/max pass, then MODE=0 BLOCK_N=64 BLOCK_K=64 GROUP=64 CHUNK=64 num_warps=4",
+        ("asymmetric", "channel"): "MODE=2 BLOCK_N=64 BLOCK_K=64 GROUP=64 CHUNK=64 num_warps=4",
+        ("asymmetric", "group"): "MODE=2 BLOCK_N=32 BLOCK_K=64 GROUP=32 CHUNK=16 num_warps=2",
+        ("nf4_dq", "group"): "MODE=2 (scales), then MODE=3 (codes) BLOCK_N=16 BLOCK_K=64 GROUP=32 CHUNK=16 num_warps=1"}
+    group32 = kernels.QuantSpec(4, "asymmetric", "group", 32)
+    assert triton[("asymmetric", "group")] == kernels.quantize_choice(group32, 64)
+    assert rows.loc[rows["impl"] != "triton", "kernel_config"].isna().all()
