@@ -36,15 +36,20 @@ def paired_params(scales_ptr, zeros_ptr, rows, k0, stride_sn, SYMMETRIC: tl.cons
     (kernels/NOTES.md, session 17). Needs a tile inside the matrix (no mask), and scales and zeros
     at 4-byte aligned addresses with an even row stride (prepared.py's params_paired)."""
     words = rows[:, None] * (stride_sn // 2) + ((k0 // GROUP) // 2 + tl.arange(0, NG // 2))[None, :]
-    s = tl.load(scales_ptr.to(tl.pointer_type(tl.int32)) + words)
-    # little endian: group 2i in the low half-word, 2i + 1 in the high one
-    scale = tl.reshape(tl.join(s.to(tl.int16), (s >> 16).to(tl.int16)), (rows.shape[0], NG)).to(DTYPE, bitcast=True)
+    scale = word_halves(scales_ptr, words, NG, DTYPE)
     if SYMMETRIC:
         zero = tl.zeros_like(scale)
     else:
-        z = tl.load(zeros_ptr.to(tl.pointer_type(tl.int32)) + words)
-        zero = tl.reshape(tl.join(z.to(tl.int16), (z >> 16).to(tl.int16)), (rows.shape[0], NG)).to(DTYPE, bitcast=True)
+        zero = word_halves(zeros_ptr, words, NG, DTYPE)
     return scale, zero
+
+
+@triton.jit
+def word_halves(ptr, words, NG: tl.constexpr, DTYPE: tl.constexpr):
+    """The 2-byte values at ptr read as the int32 words at `words` [R, NG // 2], each split into
+    its two halves: [R, NG] in DTYPE. Little endian: value 2i is a word's low half, 2i + 1 its high one."""
+    w = tl.load(ptr.to(tl.pointer_type(tl.int32)) + words)
+    return tl.reshape(tl.join(w.to(tl.int16), (w >> 16).to(tl.int16)), (words.shape[0], NG)).to(DTYPE, bitcast=True)
 
 
 @triton.jit

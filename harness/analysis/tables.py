@@ -32,9 +32,9 @@ def impls_in_role(df: pd.DataFrame, role: str) -> list[str]:
 def op_table(df: pd.DataFrame, op: str, copy_gbps: float | None = None) -> pd.DataFrame:
     """One row per case of `op`: median ms per implementation, the speedup of each candidate over
     every other implementation, each implementation's host time per call (GPU runs), each
-    candidate's kernel variant and its tile (where it picks them: path, kernel config), GB/s (its share of the measured copy bandwidth)
-    and TFLOP/s, and the memory and error of the case's quantized weight (of the output, for
-    products). With one candidate its share columns carry no name ("% of copy")."""
+    candidate's kernel variant and its tile (where it picks them: path, kernel config), GB/s (its
+    share of the measured copy bandwidth) and TFLOP/s, and the memory and error of the case's
+    quantized weight (of the output, for products). With one candidate its share columns carry no name ("% of copy")."""
     d = df[(df["op"] == op) & (df["status"] == "ok")]
     if d["depth"].notna().any():
         d = d[d["ms"].notna()]  # a stack: its timed row is the last depth's
