@@ -48,19 +48,21 @@ from .spec import QuantizedTensor
 
 @triton.jit
 def qgemv_kernel(x_ptr, units_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr, mean_ptr, y_ptr, partials_ptr,
-                 tickets_ptr, N, K, stride_un, stride_sn, row_units,
+                 tickets_ptr, N, K, stride_un, stride_sn, stride_sg, row_units,
                  BITS: tl.constexpr, FIELDS: tl.constexpr, OFFSET: tl.constexpr, CODE: tl.constexpr,
                  SYMMETRIC: tl.constexpr, GRANULARITY: tl.constexpr, GROUP: tl.constexpr, DQ: tl.constexpr,
                  SCALE_DTYPE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                  SPLIT_K: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr, STAGES: tl.constexpr = 1,
-                 FOLD_OFFSET: tl.constexpr = False):
+                 FOLD_OFFSET: tl.constexpr = False, PAIRED: tl.constexpr = False):
     """y[1, N] = x[1, K] @ W_hat^T. Grid: (cdiv(N, BLOCK_N), SPLIT_K).
 
     The codes are read as units of FIELDS bit fields: the packed bytes of ``quantize`` viewed as
     int32 words (FIELDS = 32 // BITS, when a row's bytes are a whole number of aligned words) or
     as uint8 (FIELDS = 8 // BITS); field j of unit u holds column u * FIELDS + j either way, since
     the bytes are little endian. row_units: units per row; stride_un in units. Scales and zeros as
-    in dequant_tile. BLOCK_K is a multiple of FIELDS; with per-group scales BLOCK_K and GROUP are
+    in dequant_tile, but for per-group ones: the scale of row r and group g at r * stride_sn +
+    g * stride_sg, which reads them group-major (prepared.GemvParams); PAIRED: the scale and the
+    zero in the low and high halves of one 32-bit word there (scales_ptr). BLOCK_K is a multiple of FIELDS; with per-group scales BLOCK_K and GROUP are
     powers of two. EVEN_N / EVEN_K: N / K are multiples of BLOCK_N / BLOCK_K (no masks needed).
     SPLIT_K > 1: the K range is cut in SPLIT_K parts, one program each, summed as in finish_tile.
 
@@ -147,24 +149,29 @@ def qgemv_kernel(x_ptr, units_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr,
             dot = dot * 256.0 - (x_sum * (128.0 + OFFSET))[None, :, :]
         if GRANULARITY == 2:
             seg_cols = k0 + segs * SEG
-            s_off = rows[:, None] * stride_sn + (seg_cols // GROUP)[None, :]
+            s_off = rows[:, None] * stride_sn + (seg_cols // GROUP)[None, :] * stride_sg
+            s_ok = row_ok[:, None] & (seg_cols < K)[None, :]
             if DQ:
-                s_ok = row_ok[:, None] & (seg_cols < K)[None, :]
                 flat = rows[:, None] * tl.cdiv(K, GROUP) + (seg_cols // GROUP)[None, :]
-                scale = segment_scales(scales_ptr, second_ptr, mean_ptr, s_off, flat, s_ok, DQ,
-                                       SCALE_DTYPE)[:, :, None]
-            elif EVEN_N and EVEN_K:
-                scale = tl.load(scales_ptr + s_off).to(tl.float32)[:, :, None]
-            else:
-                s_ok = row_ok[:, None] & (seg_cols < K)[None, :]
-                scale = tl.load(scales_ptr + s_off, mask=s_ok, other=1.0).to(tl.float32)[:, :, None]
-            acc += dot * scale
-            if not SYMMETRIC:
+                scale = segment_scales(scales_ptr, second_ptr, mean_ptr, s_off, flat, s_ok, DQ, SCALE_DTYPE)
+            elif PAIRED:
                 if EVEN_N and EVEN_K:
-                    zero = tl.load(zeros_ptr + s_off).to(tl.float32)[:, :, None]
+                    words = tl.load(scales_ptr + s_off)
                 else:
-                    zero = tl.load(zeros_ptr + s_off, mask=s_ok, other=0.0).to(tl.float32)[:, :, None]
-                acc += x_sum[None, :, :] * zero
+                    words = tl.load(scales_ptr + s_off, mask=s_ok, other=0)
+                scale, zero = word_pair(words, SCALE_DTYPE)
+            elif EVEN_N and EVEN_K:
+                scale = tl.load(scales_ptr + s_off).to(tl.float32)
+            else:
+                scale = tl.load(scales_ptr + s_off, mask=s_ok, other=1.0).to(tl.float32)
+            if not SYMMETRIC and not PAIRED:
+                if EVEN_N and EVEN_K:
+                    zero = tl.load(zeros_ptr + s_off).to(tl.float32)
+                else:
+                    zero = tl.load(zeros_ptr + s_off, mask=s_ok, other=0.0).to(tl.float32)
+            acc += dot * scale[:, :, None]
+            if not SYMMETRIC:
+                acc += x_sum[None, :, :] * zero[:, :, None]
         else:
             acc += dot
             x_total += x_sum
@@ -175,12 +182,23 @@ def qgemv_kernel(x_ptr, units_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr,
     finish_tile(y_ptr, partials_ptr, tickets_ptr, pid_n, y[None, :], tl.arange(0, 1), rows, 1, N, N, SPLIT_K)
 
 
+@triton.jit
+def word_pair(words, SCALE_DTYPE: tl.constexpr):
+    """(low half, high half) of int32 words holding two 2-byte values of the dtype SCALE_DTYPE
+    (prepared.SCALE_DTYPE_IDS: 1 float16, 2 bfloat16), as float32."""
+    low, high = words.to(tl.int16), (words >> 16).to(tl.int16)
+    if SCALE_DTYPE == 1:
+        return low.to(tl.float16, bitcast=True).to(tl.float32), high.to(tl.float16, bitcast=True).to(tl.float32)
+    else:
+        return low.to(tl.bfloat16, bitcast=True).to(tl.float32), high.to(tl.bfloat16, bitcast=True).to(tl.float32)
+
+
 KEY = ["M_BUCKET", "N", "K", "BITS", "CODE", "SYMMETRIC", "GRANULARITY", "GROUP"]
 # EVEN_N / EVEN_K: the tile chosen divides N / K, so the weight's loads need no mask
 even_tiles = triton.heuristics({"EVEN_N": lambda a: a["N"] % a["BLOCK_N"] == 0,
                                 "EVEN_K": lambda a: a["K"] % a["BLOCK_K"] == 0})
 qgemv_tuned = triton.autotune(GEMV_CONFIGS, key=["N", "K", "BITS", "FIELDS", "CODE", "SYMMETRIC", "GRANULARITY",
-                                                 "GROUP", "FOLD_OFFSET"],
+                                                 "GROUP", "FOLD_OFFSET", "PAIRED"],
                               prune_configs_by={"early_config_prune": prune}, do_bench=tuning_bench)(
     even_tiles(qgemv_kernel))
 qgemm_tuned = triton.autotune(GEMM_CONFIGS, key=KEY + ["IEEE"], prune_configs_by={"early_config_prune": prune_gemm},
@@ -208,8 +226,9 @@ def _gemv(x: torch.Tensor, q: QuantizedTensor, p: PreparedWeight, y: torch.Tenso
     n, k = q.shape
     # the smallest BLOCK_N is 4, which bounds the number of tickets
     partials, tickets = split_workspace(x.device, n, cdiv(n, 4))
-    args = (x, p.units, p.scales, p.zeros, p.table, p.second, p.mean, y, partials, tickets, n, k, p.units.stride(0),
-            p.stride_sn, p.units.shape[1])
+    params = p.gemv_params()
+    args = (x, p.units, params.scales, params.zeros, p.table, p.second, p.mean, y, partials, tickets, n, k,
+            p.units.stride(0), params.stride_row, params.stride_group, p.units.shape[1])
     constants = p.gemv_constants_for(x.dtype)
     if INTERPRETED:
         qgemv_kernel[(cdiv(n, INTERPRETER_GEMV["BLOCK_N"]), INTERPRETER_GEMV["SPLIT_K"])](
@@ -217,7 +236,7 @@ def _gemv(x: torch.Tensor, q: QuantizedTensor, p: PreparedWeight, y: torch.Tenso
     else:
         # the weight's share of the launch key is kept (prepared.py); x's added here. y and the
         # workspace (float32 and int32) are fresh from the allocator and so 16-byte aligned.
-        key = (p.gemv_key, x.dtype, x.data_ptr() % 16 == 0)
+        key = (params.key, x.dtype, x.data_ptr() % 16 == 0)
         _gemv_launch(lambda meta: (cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"]), args, constants, key)
 
 
@@ -269,15 +288,19 @@ def qmatmul_path(m: int, dtype: torch.dtype = torch.float16, bits: int = 4) -> s
 def qmatmul_config(x: torch.Tensor, q: QuantizedTensor) -> str | None:
     """The launch configuration of the kernel qmatmul(x, q) runs, as its last launch ran it: the
     autotuner's choice for the GEMV or GEMM qmatmul_path picks (Launcher.last_choice), the
-    dequantize plan's tile then cuBLAS, or the fixed tile under the interpreter. Read it right
+    dequantize plan's tile then cuBLAS, or the fixed tile under the interpreter; for the GEMV, the
+    layout of the copy of the scales it reads, where it reads one (GemvParams.describe). Read it right
     after the call: a launcher remembers its last launch only (the results' kernel_config)."""
     path = qmatmul_path(x.shape[0], x.dtype, q.spec.bits)
     if path == "dequantize+cublas":
         return f"dequantize {dequantize_choice(q, x.dtype)}, then cuBLAS"
     if INTERPRETED:
         fixed = INTERPRETER_GEMV if path == "gemv" else {**INTERPRETER_GEMM, "SPLIT_K": 2 if path != "gemm" else 1}
-        return " ".join(f"{name}={value}" for name, value in fixed.items()) + " (interpreter)"
-    return {"gemv": _gemv_launch, "split-k gemm": _split_launch, "gemm": _gemm_launch}[path].last_choice
+        config = " ".join(f"{name}={value}" for name, value in fixed.items()) + " (interpreter)"
+    else:
+        config = {"gemv": _gemv_launch, "split-k gemm": _split_launch, "gemm": _gemm_launch}[path].last_choice
+    layout = prepared(q).gemv_params().describe() if path == "gemv" else ""
+    return f"{config}; {layout}" if config and layout else config
 
 
 def qmatmul(x: torch.Tensor, q: QuantizedTensor) -> torch.Tensor:

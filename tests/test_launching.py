@@ -71,7 +71,7 @@ def test_a_prepared_weight_keys_its_format_and_is_dropped_with_the_weight(device
     asym = quantize_ref(w, QuantSpec(4, "asymmetric", "group", 32))
     sym = QuantizedTensor(asym.codes, asym.scales, None, QuantSpec(4, "symmetric", "group", 32), asym.shape)
     a, s = prepared.prepared(asym), prepared.prepared(sym)
-    assert a.gemv_key != s.gemv_key and a.gemm_key != s.gemm_key
+    assert a.gemv_params().key != s.gemv_params().key and a.gemm_key != s.gemm_key
     assert prepared.prepared(asym) is a  # kept, not made again
     assert a.gemv_constants_for(torch.float16)["FOLD_OFFSET"] and not a.gemv_constants_for(torch.float32)["FOLD_OFFSET"]
     ident = id(sym)
@@ -159,3 +159,24 @@ def test_a_planned_launch_runs_the_kept_kernel_and_says_its_choice(monkeypatch):
     assert launcher.last_choice == "BLOCK=16 num_warps=2"
     assert calls == [(2, 1, 1, "stream", "function", "metadata", None, None, None, "x", 64),
                      (8, 1, 1, "stream", "function", "metadata", None, None, None, "x", 16)]
+
+
+def test_the_gemv_reads_group_scales_group_major(device):
+    """GemvParams: per-group 2-byte scales and zeros copied as [groups, N] words (scale in the low
+    half, zero in the high one), symmetric ones as [groups, N] scales, and the copy's bytes
+    counted; per-channel weights and nf4_dq's 8-bit codes read as q holds them, nothing copied."""
+    from quantbench.kernels import prepared
+    w = torch.randn(48, 128, device=device, dtype=torch.float16)
+    asym = quantize_ref(w, QuantSpec(4, "asymmetric", "group", 32))
+    pa = prepared.prepared(asym).gemv_params()
+    assert pa.paired and pa.scales.shape == (4, 48) and pa.scales.dtype == torch.int32
+    assert (pa.stride_row, pa.stride_group) == (1, 48) and pa.extra_bytes == asym.scales.nbytes + asym.zeros.nbytes
+    halves = pa.scales.view(torch.float16).view(4, 48, 2)
+    assert torch.equal(halves[..., 0], asym.scales.t()) and torch.equal(halves[..., 1], asym.zeros.t())
+    sym_q = quantize_ref(w, QuantSpec(4, "symmetric", "group", 32))
+    sym = prepared.prepared(sym_q).gemv_params()
+    assert not sym.paired and sym.zeros is sym.scales and sym.scales.shape == (4, 48) and sym.extra_bytes == 4 * 48 * 2
+    for spec in (QuantSpec(4, "asymmetric", "channel"), QuantSpec(4, "nf4_dq", "group", 32)):
+        q = quantize_ref(w, spec)
+        own = prepared.prepared(q).gemv_params()
+        assert own.scales is q.scales and own.extra_bytes == 0 and own.stride_group == 1 and own.describe() == ""

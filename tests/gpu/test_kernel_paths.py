@@ -139,15 +139,16 @@ def test_gemv_split_k(spec, splits):
     q = quantize(w, spec)
     y = torch.empty(1, n, dtype=x.dtype, device=CUDA)
     units = prepared.code_units(q.codes, spec.bits)
+    params = prepared.prepared(q).gemv_params()  # the scales as the GEMV reads them (group-major for groups)
     partials, tickets = split_k.split_workspace(CUDA, n, n)
     for _ in range(3):
         qm.qgemv_kernel[(triton.cdiv(n, 32), splits)](
-            x, units, q.scales, q.scales if q.zeros is None else q.zeros, q.scales, q.scales, q.scales, y, partials,
-            tickets, n, k, units.stride(0), q.scales.stride(0), units.shape[1], BITS=spec.bits,
+            x, units, params.scales, params.zeros, q.scales, q.scales, q.scales, y, partials,
+            tickets, n, k, units.stride(0), params.stride_row, params.stride_group, units.shape[1], BITS=spec.bits,
             FIELDS=units.element_size() * spec.per_byte, OFFSET=spec.offset, CODE=0, SYMMETRIC=spec.symmetric,
             GRANULARITY=prepared.GRANULARITY_IDS[spec.granularity], GROUP=spec.group_size or 1, DQ=False,
             SCALE_DTYPE=prepared.SCALE_DTYPE_IDS[q.dtype], BLOCK_N=32,
-            BLOCK_K=128, SPLIT_K=splits, EVEN_N=True, EVEN_K=False)
+            BLOCK_K=128, SPLIT_K=splits, EVEN_N=True, EVEN_K=False, PAIRED=params.paired)
         err, bound = rel_err(y, exact_product(x, q)), tolerance(torch.float16, k)
         assert err <= bound, f"split {splits}: rel err {err:.2e} > {bound:.2e}"
     torch.cuda.synchronize()
