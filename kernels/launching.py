@@ -21,6 +21,7 @@ through Triton as before.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable
 
 import torch
@@ -158,11 +159,12 @@ class Launcher:
 
     def _constants_chosen(self, args: tuple, constants: dict[str, Any]) -> tuple[dict[str, Any], Any]:
         """Every constexpr argument of the last launch: the caller's, the autotuner's choice, the
-        heuristics' values (computed as Heuristics.run does), and the JITFunction at the end of
-        the chain (the one object in it with compiled-kernel caches)."""
+        heuristics' values (computed as Heuristics.run does), the kernel's defaults for the rest,
+        and the JITFunction at the end of the chain (the one object in it with compiled-kernel
+        caches)."""
         chosen = dict(constants)
         fn = self.tuned
-        while not hasattr(fn, "device_caches"):
+        while isinstance(fn, (Autotuner, Heuristics)):
             if isinstance(fn, Autotuner):
                 chosen.update(fn.best_config.kwargs)
             elif isinstance(fn, Heuristics):
@@ -170,4 +172,9 @@ class Launcher:
                 for name, rule in fn.values.items():
                     chosen[name] = rule({**named, **chosen})
             fn = fn.fn
+        # a constexpr the call left to its default (quantize's SCALE_DTYPE outside nf4_dq): without
+        # it the plan's arguments would come up short and every later call would go through Triton
+        for name, param in inspect.signature(fn.fn).parameters.items():  # fn.fn: the kernel's Python function
+            if name not in chosen and param.default is not param.empty:
+                chosen[name] = param.default
         return chosen, fn

@@ -139,6 +139,20 @@ def test_a_launcher_reports_its_autotuners_choice():
     assert launching.Launcher(kernel)._autotuner_choice() is None
 
 
+def test_a_plan_takes_the_kernels_defaults_for_the_constants_a_call_leaves_out():
+    """A constexpr left to its default (quantize's SCALE_DTYPE outside nf4_dq) is in the plan's
+    constants: before, the plan came up short and the launcher fell back to Triton for good."""
+    @triton.jit
+    def kernel(x_ptr, BLOCK: tl.constexpr, EVEN: tl.constexpr, SCALE: tl.constexpr = 0):
+        pass
+
+    tuned = triton.heuristics({"EVEN": lambda args: args["BLOCK"] == 16})(kernel)
+    chosen, jit = launching.Launcher(tuned)._constants_chosen(("x",), {"BLOCK": 16})
+    assert jit is kernel and chosen == {"BLOCK": 16, "EVEN": True, "SCALE": 0}
+    chosen, _ = launching.Launcher(tuned)._constants_chosen(("x",), {"BLOCK": 32, "SCALE": 2})
+    assert [chosen[name] for name in jit.arg_names[1:]] == [32, False, 2]  # the caller's value stands
+
+
 def test_a_planned_launch_runs_the_kept_kernel_and_says_its_choice(monkeypatch):
     """The direct launch's bookkeeping, with the GPU's pieces stood in for (the launch itself runs
     on a GPU only): a planned call signature runs the kept launcher with the kept constants and
