@@ -168,10 +168,14 @@ def test_launchers_reuse_what_triton_compiled():
     for launcher in (qm._gemv_launch, qm._split_launch, qm._gemm_launch, dequantization._dequantize_launch,
                      quantization._quantize_launch, w8a8._tokens_launch, w8a8._int8_gemm_launch):
         assert launcher.direct and launcher.plans, launcher.tuned
-    # each path's kernel_config is one of its autotuner's configs, read after a direct launch
+    # each path's kernel_config is one of its autotuner's configs, read after a direct launch; the
+    # GEMV's names the group-major copy of the scales it read, after the config
+    layout = prepared(q).gemv_params().describe()
+    assert layout == "scale+zero words group-major (+512 bytes)"  # 2 groups x 64 rows x 4 bytes
     for m, tuned in ((1, qm.qgemv_tuned), (16, qm.qgemm_split_tuned), (100, qm.qgemm_tuned)):
         qmatmul(x.repeat(m, 1), q)
-        assert qm.qmatmul_config(x.repeat(m, 1), q) in {launching.describe_choice(c) for c in tuned.configs}
+        config, _, rest = qm.qmatmul_config(x.repeat(m, 1), q).partition("; ")
+        assert config in {launching.describe_choice(c) for c in tuned.configs} and rest == (layout if m == 1 else "")
 
 
 @pytest.mark.parametrize("m,n,k,path", MATMUL_PATHS, ids=[p[3] for p in MATMUL_PATHS])
