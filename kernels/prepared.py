@@ -144,7 +144,7 @@ def gemv_params(q: QuantizedTensor, p: PreparedWeight) -> GemvParams:
     needs one group's scales for BLOCK_N rows at a time, contiguous there, where in q's [N, groups]
     they are BLOCK_N 2-byte loads from as many 32-byte sectors. With zeros of 2 bytes, each scale
     and its zero in one 32-bit word, one load for both. On an H200, int4 g128 (kernels/NOTES.md,
-    session 19): 24.9 -> 22.3 us at 8192^2 float16, 61.9 -> 52.4 at 28672 x 8192 bfloat16. The
+    session 19): 24.3 -> 21.8 us at 8192^2 float16, 59.7 -> 52.1 at 28672 x 8192 bfloat16. The
     copy costs the device as many bytes as q's scales and zeros (+5.9% of an int4 g128 weight)
     while q lives, like tinygemm's scales_and_zeros made for its kernel. Any other format: q's own."""
     n, k = q.shape
@@ -162,7 +162,7 @@ def gemv_params(q: QuantizedTensor, p: PreparedWeight) -> GemvParams:
     args = (p.units, scales, zeros, p.table, p.second, p.mean, n, k, p.units.stride(0), stride_row, stride_group,
             p.units.shape[1])
     # with the format's constants: two weights alike in their tensors can differ in their format
-    key = key_token((signature(args), tuple(p.fmt.values()), paired))  # the format's constants: as gemm_key
+    key = key_token((signature(args), tuple(p.fmt.values()), paired))
     return GemvParams(scales, zeros, stride_row, stride_group, paired, extra, key)
 
 
