@@ -124,6 +124,25 @@ def segment_scales(scales_ptr, second_ptr, mean_ptr, offs, flat, mask, DQ: tl.co
 
 
 @triton.jit
+def word_halves(words, DTYPE: tl.constexpr):
+    """(low half, high half) of int32 words that each hold two 2-byte values of DTYPE (float16 or
+    bfloat16). Little endian: the value at the lower address is the low half."""
+    return words.to(tl.int16).to(DTYPE, bitcast=True), (words >> 16).to(tl.int16).to(DTYPE, bitcast=True)
+
+
+@triton.jit
+def scale_zero_words(words, SCALE_DTYPE: tl.constexpr):
+    """(scale, zero), float32, of int32 words that each hold a scale (low half) and its zero (high
+    half) of the dtype SCALE_DTYPE (codebooks.SCALE_DTYPE_IDS: 1 float16, 2 bfloat16), as
+    prepared.ScaleArgs lays them out."""
+    if SCALE_DTYPE == 1:
+        scale, zero = word_halves(words, tl.float16)
+    else:
+        scale, zero = word_halves(words, tl.bfloat16)
+    return scale.to(tl.float32), zero.to(tl.float32)
+
+
+@triton.jit
 def dequant_tile(codes_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr, mean_ptr, rows, k0, N, K, stride_cn,
                  stride_sn, BITS: tl.constexpr, OFFSET: tl.constexpr, CODE: tl.constexpr, SYMMETRIC: tl.constexpr,
                  GRANULARITY: tl.constexpr, GROUP: tl.constexpr, DQ: tl.constexpr, SCALE_DTYPE: tl.constexpr,
@@ -345,7 +364,7 @@ def dequantize_plan(q: QuantizedTensor, p: PreparedWeight, dtype: torch.dtype) -
                      VECTOR=16 // dtype.itemsize // spec.per_byte if dtype.itemsize == 2 else 0)
     # the output is always new from PyTorch's allocator (16-byte aligned), contiguous [N, K]: the
     # weight's share of the key (its tensors, sizes and format) and the dtype say the rest
-    return DequantizePlan(lambda meta: grid, constants, (p.gemm_key, dtype))
+    return DequantizePlan(lambda meta: grid, constants, (p.own_key, dtype))
 
 
 def dequantize_choice(q: QuantizedTensor, dtype: torch.dtype) -> str:

@@ -9,8 +9,8 @@ sizes make, so that a call does not walk the kernel's 12-16 arguments again.
 
 nf4_dq's 8-bit scales are decoded inside the kernels (dequantization.segment_scales), from the
 weight's own tensors: nothing decoded is kept, so the weight stays the size of its format. The one
-copy kept is the GEMV's group scales and zeros, laid out group-major for it (GemvParams), made on
-the GEMV's first call with the weight.
+copy kept is of per-group scales and zeros, laid out group-major for the GEMV and the GEMMs
+(group_major_copy, ScaleArgs), made on the first matmul call with the weight.
 """
 
 from __future__ import annotations
@@ -38,20 +38,33 @@ def code_units(codes: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class GemvParams:
-    """What the GEMV (quantized_matmul.qgemv_kernel) reads a weight's scales and zeros from.
+class GroupMajor:
+    """A weight's per-group scales and zeros copied group-major ([groups, N]) for the matmul
+    kernels (group_major_copy). scales, zeros: the copies (the same tensor where there are no zeros,
+    or where words); words: each scale and its zero share one int32 word (the scale in the low
+    half), `scales` holding the words; extra_bytes: what the copy holds on the device."""
+
+    scales: torch.Tensor
+    zeros: torch.Tensor
+    words: bool
+    extra_bytes: int
+
+
+@dataclass(frozen=True)
+class ScaleArgs:
+    """What a matmul kernel (the GEMV, the GEMMs) reads a weight's scales and zeros from.
 
     scales, zeros: its arguments for them; stride_row, stride_group: the stride between two rows'
-    and two groups' entries; paired: each scale and its zero share one 32-bit word (the scale in
-    the low half), read through `scales`; extra_bytes: what a copy made for the GEMV holds on the
-    device (0 where q's own tensors are read); key: the weight's share of the GEMV's launch key
-    (the signature of its tensors and sizes and the format's constants, as a launching.key_token)."""
+    and two groups' entries; words: a scale and its zero share one 32-bit word (GroupMajor.words),
+    read through `scales`; extra_bytes: what a copy made for the kernels holds on the device (0
+    where q's own tensors are read); key: the weight's share of the kernel's launch key (the
+    signature of its tensors and sizes and the format's constants, as a launching.key_token)."""
 
     scales: torch.Tensor
     zeros: torch.Tensor
     stride_row: int
     stride_group: int
-    paired: bool
+    words: bool
     extra_bytes: int
     key: int
 
@@ -59,7 +72,7 @@ class GemvParams:
         """The layout in a few words, with the bytes of the copy; "" where q's own are read."""
         if not self.extra_bytes:
             return ""
-        what = ("scale+zero words" if self.paired else "scales" if self.zeros is self.scales
+        what = ("scale+zero words" if self.words else "scales" if self.zeros is self.scales
                 else "scales and zeros")
         return f"{what} group-major (+{self.extra_bytes} bytes)"
 
@@ -71,14 +84,15 @@ class PreparedWeight:
     units: the codes as the GEMV reads them (code_units); scales, zeros: what the kernels take
     for them (zeros = scales when there are none; nf4_dq's scales are its uint8 scale codes);
     second, mean: nf4_dq's chunk scales and mean (stand-ins otherwise); stride_sn: the scales'
-    row stride; fmt: the format constants both kernels take; params_paired: whether the GEMMs may
-    read the 2-byte scales and zeros two to a 32-bit word (qgemm.paired_params: both 4-byte
-    aligned, an even row stride); gemm_key: the weight's share of the GEMMs' launch key (the
-    signature of its tensors and sizes, fmt and params_paired; as a launching.key_token);
-    gemv_params(): the GEMV's scales and zeros (GemvParams, made on first use); gemv_constants:
-    per activation dtype, the GEMV's constants (fmt, FIELDS, FOLD_OFFSET, PAIRED), which the key's
-    fmt, units dtype, pairing and x dtype determine; dequantize_plans: per output dtype, dequantize's launch
-    (dequantization.DequantizePlan; the dequantize launcher's key is gemm_key and the dtype)."""
+    row stride; fmt: the format constants the kernels take; two_group_words: whether the GEMMs may
+    read q's 2-byte scales and zeros two groups to a 32-bit word (qgemm.two_group_params: both
+    4-byte aligned, an even row stride); own_key: the signature of q's own tensors and sizes, fmt
+    and two_group_words (a launching.key_token): the weight's share of dequantize's launch key,
+    and of the GEMMs' where they read q's own scales; gemv_scales() / gemm_scales(): what the GEMV
+    and the GEMMs read the scales from (ScaleArgs, made on first use); gemv_constants: per
+    activation dtype, the GEMV's constants (fmt, FIELDS, FOLD_OFFSET, SCALE_ZERO_WORDS), which its
+    key's fmt, units dtype, words and x dtype determine; dequantize_plans: per output dtype,
+    dequantize's launch (dequantization.DequantizePlan; its launcher's key is own_key and the dtype)."""
 
     ref: weakref.ref
     units: torch.Tensor
@@ -89,16 +103,29 @@ class PreparedWeight:
     mean: torch.Tensor
     stride_sn: int
     fmt: dict[str, Any]
-    params_paired: bool
-    gemm_key: int
+    two_group_words: bool
+    own_key: int
     gemv_constants: dict[torch.dtype, dict[str, Any]] = field(default_factory=dict)
     dequantize_plans: dict[torch.dtype, Any] = field(default_factory=dict)
-    gemv_layout: list[GemvParams] = field(default_factory=list)  # gemv_params(), once made
+    # made on first use: "copy" (group_major_copy's, or None), "gemv" and "gemm" (ScaleArgs)
+    made: dict[str, Any] = field(default_factory=dict)
 
-    def gemv_params(self) -> GemvParams:
-        if not self.gemv_layout:
-            self.gemv_layout.append(gemv_params(self.ref(), self))
-        return self.gemv_layout[0]
+    def group_major(self) -> GroupMajor | None:
+        if "copy" not in self.made:
+            self.made["copy"] = group_major_copy(self.ref())
+        return self.made["copy"]
+
+    def gemv_scales(self) -> ScaleArgs:
+        args = self.made.get("gemv")
+        if args is None:
+            args = self.made["gemv"] = gemv_scales(self)
+        return args
+
+    def gemm_scales(self) -> ScaleArgs:
+        args = self.made.get("gemm")
+        if args is None:
+            args = self.made["gemm"] = gemm_scales(self)
+        return args
 
     def gemv_constants_for(self, dtype: torch.dtype) -> dict[str, Any]:
         constants = self.gemv_constants.get(dtype)
@@ -108,7 +135,7 @@ class PreparedWeight:
             # (one instruction less an element; the float32 sums keep ~19 bits, far past the output's 8 or 11)
             fold = not spec.symmetric and spec.codebook == "integer" and dtype != torch.float32
             constants = dict(self.fmt, FIELDS=self.units.element_size() * spec.per_byte, FOLD_OFFSET=fold,
-                             PAIRED=self.gemv_params().paired)
+                             SCALE_ZERO_WORDS=self.gemv_scales().words)
             self.gemv_constants[dtype] = constants
         return constants
 
@@ -134,36 +161,53 @@ def format_constants(q: QuantizedTensor) -> dict[str, Any]:
                 SCALE_DTYPE=SCALE_DTYPE_IDS[q.dtype])
 
 
-def group_major(t: torch.Tensor) -> torch.Tensor:
-    """[N, groups] -> a contiguous [groups, N] copy."""
-    return t.t().contiguous()
+def group_major_copy(q: QuantizedTensor) -> GroupMajor | None:
+    """q's per-group scales (not nf4_dq's 8-bit codes) and zeros copied group-major, [groups, N];
+    None for any other format. A GEMV tile needs one group's scales for BLOCK_N rows at a time,
+    contiguous there, where in q's [N, groups] they are BLOCK_N 2-byte loads from as many 32-byte
+    sectors. Where scales and zeros are 2 bytes, each scale and its zero in one 32-bit word: one
+    load for both. On an H200, int4 g128 (kernels/NOTES.md, sessions 19-20): the GEMV 24.3 -> 21.8
+    us at 8192^2 float16, 59.7 -> 52.1 at 28672 x 8192 bfloat16; the split-K GEMM (words) 26.0 ->
+    22.6 at M = 16, 46.9 -> 41.1 at M = 64. The copy costs the device as many bytes as q's scales
+    and zeros (+5.9% of an int4 g128 weight) while q lives, like tinygemm's scales_and_zeros made
+    for its kernel."""
+    if q.spec.granularity != "group" or q.second is not None:
+        return None
+    if q.zeros is not None and q.scales.element_size() == 2 and q.zeros.element_size() == 2:
+        pairs = torch.stack([q.scales.t(), q.zeros.t()], dim=-1).contiguous()  # [groups, N, 2]
+        words = pairs.view(torch.int32).view(pairs.shape[:2])
+        return GroupMajor(words, words, True, pairs.nbytes)
+    scales = q.scales.t().contiguous()
+    zeros = scales if q.zeros is None else q.zeros.t().contiguous()
+    return GroupMajor(scales, zeros, False, scales.nbytes + (0 if q.zeros is None else zeros.nbytes))
 
 
-def gemv_params(q: QuantizedTensor, p: PreparedWeight) -> GemvParams:
-    """Per-group scales (not nf4_dq's 8-bit codes) copied group-major, [groups, N]: a GEMV tile
-    needs one group's scales for BLOCK_N rows at a time, contiguous there, where in q's [N, groups]
-    they are BLOCK_N 2-byte loads from as many 32-byte sectors. With zeros of 2 bytes, each scale
-    and its zero in one 32-bit word, one load for both. On an H200, int4 g128 (kernels/NOTES.md,
-    session 19): 24.3 -> 21.8 us at 8192^2 float16, 59.7 -> 52.1 at 28672 x 8192 bfloat16. The
-    copy costs the device as many bytes as q's scales and zeros (+5.9% of an int4 g128 weight)
-    while q lives, like tinygemm's scales_and_zeros made for its kernel. Any other format: q's own."""
-    n, k = q.shape
-    scales, zeros, stride_row, stride_group, paired, extra = p.scales, p.zeros, p.stride_sn, 1, False, 0
-    if q.spec.granularity == "group" and q.second is None:
-        stride_row, stride_group = 1, n
-        if q.zeros is not None and q.scales.element_size() == 2:
-            pairs = torch.stack([q.scales.t(), q.zeros.t()], dim=-1).contiguous()  # [groups, N, 2]
-            scales = zeros = pairs.view(torch.int32).view(pairs.shape[:2])
-            paired, extra = True, pairs.nbytes
-        else:
-            scales = group_major(q.scales)
-            zeros = scales if q.zeros is None else group_major(q.zeros)
-            extra = scales.nbytes + (0 if q.zeros is None else zeros.nbytes)
+def gemv_scales(p: PreparedWeight) -> ScaleArgs:
+    """The GEMV's: the group-major copy wherever there is one (a group stride of N), else q's own."""
+    n, k = p.ref().shape
+    gm = p.group_major()
+    if gm is None:
+        scales, zeros, stride_row, stride_group, words, extra = p.scales, p.zeros, p.stride_sn, 1, False, 0
+    else:
+        scales, zeros, stride_row, stride_group, words, extra = gm.scales, gm.zeros, 1, n, gm.words, gm.extra_bytes
     args = (p.units, scales, zeros, p.table, p.second, p.mean, n, k, p.units.stride(0), stride_row, stride_group,
             p.units.shape[1])
     # with the format's constants: two weights alike in their tensors can differ in their format
-    key = key_token((signature(args), tuple(p.fmt.values()), paired))
-    return GemvParams(scales, zeros, stride_row, stride_group, paired, extra, key)
+    key = key_token((signature(args), tuple(p.fmt.values()), words))
+    return ScaleArgs(scales, zeros, stride_row, stride_group, words, extra, key)
+
+
+def gemm_scales(p: PreparedWeight) -> ScaleArgs:
+    """The GEMMs': the scale+zero words for 4- and 2-bit codes (their 8-bit route reads tiles as
+    dequantize does), else q's own (with two_group_words where that holds)."""
+    q = p.ref()
+    gm = p.group_major() if q.spec.bits < 8 else None
+    if gm is None or not gm.words:
+        return ScaleArgs(p.scales, p.zeros, p.stride_sn, 1, False, 0, p.own_key)
+    n, k = q.shape
+    args = (q.codes, gm.scales, p.table, p.second, p.mean, n, k, q.codes.stride(0), 1, n)
+    key = key_token((signature(args), tuple(p.fmt.values()), True))
+    return ScaleArgs(gm.scales, gm.zeros, 1, n, True, gm.extra_bytes, key)
 
 
 _prepared: dict[int, PreparedWeight] = {}
@@ -185,12 +229,12 @@ def prepared(q: QuantizedTensor) -> PreparedWeight:
     stride_sn = scales.stride(0)
     fmt = format_constants(q)
     weight_args = (scales, zeros, table, second, mean)
-    paired = (scales.element_size() == 2 and zeros.element_size() == 2 and stride_sn % 2 == 0
-              and scales.data_ptr() % 4 == 0 and zeros.data_ptr() % 4 == 0)
+    two_groups = (scales.element_size() == 2 and zeros.element_size() == 2 and stride_sn % 2 == 0
+                  and scales.data_ptr() % 4 == 0 and zeros.data_ptr() % 4 == 0)
     # with the format's constants: two weights alike in their tensors can differ in their format
-    gemm_key = key_token((signature((q.codes,) + weight_args + (n, k, q.codes.stride(0), stride_sn)),
-                          tuple(fmt.values()), paired))
-    p = PreparedWeight(weakref.ref(q), units, scales, zeros, table, second, mean, stride_sn, fmt, paired, gemm_key)
+    own_key = key_token((signature((q.codes,) + weight_args + (n, k, q.codes.stride(0), stride_sn)),
+                         tuple(fmt.values()), two_groups))
+    p = PreparedWeight(weakref.ref(q), units, scales, zeros, table, second, mean, stride_sn, fmt, two_groups, own_key)
     _prepared[id(q)] = p
     # dropped with q: the entry holds views of q's tensors, which must not outlive it
     weakref.finalize(q, _prepared.pop, id(q), None)

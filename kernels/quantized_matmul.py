@@ -31,7 +31,8 @@ import triton
 import triton.language as tl
 
 from .checks import cdiv, check_matrix, check_same_device, next_power_of_2
-from .dequantization import dequantize_choice, dequantize_prepared, field_values, nf4_word_levels, row_params, segment_scales
+from .dequantization import (dequantize_choice, dequantize_prepared, field_values, nf4_word_levels, row_params,
+                             scale_zero_words, segment_scales)
 from .field_ptx import int_word_fields
 from .exact_math import ON_GPU
 from .launching import INTERPRETED, Launcher
@@ -53,7 +54,7 @@ def qgemv_kernel(x_ptr, units_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr,
                  SYMMETRIC: tl.constexpr, GRANULARITY: tl.constexpr, GROUP: tl.constexpr, DQ: tl.constexpr,
                  SCALE_DTYPE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                  SPLIT_K: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr, STAGES: tl.constexpr = 1,
-                 FOLD_OFFSET: tl.constexpr = False, PAIRED: tl.constexpr = False):
+                 FOLD_OFFSET: tl.constexpr = False, SCALE_ZERO_WORDS: tl.constexpr = False):
     """y[1, N] = x[1, K] @ W_hat^T. Grid: (cdiv(N, BLOCK_N), SPLIT_K).
 
     The codes are read as units of FIELDS bit fields: the packed bytes of ``quantize`` viewed as
@@ -61,8 +62,8 @@ def qgemv_kernel(x_ptr, units_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr,
     as uint8 (FIELDS = 8 // BITS); field j of unit u holds column u * FIELDS + j either way, since
     the bytes are little endian. row_units: units per row; stride_un in units. Scales and zeros as
     in dequant_tile, but for per-group ones: the scale of row r and group g at r * stride_sn +
-    g * stride_sg, which reads them group-major (prepared.GemvParams); PAIRED: the scale and the
-    zero in the low and high halves of one 32-bit word there (scales_ptr). BLOCK_K is a multiple of FIELDS; with per-group scales BLOCK_K and GROUP are
+    g * stride_sg, which reads them group-major (prepared.ScaleArgs); SCALE_ZERO_WORDS: the scale and
+    the zero in the low and high halves of one 32-bit word there (scales_ptr). BLOCK_K is a multiple of FIELDS; with per-group scales BLOCK_K and GROUP are
     powers of two. EVEN_N / EVEN_K: N / K are multiples of BLOCK_N / BLOCK_K (no masks needed).
     SPLIT_K > 1: the K range is cut in SPLIT_K parts, one program each, summed as in finish_tile.
 
@@ -154,17 +155,17 @@ def qgemv_kernel(x_ptr, units_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr,
             if DQ:
                 flat = rows[:, None] * tl.cdiv(K, GROUP) + (seg_cols // GROUP)[None, :]
                 scale = segment_scales(scales_ptr, second_ptr, mean_ptr, s_off, flat, s_ok, DQ, SCALE_DTYPE)
-            elif PAIRED:
+            elif SCALE_ZERO_WORDS:
                 if EVEN_N and EVEN_K:
                     words = tl.load(scales_ptr + s_off)
                 else:
                     words = tl.load(scales_ptr + s_off, mask=s_ok, other=0)
-                scale, zero = word_pair(words, SCALE_DTYPE)
+                scale, zero = scale_zero_words(words, SCALE_DTYPE)
             elif EVEN_N and EVEN_K:
                 scale = tl.load(scales_ptr + s_off).to(tl.float32)
             else:
                 scale = tl.load(scales_ptr + s_off, mask=s_ok, other=1.0).to(tl.float32)
-            if not SYMMETRIC and not PAIRED:
+            if not SYMMETRIC and not SCALE_ZERO_WORDS:
                 if EVEN_N and EVEN_K:
                     zero = tl.load(zeros_ptr + s_off).to(tl.float32)
                 else:
@@ -182,23 +183,12 @@ def qgemv_kernel(x_ptr, units_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr,
     finish_tile(y_ptr, partials_ptr, tickets_ptr, pid_n, y[None, :], tl.arange(0, 1), rows, 1, N, N, SPLIT_K)
 
 
-@triton.jit
-def word_pair(words, SCALE_DTYPE: tl.constexpr):
-    """(low half, high half) of int32 words holding two 2-byte values of the dtype SCALE_DTYPE
-    (prepared.SCALE_DTYPE_IDS: 1 float16, 2 bfloat16), as float32."""
-    low, high = words.to(tl.int16), (words >> 16).to(tl.int16)
-    if SCALE_DTYPE == 1:
-        return low.to(tl.float16, bitcast=True).to(tl.float32), high.to(tl.float16, bitcast=True).to(tl.float32)
-    else:
-        return low.to(tl.bfloat16, bitcast=True).to(tl.float32), high.to(tl.bfloat16, bitcast=True).to(tl.float32)
-
-
-KEY = ["M_BUCKET", "N", "K", "BITS", "CODE", "SYMMETRIC", "GRANULARITY", "GROUP"]
+KEY = ["M_BUCKET", "N", "K", "BITS", "CODE", "SYMMETRIC", "GRANULARITY", "GROUP", "SCALE_ZERO_WORDS"]
 # EVEN_N / EVEN_K: the tile chosen divides N / K, so the weight's loads need no mask
 even_tiles = triton.heuristics({"EVEN_N": lambda a: a["N"] % a["BLOCK_N"] == 0,
                                 "EVEN_K": lambda a: a["K"] % a["BLOCK_K"] == 0})
 qgemv_tuned = triton.autotune(GEMV_CONFIGS, key=["N", "K", "BITS", "FIELDS", "CODE", "SYMMETRIC", "GRANULARITY",
-                                                 "GROUP", "FOLD_OFFSET", "PAIRED"],
+                                                 "GROUP", "FOLD_OFFSET", "SCALE_ZERO_WORDS"],
                               prune_configs_by={"early_config_prune": prune}, do_bench=tuning_bench)(
     even_tiles(qgemv_kernel))
 qgemm_tuned = triton.autotune(GEMM_CONFIGS, key=KEY + ["IEEE"], prune_configs_by={"early_config_prune": prune_gemm},
@@ -226,9 +216,9 @@ def _gemv(x: torch.Tensor, q: QuantizedTensor, p: PreparedWeight, y: torch.Tenso
     n, k = q.shape
     # the smallest BLOCK_N is 4, which bounds the number of tickets
     partials, tickets = split_workspace(x.device, n, cdiv(n, 4))
-    params = p.gemv_params()
-    args = (x, p.units, params.scales, params.zeros, p.table, p.second, p.mean, y, partials, tickets, n, k,
-            p.units.stride(0), params.stride_row, params.stride_group, p.units.shape[1])
+    scales = p.gemv_scales()
+    args = (x, p.units, scales.scales, scales.zeros, p.table, p.second, p.mean, y, partials, tickets, n, k,
+            p.units.stride(0), scales.stride_row, scales.stride_group, p.units.shape[1])
     constants = p.gemv_constants_for(x.dtype)
     if INTERPRETED:
         qgemv_kernel[(cdiv(n, INTERPRETER_GEMV["BLOCK_N"]), INTERPRETER_GEMV["SPLIT_K"])](
@@ -236,7 +226,7 @@ def _gemv(x: torch.Tensor, q: QuantizedTensor, p: PreparedWeight, y: torch.Tenso
     else:
         # the weight's share of the launch key is kept (prepared.py); x's added here. y and the
         # workspace (float32 and int32) are fresh from the allocator and so 16-byte aligned.
-        key = (params.key, x.dtype, x.data_ptr() % 16 == 0)
+        key = (scales.key, x.dtype, x.data_ptr() % 16 == 0)
         _gemv_launch(lambda meta: (cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"]), args, constants, key)
 
 
@@ -247,16 +237,18 @@ def _gemm(x: torch.Tensor, q: QuantizedTensor, p: PreparedWeight, y: torch.Tenso
     # tiles are at least 16 x 32, which bounds the number of tickets
     partials, tickets = split_workspace(x.device, m * n, cdiv(m, 16) * cdiv(n, 32)) if split else (y, y)
     bucket = _m_bucket(m)
-    args = (x, q.codes, p.scales, p.zeros, p.table, p.second, p.mean, y, partials, tickets, m, n, k, x.stride(0),
-            q.codes.stride(0), p.stride_sn, y.stride(0), bucket)
-    constants = {**p.fmt, "IEEE": ieee, "PAIRED": p.params_paired}
+    scales = p.gemm_scales()
+    args = (x, q.codes, scales.scales, scales.zeros, p.table, p.second, p.mean, y, partials, tickets, m, n, k,
+            x.stride(0), q.codes.stride(0), scales.stride_row, scales.stride_group, y.stride(0), bucket)
+    constants = {**p.fmt, "IEEE": ieee, "TWO_GROUP_WORDS": p.two_group_words and not scales.words,
+                 "SCALE_ZERO_WORDS": scales.words}
     if INTERPRETED:
         split_k = 2 if split else 1
         qgemm_kernel[(cdiv(m, INTERPRETER_GEMM["BLOCK_M"]) * cdiv(n, INTERPRETER_GEMM["BLOCK_N"]), split_k)](
             *args, **constants, **INTERPRETER_GEMM, SPLIT_K=split_k)
     else:
         # y is fresh from the allocator (16-byte aligned), its row stride n
-        key = (p.gemm_key, x.dtype, x.data_ptr() % 16 == 0, m, x.stride(0), ieee)
+        key = (scales.key, x.dtype, x.data_ptr() % 16 == 0, m, x.stride(0), ieee)
         grid = lambda meta: (cdiv(m, meta["BLOCK_M"]) * cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])
         (_split_launch if split else _gemm_launch)(grid, args, constants, key)
 
@@ -288,8 +280,8 @@ def qmatmul_path(m: int, dtype: torch.dtype = torch.float16, bits: int = 4) -> s
 def qmatmul_config(x: torch.Tensor, q: QuantizedTensor) -> str | None:
     """The launch configuration of the kernel qmatmul(x, q) runs, as its last launch ran it: the
     autotuner's choice for the GEMV or GEMM qmatmul_path picks (Launcher.last_choice), the
-    dequantize plan's tile then cuBLAS, or the fixed tile under the interpreter; for the GEMV, the
-    layout of the copy of the scales it reads, where it reads one (GemvParams.describe). Read it right
+    dequantize plan's tile then cuBLAS, or the fixed tile under the interpreter; for the GEMV and
+    the GEMMs, the layout of the copy of the scales they read, where they read one (ScaleArgs.describe). Read it right
     after the call: a launcher remembers its last launch only (the results' kernel_config)."""
     path = qmatmul_path(x.shape[0], x.dtype, q.spec.bits)
     if path == "dequantize+cublas":
@@ -299,7 +291,8 @@ def qmatmul_config(x: torch.Tensor, q: QuantizedTensor) -> str | None:
         config = " ".join(f"{name}={value}" for name, value in fixed.items()) + " (interpreter)"
     else:
         config = {"gemv": _gemv_launch, "split-k gemm": _split_launch, "gemm": _gemm_launch}[path].last_choice
-    layout = prepared(q).gemv_params().describe() if path == "gemv" else ""
+    p = prepared(q)
+    layout = (p.gemv_scales() if path == "gemv" else p.gemm_scales()).describe()
     return f"{config}; {layout}" if config and layout else config
 
 

@@ -71,7 +71,7 @@ def test_a_prepared_weight_keys_its_format_and_is_dropped_with_the_weight(device
     asym = quantize_ref(w, QuantSpec(4, "asymmetric", "group", 32))
     sym = QuantizedTensor(asym.codes, asym.scales, None, QuantSpec(4, "symmetric", "group", 32), asym.shape)
     a, s = prepared.prepared(asym), prepared.prepared(sym)
-    assert a.gemv_params().key != s.gemv_params().key and a.gemm_key != s.gemm_key
+    assert a.gemv_scales().key != s.gemv_scales().key and a.own_key != s.own_key
     assert prepared.prepared(asym) is a  # kept, not made again
     assert a.gemv_constants_for(torch.float16)["FOLD_OFFSET"] and not a.gemv_constants_for(torch.float32)["FOLD_OFFSET"]
     ident = id(sym)
@@ -175,22 +175,31 @@ def test_a_planned_launch_runs_the_kept_kernel_and_says_its_choice(monkeypatch):
                      (8, 1, 1, "stream", "function", "metadata", None, None, None, "x", 16)]
 
 
-def test_the_gemv_reads_group_scales_group_major(device):
-    """GemvParams: per-group 2-byte scales and zeros copied as [groups, N] words (scale in the low
-    half, zero in the high one), symmetric ones as [groups, N] scales, and the copy's bytes
-    counted; per-channel weights and nf4_dq's 8-bit codes read as q holds them, nothing copied."""
+def test_the_matmuls_read_group_scales_group_major(device):
+    """ScaleArgs: per-group 2-byte scales and zeros copied once as [groups, N] words (scale in the
+    low half, zero in the high one), read by the GEMV and, for 4- and 2-bit codes, the GEMMs;
+    symmetric ones copied as [groups, N] scales for the GEMV; the copy's bytes counted; per-channel
+    weights and nf4_dq's 8-bit codes read as q holds them, nothing copied."""
     from quantbench.kernels import prepared
     w = torch.randn(48, 128, device=device, dtype=torch.float16)
     asym = quantize_ref(w, QuantSpec(4, "asymmetric", "group", 32))
-    pa = prepared.prepared(asym).gemv_params()
-    assert pa.paired and pa.scales.shape == (4, 48) and pa.scales.dtype == torch.int32
+    p = prepared.prepared(asym)
+    pa = p.gemv_scales()
+    assert pa.words and pa.scales.shape == (4, 48) and pa.scales.dtype == torch.int32
     assert (pa.stride_row, pa.stride_group) == (1, 48) and pa.extra_bytes == asym.scales.nbytes + asym.zeros.nbytes
     halves = pa.scales.view(torch.float16).view(4, 48, 2)
     assert torch.equal(halves[..., 0], asym.scales.t()) and torch.equal(halves[..., 1], asym.zeros.t())
+    ga = p.gemm_scales()  # the same copy, under the GEMMs' own key
+    assert ga.scales is pa.scales and (ga.stride_row, ga.stride_group, ga.words) == (1, 48, True) and ga.key != pa.key
+    assert ga.describe() == pa.describe() == f"scale+zero words group-major (+{pa.extra_bytes} bytes)"
     sym_q = quantize_ref(w, QuantSpec(4, "symmetric", "group", 32))
-    sym = prepared.prepared(sym_q).gemv_params()
-    assert not sym.paired and sym.zeros is sym.scales and sym.scales.shape == (4, 48) and sym.extra_bytes == 4 * 48 * 2
+    sym = prepared.prepared(sym_q).gemv_scales()
+    assert not sym.words and sym.zeros is sym.scales and sym.scales.shape == (4, 48) and sym.extra_bytes == 4 * 48 * 2
+    assert prepared.prepared(sym_q).gemm_scales().scales is sym_q.scales  # two groups a word, as q holds them
+    # 8-bit codes: the GEMMs' 8-bit route reads tiles as dequantize does, from q's own
+    int8 = quantize_ref(w, QuantSpec(8, "asymmetric", "group", 32))
+    assert prepared.prepared(int8).gemm_scales().scales is int8.scales and prepared.prepared(int8).gemv_scales().words
     for spec in (QuantSpec(4, "asymmetric", "channel"), QuantSpec(4, "nf4_dq", "group", 32)):
         q = quantize_ref(w, spec)
-        own = prepared.prepared(q).gemv_params()
-        assert own.scales is q.scales and own.extra_bytes == 0 and own.stride_group == 1 and own.describe() == ""
+        for own in (prepared.prepared(q).gemv_scales(), prepared.prepared(q).gemm_scales()):
+            assert own.scales is q.scales and own.extra_bytes == 0 and own.stride_group == 1 and own.describe() == ""

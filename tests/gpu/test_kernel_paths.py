@@ -139,7 +139,7 @@ def test_gemv_split_k(spec, splits):
     q = quantize(w, spec)
     y = torch.empty(1, n, dtype=x.dtype, device=CUDA)
     units = prepared.code_units(q.codes, spec.bits)
-    params = prepared.prepared(q).gemv_params()  # the scales as the GEMV reads them (group-major for groups)
+    params = prepared.prepared(q).gemv_scales()  # the scales as the GEMV reads them (group-major for groups)
     partials, tickets = split_k.split_workspace(CUDA, n, n)
     for _ in range(3):
         qm.qgemv_kernel[(triton.cdiv(n, 32), splits)](
@@ -148,7 +148,7 @@ def test_gemv_split_k(spec, splits):
             FIELDS=units.element_size() * spec.per_byte, OFFSET=spec.offset, CODE=0, SYMMETRIC=spec.symmetric,
             GRANULARITY=prepared.GRANULARITY_IDS[spec.granularity], GROUP=spec.group_size or 1, DQ=False,
             SCALE_DTYPE=prepared.SCALE_DTYPE_IDS[q.dtype], BLOCK_N=32,
-            BLOCK_K=128, SPLIT_K=splits, EVEN_N=True, EVEN_K=False, PAIRED=params.paired)
+            BLOCK_K=128, SPLIT_K=splits, EVEN_N=True, EVEN_K=False, SCALE_ZERO_WORDS=params.words)
         err, bound = rel_err(y, exact_product(x, q)), tolerance(torch.float16, k)
         assert err <= bound, f"split {splits}: rel err {err:.2e} > {bound:.2e}"
     torch.cuda.synchronize()
@@ -169,13 +169,13 @@ def test_launchers_reuse_what_triton_compiled():
                      quantization._quantize_launch, w8a8._tokens_launch, w8a8._int8_gemm_launch):
         assert launcher.direct and launcher.plans, launcher.tuned
     # each path's kernel_config is one of its autotuner's configs, read after a direct launch; the
-    # GEMV's names the group-major copy of the scales it read, after the config
-    layout = prepared(q).gemv_params().describe()
+    # fused paths name the group-major copy of the scales they read, after the config
+    layout = prepared(q).gemv_scales().describe()
     assert layout == "scale+zero words group-major (+512 bytes)"  # 2 groups x 64 rows x 4 bytes
     for m, tuned in ((1, qm.qgemv_tuned), (16, qm.qgemm_split_tuned), (100, qm.qgemm_tuned)):
         qmatmul(x.repeat(m, 1), q)
         config, _, rest = qm.qmatmul_config(x.repeat(m, 1), q).partition("; ")
-        assert config in {launching.describe_choice(c) for c in tuned.configs} and rest == (layout if m == 1 else "")
+        assert config in {launching.describe_choice(c) for c in tuned.configs} and rest == layout
 
 
 @pytest.mark.parametrize("m,n,k,path", MATMUL_PATHS, ids=[p[3] for p in MATMUL_PATHS])
@@ -234,8 +234,7 @@ MMA_SYNC_TILES = [t for t in SPLIT_TILES if t[4] < 4]
                          ids=lambda v: fmt(v) if isinstance(v, QuantSpec) else str(v)[6:])
 def test_split_k_tiles_on_two_warps(tile, spec, dtype):
     """Each split-K tile of fewer than 4 warps, launched directly (not through the autotuner,
-    which keeps only its pick), on the sub-byte route and its scales read two to a word (int4
-    g128), bytes with the scale in the epilogue (int8), four fields a byte (int2), a codebook
+    which keeps only its pick), on the sub-byte route and its scale+zero words (int4 g128), bytes with the scale in the epilogue (int8), four fields a byte (int2), a codebook
     with decoded scales (nf4_dq) and e4m3 values (fp8): against float64, twice in a row (the
     workspace clean after the first)."""
     bm, bn, bk, splits, warps, stages = tile
@@ -245,15 +244,16 @@ def test_split_k_tiles_on_two_warps(tile, spec, dtype):
     x = torch.randn(m, k, generator=g).to(dtype).to(CUDA)
     q = quantize(w, spec)
     p = prepared(q)
+    sa = p.gemm_scales()  # as qmatmul gives them (asymmetric groups: the group-major words)
     exact, bound = exact_product(x, q), tolerance(dtype, k)
     for call in ("first", "second"):
         y = torch.empty(m, n, dtype=dtype, device=CUDA)
         partials, tickets = split_workspace(CUDA, m * n, cdiv(m, 16) * cdiv(n, 16))
         qgemm_kernel[(cdiv(m, bm) * cdiv(n, bn), splits)](
-            x, q.codes, p.scales, p.zeros, p.table, p.second, p.mean, y, partials, tickets, m, n, k, x.stride(0),
-            q.codes.stride(0), p.stride_sn, y.stride(0), 16, **p.fmt, IEEE=False, BLOCK_M=bm, BLOCK_N=bn,
-            BLOCK_K=bk, GROUP_M=8, SPLIT_K=splits, PAIRED=p.params_paired, EVEN_N=True, EVEN_K=True,
-            num_warps=warps, num_stages=stages)
+            x, q.codes, sa.scales, sa.zeros, p.table, p.second, p.mean, y, partials, tickets, m, n, k, x.stride(0),
+            q.codes.stride(0), sa.stride_row, sa.stride_group, y.stride(0), 16, **p.fmt, IEEE=False, BLOCK_M=bm,
+            BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, SPLIT_K=splits, TWO_GROUP_WORDS=p.two_group_words and not sa.words,
+            SCALE_ZERO_WORDS=sa.words, EVEN_N=True, EVEN_K=True, num_warps=warps, num_stages=stages)
         err = rel_err(y, exact)
         assert err <= bound, f"{tile} {call} call: rel err {err:.2e} > {bound:.2e}"
     torch.cuda.synchronize()
