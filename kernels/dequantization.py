@@ -144,16 +144,17 @@ def scale_zero_words(words, SCALE_DTYPE: tl.constexpr):
 
 @triton.jit
 def dequant_tile(codes_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr, mean_ptr, rows, k0, N, K, stride_cn,
-                 stride_sn, BITS: tl.constexpr, OFFSET: tl.constexpr, CODE: tl.constexpr, SYMMETRIC: tl.constexpr,
+                 stride_sn, stride_sg, BITS: tl.constexpr, OFFSET: tl.constexpr, CODE: tl.constexpr, SYMMETRIC: tl.constexpr,
                  GRANULARITY: tl.constexpr, GROUP: tl.constexpr, DQ: tl.constexpr, SCALE_DTYPE: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, VECTOR: tl.constexpr = 0):
     """Dequantized float32 tile W[rows, k0 : k0 + BLOCK_K] -> [BLOCK_N, BLOCK_K] (codes as in
     unpack_tile).
 
     Scales (and zeros, read only when not SYMMETRIC) are one value (GRANULARITY 0), one per row at
-    [row * stride_sn] (1), or one per group of GROUP columns at [row * stride_sn + group] (2;
-    BLOCK_K and GROUP are powers of two, so either a tile lies in one group or it holds
-    BLOCK_K // GROUP whole groups); DQ: nf4_dq's scale codes, decoded here (segment_scales).
+    [row * stride_sn] (1), or one per group of GROUP columns at [row * stride_sn + group *
+    stride_sg] (2; zeros with the scales' strides; BLOCK_K and GROUP are powers of two, so either a
+    tile lies in one group or it holds BLOCK_K // GROUP whole groups); DQ: nf4_dq's scale codes,
+    decoded here (segment_scales; contiguous, stride_sg 1).
     Columns past K hold finite garbage: mask them when storing, or multiply them by zeros.
     """
     row_ok = rows < N
@@ -164,7 +165,7 @@ def dequant_tile(codes_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr, mean_p
             w += tl.load(zeros_ptr).to(tl.float32)
     elif GRANULARITY == 1 or BLOCK_K <= GROUP:
         col = 0 if GRANULARITY == 1 else k0 // GROUP
-        s_off = rows * stride_sn + col
+        s_off = rows * stride_sn + col * stride_sg
         flat = rows * tl.cdiv(K, GROUP) + col
         w = q * segment_scales(scales_ptr, second_ptr, mean_ptr, s_off, flat, row_ok, DQ, SCALE_DTYPE)[:, None]
         if not SYMMETRIC:
@@ -173,7 +174,7 @@ def dequant_tile(codes_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr, mean_p
         NG: tl.constexpr = BLOCK_K // GROUP
         groups = k0 // GROUP + tl.arange(0, NG)
         g_mask = row_ok[:, None] & (groups[None, :] < K // GROUP)
-        s_off = rows[:, None] * stride_sn + groups[None, :]
+        s_off = rows[:, None] * stride_sn + groups[None, :] * stride_sg
         flat = rows[:, None] * tl.cdiv(K, GROUP) + groups[None, :]
         scale = segment_scales(scales_ptr, second_ptr, mean_ptr, s_off, flat, g_mask, DQ, SCALE_DTYPE)
         w3 = tl.reshape(q, (BLOCK_N, NG, GROUP)) * scale[:, :, None]
@@ -211,8 +212,8 @@ def load_packed(codes_ptr, rows, k0, N, K, stride_cn, BITS: tl.constexpr, BLOCK_
 
 
 @triton.jit
-def tile_params(scales_ptr, zeros_ptr, second_ptr, mean_ptr, rows, k0, N, K, stride_sn, SYMMETRIC: tl.constexpr,
-                GRANULARITY: tl.constexpr, GROUP: tl.constexpr, DQ: tl.constexpr, SCALE_DTYPE: tl.constexpr,
+def tile_params(scales_ptr, zeros_ptr, second_ptr, mean_ptr, rows, k0, N, K, stride_sn, stride_sg,
+                SYMMETRIC: tl.constexpr, GRANULARITY: tl.constexpr, GROUP: tl.constexpr, DQ: tl.constexpr, SCALE_DTYPE: tl.constexpr,
                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """(scale, zero), float32 [BLOCK_N, NG], of the segments of W[rows, k0 : k0 + BLOCK_K]: NG =
     BLOCK_K // GROUP groups where a tile holds several, else 1 (per tensor, per channel, or a tile
@@ -233,7 +234,7 @@ def tile_params(scales_ptr, zeros_ptr, second_ptr, mean_ptr, rows, k0, N, K, str
         else:
             segs = k0 // GROUP + tl.arange(0, BLOCK_K // GROUP)
             seg_ok = row_ok[:, None] & (segs[None, :] < K // GROUP)
-        s_off = rows[:, None] * stride_sn + segs[None, :]
+        s_off = rows[:, None] * stride_sn + segs[None, :] * stride_sg
         flat = rows[:, None] * tl.cdiv(K, GROUP) + segs[None, :]
         scale = segment_scales(scales_ptr, second_ptr, mean_ptr, s_off, flat, seg_ok, DQ, SCALE_DTYPE)
         if SYMMETRIC:
@@ -262,7 +263,7 @@ def apply_params(q, scale, zero, SYMMETRIC: tl.constexpr, BLOCK_N: tl.constexpr,
 
 
 @triton.jit
-def half_tile(codes_ptr, scales_ptr, zeros_ptr, rows, k0, N, K, stride_cn, stride_sn, BITS: tl.constexpr,
+def half_tile(codes_ptr, scales_ptr, zeros_ptr, rows, k0, N, K, stride_cn, stride_sn, stride_sg, BITS: tl.constexpr,
               OFFSET: tl.constexpr, SYMMETRIC: tl.constexpr, GRANULARITY: tl.constexpr, GROUP: tl.constexpr,
               DTYPE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN: tl.constexpr):
     """W[rows, k0 : k0 + BLOCK_K] of 4- or 2-bit integer codes whose scales (and zeros) are stored
@@ -278,8 +279,8 @@ def half_tile(codes_ptr, scales_ptr, zeros_ptr, rows, k0, N, K, stride_cn, strid
     NG: tl.constexpr = BLOCK_K // GROUP if GRANULARITY == 2 and BLOCK_K > GROUP else 1
     packed = load_packed(codes_ptr, rows, k0, N, K, stride_cn, BITS, BLOCK_N, BLOCK_K, EVEN)
     # DQ (nf4_dq) never reaches here, so its arguments are stand-ins
-    scale, zero = tile_params(scales_ptr, zeros_ptr, scales_ptr, scales_ptr, rows, k0, N, K, stride_sn, SYMMETRIC,
-                              GRANULARITY, GROUP, False, 0, BLOCK_N, BLOCK_K)
+    scale, zero = tile_params(scales_ptr, zeros_ptr, scales_ptr, scales_ptr, rows, k0, N, K, stride_sn, stride_sg,
+                              SYMMETRIC, GRANULARITY, GROUP, False, 0, BLOCK_N, BLOCK_K)
     if NG == 1:
         f = half_fields(packed, scale, zero, OFFSET, BITS, DTYPE, True)
     else:
@@ -297,7 +298,7 @@ def half_tile(codes_ptr, scales_ptr, zeros_ptr, rows, k0, N, K, stride_cn, strid
 
 @triton.jit
 def dequantize_kernel(codes_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr, mean_ptr, out_ptr, N, K, stride_cn,
-                      stride_on, stride_sn, BITS: tl.constexpr, OFFSET: tl.constexpr, CODE: tl.constexpr,
+                      stride_on, stride_sn, stride_sg, BITS: tl.constexpr, OFFSET: tl.constexpr, CODE: tl.constexpr,
                       SYMMETRIC: tl.constexpr, GRANULARITY: tl.constexpr, GROUP: tl.constexpr, DQ: tl.constexpr,
                       SCALE_DTYPE: tl.constexpr, OUT_MAX: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                       EVEN: tl.constexpr = False, VECTOR: tl.constexpr = 0):
@@ -323,12 +324,12 @@ def dequantize_kernel(codes_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr, m
     HALF: tl.constexpr = (ON_GPU and CODE == 0 and BITS < 8 and OUT_DTYPE != tl.float32
                           and scales_ptr.dtype.element_ty == OUT_DTYPE and zeros_ptr.dtype.element_ty == OUT_DTYPE)
     if HALF:
-        w = half_tile(codes_ptr, scales_ptr, zeros_ptr, rows, k0, N, K, stride_cn, stride_sn, BITS, OFFSET, SYMMETRIC,
-                      GRANULARITY, GROUP, OUT_DTYPE, BLOCK_N, BLOCK_K, EVEN)
+        w = half_tile(codes_ptr, scales_ptr, zeros_ptr, rows, k0, N, K, stride_cn, stride_sn, stride_sg, BITS, OFFSET,
+                      SYMMETRIC, GRANULARITY, GROUP, OUT_DTYPE, BLOCK_N, BLOCK_K, EVEN)
     else:
         w = dequant_tile(codes_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr, mean_ptr, rows, k0, N, K, stride_cn,
-                         stride_sn, BITS, OFFSET, CODE, SYMMETRIC, GRANULARITY, GROUP, DQ, SCALE_DTYPE, BLOCK_N,
-                         BLOCK_K, VECTOR)
+                         stride_sn, stride_sg, BITS, OFFSET, CODE, SYMMETRIC, GRANULARITY, GROUP, DQ, SCALE_DTYPE,
+                         BLOCK_N, BLOCK_K, VECTOR)
         # q * scale + zero can pass the dtype's maximum by rounding (fp16: 127 * 516 = 65532 > 65504)
         w = round_to(tl.clamp(w, -OUT_MAX, OUT_MAX, propagate_nan=tl.PropagateNan.ALL), OUT_DTYPE)
     cols = k0 + tl.arange(0, BLOCK_K)
@@ -392,6 +393,7 @@ def dequantize_prepared(q: QuantizedTensor, p: PreparedWeight, dtype: torch.dtyp
         plan = p.dequantize_plans[dtype] = dequantize_plan(q, p, out_dtype_of(q, dtype))
     n, k = q.shape
     out = torch.empty((n, k), dtype=dtype, device=q.codes.device)
-    args = (q.codes, p.scales, p.zeros, p.table, p.second, p.mean, out, n, k, q.codes.stride(0), k, p.stride_sn)
+    args = (q.codes, p.scales, p.zeros, p.table, p.second, p.mean, out, n, k, q.codes.stride(0), k, p.stride_sn,
+            p.stride_sg)
     _dequantize_launch(plan.grid, args, plan.constants, plan.key)
     return out

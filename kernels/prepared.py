@@ -9,8 +9,9 @@ sizes make, so that a call does not walk the kernel's 12-16 arguments again.
 
 nf4_dq's 8-bit scales are decoded inside the kernels (dequantization.segment_scales), from the
 weight's own tensors: nothing decoded is kept, so the weight stays the size of its format. The one
-copy kept is of per-group scales and zeros, laid out group-major for the GEMV and the GEMMs
-(group_major_copy, ScaleArgs), made on the first matmul call with the weight.
+copy that may be kept is of per-group scales and zeros, laid out group-major for the GEMV and the
+GEMMs (group_major_copy, ScaleArgs), made on the first matmul call with the weight where its
+scales are not laid out so already (quantize writes asymmetric 2-byte ones so: no copy).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch
 from .codebooks import CODE_IDS, SCALE_DTYPE_IDS, code_table
 from .launching import key_token, signature
 from .references import check_weight_once
-from .spec import QuantizedTensor
+from .spec import QuantizedTensor, are_scale_zero_pairs
 
 
 def code_units(codes: torch.Tensor, bits: int) -> torch.Tensor:
@@ -83,8 +84,8 @@ class PreparedWeight:
 
     units: the codes as the GEMV reads them (code_units); scales, zeros: what the kernels take
     for them (zeros = scales when there are none; nf4_dq's scales are its uint8 scale codes);
-    second, mean: nf4_dq's chunk scales and mean (stand-ins otherwise); stride_sn: the scales'
-    row stride; fmt: the format constants the kernels take; two_group_words: whether the GEMMs may
+    second, mean: nf4_dq's chunk scales and mean (stand-ins otherwise); stride_sn, stride_sg: the
+    scales' (and zeros') row and group strides; fmt: the format constants the kernels take; two_group_words: whether the GEMMs may
     read q's 2-byte scales and zeros two groups to a 32-bit word (qgemm.two_group_params: both
     4-byte aligned, an even row stride); own_key: the signature of q's own tensors and sizes, fmt
     and two_group_words (a launching.key_token): the weight's share of dequantize's launch key,
@@ -102,6 +103,7 @@ class PreparedWeight:
     second: torch.Tensor
     mean: torch.Tensor
     stride_sn: int
+    stride_sg: int
     fmt: dict[str, Any]
     two_group_words: bool
     own_key: int
@@ -166,18 +168,25 @@ def group_major_copy(q: QuantizedTensor) -> GroupMajor | None:
     None for any other format. A GEMV tile needs one group's scales for BLOCK_N rows at a time,
     contiguous there, where in q's [N, groups] they are BLOCK_N 2-byte loads from as many 32-byte
     sectors. Where scales and zeros are 2 bytes, each scale and its zero in one 32-bit word: one
-    load for both. On an H200, int4 g128 (kernels/NOTES.md, sessions 19-20): the GEMV 24.3 -> 21.8
-    us at 8192^2 float16, 59.7 -> 52.1 at 28672 x 8192 bfloat16; the split-K GEMM (words) 26.0 ->
-    22.6 at M = 16, 46.9 -> 41.1 at M = 64. The copy costs the device as many bytes as q's scales
+    load for both; where q holds them so already (quantize's scale+zero pairs, spec.py), those
+    words are read and nothing is copied. On an H200, int4 g128 (kernels/NOTES.md, sessions 19-20):
+    the GEMV 24.3 -> 21.8 us at 8192^2 float16, 59.7 -> 52.1 at 28672 x 8192 bfloat16; the split-K
+    GEMM (words) 26.0 -> 22.6 at M = 16, 46.9 -> 41.1 at M = 64. A copy costs the device as many bytes as q's scales
     and zeros (+5.9% of an int4 g128 weight) while q lives, like tinygemm's scales_and_zeros made
     for its kernel."""
     if q.spec.granularity != "group" or q.second is not None:
         return None
+    if are_scale_zero_pairs(q.scales, q.zeros) and q.scales.data_ptr() % 4 == 0:
+        # quantize's own layout (4-byte aligned, as its buffers are): the words are its buffer, nothing copied
+        groups, n = q.scales.shape[1], q.scales.shape[0]
+        pairs = torch.as_strided(q.scales, (groups, n, 2), (2 * n, 2, 1))
+        words = pairs.view(torch.int32).view(groups, n)
+        return GroupMajor(words, words, True, 0)
     if q.zeros is not None and q.scales.element_size() == 2 and q.zeros.element_size() == 2:
         pairs = torch.stack([q.scales.t(), q.zeros.t()], dim=-1).contiguous()  # [groups, N, 2]
         words = pairs.view(torch.int32).view(pairs.shape[:2])
         return GroupMajor(words, words, True, pairs.nbytes)
-    scales = q.scales.t().contiguous()
+    scales = q.scales.t().contiguous()  # [groups, N]
     zeros = scales if q.zeros is None else q.zeros.t().contiguous()
     return GroupMajor(scales, zeros, False, scales.nbytes + (0 if q.zeros is None else zeros.nbytes))
 
@@ -187,7 +196,7 @@ def gemv_scales(p: PreparedWeight) -> ScaleArgs:
     n, k = p.ref().shape
     gm = p.group_major()
     if gm is None:
-        scales, zeros, stride_row, stride_group, words, extra = p.scales, p.zeros, p.stride_sn, 1, False, 0
+        scales, zeros, stride_row, stride_group, words, extra = p.scales, p.zeros, p.stride_sn, p.stride_sg, False, 0
     else:
         scales, zeros, stride_row, stride_group, words, extra = gm.scales, gm.zeros, 1, n, gm.words, gm.extra_bytes
     args = (p.units, scales, zeros, p.table, p.second, p.mean, n, k, p.units.stride(0), stride_row, stride_group,
@@ -203,7 +212,7 @@ def gemm_scales(p: PreparedWeight) -> ScaleArgs:
     q = p.ref()
     gm = p.group_major() if q.spec.bits < 8 else None
     if gm is None or not gm.words:
-        return ScaleArgs(p.scales, p.zeros, p.stride_sn, 1, False, 0, p.own_key)
+        return ScaleArgs(p.scales, p.zeros, p.stride_sn, p.stride_sg, False, 0, p.own_key)
     n, k = q.shape
     args = (q.codes, gm.scales, p.table, p.second, p.mean, n, k, q.codes.stride(0), 1, n)
     key = key_token((signature(args), tuple(p.fmt.values()), True))
@@ -226,15 +235,16 @@ def prepared(q: QuantizedTensor) -> PreparedWeight:
     scales = q.scales
     zeros = q.zeros if q.zeros is not None else scales
     second, mean = second_level(q)
-    stride_sn = scales.stride(0)
+    stride_sn, stride_sg = scales.stride()
     fmt = format_constants(q)
     weight_args = (scales, zeros, table, second, mean)
-    two_groups = (scales.element_size() == 2 and zeros.element_size() == 2 and stride_sn % 2 == 0
+    two_groups = (scales.element_size() == 2 and zeros.element_size() == 2 and stride_sn % 2 == 0 and stride_sg == 1
                   and scales.data_ptr() % 4 == 0 and zeros.data_ptr() % 4 == 0)
     # with the format's constants: two weights alike in their tensors can differ in their format
-    own_key = key_token((signature((q.codes,) + weight_args + (n, k, q.codes.stride(0), stride_sn)),
+    own_key = key_token((signature((q.codes,) + weight_args + (n, k, q.codes.stride(0), stride_sn, stride_sg)),
                          tuple(fmt.values()), two_groups))
-    p = PreparedWeight(weakref.ref(q), units, scales, zeros, table, second, mean, stride_sn, fmt, two_groups, own_key)
+    p = PreparedWeight(weakref.ref(q), units, scales, zeros, table, second, mean, stride_sn, stride_sg, fmt, two_groups,
+                       own_key)
     _prepared[id(q)] = p
     # dropped with q: the entry holds views of q's tensors, which must not outlive it
     weakref.finalize(q, _prepared.pop, id(q), None)

@@ -101,10 +101,10 @@ def qgemm_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr,
     session 14): the split-K K loop 10.1 -> 4.8 instructions an element in sm_90 SASS, and on an
     H200 int4 g128 at M = 16, N = K = 8192, 52.1 -> 34.7 us. EVEN_N / EVEN_K: the weight's tiles
     need no mask.
-    Per-group scales and zeros: at row * stride_sn + group, as tile_params reads them (stride_sg
-    is then 1, unused); with TWO_GROUP_WORDS, 2-byte ones read two groups a word there
-    (two_group_params); with SCALE_ZERO_WORDS (asymmetric 4- and 2-bit codes), a scale and its zero
-    in one int32 word at row * stride_sn + group * stride_sg (scale_zero_params).
+    Per-group scales and zeros at row * stride_sn + group * stride_sg, as tile_params reads them;
+    with TWO_GROUP_WORDS (stride_sg 1), 2-byte ones read two groups a word (two_group_params); with
+    SCALE_ZERO_WORDS (asymmetric 4- and 2-bit codes), a scale and its zero in one int32 word there
+    (scale_zero_params).
     """
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -140,7 +140,7 @@ def qgemm_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr,
     LOOP_PARAMS: tl.constexpr = PER_BYTE > 1 and not EPILOGUE_SCALE and GRANULARITY != 2
     if LOOP_PARAMS:
         row_scale, row_zero = tile_params(scales_ptr, zeros_ptr, second_ptr, mean_ptr, rows_w, k_lo, N, K, stride_sn,
-                                          SYMMETRIC, GRANULARITY, GROUP, DQ, SCALE_DTYPE, BLOCK_N, BLOCK_K)
+                                          stride_sg, SYMMETRIC, GRANULARITY, GROUP, DQ, SCALE_DTYPE, BLOCK_N, BLOCK_K)
     for k0 in range(k_lo, k_hi, BLOCK_K):
         if PER_BYTE > 1:
             # one dot per field of the bytes (see the docstring)
@@ -165,7 +165,7 @@ def qgemm_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr,
                 scale, zero = row_scale, row_zero
             else:
                 scale, zero = tile_params(scales_ptr, zeros_ptr, second_ptr, mean_ptr, rows_w, k0, N, K, stride_sn,
-                                          SYMMETRIC, GRANULARITY, GROUP, DQ, SCALE_DTYPE, BLOCK_N, BLOCK_K)
+                                          stride_sg, SYMMETRIC, GRANULARITY, GROUP, DQ, SCALE_DTYPE, BLOCK_N, BLOCK_K)
             if HALF_FIELDS:
                 # every field of the tile dequantized in x's dtype, two to an instruction (half_fields)
                 if NG == 1:
@@ -196,8 +196,8 @@ def qgemm_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr,
                                 BLOCK_K)
             else:
                 w = dequant_tile(codes_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr, mean_ptr, rows_w, k0, N, K,
-                                 stride_cn, stride_sn, BITS, OFFSET, CODE, SYMMETRIC, GRANULARITY, GROUP, DQ,
-                                 SCALE_DTYPE, BLOCK_N, BLOCK_K)
+                                 stride_cn, stride_sn, stride_sg, BITS, OFFSET, CODE, SYMMETRIC, GRANULARITY, GROUP,
+                                 DQ, SCALE_DTYPE, BLOCK_N, BLOCK_K)
             if IEEE:
                 acc = tl.dot(w, xt.to(tl.float32), acc, input_precision="ieee")
             else:

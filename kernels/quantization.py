@@ -24,7 +24,7 @@ from .launching import Launcher
 from .references import qparams_ref, quantize_ref, refuse_poisoned_segments  # noqa: F401 (the reference beside its kernel)
 from .quantize_tiles import quantize_tiling
 from .scale_codes import double_quantize_scales
-from .spec import QuantizedTensor, QuantSpec
+from .spec import QuantizedTensor, QuantSpec, empty_scales
 
 @triton.jit
 def minmax_operands(x, mask):
@@ -242,7 +242,7 @@ def tensor_qparams_kernel(lo_ptr, hi_ptr, n_partials, scales_ptr, zeros_ptr,
 
 @triton.jit
 def quantize_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr, mean_ptr, N, K, stride_xn,
-                    stride_cn, stride_sn, BITS: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr,
+                    stride_cn, stride_sn, stride_sg, BITS: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr,
                     SYMMETRIC: tl.constexpr, CODE: tl.constexpr, MODE: tl.constexpr, GROUP: tl.constexpr,
                     CHUNK: tl.constexpr, STORE_CODES: tl.constexpr, EVEN: tl.constexpr, BLOCK_N: tl.constexpr,
                     BLOCK_K: tl.constexpr, SCALE_DTYPE: tl.constexpr = 0):
@@ -268,8 +268,9 @@ def quantize_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, table_ptr, second_p
     CODE: what a field is (quantize_tile); table_ptr: NF4's encode table (CODE 1).
     STORE_CODES False: write the scales only (the first pass of nf4_dq, into float32 scales).
     EVEN: N and K are multiples of BLOCK_N and BLOCK_K (MODE 0, 2, 3: the tiles need no mask).
-    Scales (and zeros, asymmetric only) are written in scales_ptr's dtype at
-    [row * stride_sn + group]; codes at [row * stride_cn + k * BITS // 8]. CHUNK must be a
+    Scales (and zeros, asymmetric only, with the scales' strides) are written in scales_ptr's dtype
+    at [row * stride_sn + group * stride_sg] (quantize's group-major pairs: stride_sn 2, stride_sg
+    2N); nf4_dq's scale codes are contiguous [N, groups]; codes at [row * stride_cn + k * BITS // 8]. CHUNK must be a
     multiple of 8 // BITS, so that no byte is shared between chunks.
     """
     pid_k = tl.program_id(0)
@@ -334,7 +335,7 @@ def quantize_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, table_ptr, second_p
             lo = tl.where(g_mask, lo.to(tl.float32), 0.0)  # groups past the matrix: keep them finite, never stored
             hi = tl.where(g_mask, hi.to(tl.float32), 0.0)
             scale, zero = qparams(lo, hi, scales_ptr.dtype.element_ty, QMAX, SYMMETRIC)
-            s_off = rows[:, None] * stride_sn + groups[None, :]
+            s_off = rows[:, None] * stride_sn + groups[None, :] * stride_sg
             tl.store(scales_ptr + s_off, scale, mask=g_mask)
             if not SYMMETRIC:
                 tl.store(zeros_ptr + s_off, zero, mask=g_mask)
@@ -352,7 +353,9 @@ def quantize(w: torch.Tensor, spec: QuantSpec, *, check_finite: bool = False) ->
     """Quantize w[N, K] (float32/float16/bfloat16, unit stride along K) with the Triton kernel.
 
     Returns codes uint8 [N, ceil(K * bits / 8)], scales and zeros (asymmetric only) in w's dtype,
-    shaped as ``spec.scales_shape(N, K)``. The format is documented in spec.py.
+    shaped as ``spec.scales_shape(N, K)``; asymmetric per-group ones of float16 and bfloat16 as
+    group-major scale+zero pairs (spec.scale_zero_pairs), others row-major. The format is
+    documented in spec.py.
 
     A segment holding NaN or +-Inf (or, float32/bfloat16 only, a range wider than float32) gets a
     NaN scale (and zero) and zero codes; the rest of w quantizes as usual. ``check_finite=True``
@@ -366,9 +369,7 @@ def quantize(w: torch.Tensor, spec: QuantSpec, *, check_finite: bool = False) ->
     codes = torch.empty((n, spec.packed_cols(k)), dtype=torch.uint8, device=w.device)
     # nf4_dq: a first pass writes the float32 absmax scales, which are double-quantized
     # (scale_codes.py), then the codes pass decodes them as it goes
-    scales = torch.empty(spec.scales_shape(n, k), dtype=torch.float32 if spec.double_quant else w.dtype,
-                         device=w.device)
-    zeros = None if spec.symmetric else torch.empty_like(scales)
+    scales, zeros = empty_scales(spec, n, k, torch.float32 if spec.double_quant else w.dtype, w.device)
     zeros_arg = scales if zeros is None else zeros  # never written when symmetric
     mode, block_n, block_k, group, chunk, num_warps = quantize_tiling(spec, k)
     grid = (1 if mode == 1 else cdiv(k, block_k), cdiv(n, block_n))
@@ -384,13 +385,13 @@ def quantize(w: torch.Tensor, spec: QuantSpec, *, check_finite: bool = False) ->
                BLOCK_K=block_k, num_warps=num_warps)
     # the scales, and the codes but for nf4_dq; second_ptr and mean_ptr are stand-ins (scales) outside MODE 3
     _quantize_launch(lambda meta: grid, (w, codes, scales, zeros_arg, table, scales, scales, n, k, w.stride(0),
-                                         codes.stride(0), scales.stride(0)),
+                                         codes.stride(0), scales.stride(0), scales.stride(1)),
                      dict(fmt, MODE=mode, STORE_CODES=not spec.double_quant))
     second = None
     if spec.double_quant:
         scales, second = double_quantize_scales(scales, w.dtype)
         _quantize_launch(lambda meta: grid, (w, codes, scales, scales, table, second.chunk_scales, second.mean, n, k,
-                                             w.stride(0), codes.stride(0), scales.stride(0)),
+                                             w.stride(0), codes.stride(0), scales.stride(0), scales.stride(1)),
                          dict(fmt, MODE=3, STORE_CODES=True, SCALE_DTYPE=SCALE_DTYPE_IDS[w.dtype]))
     q = QuantizedTensor(codes, scales, zeros, spec, (n, k), second)
     if check_finite:

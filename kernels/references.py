@@ -16,7 +16,8 @@ import torch
 from .checks import check_matrix, check_same_device
 from .codebooks import decode_ref, decode_scales, double_quantize, encode_ref, scales_of
 from .packing import pack_fields, unpack_fields
-from .spec import DQ_CHUNK, FLOAT_DTYPES, QuantizedTensor, QuantSpec
+from .spec import (DQ_CHUNK, FLOAT_DTYPES, QuantizedTensor, QuantSpec, as_scale_zero_pairs,
+                   stores_scale_zero_pairs)
 
 
 def qparams_ref(lo: torch.Tensor, hi: torch.Tensor, spec: QuantSpec,
@@ -106,6 +107,9 @@ def quantize_ref(w: torch.Tensor, spec: QuantSpec, *, check_finite: bool = False
     else:
         fields = encode_ref(v, spec)
     codes = pack_fields(fields.reshape(n, k), spec.bits)
+    if stores_scale_zero_pairs(spec, w.dtype):
+        # the layout quantize writes (spec.py, Storage), so that both give the kernels the same
+        stored, zero = as_scale_zero_pairs(stored, zero)
     q = QuantizedTensor(codes, stored, zero, spec, (n, k), second)
     if check_finite:
         refuse_poisoned_segments("w", w, q)
@@ -116,7 +120,9 @@ def check_quantized(q: QuantizedTensor, on_kernel_device: bool) -> None:
     n, k = q.shape
     spec = q.spec
     check_matrix("codes", q.codes, (torch.uint8,), on_kernel_device)
-    check_matrix("scales", q.scales, (torch.uint8,) if spec.double_quant else None, on_kernel_device)
+    # the kernels take the scales' and zeros' two strides (spec.py, Storage); nf4_dq's codes are row-major
+    check_matrix("scales", q.scales, (torch.uint8,) if spec.double_quant else None, on_kernel_device,
+                 unit_stride=spec.double_quant)
     if spec.double_quant != (q.second is not None):
         raise ValueError("the second level of the scales (second) must be given exactly when the scheme is nf4_dq")
     if q.codes.shape != (n, spec.packed_cols(k)):
@@ -130,6 +136,9 @@ def check_quantized(q: QuantizedTensor, on_kernel_device: bool) -> None:
     if q.zeros is not None and (q.zeros.shape != q.scales.shape or q.zeros.dtype != q.scales.dtype):
         raise ValueError(f"zeros must match scales' shape and dtype, got {list(q.zeros.shape)} "
                          f"{q.zeros.dtype} against {list(q.scales.shape)} {q.scales.dtype}")
+    if q.zeros is not None and q.zeros.stride() != q.scales.stride():
+        raise ValueError(f"zeros must have the scales' strides, got {tuple(q.zeros.stride())} against "
+                         f"{tuple(q.scales.stride())}; pass both .contiguous()")
     if q.second is not None:
         chunks = -(-q.scales.numel() // DQ_CHUNK)
         if tuple(q.second.chunk_scales.shape) != (chunks,) or tuple(q.second.mean.shape) != (1,):

@@ -24,6 +24,14 @@ Storage
     K, ``8 // bits`` per byte, little end first: element ``k`` of a row sits in byte ``k // (8 //
     bits)`` at bit offset ``(k % (8 // bits)) * bits``. A row has ``ceil(K * bits / 8)`` bytes; the
     unused fields of its last byte are zero.
+    Scales and zeros are ``[N, groups]`` tensors of any strides (zeros with the scales' strides).
+    ``quantize`` and ``quantize_ref`` write them row-major (``.contiguous()`` gives that layout),
+    except asymmetric per-group scales of 2 bytes (float16, bfloat16): those as *scale+zero
+    pairs*, one ``[groups, N, 2]`` buffer, group-major, each scale beside its zero, of which
+    ``scales`` and ``zeros`` are views (strides ``(2, 2N)``; ``scale_zero_pairs``). The matmul
+    kernels read a scale and its zero there as one 32-bit word, a tile's rows side by side; for
+    scales laid out otherwise they keep a copy in that layout (kernels/prepared.py). Every kernel
+    and reference reads either; nf4_dq's 8-bit scale codes are row-major.
 
 Degenerate ranges
     Where the stored scale would be zero (a constant or all-zero segment, or a range so small that
@@ -213,6 +221,47 @@ class QuantSpec:
             return codes + rows * cols + 4 * math.ceil(rows * cols / DQ_CHUNK) + 4
         per_param = rows * cols * torch.finfo(scale_dtype).bits // 8
         return codes + per_param * (1 if self.symmetric else 2)
+
+
+def scale_zero_pairs(n: int, groups: int, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scales, zeros), each [N, groups], as views of one new [groups, N, 2] buffer (the scale+zero
+    pairs of the Storage section above)."""
+    pairs = torch.empty((groups, n, 2), dtype=dtype, device=device)
+    return pairs[..., 0].t(), pairs[..., 1].t()
+
+
+def as_scale_zero_pairs(scales: torch.Tensor, zeros: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """scales and zeros [N, groups] copied into scale_zero_pairs' layout."""
+    pair_scales, pair_zeros = scale_zero_pairs(*scales.shape, scales.dtype, scales.device)
+    pair_scales.copy_(scales)
+    pair_zeros.copy_(zeros)
+    return pair_scales, pair_zeros
+
+
+def stores_scale_zero_pairs(spec: QuantSpec, dtype: torch.dtype) -> bool:
+    """Whether quantize and quantize_ref write a weight of `dtype` in `spec` as scale+zero pairs:
+    asymmetric per-group scales of 2 bytes."""
+    return spec.granularity == "group" and spec.scheme == "asymmetric" and dtype in (torch.float16, torch.bfloat16)
+
+
+def empty_scales(spec: QuantSpec, n: int, k: int, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """New (scales, zeros) of `dtype` for an [N, K] weight in `spec` (zeros None when symmetric), in
+    the layout quantize writes: scale+zero pairs where stores_scale_zero_pairs, else row-major."""
+    if stores_scale_zero_pairs(spec, dtype):
+        return scale_zero_pairs(n, k // spec.group_size, dtype, device)
+    scales = torch.empty(spec.scales_shape(n, k), dtype=dtype, device=device)
+    return scales, None if spec.symmetric else torch.empty_like(scales)
+
+
+def are_scale_zero_pairs(scales: torch.Tensor, zeros: torch.Tensor | None) -> bool:
+    """Whether scales and zeros [N, groups] are laid out as scale_zero_pairs lays them out (of
+    2-byte elements, the zeros one element after the scales in the same storage)."""
+    if zeros is None or scales.element_size() != 2 or zeros.dtype != scales.dtype or scales.dim() != 2:
+        return False
+    n = scales.shape[0]
+    return (scales.stride() == zeros.stride() == (2, 2 * n)
+            and scales.untyped_storage().data_ptr() == zeros.untyped_storage().data_ptr()
+            and zeros.storage_offset() == scales.storage_offset() + 1)
 
 
 @dataclass(frozen=True)

@@ -36,13 +36,12 @@ def test_the_candidate_rows_say_which_kernel_ran(matmul_run):
 
 def test_the_candidate_rows_say_how_their_kernel_was_launched(matmul_run):
     """kernel_config: under the interpreter the fixed tiles (on the GPU the autotuner's choice,
-    tests/gpu/test_kernel_paths.py), and the dequantize plan's tile before cuBLAS; the fused
-    paths', the copy of the scales they read: 2 groups x 32 rows of a 2-byte scale and a 2-byte zero."""
+    tests/gpu/test_kernel_paths.py), and the dequantize plan's tile before cuBLAS; no copy of the
+    scales named: the weight's are quantize's scale+zero pairs, which the fused paths read as they are."""
     configs = matmul_run[matmul_run["impl"] == "triton"].set_index("M")["kernel_config"].to_dict()
-    copy = "; scale+zero words group-major (+256 bytes)"
-    assert configs == {1: "BLOCK_N=16 BLOCK_K=64 SPLIT_K=2 STAGES=1 (interpreter)" + copy,
-                       16: "BLOCK_M=16 BLOCK_N=32 BLOCK_K=32 GROUP_M=4 SPLIT_K=2 (interpreter)" + copy,
-                       96: "BLOCK_M=16 BLOCK_N=32 BLOCK_K=32 GROUP_M=4 SPLIT_K=1 (interpreter)" + copy,
+    assert configs == {1: "BLOCK_N=16 BLOCK_K=64 SPLIT_K=2 STAGES=1 (interpreter)",
+                       16: "BLOCK_M=16 BLOCK_N=32 BLOCK_K=32 GROUP_M=4 SPLIT_K=2 (interpreter)",
+                       96: "BLOCK_M=16 BLOCK_N=32 BLOCK_K=32 GROUP_M=4 SPLIT_K=1 (interpreter)",
                        128: "dequantize BLOCK_N=64 BLOCK_K=64 num_warps=4, then cuBLAS"}
     assert matmul_run.loc[matmul_run["impl"] != "triton", "kernel_config"].isna().all()
 

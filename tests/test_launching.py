@@ -2,6 +2,8 @@
 a compiled kernel may be reused, and that a weight is checked before its first use. The direct
 launch itself runs on a GPU only (tests/gpu/test_kernel_paths.py)."""
 
+import dataclasses
+
 import pytest
 import torch
 import triton
@@ -176,29 +178,36 @@ def test_a_planned_launch_runs_the_kept_kernel_and_says_its_choice(monkeypatch):
 
 
 def test_the_matmuls_read_group_scales_group_major(device):
-    """ScaleArgs: per-group 2-byte scales and zeros copied once as [groups, N] words (scale in the
-    low half, zero in the high one), read by the GEMV and, for 4- and 2-bit codes, the GEMMs;
-    symmetric ones copied as [groups, N] scales for the GEMV; the copy's bytes counted; per-channel
-    weights and nf4_dq's 8-bit codes read as q holds them, nothing copied."""
+    """ScaleArgs: quantize's scale+zero pairs read in place as [groups, N] words (scale in the low
+    half, zero in the high one) by the GEMV and, for 4- and 2-bit codes, the GEMMs, nothing copied;
+    the same scales held row-major copied once into that layout, the copy's bytes counted;
+    symmetric ones copied as [groups, N] scales for the GEMV; per-channel weights and nf4_dq's
+    8-bit codes read as q holds them, nothing copied."""
     from quantbench.kernels import prepared
     w = torch.randn(48, 128, device=device, dtype=torch.float16)
     asym = quantize_ref(w, QuantSpec(4, "asymmetric", "group", 32))
-    p = prepared.prepared(asym)
-    pa = p.gemv_scales()
-    assert pa.words and pa.scales.shape == (4, 48) and pa.scales.dtype == torch.int32
-    assert (pa.stride_row, pa.stride_group) == (1, 48) and pa.extra_bytes == asym.scales.nbytes + asym.zeros.nbytes
-    halves = pa.scales.view(torch.float16).view(4, 48, 2)
-    assert torch.equal(halves[..., 0], asym.scales.t()) and torch.equal(halves[..., 1], asym.zeros.t())
-    ga = p.gemm_scales()  # the same copy, under the GEMMs' own key
-    assert ga.scales is pa.scales and (ga.stride_row, ga.stride_group, ga.words) == (1, 48, True) and ga.key != pa.key
-    assert ga.describe() == pa.describe() == f"scale+zero words group-major (+{pa.extra_bytes} bytes)"
+    row_major = dataclasses.replace(asym, scales=asym.scales.contiguous(), zeros=asym.zeros.contiguous())
+    for q, extra in ((asym, 0), (row_major, asym.scales.nbytes + asym.zeros.nbytes)):
+        p = prepared.prepared(q)
+        pa = p.gemv_scales()
+        assert pa.words and pa.scales.shape == (4, 48) and pa.scales.dtype == torch.int32
+        assert (pa.stride_row, pa.stride_group) == (1, 48) and pa.extra_bytes == extra
+        halves = pa.scales.view(torch.float16).view(4, 48, 2)
+        assert torch.equal(halves[..., 0], asym.scales.t()) and torch.equal(halves[..., 1], asym.zeros.t())
+        ga = p.gemm_scales()  # the same words, under the GEMMs' own key
+        assert ga.scales is pa.scales and (ga.stride_row, ga.stride_group, ga.words) == (1, 48, True)
+        assert ga.key != pa.key and ga.describe() == pa.describe()
+    assert prepared.prepared(asym).gemv_scales().scales.data_ptr() == asym.scales.data_ptr()  # in place
+    assert prepared.prepared(asym).gemv_scales().describe() == ""
+    assert prepared.prepared(row_major).gemv_scales().describe() == "scale+zero words group-major (+768 bytes)"
     sym_q = quantize_ref(w, QuantSpec(4, "symmetric", "group", 32))
     sym = prepared.prepared(sym_q).gemv_scales()
     assert not sym.words and sym.zeros is sym.scales and sym.scales.shape == (4, 48) and sym.extra_bytes == 4 * 48 * 2
     assert prepared.prepared(sym_q).gemm_scales().scales is sym_q.scales  # two groups a word, as q holds them
-    # 8-bit codes: the GEMMs' 8-bit route reads tiles as dequantize does, from q's own
+    # 8-bit codes: the GEMMs' 8-bit route reads tiles as dequantize does, from q's own (strided) pairs
     int8 = quantize_ref(w, QuantSpec(8, "asymmetric", "group", 32))
     assert prepared.prepared(int8).gemm_scales().scales is int8.scales and prepared.prepared(int8).gemv_scales().words
+    assert prepared.prepared(int8).gemm_scales().stride_group == 2 * 48
     for spec in (QuantSpec(4, "asymmetric", "channel"), QuantSpec(4, "nf4_dq", "group", 32)):
         q = quantize_ref(w, spec)
         for own in (prepared.prepared(q).gemv_scales(), prepared.prepared(q).gemm_scales()):

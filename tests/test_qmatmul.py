@@ -9,8 +9,8 @@ import dataclasses
 import pytest
 import torch
 
-from quantbench.kernels import (BITS, INTEGER_SCHEMES, SCHEMES, QuantSpec, dequantize_ref, qmatmul, qmatmul_ref,
-                                quantize_ref, spec_exists)
+from quantbench.kernels import (BITS, INTEGER_SCHEMES, SCHEMES, QuantSpec, dequantize, dequantize_ref, qmatmul,
+                                qmatmul_ref, quantize, quantize_ref, spec_exists)
 from quantbench.kernels.checks import cdiv
 from quantbench.kernels.prepared import prepared
 from quantbench.kernels.qgemm import qgemm_kernel
@@ -104,6 +104,36 @@ def test_scales_are_read_two_to_a_word_only_where_that_is_aligned(shift, gen, de
     assert prepared(q).two_group_words == (not shift) and not prepared(q).gemm_scales().words
     exact = x.double() @ dequantize_ref(q, torch.float32).double().t()
     assert rel_err(qmatmul(x, q), exact) <= tolerance(torch.float16, k)
+
+
+@pytest.mark.parametrize("spec", [QuantSpec(4, "asymmetric", "group", 32), QuantSpec(8, "asymmetric", "group", 32),
+                                  QuantSpec(2, "asymmetric", "group", 64)], ids=str)
+def test_the_kernels_read_both_layouts_of_the_scales_alike(spec, gen, device):
+    """A weight's scales and zeros as quantize writes them (group-major scale+zero pairs) and the
+    same values row-major (.contiguous(), as a weight made elsewhere may hold them): dequantize and
+    every qmatmul path give the same bits from both (the GEMV and the GEMMs read a copy laid out
+    as the pairs are, the 8-bit GEMM and dequantize each layout through its strides), right
+    against float64."""
+    n, k = 40, 256
+    w = torch.randn(n, k, generator=gen).half().to(device)
+    q = quantize(w, spec)
+    row_major = dataclasses.replace(q, scales=q.scales.contiguous(), zeros=q.zeros.contiguous())
+    assert q.scales.stride() == (2, 2 * n) and row_major.scales.stride() == (k // spec.group_size, 1)
+    assert torch.equal(dequantize(q), dequantize(row_major))
+    for m in (1, 16, 96):
+        x = torch.randn(m, k, generator=gen).half().to(device)
+        y = qmatmul(x, q)
+        assert torch.equal(y, qmatmul(x, row_major)), m
+        exact = x.double() @ dequantize_ref(q, torch.float32).double().t()
+        assert rel_err(y, exact) <= tolerance(torch.float16, k), m
+
+
+def test_zeros_must_have_the_scales_strides(gen, device):
+    w = torch.randn(16, 64, generator=gen).half().to(device)
+    q = quantize(w, QuantSpec(4, "asymmetric", "group", 32))
+    mixed = dataclasses.replace(q, zeros=q.zeros.contiguous())
+    with pytest.raises(ValueError, match=r"zeros must have the scales' strides, got \(2, 1\) against \(2, 32\)"):
+        qmatmul(torch.randn(1, 64, generator=gen).half().to(device), mixed)
 
 
 def test_reference_is_the_seed_forward_pass(gen):

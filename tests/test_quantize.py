@@ -85,6 +85,30 @@ def test_shapes_and_dtypes_of_outputs(spec, gen, device):
     assert q.nbytes == spec.nbytes(6, 64, torch.float16)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("spec", [QuantSpec(4, "asymmetric", "group", 32), QuantSpec(8, "asymmetric", "group", 64),
+                                  QuantSpec(4, "symmetric", "group", 32), QuantSpec(4, "asymmetric", "channel"),
+                                  QuantSpec(4, "nf4_dq", "group", 64)], ids=str)
+def test_the_layout_of_the_scales(spec, dtype, gen, device):
+    """quantize and quantize_ref write asymmetric per-group 2-byte scales and zeros as views of one
+    group-major [groups, N, 2] buffer, each scale beside its zero (spec.py, Storage: what the
+    matmul kernels read as 32-bit words), and every other format's row-major."""
+    from quantbench.kernels.spec import are_scale_zero_pairs
+    n, k = 24, 128
+    w = torch.randn(n, k, generator=gen).to(dtype).to(device)
+    pairs = spec.scheme == "asymmetric" and spec.granularity == "group" and dtype != torch.float32
+    for q in (quantize(w, spec), quantize_ref(w, spec)):
+        assert are_scale_zero_pairs(q.scales, q.zeros) == pairs
+        if pairs:
+            groups = k // spec.group_size
+            assert q.scales.stride() == q.zeros.stride() == (2, 2 * n)
+            buffer = torch.as_strided(q.scales, (groups, n, 2), (2 * n, 2, 1))
+            assert torch.equal(buffer[..., 0], q.scales.t()) and torch.equal(buffer[..., 1], q.zeros.t())
+        else:
+            assert q.scales.is_contiguous() and (q.zeros is None or q.zeros.is_contiguous())
+        assert q.nbytes == spec.nbytes(n, k, dtype)  # the buffer holds the scales' and zeros' bytes, no more
+
+
 @pytest.mark.parametrize("scheme", INTEGER_SCHEMES)  # the codebook schemes': test_codebook_formats.py
 @pytest.mark.parametrize("granularity", ["tensor", "channel", "group"])
 @pytest.mark.parametrize("value", [0.0, 3.25, -1e-3])

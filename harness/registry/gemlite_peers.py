@@ -74,7 +74,8 @@ def gemlite_layer(inp: MatmulInputs):
     if spec.scheme == "symmetric":
         layer.pack(fields, q.scales, zeros=spec.offset)
         return layer
-    layer.pack(fields, q.scales, zeros=q.zeros, fma_mode=True)
+    # row-major copies: quantize's scale+zero pairs are strided views (kernels/spec.py, Storage)
+    layer.pack(fields, q.scales.contiguous(), zeros=q.zeros.contiguous(), fma_mode=True)
     # [groups, N], the layout pack() gives scales and zeros
     layer.zeros = torch.nn.Parameter(q.zeros.t().contiguous(), requires_grad=False)
     layer.W_group_mode, layer.channel_scale_mode = 4, 0  # W_q * scales + zeros in-kernel, no post-scaling

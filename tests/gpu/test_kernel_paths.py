@@ -12,6 +12,8 @@ Tolerances by rule, as in tests/test_qmatmul.py: products against float64 with t
 quantized weights within 2 eps(dtype) + K eps(float32).
 """
 
+import dataclasses
+
 import pytest
 import torch
 import triton
@@ -169,13 +171,14 @@ def test_launchers_reuse_what_triton_compiled():
                      quantization._quantize_launch, w8a8._tokens_launch, w8a8._int8_gemm_launch):
         assert launcher.direct and launcher.plans, launcher.tuned
     # each path's kernel_config is one of its autotuner's configs, read after a direct launch; the
-    # fused paths name the group-major copy of the scales they read, after the config
-    layout = prepared(q).gemv_scales().describe()
-    assert layout == "scale+zero words group-major (+512 bytes)"  # 2 groups x 64 rows x 4 bytes
-    for m, tuned in ((1, qm.qgemv_tuned), (16, qm.qgemm_split_tuned), (100, qm.qgemm_tuned)):
-        qmatmul(x.repeat(m, 1), q)
-        config, _, rest = qm.qmatmul_config(x.repeat(m, 1), q).partition("; ")
-        assert config in {launching.describe_choice(c) for c in tuned.configs} and rest == layout
+    # fused paths name a group-major copy of the scales they read, after the config: none for
+    # quantize's scale+zero pairs, one for the same scales held row-major
+    row_major = dataclasses.replace(q, scales=q.scales.contiguous(), zeros=q.zeros.contiguous())
+    for weight, layout in ((q, ""), (row_major, "scale+zero words group-major (+512 bytes)")):  # 2 x 64 x 4 bytes
+        for m, tuned in ((1, qm.qgemv_tuned), (16, qm.qgemm_split_tuned), (100, qm.qgemm_tuned)):
+            qmatmul(x.repeat(m, 1), weight)
+            config, _, rest = qm.qmatmul_config(x.repeat(m, 1), weight).partition("; ")
+            assert config in {launching.describe_choice(c) for c in tuned.configs} and rest == layout
 
 
 @pytest.mark.parametrize("m,n,k,path", MATMUL_PATHS, ids=[p[3] for p in MATMUL_PATHS])
