@@ -92,7 +92,7 @@ def test_the_import_check_sees_relative_and_absolute_imports(tmp_path):
         fake.unlink()
 
 
-QUICK = ROOT / "results" / "h200" / "quick-20261123T233412Z"
+QUICK = ROOT / "results" / "h200" / "quick-20261202T201422Z"
 CHECK = """
 import contextlib, io, sys
 from quantbench.harness.cli import main

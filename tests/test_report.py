@@ -20,7 +20,7 @@ from quantbench.kernels.spec import QuantSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK_H100 = ROOT / "results/h100/quick-20261124T001945Z"  # quantize and dequantize on an H100
-QUICK_H200 = ROOT / "results/h200/quick-20261123T233412Z"  # the same on an H200
+QUICK_H200 = ROOT / "results/h200/quick-20261202T201422Z"  # the same on an H200
 MATMUL_H200 = ROOT / "results/h200/matmul-20261123T233436Z"  # matmul: triton, torch, tinygemm, fp16
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
