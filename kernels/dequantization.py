@@ -144,9 +144,9 @@ def scale_zero_words(words, SCALE_DTYPE: tl.constexpr):
 
 @triton.jit
 def dequant_tile(codes_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr, mean_ptr, rows, k0, N, K, stride_cn,
-                 stride_sn, stride_sg, BITS: tl.constexpr, OFFSET: tl.constexpr, CODE: tl.constexpr, SYMMETRIC: tl.constexpr,
-                 GRANULARITY: tl.constexpr, GROUP: tl.constexpr, DQ: tl.constexpr, SCALE_DTYPE: tl.constexpr,
-                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, VECTOR: tl.constexpr = 0):
+                 stride_sn, stride_sg, BITS: tl.constexpr, OFFSET: tl.constexpr, CODE: tl.constexpr,
+                 SYMMETRIC: tl.constexpr, GRANULARITY: tl.constexpr, GROUP: tl.constexpr, DQ: tl.constexpr,
+                 SCALE_DTYPE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, VECTOR: tl.constexpr = 0):
     """Dequantized float32 tile W[rows, k0 : k0 + BLOCK_K] -> [BLOCK_N, BLOCK_K] (codes as in
     unpack_tile).
 
@@ -213,8 +213,8 @@ def load_packed(codes_ptr, rows, k0, N, K, stride_cn, BITS: tl.constexpr, BLOCK_
 
 @triton.jit
 def tile_params(scales_ptr, zeros_ptr, second_ptr, mean_ptr, rows, k0, N, K, stride_sn, stride_sg,
-                SYMMETRIC: tl.constexpr, GRANULARITY: tl.constexpr, GROUP: tl.constexpr, DQ: tl.constexpr, SCALE_DTYPE: tl.constexpr,
-                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                SYMMETRIC: tl.constexpr, GRANULARITY: tl.constexpr, GROUP: tl.constexpr, DQ: tl.constexpr,
+                SCALE_DTYPE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """(scale, zero), float32 [BLOCK_N, NG], of the segments of W[rows, k0 : k0 + BLOCK_K]: NG =
     BLOCK_K // GROUP groups where a tile holds several, else 1 (per tensor, per channel, or a tile
     inside one group). zero is 0 for SYMMETRIC. As dequant_tile reads them, for apply_params."""

@@ -85,9 +85,9 @@ class PreparedWeight:
     units: the codes as the GEMV reads them (code_units); scales, zeros: what the kernels take
     for them (zeros = scales when there are none; nf4_dq's scales are its uint8 scale codes);
     second, mean: nf4_dq's chunk scales and mean (stand-ins otherwise); stride_sn, stride_sg: the
-    scales' (and zeros') row and group strides; fmt: the format constants the kernels take; two_group_words: whether the GEMMs may
-    read q's 2-byte scales and zeros two groups to a 32-bit word (qgemm.two_group_params: both
-    4-byte aligned, an even row stride); own_key: the signature of q's own tensors and sizes, fmt
+    scales' (and zeros') row and group strides; fmt: the format constants the kernels take;
+    two_group_words: whether the GEMMs may read q's 2-byte scales and zeros two groups to a 32-bit
+    word (qgemm.two_group_params: both 4-byte aligned, an even row stride, a group stride of 1); own_key: the signature of q's own tensors and sizes, fmt
     and two_group_words (a launching.key_token): the weight's share of dequantize's launch key,
     and of the GEMMs' where they read q's own scales; gemv_scales() / gemm_scales(): what the GEMV
     and the GEMMs read the scales from (ScaleArgs, made on first use); gemv_constants: per
@@ -171,9 +171,9 @@ def group_major_copy(q: QuantizedTensor) -> GroupMajor | None:
     load for both; where q holds them so already (quantize's scale+zero pairs, spec.py), those
     words are read and nothing is copied. On an H200, int4 g128 (kernels/NOTES.md, sessions 19-20):
     the GEMV 24.3 -> 21.8 us at 8192^2 float16, 59.7 -> 52.1 at 28672 x 8192 bfloat16; the split-K
-    GEMM (words) 26.0 -> 22.6 at M = 16, 46.9 -> 41.1 at M = 64. A copy costs the device as many bytes as q's scales
-    and zeros (+5.9% of an int4 g128 weight) while q lives, like tinygemm's scales_and_zeros made
-    for its kernel."""
+    GEMM (words) 26.0 -> 22.5 at M = 16, 46.7 -> 40.8 at M = 64. A copy costs the device as many
+    bytes as q's scales and zeros (+5.9% of an int4 g128 weight) while q lives, like tinygemm's
+    scales_and_zeros made for its kernel."""
     if q.spec.granularity != "group" or q.second is not None:
         return None
     if are_scale_zero_pairs(q.scales, q.zeros) and q.scales.data_ptr() % 4 == 0:

@@ -62,9 +62,9 @@ def qgemv_kernel(x_ptr, units_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr,
     as uint8 (FIELDS = 8 // BITS); field j of unit u holds column u * FIELDS + j either way, since
     the bytes are little endian. row_units: units per row; stride_un in units. Scales and zeros as
     in dequant_tile, but for per-group ones: the scale of row r and group g at r * stride_sn +
-    g * stride_sg, which reads them group-major (prepared.ScaleArgs); SCALE_ZERO_WORDS: the scale and
-    the zero in the low and high halves of one 32-bit word there (scales_ptr). BLOCK_K is a multiple of FIELDS; with per-group scales BLOCK_K and GROUP are
-    powers of two. EVEN_N / EVEN_K: N / K are multiples of BLOCK_N / BLOCK_K (no masks needed).
+    g * stride_sg, which reads them group-major (prepared.ScaleArgs); SCALE_ZERO_WORDS: the scale
+    and the zero in the low and high halves of one 32-bit word there (scales_ptr). BLOCK_K is a
+    multiple of FIELDS; with per-group scales BLOCK_K and GROUP are powers of two. EVEN_N / EVEN_K: N / K are multiples of BLOCK_N / BLOCK_K (no masks needed).
     SPLIT_K > 1: the K range is cut in SPLIT_K parts, one program each, summed as in finish_tile.
 
     At M = 1 the arithmetic per weight element is what competes with the bytes (an int4 weight

@@ -245,7 +245,8 @@ def stores_scale_zero_pairs(spec: QuantSpec, dtype: torch.dtype) -> bool:
     return spec.granularity == "group" and spec.scheme == "asymmetric" and dtype in (torch.float16, torch.bfloat16)
 
 
-def empty_scales(spec: QuantSpec, n: int, k: int, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+def empty_scales(spec: QuantSpec, n: int, k: int, dtype: torch.dtype,
+                 device) -> tuple[torch.Tensor, torch.Tensor | None]:
     """New (scales, zeros) of `dtype` for an [N, K] weight in `spec` (zeros None when symmetric), in
     the layout quantize writes: scale+zero pairs where stores_scale_zero_pairs, else row-major."""
     if stores_scale_zero_pairs(spec, dtype):

@@ -237,9 +237,10 @@ MMA_SYNC_TILES = [t for t in SPLIT_TILES if t[4] < 4]
                          ids=lambda v: fmt(v) if isinstance(v, QuantSpec) else str(v)[6:])
 def test_split_k_tiles_on_two_warps(tile, spec, dtype):
     """Each split-K tile of fewer than 4 warps, launched directly (not through the autotuner,
-    which keeps only its pick), on the sub-byte route and its scale+zero words (int4 g128), bytes with the scale in the epilogue (int8), four fields a byte (int2), a codebook
-    with decoded scales (nf4_dq) and e4m3 values (fp8): against float64, twice in a row (the
-    workspace clean after the first)."""
+    which keeps only its pick), on the sub-byte route and its scale+zero words (int4 g128), bytes
+    with the scale in the epilogue (int8), four fields a byte (int2), a codebook with decoded
+    scales (nf4_dq) and e4m3 values (fp8): against float64, twice in a row (the workspace clean
+    after the first)."""
     bm, bn, bk, splits, warps, stages = tile
     m, n, k = 16, 2 * bn, 4 * bk
     g = torch.Generator().manual_seed(bn + bk)
