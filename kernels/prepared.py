@@ -169,7 +169,8 @@ def group_major_copy(q: QuantizedTensor) -> GroupMajor | None:
     contiguous there, where in q's [N, groups] they are BLOCK_N 2-byte loads from as many 32-byte
     sectors. Where scales and zeros are 2 bytes, each scale and its zero in one 32-bit word: one
     load for both; where q holds them so already (quantize's scale+zero pairs, spec.py), those
-    words are read and nothing is copied. On an H200, int4 g128 (kernels/NOTES.md, sessions 19-20):
+    words are read and nothing is copied, and so are scales (and zeros) already group-major
+    (strides (1, N)) where there are no 2-byte zeros to pair. On an H200, int4 g128 (kernels/NOTES.md, sessions 19-20):
     the GEMV 24.3 -> 21.8 us at 8192^2 float16, 59.7 -> 52.1 at 28672 x 8192 bfloat16; the split-K
     GEMM (words) 26.0 -> 22.5 at M = 16, 46.7 -> 40.8 at M = 64. A copy costs the device as many
     bytes as q's scales and zeros (+5.9% of an int4 g128 weight) while q lives, like tinygemm's
@@ -186,6 +187,10 @@ def group_major_copy(q: QuantizedTensor) -> GroupMajor | None:
         pairs = torch.stack([q.scales.t(), q.zeros.t()], dim=-1).contiguous()  # [groups, N, 2]
         words = pairs.view(torch.int32).view(pairs.shape[:2])
         return GroupMajor(words, words, True, pairs.nbytes)
+    if q.scales.stride() == (1, q.scales.shape[0]):
+        # already group-major (zeros, if any, with the same strides: check_quantized): read in place
+        scales = q.scales.t()
+        return GroupMajor(scales, scales if q.zeros is None else q.zeros.t(), False, 0)
     scales = q.scales.t().contiguous()  # [groups, N]
     zeros = scales if q.zeros is None else q.zeros.t().contiguous()
     return GroupMajor(scales, zeros, False, scales.nbytes + (0 if q.zeros is None else zeros.nbytes))

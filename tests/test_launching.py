@@ -204,6 +204,11 @@ def test_the_matmuls_read_group_scales_group_major(device):
     sym = prepared.prepared(sym_q).gemv_scales()
     assert not sym.words and sym.zeros is sym.scales and sym.scales.shape == (4, 48) and sym.extra_bytes == 4 * 48 * 2
     assert prepared.prepared(sym_q).gemm_scales().scales is sym_q.scales  # two groups a word, as q holds them
+    # symmetric scales already group-major (strides (1, N)) are read in place, nothing copied
+    sym_gm = dataclasses.replace(sym_q, scales=sym_q.scales.t().contiguous().t())
+    in_place = prepared.prepared(sym_gm).gemv_scales()
+    assert in_place.extra_bytes == 0 and in_place.scales.data_ptr() == sym_gm.scales.data_ptr()
+    assert (in_place.stride_row, in_place.stride_group) == (1, 48) and torch.equal(in_place.scales, sym.scales)
     # 8-bit codes: the GEMMs' 8-bit route reads tiles as dequantize does, from q's own (strided) pairs
     int8 = quantize_ref(w, QuantSpec(8, "asymmetric", "group", 32))
     assert prepared.prepared(int8).gemm_scales().scales is int8.scales and prepared.prepared(int8).gemv_scales().words

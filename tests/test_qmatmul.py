@@ -107,23 +107,28 @@ def test_scales_are_read_two_to_a_word_only_where_that_is_aligned(shift, gen, de
 
 
 @pytest.mark.parametrize("spec", [QuantSpec(4, "asymmetric", "group", 32), QuantSpec(8, "asymmetric", "group", 32),
-                                  QuantSpec(2, "asymmetric", "group", 64)], ids=str)
-def test_the_kernels_read_both_layouts_of_the_scales_alike(spec, gen, device):
-    """A weight's scales and zeros as quantize writes them (group-major scale+zero pairs) and the
-    same values row-major (.contiguous(), as a weight made elsewhere may hold them): dequantize and
-    every qmatmul path give the same bits from both (the GEMV and the GEMMs read a copy laid out
-    as the pairs are, the 8-bit GEMM and dequantize each layout through its strides), right
-    against float64."""
+                                  QuantSpec(2, "asymmetric", "group", 64), QuantSpec(4, "symmetric", "group", 32),
+                                  QuantSpec(4, "nf4", "group", 64)], ids=str)
+def test_the_kernels_read_every_layout_of_the_scales_alike(spec, gen, device):
+    """A weight's scales (and zeros) as quantize writes them (group-major scale+zero pairs for
+    asymmetric ones, row-major for the others), row-major (.contiguous()) and group-major (strides
+    (1, N)), as a weight made elsewhere may hold them: dequantize and every qmatmul path give the
+    same bits from each (the GEMV and the GEMMs read the words or a copy, the strided routes
+    read through the strides), right against float64."""
     n, k = 40, 256
     w = torch.randn(n, k, generator=gen).half().to(device)
     q = quantize(w, spec)
-    row_major = dataclasses.replace(q, scales=q.scales.contiguous(), zeros=q.zeros.contiguous())
-    assert q.scales.stride() == (2, 2 * n) and row_major.scales.stride() == (k // spec.group_size, 1)
-    assert torch.equal(dequantize(q), dequantize(row_major))
+    zeros = (lambda t: None) if q.zeros is None else (lambda t: t(q.zeros))
+    row_major = dataclasses.replace(q, scales=q.scales.contiguous(), zeros=zeros(torch.Tensor.contiguous))
+    group_major = dataclasses.replace(q, scales=q.scales.t().contiguous().t(),
+                                      zeros=zeros(lambda z: z.t().contiguous().t()))
+    assert row_major.scales.stride() == (k // spec.group_size, 1) and group_major.scales.stride() == (1, n)
+    assert q.scales.stride() == ((2, 2 * n) if spec.scheme == "asymmetric" else (k // spec.group_size, 1))
+    assert torch.equal(dequantize(q), dequantize(row_major)) and torch.equal(dequantize(q), dequantize(group_major))
     for m in (1, 16, 96):
         x = torch.randn(m, k, generator=gen).half().to(device)
         y = qmatmul(x, q)
-        assert torch.equal(y, qmatmul(x, row_major)), m
+        assert torch.equal(y, qmatmul(x, row_major)) and torch.equal(y, qmatmul(x, group_major)), m
         exact = x.double() @ dequantize_ref(q, torch.float32).double().t()
         assert rel_err(y, exact) <= tolerance(torch.float16, k), m
 
