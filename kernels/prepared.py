@@ -87,8 +87,9 @@ class PreparedWeight:
     second, mean: nf4_dq's chunk scales and mean (stand-ins otherwise); stride_sn, stride_sg: the
     scales' (and zeros') row and group strides; fmt: the format constants the kernels take;
     two_group_words: whether the GEMMs may read q's 2-byte scales and zeros two groups to a 32-bit
-    word (qgemm.two_group_params: both 4-byte aligned, an even row stride, a group stride of 1); own_key: the signature of q's own tensors and sizes, fmt
-    and two_group_words (a launching.key_token): the weight's share of dequantize's launch key,
+    word (qgemm.two_group_params: both 4-byte aligned, an even row stride, a group stride of 1);
+    own_key: the signature of q's own tensors and sizes, fmt and two_group_words (a
+    launching.key_token): the weight's share of dequantize's launch key,
     and of the GEMMs' where they read q's own scales; gemv_scales() / gemm_scales(): what the GEMV
     and the GEMMs read the scales from (ScaleArgs, made on first use); gemv_constants: per
     activation dtype, the GEMV's constants (fmt, FIELDS, FOLD_OFFSET, SCALE_ZERO_WORDS), which its

@@ -64,7 +64,8 @@ def qgemv_kernel(x_ptr, units_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr,
     in dequant_tile, but for per-group ones: the scale of row r and group g at r * stride_sn +
     g * stride_sg, which reads them group-major (prepared.ScaleArgs); SCALE_ZERO_WORDS: the scale
     and the zero in the low and high halves of one 32-bit word there (scales_ptr). BLOCK_K is a
-    multiple of FIELDS; with per-group scales BLOCK_K and GROUP are powers of two. EVEN_N / EVEN_K: N / K are multiples of BLOCK_N / BLOCK_K (no masks needed).
+    multiple of FIELDS; with per-group scales BLOCK_K and GROUP are powers of two. EVEN_N /
+    EVEN_K: N / K are multiples of BLOCK_N / BLOCK_K (no masks needed).
     SPLIT_K > 1: the K range is cut in SPLIT_K parts, one program each, summed as in finish_tile.
 
     At M = 1 the arithmetic per weight element is what competes with the bytes (an int4 weight
@@ -281,8 +282,9 @@ def qmatmul_config(x: torch.Tensor, q: QuantizedTensor) -> str | None:
     """The launch configuration of the kernel qmatmul(x, q) runs, as its last launch ran it: the
     autotuner's choice for the GEMV or GEMM qmatmul_path picks (Launcher.last_choice), the
     dequantize plan's tile then cuBLAS, or the fixed tile under the interpreter; for the GEMV and
-    the GEMMs, the layout of the copy of the scales they read, where they read one (ScaleArgs.describe). Read it right
-    after the call: a launcher remembers its last launch only (the results' kernel_config)."""
+    the GEMMs, the layout of the copy of the scales they read, where they read one
+    (ScaleArgs.describe). Read it right after the call: a launcher remembers its last launch only
+    (the results' kernel_config)."""
     path = qmatmul_path(x.shape[0], x.dtype, q.spec.bits)
     if path == "dequantize+cublas":
         return f"dequantize {dequantize_choice(q, x.dtype)}, then cuBLAS"
