@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from .codebooks import CODE_IDS, SCALE_DTYPE_IDS, code_table
 from .launching import key_token, signature
 from .references import check_weight_once
-from .spec import QuantizedTensor, are_scale_zero_pairs
+from .spec import QuantizedTensor, are_scale_zero_pairs, as_scale_zero_pairs
 
 
 def code_units(codes: torch.Tensor, bits: int) -> torch.Tensor:
@@ -93,7 +93,8 @@ class PreparedWeight:
     and of the GEMMs' where they read q's own scales; gemv_scales() / gemm_scales(): what the GEMV
     and the GEMMs read the scales from (ScaleArgs, made on first use); gemv_constants: per
     activation dtype, the GEMV's constants (fmt, FIELDS, FOLD_OFFSET, SCALE_ZERO_WORDS), which its
-    key's fmt, units dtype, words and x dtype determine; dequantize_plans: per output dtype,
+    key's fmt, units dtype, words and x dtype determine; gemm_constants_for(ieee): the GEMMs'
+    constants, which their key determines; dequantize_plans: per output dtype,
     dequantize's launch (dequantization.DequantizePlan; its launcher's key is own_key and the dtype)."""
 
     ref: weakref.ref
@@ -110,25 +111,31 @@ class PreparedWeight:
     own_key: int
     gemv_constants: dict[torch.dtype, dict[str, Any]] = field(default_factory=dict)
     dequantize_plans: dict[torch.dtype, Any] = field(default_factory=dict)
-    # made on first use: "copy" (group_major_copy's, or None), "gemv" and "gemm" (ScaleArgs)
-    made: dict[str, Any] = field(default_factory=dict)
+    # made on first use (_once): "copy" (group_major_copy's, or None), "gemv" and "gemm" (ScaleArgs),
+    # the GEMMs' constants per IEEE
+    made: dict[Any, Any] = field(default_factory=dict)
+
+    def _once(self, name: Any, make: Callable[[PreparedWeight], Any]) -> Any:
+        if name not in self.made:
+            self.made[name] = make(self)
+        return self.made[name]
 
     def group_major(self) -> GroupMajor | None:
-        if "copy" not in self.made:
-            self.made["copy"] = group_major_copy(self.ref())
-        return self.made["copy"]
+        return self._once("copy", lambda p: group_major_copy(p.ref()))
 
     def gemv_scales(self) -> ScaleArgs:
-        args = self.made.get("gemv")
-        if args is None:
-            args = self.made["gemv"] = gemv_scales(self)
-        return args
+        return self._once("gemv", gemv_scales)
 
     def gemm_scales(self) -> ScaleArgs:
-        args = self.made.get("gemm")
-        if args is None:
-            args = self.made["gemm"] = gemm_scales(self)
-        return args
+        return self._once("gemm", gemm_scales)
+
+    def gemm_constants_for(self, ieee: bool) -> dict[str, Any]:
+        """The GEMMs' constants (fmt, IEEE and how they read the scales), made once per IEEE: a call
+        whose launch is planned does not read them (launching.Launcher), so it should not build them."""
+        def make(p: PreparedWeight) -> dict[str, Any]:
+            words = p.gemm_scales().words
+            return dict(p.fmt, IEEE=ieee, TWO_GROUP_WORDS=p.two_group_words and not words, SCALE_ZERO_WORDS=words)
+        return self._once(("gemm constants", ieee), make)
 
     def gemv_constants_for(self, dtype: torch.dtype) -> dict[str, Any]:
         constants = self.gemv_constants.get(dtype)
@@ -178,16 +185,15 @@ def group_major_copy(q: QuantizedTensor) -> GroupMajor | None:
     scales_and_zeros made for its kernel."""
     if q.spec.granularity != "group" or q.second is not None:
         return None
-    if are_scale_zero_pairs(q.scales, q.zeros) and q.scales.data_ptr() % 4 == 0:
-        # quantize's own layout (4-byte aligned, as its buffers are): the words are its buffer, nothing copied
-        groups, n = q.scales.shape[1], q.scales.shape[0]
-        pairs = torch.as_strided(q.scales, (groups, n, 2), (2 * n, 2, 1))
-        words = pairs.view(torch.int32).view(groups, n)
-        return GroupMajor(words, words, True, 0)
     if q.zeros is not None and q.scales.element_size() == 2 and q.zeros.element_size() == 2:
-        pairs = torch.stack([q.scales.t(), q.zeros.t()], dim=-1).contiguous()  # [groups, N, 2]
-        words = pairs.view(torch.int32).view(pairs.shape[:2])
-        return GroupMajor(words, words, True, pairs.nbytes)
+        scales, extra = q.scales, 0
+        # quantize's own layout (4-byte aligned, as its buffers are) is read in place; any other is copied into it
+        if not (are_scale_zero_pairs(q.scales, q.zeros) and q.scales.data_ptr() % 4 == 0):
+            scales = as_scale_zero_pairs(q.scales, q.zeros)[0]
+            extra = 2 * scales.numel() * scales.element_size()
+        n, groups = scales.shape
+        words = torch.as_strided(scales, (groups, n, 2), (2 * n, 2, 1)).view(torch.int32).view(groups, n)
+        return GroupMajor(words, words, True, extra)
     if q.scales.stride() == (1, q.scales.shape[0]):
         # already group-major (zeros, if any, with the same strides: check_quantized): read in place
         scales = q.scales.t()

@@ -241,8 +241,7 @@ def _gemm(x: torch.Tensor, q: QuantizedTensor, p: PreparedWeight, y: torch.Tenso
     scales = p.gemm_scales()
     args = (x, q.codes, scales.scales, scales.zeros, p.table, p.second, p.mean, y, partials, tickets, m, n, k,
             x.stride(0), q.codes.stride(0), scales.stride_row, scales.stride_group, y.stride(0), bucket)
-    constants = {**p.fmt, "IEEE": ieee, "TWO_GROUP_WORDS": p.two_group_words and not scales.words,
-                 "SCALE_ZERO_WORDS": scales.words}
+    constants = p.gemm_constants_for(ieee)
     if INTERPRETED:
         split_k = 2 if split else 1
         qgemm_kernel[(cdiv(m, INTERPRETER_GEMM["BLOCK_M"]) * cdiv(n, INTERPRETER_GEMM["BLOCK_N"]), split_k)](
