@@ -86,10 +86,8 @@ class PreparedWeight:
     for them (zeros = scales when there are none; nf4_dq's scales are its uint8 scale codes);
     second, mean: nf4_dq's chunk scales and mean (stand-ins otherwise); stride_sn, stride_sg: the
     scales' (and zeros') row and group strides; fmt: the format constants the kernels take;
-    two_group_words: whether the GEMMs may read q's 2-byte scales and zeros two groups to a 32-bit
-    word (qgemm.two_group_params: both 4-byte aligned, an even row stride, a group stride of 1);
-    own_key: the signature of q's own tensors and sizes, fmt and two_group_words (a
-    launching.key_token): the weight's share of dequantize's launch key,
+    own_key: the signature of q's own tensors and sizes and fmt (a launching.key_token): the
+    weight's share of dequantize's launch key,
     and of the GEMMs' where they read q's own scales; gemv_scales() / gemm_scales(): what the GEMV
     and the GEMMs read the scales from (ScaleArgs, made on first use); gemv_constants: per
     activation dtype, the GEMV's constants (fmt, FIELDS, FOLD_OFFSET, SCALE_ZERO_WORDS), which its
@@ -107,7 +105,6 @@ class PreparedWeight:
     stride_sn: int
     stride_sg: int
     fmt: dict[str, Any]
-    two_group_words: bool
     own_key: int
     gemv_constants: dict[torch.dtype, dict[str, Any]] = field(default_factory=dict)
     dequantize_plans: dict[torch.dtype, Any] = field(default_factory=dict)
@@ -134,7 +131,7 @@ class PreparedWeight:
         whose launch is planned does not read them (launching.Launcher), so it should not build them."""
         def make(p: PreparedWeight) -> dict[str, Any]:
             words = p.gemm_scales().words
-            return dict(p.fmt, IEEE=ieee, TWO_GROUP_WORDS=p.two_group_words and not words, SCALE_ZERO_WORDS=words)
+            return dict(p.fmt, IEEE=ieee, SCALE_ZERO_WORDS=words)
         return self._once(("gemm constants", ieee), make)
 
     def gemv_constants_for(self, dtype: torch.dtype) -> dict[str, Any]:
@@ -219,16 +216,20 @@ def gemv_scales(p: PreparedWeight) -> ScaleArgs:
 
 
 def gemm_scales(p: PreparedWeight) -> ScaleArgs:
-    """The GEMMs': the scale+zero words for 4- and 2-bit codes (their 8-bit route reads tiles as
-    dequantize does), else q's own (with two_group_words where that holds)."""
+    """The GEMMs': for 4- and 2-bit codes the group-major copy the GEMV reads too (the scale+zero
+    words, or group-major scales and zeros), else q's own (the 8-bit route dequantizes tiles as
+    dequantize does). On an H200 (kernels/NOTES.md, session 21) group-major symmetric int4 g128
+    scales took the split-K GEMM at M = 16 from 23.9 to 22.6 us at 8192^2 (from 61.8 to 58.7 at
+    28672 x 8192; at M = 64 from 0.6% faster to 2.6% slower), NF4 g64 at M = 64 from 61.5 to 54.2 (190.8 to 169.6),
+    against q's row-major ones read two groups to a word."""
     q = p.ref()
     gm = p.group_major() if q.spec.bits < 8 else None
-    if gm is None or not gm.words:
+    if gm is None:
         return ScaleArgs(p.scales, p.zeros, p.stride_sn, p.stride_sg, False, 0, p.own_key)
     n, k = q.shape
-    args = (q.codes, gm.scales, p.table, p.second, p.mean, n, k, q.codes.stride(0), 1, n)
-    key = key_token((signature(args), tuple(p.fmt.values()), True))
-    return ScaleArgs(gm.scales, gm.zeros, 1, n, True, gm.extra_bytes, key)
+    args = (q.codes, gm.scales, gm.zeros, p.table, p.second, p.mean, n, k, q.codes.stride(0), 1, n)
+    key = key_token((signature(args), tuple(p.fmt.values()), gm.words))
+    return ScaleArgs(gm.scales, gm.zeros, 1, n, gm.words, gm.extra_bytes, key)
 
 
 _prepared: dict[int, PreparedWeight] = {}
@@ -250,13 +251,10 @@ def prepared(q: QuantizedTensor) -> PreparedWeight:
     stride_sn, stride_sg = scales.stride()
     fmt = format_constants(q)
     weight_args = (scales, zeros, table, second, mean)
-    two_groups = (scales.element_size() == 2 and zeros.element_size() == 2 and stride_sn % 2 == 0 and stride_sg == 1
-                  and scales.data_ptr() % 4 == 0 and zeros.data_ptr() % 4 == 0)
     # with the format's constants: two weights alike in their tensors can differ in their format
     own_key = key_token((signature((q.codes,) + weight_args + (n, k, q.codes.stride(0), stride_sn, stride_sg)),
-                         tuple(fmt.values()), two_groups))
-    p = PreparedWeight(weakref.ref(q), units, scales, zeros, table, second, mean, stride_sn, stride_sg, fmt, two_groups,
-                       own_key)
+                         tuple(fmt.values())))
+    p = PreparedWeight(weakref.ref(q), units, scales, zeros, table, second, mean, stride_sn, stride_sg, fmt, own_key)
     _prepared[id(q)] = p
     # dropped with q: the entry holds views of q's tensors, which must not outlive it
     weakref.finalize(q, _prepared.pop, id(q), None)

@@ -7,7 +7,7 @@ import triton
 import triton.language as tl
 
 from .dequantization import (apply_params, dequant_tile, field_values, load_packed, row_params, scale_zero_words,
-                             tile_params, unpack_tile, word_halves)
+                             tile_params, unpack_tile)
 from .exact_math import ON_GPU
 from .field_ptx import half_fields
 from .split_k import finish_tile
@@ -28,32 +28,6 @@ def byte_fields(x_tile, BLOCK_M: tl.constexpr, BYTES: tl.constexpr, PER_BYTE: tl
 
 
 @triton.jit
-def two_group_params(scales_ptr, zeros_ptr, rows, k0, stride_sn, SYMMETRIC: tl.constexpr, GROUP: tl.constexpr,
-                     NG: tl.constexpr, DTYPE: tl.constexpr):
-    """(scale, zero) [len(rows), NG] in DTYPE (2 bytes, the scales' own) of the NG groups (NG even)
-    from column k0 of each row, as tile_params gives them but read as 32-bit words, two groups a
-    word. The point is the width: Triton pipelines a load through cp.async (num_stages) only if a
-    thread reads at least 4 bytes, so 2-byte scales were read in the loop, each waited for
-    (kernels/NOTES.md, session 17). Needs a tile inside the matrix (no mask), and scales and zeros
-    at 4-byte aligned addresses with an even row stride (prepared.py's two_group_words)."""
-    words = rows[:, None] * (stride_sn // 2) + ((k0 // GROUP) // 2 + tl.arange(0, NG // 2))[None, :]
-    scale = two_groups(scales_ptr, words, NG, DTYPE)
-    if SYMMETRIC:
-        zero = tl.zeros_like(scale)
-    else:
-        zero = two_groups(zeros_ptr, words, NG, DTYPE)
-    return scale, zero
-
-
-@triton.jit
-def two_groups(ptr, words, NG: tl.constexpr, DTYPE: tl.constexpr):
-    """The 2-byte values at ptr read as the int32 words at `words` [R, NG // 2]: [R, NG] in DTYPE,
-    value 2i of a row a word's low half, 2i + 1 its high one."""
-    low, high = word_halves(tl.load(ptr.to(tl.pointer_type(tl.int32)) + words), DTYPE)
-    return tl.reshape(tl.join(low, high), (words.shape[0], NG))
-
-
-@triton.jit
 def scale_zero_params(words_ptr, rows, k0, N, K, stride_sn, stride_sg, GROUP: tl.constexpr, NG: tl.constexpr,
                       SCALE_DTYPE: tl.constexpr, EVEN: tl.constexpr):
     """(scale, zero), float32 [len(rows), NG], of the NG groups from column k0 of each row (NG = 1:
@@ -61,7 +35,8 @@ def scale_zero_params(words_ptr, rows, k0, N, K, stride_sn, stride_sg, GROUP: tl
     words_ptr + r * stride_sn + g * stride_sg; group-major, stride_sn 1 and stride_sg N). One 4-byte
     load gives both, and along a tile's rows the words are contiguous: on an H200, int4 g128 at
     8192^2 (kernels/NOTES.md, session 20), the split-K GEMM 26.0 -> 22.6 us at M = 16 and
-    46.9 -> 41.1 at M = 64 against two_group_params' row-major words. EVEN: no masks needed."""
+    46.9 -> 41.1 at M = 64 against row-major scales and zeros read two groups to a word. EVEN: no
+    masks needed."""
     groups = k0 // GROUP + tl.arange(0, NG)
     offs = rows[:, None] * stride_sn + groups[None, :] * stride_sg
     if EVEN:
@@ -78,7 +53,7 @@ def qgemm_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr,
                  GRANULARITY: tl.constexpr, GROUP: tl.constexpr, DQ: tl.constexpr, SCALE_DTYPE: tl.constexpr,
                  IEEE: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr, TWO_GROUP_WORDS: tl.constexpr = False,
+                 GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr,
                  SCALE_ZERO_WORDS: tl.constexpr = False, EVEN_N: tl.constexpr = False, EVEN_K: tl.constexpr = False):
     """y[M, N] = x[M, K] @ W_hat^T with tl.dot, computed as y^T tiles [BLOCK_N, BLOCK_M] = W_hat x^T.
 
@@ -101,10 +76,9 @@ def qgemm_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr,
     session 14): the split-K K loop 10.1 -> 4.8 instructions an element in sm_90 SASS, and on an
     H200 int4 g128 at M = 16, N = K = 8192, 52.1 -> 34.7 us. EVEN_N / EVEN_K: the weight's tiles
     need no mask.
-    Per-group scales and zeros at row * stride_sn + group * stride_sg, as tile_params reads them;
-    with TWO_GROUP_WORDS (stride_sg 1), 2-byte ones read two groups a word (two_group_params); with
-    SCALE_ZERO_WORDS (asymmetric 4- and 2-bit codes), a scale and its zero in one int32 word there
-    (scale_zero_params).
+    Per-group scales and zeros at row * stride_sn + group * stride_sg, as tile_params reads them
+    (qmatmul passes 4- and 2-bit ones group-major: prepared.gemm_scales); with SCALE_ZERO_WORDS
+    (asymmetric 4- and 2-bit codes), a scale and its zero in one int32 word there (scale_zero_params).
     """
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -133,9 +107,6 @@ def qgemm_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr,
         (scales_ptr.dtype.element_ty == X_DTYPE and zeros_ptr.dtype.element_ty == X_DTYPE))
     HALF_FIELDS: tl.constexpr = ON_GPU and not IEEE and CODE == 0 and PER_BYTE > 1 and SCALES_IN_X_DTYPE
     tl.static_assert(not SCALE_ZERO_WORDS or (PER_BYTE > 1 and GRANULARITY == 2 and not SYMMETRIC and not DQ))
-    # per-group scales two to a 32-bit word, so that the pipeline prefetches them with the codes
-    TWO_GROUPS: tl.constexpr = (TWO_GROUP_WORDS and not SCALE_ZERO_WORDS and HALF_FIELDS and GRANULARITY == 2
-                                and not DQ and NG % 2 == 0 and EVEN_N and EVEN_K)
     # per tensor and per channel: the same scale and zero for every tile of the K loop, read once
     LOOP_PARAMS: tl.constexpr = PER_BYTE > 1 and not EPILOGUE_SCALE and GRANULARITY != 2
     if LOOP_PARAMS:
@@ -158,9 +129,6 @@ def qgemm_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr,
                                                 SCALE_DTYPE, EVEN_N and EVEN_K)
                 if HALF_FIELDS:
                     scale, zero = scale.to(X_DTYPE), zero.to(X_DTYPE)  # exact: they were X_DTYPE's
-            elif TWO_GROUPS:
-                scale, zero = two_group_params(scales_ptr, zeros_ptr, rows_w, k0, stride_sn, SYMMETRIC, GROUP, NG,
-                                               X_DTYPE)
             elif LOOP_PARAMS:
                 scale, zero = row_scale, row_zero
             else:

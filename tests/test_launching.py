@@ -181,7 +181,7 @@ def test_the_matmuls_read_group_scales_group_major(device):
     """ScaleArgs: quantize's scale+zero pairs read in place as [groups, N] words (scale in the low
     half, zero in the high one) by the GEMV and, for 4- and 2-bit codes, the GEMMs, nothing copied;
     the same scales held row-major copied once into that layout, the copy's bytes counted;
-    symmetric ones copied as [groups, N] scales for the GEMV; per-channel weights and nf4_dq's
+    symmetric ones copied as [groups, N] scales for both; per-channel weights and nf4_dq's
     8-bit codes read as q holds them, nothing copied."""
     from quantbench.kernels import prepared
     w = torch.randn(48, 128, device=device, dtype=torch.float16)
@@ -203,7 +203,7 @@ def test_the_matmuls_read_group_scales_group_major(device):
     sym_q = quantize_ref(w, QuantSpec(4, "symmetric", "group", 32))
     sym = prepared.prepared(sym_q).gemv_scales()
     assert not sym.words and sym.zeros is sym.scales and sym.scales.shape == (4, 48) and sym.extra_bytes == 4 * 48 * 2
-    assert prepared.prepared(sym_q).gemm_scales().scales is sym_q.scales  # two groups a word, as q holds them
+    assert prepared.prepared(sym_q).gemm_scales().scales is sym.scales  # the GEMMs read the GEMV's copy
     # symmetric scales already group-major (strides (1, N)) are read in place, nothing copied
     sym_gm = dataclasses.replace(sym_q, scales=sym_q.scales.t().contiguous().t())
     in_place = prepared.prepared(sym_gm).gemv_scales()

@@ -64,9 +64,8 @@ def test_gemm_tiles_that_hold_several_groups(spec, dtype, even, gen, device):
     groups of 32 or 64 (each field's tile then holds 2 or 4 groups of bytes), K split in two, and
     tiles that do (even) or do not divide M and N: against float64. qmatmul's interpreter config
     has tiles no wider than a group; this one reaches the grouped form (apply_params over
-    [BLOCK_N, groups, bytes], half_fields' on the GPU), asymmetric per-group scales read as the
-    group-major scale+zero words qmatmul gives the GEMMs (prepared.gemm_scales; others as q holds
-    them, on the GPU two groups to a 32-bit word where even tiles of float16 allow it)."""
+    [BLOCK_N, groups, bytes], half_fields' on the GPU), per-group scales read group-major as
+    qmatmul gives the GEMMs (prepared.gemm_scales: asymmetric 2-byte ones as scale+zero words)."""
     n, k, m = (64, 512, 16) if even else (48, 512, 5)
     w = torch.randn(n, k, generator=gen).to(dtype).to(device)
     x = torch.randn(m, k, generator=gen).to(dtype).to(device)
@@ -74,34 +73,37 @@ def test_gemm_tiles_that_hold_several_groups(spec, dtype, even, gen, device):
     p = prepared(q)
     sa = p.gemm_scales()
     assert sa.words == (spec.scheme == "asymmetric" and spec.granularity == "group" and dtype != torch.float32)
+    assert sa.stride_group == (n if spec.granularity == "group" else 1)
     y = torch.empty(m, n, dtype=dtype, device=device)
     partials, tickets = split_workspace(x.device, m * n, cdiv(m, 16) * cdiv(n, 32))
     qgemm_kernel[(cdiv(m, 16) * cdiv(n, 32), 2)](
         x, q.codes, sa.scales, sa.zeros, p.table, p.second, p.mean, y, partials, tickets, m, n, k, x.stride(0),
         q.codes.stride(0), sa.stride_row, sa.stride_group, y.stride(0), 16, **p.fmt, IEEE=dtype == torch.float32,
-        BLOCK_M=16, BLOCK_N=32, BLOCK_K=128, GROUP_M=4, SPLIT_K=2, TWO_GROUP_WORDS=p.two_group_words and not sa.words,
-        SCALE_ZERO_WORDS=sa.words, EVEN_N=even, EVEN_K=even)
+        BLOCK_M=16, BLOCK_N=32, BLOCK_K=128, GROUP_M=4, SPLIT_K=2, SCALE_ZERO_WORDS=sa.words,
+        EVEN_N=even, EVEN_K=even)
     exact = x.double() @ dequantize_ref(q, torch.float32).double().t()
     err = rel_err(y, exact)
     assert err <= tolerance(dtype, k), f"rel err {err:.2e} > {tolerance(dtype, k):.2e}"
 
 
+@pytest.mark.parametrize("group_major", [False, True], ids=["row-major", "group-major"])
 @pytest.mark.parametrize("shift", [0, 1], ids=["aligned", "scales-2-bytes-off"])
-def test_scales_are_read_two_to_a_word_only_where_that_is_aligned(shift, gen, device):
-    """The GEMMs read q's own 2-byte per-group scales (symmetric ones: asymmetric ones go through
-    the group-major scale+zero words) two groups to a 32-bit word (qgemm.two_group_params) only
-    where every word is 4-byte aligned; scales that start 2 bytes off a word take the 2-byte
-    loads, and the product is right either way (against float64)."""
+def test_the_gemms_read_symmetric_group_scales_group_major(shift, group_major, gen, device):
+    """The GEMMs read 2-byte symmetric per-group scales group-major (prepared.gemm_scales), as the
+    GEMV does: row-major ones from the GEMV's copy, group-major ones (strides (1, N)) in place,
+    also where they start 2 bytes off a 4-byte word; the product right either way (against float64)."""
     spec = QuantSpec(4, "symmetric", "group", 32)
     n, k, m = 64, 512, 16
     w = torch.randn(n, k, generator=gen).half().to(device)
     x = torch.randn(m, k, generator=gen).half().to(device)
     q = quantize_ref(w, spec)
-    if shift:
-        scales = torch.empty(q.scales.numel() + shift, dtype=q.scales.dtype, device=device)[shift:].view_as(q.scales)
-        scales.copy_(q.scales)
-        q = dataclasses.replace(q, scales=scales)
-    assert prepared(q).two_group_words == (not shift) and not prepared(q).gemm_scales().words
+    storage = torch.empty(q.scales.numel() + shift, dtype=q.scales.dtype, device=device)[shift:]
+    scales = storage.view(n, -1) if not group_major else storage.view(-1, n).t()
+    scales.copy_(q.scales)
+    q = dataclasses.replace(q, scales=scales)
+    sa = prepared(q).gemm_scales()
+    assert not sa.words and (sa.stride_row, sa.stride_group) == (1, n) and sa.scales is prepared(q).gemv_scales().scales
+    assert (sa.scales.data_ptr() == scales.data_ptr()) == group_major and (sa.extra_bytes == 0) == group_major
     exact = x.double() @ dequantize_ref(q, torch.float32).double().t()
     assert rel_err(qmatmul(x, q), exact) <= tolerance(torch.float16, k)
 

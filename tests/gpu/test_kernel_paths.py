@@ -248,7 +248,7 @@ def test_split_k_tiles_on_two_warps(tile, spec, dtype):
     x = torch.randn(m, k, generator=g).to(dtype).to(CUDA)
     q = quantize(w, spec)
     p = prepared(q)
-    sa = p.gemm_scales()  # as qmatmul gives them (asymmetric groups: the group-major words)
+    sa = p.gemm_scales()  # as qmatmul gives them (4- and 2-bit groups: group-major)
     exact, bound = exact_product(x, q), tolerance(dtype, k)
     for call in ("first", "second"):
         y = torch.empty(m, n, dtype=dtype, device=CUDA)
@@ -256,8 +256,8 @@ def test_split_k_tiles_on_two_warps(tile, spec, dtype):
         qgemm_kernel[(cdiv(m, bm) * cdiv(n, bn), splits)](
             x, q.codes, sa.scales, sa.zeros, p.table, p.second, p.mean, y, partials, tickets, m, n, k, x.stride(0),
             q.codes.stride(0), sa.stride_row, sa.stride_group, y.stride(0), 16, **p.fmt, IEEE=False, BLOCK_M=bm,
-            BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, SPLIT_K=splits, TWO_GROUP_WORDS=p.two_group_words and not sa.words,
-            SCALE_ZERO_WORDS=sa.words, EVEN_N=True, EVEN_K=True, num_warps=warps, num_stages=stages)
+            BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, SPLIT_K=splits, SCALE_ZERO_WORDS=sa.words,
+            EVEN_N=True, EVEN_K=True, num_warps=warps, num_stages=stages)
         err = rel_err(y, exact)
         assert err <= bound, f"{tile} {call} call: rel err {err:.2e} > {bound:.2e}"
     torch.cuda.synchronize()
