@@ -371,7 +371,7 @@ def quantize(w: torch.Tensor, spec: QuantSpec, *, check_finite: bool = False) ->
     # (scale_codes.py), then the codes pass decodes them as it goes
     scales, zeros = empty_scales(spec, n, k, torch.float32 if spec.double_quant else w.dtype, w.device)
     zeros_arg = scales if zeros is None else zeros  # never written when symmetric
-    mode, block_n, block_k, group, chunk, num_warps = quantize_tiling(spec, k)
+    mode, block_n, block_k, group, chunk, num_warps = quantize_tiling(spec, n, k)
     grid = (1 if mode == 1 else cdiv(k, block_k), cdiv(n, block_n))
     table = code_table(spec, w.device, decode=False)
     if spec.granularity == "tensor":

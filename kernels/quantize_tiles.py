@@ -1,4 +1,4 @@
-"""How quantization.quantize_kernel is tiled for a format and a row length: its MODE, tile shape,
+"""How quantization.quantize_kernel is tiled for a format and a weight's shape: its MODE, tile shape,
 segment length, chunk and warps (quantize_tiling), and the line a result row gives it
 (quantize_choice)."""
 
@@ -16,12 +16,17 @@ GROUP_TILE_K = 512  # columns per program for per-group scales: several groups p
 # identical; swept over tile shapes and 2 to 16 warps with scratch scripts, not committed).
 GROUP_TILE_ELEMS = 2048
 GROUP_WARPS = 2
-# Per-group scales: a segment is held as chunks of GROUP_CHUNK columns, or two chunks where it is
-# shorter, each thread holding whole chunks of one segment (quantization.quantize_kernel says
-# why). On the H200, fp16 8192 x 8192, us against the [BLOCK_N, NG, GROUP] tile it replaced
-# (kernels/NOTES.md, session 16): int4 g128 69.1 -> 59.2 (chunks of 16: 61.9, 64: 62.0), int2
-# g128 70.0 -> 59.4, int8 g128 59.2 -> 56.9, int4 g32 64.6 -> 59.6 (chunks of 16; 32: 66.8),
-# int8 g32 57.1 -> 57.5; codes identical.
+# 4- and 2-bit codes on large weights: the same 2048 elements on one warp, 1024 columns a tile.
+# On the H200 (kernels/NOTES.md, session 21; fp16 8192^2, us against the tile above): int4 g128
+# 58.1 -> 55.0, int4 symmetric g32 56.9 -> 52.9, int2 g128 60.3 -> 55.3, every 4- and 2-bit
+# format 2-9% faster, bfloat16 and 28672 x 8192 alike. Not for asymmetric groups under 128
+# columns, whose scale+zero pairs are stored group-major (a tile's rows side by side): on 2 rows
+# of 1024 columns int4 g32 ran 59.7 -> 67.0, so they keep 512 columns (4 rows; 57.3). Not for
+# 8-bit codes (int8 asymmetric g32 59.3 -> 64.9 on one warp), nor for small weights (at 1024^2,
+# 512 programs, one warp ran 3-7% slower; 4096^2 within 2% either way, mostly faster).
+SUB_BYTE_GROUP_TILE_K = 1024
+SUB_BYTE_GROUP_WARPS = 1
+SUB_BYTE_GROUP_MIN_ELEMS = 1 << 23
 GROUP_CHUNK = 32
 # NF4 (a table lookup an element) on one warp, 1024 elements a program: g64 fp16 78.4 -> 72.9 us
 # (the integer formats within 2 us either way of the default tile, so they keep it)
@@ -30,13 +35,20 @@ NF4_WARPS = 1
 MAX_ROW_TILE_K = 8192  # per-channel scales: rows up to this long are held in one tile
 
 
-def quantize_tiling(spec: QuantSpec, k: int) -> tuple[int, int, int, int, int, int]:
-    """(MODE, BLOCK_N, BLOCK_K, GROUP, CHUNK, num_warps) of quantize_kernel for a granularity and K."""
+def quantize_tiling(spec: QuantSpec, n: int, k: int) -> tuple[int, int, int, int, int, int]:
+    """(MODE, BLOCK_N, BLOCK_K, GROUP, CHUNK, num_warps) of quantize_kernel for a format and an
+    [N, K] weight."""
     row_k = max(spec.per_byte, next_power_of_2(k))
     if spec.granularity == "group":
-        block_k = max(spec.group_size, min(row_k, GROUP_TILE_K))
         chunk = min(spec.group_size // 2, GROUP_CHUNK)
-        elems, warps = (NF4_TILE_ELEMS, NF4_WARPS) if spec.codebook == "nf4" else (GROUP_TILE_ELEMS, GROUP_WARPS)
+        tile_k, elems, warps = GROUP_TILE_K, GROUP_TILE_ELEMS, GROUP_WARPS
+        if spec.codebook == "nf4":
+            elems, warps = NF4_TILE_ELEMS, NF4_WARPS
+        elif spec.bits < 8 and n * k >= SUB_BYTE_GROUP_MIN_ELEMS:
+            warps = SUB_BYTE_GROUP_WARPS
+            if spec.symmetric or spec.group_size >= 128:
+                tile_k = SUB_BYTE_GROUP_TILE_K
+        block_k = max(spec.group_size, min(row_k, tile_k))
         return 2, max(1, elems // block_k), block_k, spec.group_size, chunk, warps
     if spec.granularity == "channel" and row_k <= MAX_ROW_TILE_K:
         # a whole row in one tile: read once, one "group" per row, on 4 warps. On an H200 (fp16
@@ -49,12 +61,12 @@ def quantize_tiling(spec: QuantSpec, k: int) -> tuple[int, int, int, int, int, i
     return (0 if spec.granularity == "tensor" else 1), max(1, TILE_ELEMS // block_k), block_k, block_k, block_k, 4
 
 
-def quantize_choice(spec: QuantSpec, k: int) -> str:
-    """The launch quantize makes for a format and row length K, as the results' kernel_config puts
+def quantize_choice(spec: QuantSpec, n: int, k: int) -> str:
+    """The launch quantize makes for a format and an [N, K] weight, as the results' kernel_config puts
     it: quantize_kernel's MODE, tile, segment (GROUP), chunk and warps (quantize_tiling). Planned,
     not autotuned, so the same on the GPU and under the interpreter. Per tensor a min/max pass and
     the scale's kernel come first; nf4_dq writes its scales (MODE 2) before its codes (MODE 3)."""
-    mode, block_n, block_k, group, chunk, warps = quantize_tiling(spec, k)
+    mode, block_n, block_k, group, chunk, warps = quantize_tiling(spec, n, k)
     tile = f"BLOCK_N={block_n} BLOCK_K={block_k} GROUP={group} CHUNK={chunk} num_warps={warps}"
     if spec.granularity == "tensor":
         return f"min/max pass, then MODE=0 {tile}"

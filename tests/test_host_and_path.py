@@ -74,7 +74,7 @@ def test_host_time_is_not_measured_on_the_cpu():
 
 def test_quantize_rows_name_the_tiling_they_ran(tmp_path):
     """A quantize row's kernel_config is quantize_choice: the kernel's MODE and tile, which quantize
-    plans from the format and K (the same on the GPU), with the passes per tensor and for nf4_dq."""
+    plans from the format and the weight's shape (the same on the GPU), with the passes per tensor and for nf4_dq."""
     cfg = RunConfig.model_validate({
         "name": "tiling", "device": "cpu", "timing": {"cpu_reps": 1},
         "sweep": {"op": ["quantize"], "impl": ["triton", "torch"], "bits": [4], "scheme": ["asymmetric", "nf4_dq"],
@@ -89,5 +89,5 @@ def test_quantize_rows_name_the_tiling_they_ran(tmp_path):
         ("asymmetric", "group"): "MODE=2 BLOCK_N=32 BLOCK_K=64 GROUP=32 CHUNK=16 num_warps=2",
         ("nf4_dq", "group"): "MODE=2 (scales), then MODE=3 (codes) BLOCK_N=16 BLOCK_K=64 GROUP=32 CHUNK=16 num_warps=1"}
     group32 = kernels.QuantSpec(4, "asymmetric", "group", 32)
-    assert triton[("asymmetric", "group")] == kernels.quantize_choice(group32, 64)
+    assert triton[("asymmetric", "group")] == kernels.quantize_choice(group32, 32, 64)
     assert rows.loc[rows["impl"] != "triton", "kernel_config"].isna().all()

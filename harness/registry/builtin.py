@@ -148,7 +148,7 @@ C, R, P, B = Role.CANDIDATE, Role.REFERENCE, Role.PEER, Role.BASELINE
 
 BUILTIN_IMPLS: list[Impl] = [
     Impl(op="quantize", name="triton", role=C, factory=lambda inp: lambda: kernels.quantize(inp.w, inp.spec),
-         kernel_config=lambda inp: kernels.quantize_choice(inp.spec, inp.w.shape[1]),
+         kernel_config=lambda inp: kernels.quantize_choice(inp.spec, *inp.w.shape),
          description="the project's Triton quantizer"),
     Impl(op="quantize", name="torch", role=R, factory=lambda inp: lambda: kernels.quantize_ref(inp.w, inp.spec),
          description="PyTorch reference"),
