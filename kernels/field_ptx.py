@@ -64,40 +64,66 @@ def int_word_fields(words, BITS: tl.constexpr, HALVES: tl.constexpr = False):
 
 
 @triton.constexpr_function
-def half_fields_ptx(bits: int, bfloat16: bool, saturate: bool = False) -> str:
+def half_bits(value: float, bfloat16: bool) -> int:
+    """The bits of a nonzero `value`, exact in the dtype, as float16 or bfloat16 in both halves of
+    a word. (Arithmetic, not struct: a constexpr function may call only builtins.)"""
+    mantissa_bits, bias = (7, 127) if bfloat16 else (10, 15)
+    sign, magnitude, exponent = (0x8000 if value < 0 else 0), abs(value), 0
+    while magnitude >= 2:
+        magnitude, exponent = magnitude / 2, exponent + 1
+    while magnitude < 1:
+        magnitude, exponent = magnitude * 2, exponent - 1
+    fraction = (magnitude - 1) * (1 << mantissa_bits)
+    assert fraction == int(fraction), f"{value} is not exact in {'bfloat16' if bfloat16 else 'float16'}"
+    return (sign | (exponent + bias) << mantissa_bits | int(fraction)) * 0x00010001
+
+
+@triton.constexpr_function
+def half_fields_ptx(bits: int, bfloat16: bool, saturate: bool = False, offset: int = 0) -> str:
     """PTX that dequantizes 4 bytes of 8 // bits integer fields into float16 (or bfloat16) pairs,
     field by field: for field j of each byte, (field - offset) * scale + zero with one rounding;
     `saturate`: then clamped to the dtype's finite range, NaN kept (dequantize's output).
 
     Operands ($ numbers): the outputs first, two registers (elements 0-1, 2-3) per field; then the
-    4 bytes in one register, the scale and zero pairs (two registers each) and the pair of
-    -(magic + offset). Each byte goes into its own half-word (``prmt``); a field is shifted to the
-    half's low bits, masked and or-ed into the exponent of the magic number (float16 1024,
-    bfloat16 128: their unit in the last place is 1), so the half reads magic + field; one fma
-    takes away magic + offset (exact) and one fma applies scale and zero: ~2 instructions an
-    element. With one dot per field, the split-K GEMM's K loop went from 10.1 instructions an
-    element (float32 route, fields interleaved) to 4.8 in sm_90 SASS (kernels/NOTES.md, session 14).
-    A constexpr function: the kernels ask for their variant by bits, dtype and saturation.
+    4 bytes in one register and the scale and zero pairs (two registers each). Each byte goes into
+    its own half-word (``prmt``); a field is masked where it lies and or-ed into the magic number
+    (float16 1024, bfloat16 128: their unit in the last place is 1), so the half reads magic +
+    field * 2^p, p the field's bit position (bfloat16's 7 mantissa bits take a byte's top field one
+    bit lower, after a shift); one fma scales by 2^-p and takes away magic * 2^-p + offset (exact:
+    the result is the small integer field - offset), one fma applies scale and zero: ~1.5
+    instructions an element. Without the shift each field took before (session 21, kernels/NOTES.md;
+    sm_90 SASS compiled on the CPU, GPU times from a probe on an H200): the split-K GEMM's 2-warp
+    tile at M = 16, 8192^2 float16, int4 g128 22.62 -> 21.66 us, int2 g128 22.69 -> 21.25;
+    dequantize 7.53 -> 7.25 instructions an element (int2 g128), its time unchanged. With one dot
+    per field, the split-K GEMM's K loop had gone from 10.1 instructions an element (float32
+    route, fields interleaved) to 4.8 (session 14). A constexpr function: the kernels ask
+    for their variant by bits, dtype, saturation and offset.
     """
     fields = 8 // bits
-    mask = ((1 << bits) - 1) * 0x00010001
-    magic, one = (0x43004300, 0x3F803F80) if bfloat16 else (0x64006400, 0x3C003C00)
+    magic_value, mantissa = (128.0, 7) if bfloat16 else (1024.0, 10)
+    magic = half_bits(magic_value, bfloat16)
     # the largest finite value, positive and negative, in both halves
     top, bottom = (0x7F7F7F7F, 0xFF7FFF7F) if bfloat16 else (0x7BFF7BFF, 0xFBFFFBFF)
     kind = "bf16x2" if bfloat16 else "f16x2"
-    w, s0, z0, neg = 2 * fields, 2 * fields + 1, 2 * fields + 3, 2 * fields + 5
-    lines = ["{", ".reg .b32 hz, ho, hp<2>, hf, hq, ht, hb;", "mov.b32 hz, 0;", f"mov.b32 ho, {one:#010x};",
+    w, s0, z0 = 2 * fields, 2 * fields + 1, 2 * fields + 3
+    lines = ["{", f".reg .b32 hz, hp<2>, hf, hq, ht, hb, hu<{fields}>, hc<{fields}>;", "mov.b32 hz, 0;",
              f"mov.b32 ht, {top:#010x};", f"mov.b32 hb, {bottom:#010x};",
              # bytes 0, 1 (then 2, 3) of the word into the low bytes of the two half-words
              f"prmt.b32 hp0, ${w}, hz, 0x4140;", f"prmt.b32 hp1, ${w}, hz, 0x4342;"]
+    shifts = [max(0, (j + 1) * bits - mantissa) for j in range(fields)]
     for j in range(fields):
+        position = j * bits - shifts[j]
+        lines += [f"mov.b32 hu{j}, {half_bits(2.0 ** -position, bfloat16):#010x};",
+                  f"mov.b32 hc{j}, {half_bits(-(magic_value * 2.0 ** -position + offset), bfloat16):#010x};"]
+    for j in range(fields):
+        mask = (((1 << bits) - 1) << (j * bits - shifts[j])) * 0x00010001
         for p in range(2):
             src, out = f"hp{p}", f"${2 * j + p}"
-            if j:
-                lines.append(f"shr.u32 hf, hp{p}, {j * bits};")
+            if shifts[j]:
+                lines.append(f"shr.u32 hf, hp{p}, {shifts[j]};")
                 src = "hf"
             lines += [f"and.b32 hf, {src}, {mask:#010x};", f"or.b32 hf, hf, {magic:#010x};",
-                      f"fma.rn.{kind} hq, hf, ho, ${neg};", f"fma.rn.{kind} {out}, hq, ${s0 + p}, ${z0 + p};"]
+                      f"fma.rn.{kind} hq, hf, hu{j}, hc{j};", f"fma.rn.{kind} {out}, hq, ${s0 + p}, ${z0 + p};"]
             if saturate:
                 # an fma that passes the largest finite value rounds to infinity; min.NaN keeps a NaN
                 lines += [f"min.NaN.{kind} {out}, {out}, ht;", f"max.NaN.{kind} {out}, {out}, hb;"]
@@ -111,14 +137,12 @@ def half_fields(packed, scale, zero, OFFSET: tl.constexpr, BITS: tl.constexpr, D
     scale + zero rounded once, into DTYPE (float16 or bfloat16): a tuple of tensors shaped like
     packed, field 0 (the low bits) first. scale and zero: DTYPE, broadcast against packed.
     SATURATE: clamped to DTYPE's finite range, NaN kept. half_fields_ptx; GPU only."""
-    MAGIC: tl.constexpr = 128.0 if DTYPE == tl.bfloat16 else 1024.0
-    neg = tl.full((1,), -(MAGIC + OFFSET), DTYPE)
     s = scale.to(DTYPE)
     z = zero.to(DTYPE)
-    ptx: tl.constexpr = half_fields_ptx(BITS, DTYPE == tl.bfloat16, SATURATE)
+    ptx: tl.constexpr = half_fields_ptx(BITS, DTYPE == tl.bfloat16, SATURATE, OFFSET)
     if BITS == 4:
-        return tl.inline_asm_elementwise(ptx, "=r,=r,=r,=r,r,r,r,r,r,r,r", [packed, s, z, neg], dtype=(s.dtype, s.dtype),
+        return tl.inline_asm_elementwise(ptx, "=r,=r,=r,=r,r,r,r,r,r", [packed, s, z], dtype=(s.dtype, s.dtype),
                                          is_pure=True, pack=4)
     else:
-        return tl.inline_asm_elementwise(ptx, "=r,=r,=r,=r,=r,=r,=r,=r,r,r,r,r,r,r,r", [packed, s, z, neg],
+        return tl.inline_asm_elementwise(ptx, "=r,=r,=r,=r,=r,=r,=r,=r,r,r,r,r,r", [packed, s, z],
                                          dtype=(s.dtype, s.dtype, s.dtype, s.dtype), is_pure=True, pack=4)

@@ -1,5 +1,6 @@
-"""The PTX that splits int4 and int2 words into biased floats (field_ptx.int_word_ptx), run
-here through a small emulator of the instructions it uses, since the interpreter cannot run inline
+"""The PTX that splits int4 and int2 words into biased floats (field_ptx.int_word_ptx), and the PTX
+that dequantizes their bytes in half precision (field_ptx.half_fields_ptx), run here through a
+small emulator of the instructions they use, since the interpreter cannot run inline
 PTX (on the GPU, tests/gpu/test_fast_forms.py checks the compiled form against the same answers).
 
 Each instruction is emulated from the PTX ISA's definition (prmt's default and sign-replicating
@@ -7,6 +8,7 @@ byte selection, lop3's truth table); an instruction the emulator does not know f
 change to the PTX is checked or refused, never passed unread.
 """
 
+import math
 import random
 import struct
 
@@ -86,3 +88,93 @@ def test_integer_words_split_into_the_bits_of_a_biased_float_per_field(bits, hal
         biased = [0.5 + v / 256 if halves else 2.0 ** 23 + v for v in values]
         want = [struct.unpack("<I", struct.pack("<f", b))[0] for b in biased]
         assert [regs[f"${j}"] for j in range(fields)] == want, hex(word)
+
+
+def half_value(bits16: int, bfloat16: bool) -> float:
+    if bfloat16:
+        return struct.unpack("<f", struct.pack("<I", bits16 << 16))[0]
+    return struct.unpack("<e", struct.pack("<H", bits16))[0]
+
+
+def half_bits_of(value: float, bfloat16: bool) -> int:
+    """value (a double) rounded once, to nearest even, into float16 or bfloat16 bits."""
+    if math.isnan(value):
+        return 0x7FC0 if bfloat16 else 0x7E00
+    if not bfloat16:
+        try:
+            return struct.unpack("<H", struct.pack("<e", value))[0]  # CPython rounds to nearest even
+        except OverflowError:
+            return 0xFC00 if value < 0 else 0x7C00
+    mantissa, exponent = math.frexp(value)  # value = mantissa * 2^exponent, 0.5 <= |mantissa| < 1
+    rounded = round(mantissa * 256) * 2.0 ** (exponent - 8)  # 8 significant bits; round() is half-even
+    if abs(rounded) >= 2.0 ** 128:
+        return 0xFF80 if value < 0 else 0x7F80
+    return struct.unpack("<I", struct.pack("<f", rounded))[0] >> 16
+
+
+def half_pairs(op, bfloat16: bool):
+    """A half-precision pair instruction: op over the two halves of its operands, each result
+    rounded once."""
+    def run(*words):
+        out = 0
+        for h in range(2):
+            args = [half_value((w >> (16 * h)) & 0xFFFF, bfloat16) for w in words]
+            out |= half_bits_of(op(*args), bfloat16) << (16 * h)
+        return out
+    return run
+
+
+def nan_min(a, b):
+    return math.nan if math.isnan(a) or math.isnan(b) else min(a, b)
+
+
+def nan_max(a, b):
+    return math.nan if math.isnan(a) or math.isnan(b) else max(a, b)
+
+
+for _kind, _bf16 in (("f16x2", False), ("bf16x2", True)):
+    OPS[f"fma.rn.{_kind}"] = half_pairs(lambda a, b, c: a * b + c, _bf16)  # exact in a double, then one rounding
+    OPS[f"min.NaN.{_kind}"] = half_pairs(nan_min, _bf16)
+    OPS[f"max.NaN.{_kind}"] = half_pairs(nan_max, _bf16)
+OPS["or.b32"] = lambda a, b: a | b
+
+
+@pytest.mark.parametrize("saturate", [False, True], ids=["plain", "saturated"])
+@pytest.mark.parametrize("bfloat16", [False, True], ids=["float16", "bfloat16"])
+@pytest.mark.parametrize("bits,offset", [(4, 0), (4, 8), (2, 0), (2, 2)])
+def test_half_fields_dequantize_every_field_of_every_byte(bits, offset, bfloat16, saturate):
+    """field_ptx.half_fields_ptx, emulated: for every byte value at every position of a 4-byte pack,
+    field j of each byte comes out as (field - offset) * scale + zero rounded once (the fields read
+    in place, masked at their bit position and scaled back by the first fma: exact); saturated, a
+    value past the dtype's largest finite one is clamped to it."""
+    pytest.importorskip("triton")
+    from quantbench.kernels.field_ptx import half_fields_ptx
+    code = half_fields_ptx(bits, bfloat16, saturate, offset)
+    fields = 8 // bits
+    largest = 3.3895313892515355e38 if bfloat16 else 65504.0
+    rng = random.Random(bits * 10 + offset)
+    for word in [b * 0x01010101 for b in range(256)] + [rng.getrandbits(32) for _ in range(200)]:
+        big = saturate and word % 7 == 0  # scales that overflow the dtype, to be clamped
+        scales = [half_bits_of(rng.uniform(1e-3, 0.1) * (largest / 4 if big else 1), bfloat16) for _ in range(4)]
+        zeros = [half_bits_of(rng.gauss(0, 0.5), bfloat16) for _ in range(4)]
+        s_pairs = [scales[0] | scales[1] << 16, scales[2] | scales[3] << 16]
+        z_pairs = [zeros[0] | zeros[1] << 16, zeros[2] | zeros[3] << 16]
+        regs = run_ptx(code, {f"${2 * fields}": word, f"${2 * fields + 1}": s_pairs[0],
+                              f"${2 * fields + 2}": s_pairs[1], f"${2 * fields + 3}": z_pairs[0],
+                              f"${2 * fields + 4}": z_pairs[1]})
+        for j in range(fields):
+            for e in range(4):  # element e: byte e of the word, in register 2j + e // 2, half e % 2
+                q = ((word >> (8 * e + bits * j)) & ((1 << bits) - 1)) - offset
+                exact = q * half_value(scales[e], bfloat16) + half_value(zeros[e], bfloat16)
+                if saturate:
+                    exact = max(-largest, min(largest, exact))
+                got = (regs[f"${2 * j + e // 2}"] >> (16 * (e % 2))) & 0xFFFF
+                assert got == half_bits_of(exact, bfloat16), (hex(word), j, e)
+
+
+@pytest.mark.parametrize("value,bfloat16,want", [(1.0, False, 0x3C00), (-1026.0, False, 0xE402), (2.0 ** -6, False, 0x2400),
+                                                 (0.25, True, 0x3E80), (-130.0, True, 0xC302), (-6.0, True, 0xC0C0)])
+def test_half_bits_encode_both_halves(value, bfloat16, want):
+    pytest.importorskip("triton")
+    from quantbench.kernels.field_ptx import half_bits
+    assert half_bits(value, bfloat16) == want * 0x00010001
