@@ -218,10 +218,10 @@ def gemv_scales(p: PreparedWeight) -> ScaleArgs:
 def gemm_scales(p: PreparedWeight) -> ScaleArgs:
     """The GEMMs': for 4- and 2-bit codes the group-major copy the GEMV reads too (the scale+zero
     words, or group-major scales and zeros), else q's own (the 8-bit route dequantizes tiles as
-    dequantize does). On an H200 (kernels/NOTES.md, session 21) group-major symmetric int4 g128
-    scales took the split-K GEMM at M = 16 from 23.9 to 22.6 us at 8192^2 (from 61.8 to 58.7 at
-    28672 x 8192; at M = 64 from 0.6% faster to 2.6% slower), NF4 g64 at M = 64 from 61.5 to 54.2 (190.8 to 169.6),
-    against q's row-major ones read two groups to a word."""
+    dequantize does). On an H200 (kernels/NOTES.md, session 21), against q's row-major scales
+    read two groups to a word: symmetric int4 g128 took the split-K GEMM at M = 16 from 23.9 to
+    22.6 us at 8192^2 (61.8 to 58.7 at 28672 x 8192; at M = 64 from 0.6% faster to 2.6% slower),
+    NF4 g64 at M = 64 from 61.5 to 54.2 (190.8 to 169.6)."""
     q = p.ref()
     gm = p.group_major() if q.spec.bits < 8 else None
     if gm is None:

@@ -172,8 +172,9 @@ def test_half_fields_dequantize_every_field_of_every_byte(bits, offset, bfloat16
                 assert got == half_bits_of(exact, bfloat16), (hex(word), j, e)
 
 
-@pytest.mark.parametrize("value,bfloat16,want", [(1.0, False, 0x3C00), (-1026.0, False, 0xE402), (2.0 ** -6, False, 0x2400),
-                                                 (0.25, True, 0x3E80), (-130.0, True, 0xC302), (-6.0, True, 0xC0C0)])
+@pytest.mark.parametrize("value,bfloat16,want", [(1.0, False, 0x3C00), (-1026.0, False, 0xE402),
+                                                 (2.0 ** -6, False, 0x2400), (0.25, True, 0x3E80),
+                                                 (-130.0, True, 0xC302), (-6.0, True, 0xC0C0)])
 def test_half_bits_encode_both_halves(value, bfloat16, want):
     pytest.importorskip("triton")
     from quantbench.kernels.field_ptx import half_bits
