@@ -27,6 +27,12 @@ GROUP_WARPS = 2
 SUB_BYTE_GROUP_TILE_K = 1024
 SUB_BYTE_GROUP_WARPS = 1
 SUB_BYTE_GROUP_MIN_ELEMS = 1 << 23
+# Per-group scales: a segment is held as chunks of GROUP_CHUNK columns, or two chunks where it is
+# shorter, each thread holding whole chunks of one segment (quantization.quantize_kernel says
+# why). On the H200, fp16 8192 x 8192, us against the [BLOCK_N, NG, GROUP] tile it replaced
+# (kernels/NOTES.md, session 16): int4 g128 69.1 -> 59.2 (chunks of 16: 61.9, 64: 62.0), int2
+# g128 70.0 -> 59.4, int8 g128 59.2 -> 56.9, int4 g32 64.6 -> 59.6 (chunks of 16; 32: 66.8),
+# int8 g32 57.1 -> 57.5; codes identical.
 GROUP_CHUNK = 32
 # NF4 (a table lookup an element) on one warp, 1024 elements a program: g64 fp16 78.4 -> 72.9 us
 # (the integer formats within 2 us either way of the default tile, so they keep it)
