@@ -124,25 +124,6 @@ def segment_scales(scales_ptr, second_ptr, mean_ptr, offs, flat, mask, DQ: tl.co
 
 
 @triton.jit
-def word_halves(words, DTYPE: tl.constexpr):
-    """(low half, high half) of int32 words that each hold two 2-byte values of DTYPE (float16 or
-    bfloat16). Little endian: the value at the lower address is the low half."""
-    return words.to(tl.int16).to(DTYPE, bitcast=True), (words >> 16).to(tl.int16).to(DTYPE, bitcast=True)
-
-
-@triton.jit
-def scale_zero_words(words, SCALE_DTYPE: tl.constexpr):
-    """(scale, zero), float32, of int32 words that each hold a scale (low half) and its zero (high
-    half) of the dtype SCALE_DTYPE (codebooks.SCALE_DTYPE_IDS: 1 float16, 2 bfloat16), as
-    prepared.ScaleArgs lays them out."""
-    if SCALE_DTYPE == 1:
-        scale, zero = word_halves(words, tl.float16)
-    else:
-        scale, zero = word_halves(words, tl.bfloat16)
-    return scale.to(tl.float32), zero.to(tl.float32)
-
-
-@triton.jit
 def dequant_tile(codes_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr, mean_ptr, rows, k0, N, K, stride_cn,
                  stride_sn, stride_sg, BITS: tl.constexpr, OFFSET: tl.constexpr, CODE: tl.constexpr,
                  SYMMETRIC: tl.constexpr, GRANULARITY: tl.constexpr, GROUP: tl.constexpr, DQ: tl.constexpr,

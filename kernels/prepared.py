@@ -200,19 +200,26 @@ def group_major_copy(q: QuantizedTensor) -> GroupMajor | None:
     return GroupMajor(scales, zeros, False, scales.nbytes + (0 if q.zeros is None else zeros.nbytes))
 
 
-def gemv_scales(p: PreparedWeight) -> ScaleArgs:
-    """The GEMV's: the group-major copy wherever there is one (a group stride of N), else q's own."""
+def scale_args(p: PreparedWeight, codes: torch.Tensor, tail: tuple, scales: torch.Tensor, zeros: torch.Tensor,
+               stride_row: int, stride_group: int, words: bool = False, extra_bytes: int = 0) -> ScaleArgs:
+    """ScaleArgs for a kernel that reads `codes` and these scales and zeros, keyed on the signature
+    of the weight's arguments in the kernel's order (codes, scales, zeros, table, second, mean, N,
+    K, the codes' row stride, the scales' strides, then `tail`), with the format's constants: two
+    weights alike in their tensors can differ in their format."""
     n, k = p.ref().shape
+    args = (codes, scales, zeros, p.table, p.second, p.mean, n, k, codes.stride(0), stride_row, stride_group) + tail
+    key = key_token((signature(args), tuple(p.fmt.values()), words))
+    return ScaleArgs(scales, zeros, stride_row, stride_group, words, extra_bytes, key)
+
+
+def gemv_scales(p: PreparedWeight) -> ScaleArgs:
+    """The GEMV's: the group-major copy wherever there is one (a group stride of N), else q's own.
+    The GEMV reads the codes as units (code_units), so many units a row (its last argument)."""
+    tail = (p.units.shape[1],)
     gm = p.group_major()
     if gm is None:
-        scales, zeros, stride_row, stride_group, words, extra = p.scales, p.zeros, p.stride_sn, p.stride_sg, False, 0
-    else:
-        scales, zeros, stride_row, stride_group, words, extra = gm.scales, gm.zeros, 1, n, gm.words, gm.extra_bytes
-    args = (p.units, scales, zeros, p.table, p.second, p.mean, n, k, p.units.stride(0), stride_row, stride_group,
-            p.units.shape[1])
-    # with the format's constants: two weights alike in their tensors can differ in their format
-    key = key_token((signature(args), tuple(p.fmt.values()), words))
-    return ScaleArgs(scales, zeros, stride_row, stride_group, words, extra, key)
+        return scale_args(p, p.units, tail, p.scales, p.zeros, p.stride_sn, p.stride_sg)
+    return scale_args(p, p.units, tail, gm.scales, gm.zeros, 1, p.ref().shape[0], gm.words, gm.extra_bytes)
 
 
 def gemm_scales(p: PreparedWeight) -> ScaleArgs:
@@ -226,10 +233,7 @@ def gemm_scales(p: PreparedWeight) -> ScaleArgs:
     gm = p.group_major() if q.spec.bits < 8 else None
     if gm is None:
         return ScaleArgs(p.scales, p.zeros, p.stride_sn, p.stride_sg, False, 0, p.own_key)
-    n, k = q.shape
-    args = (q.codes, gm.scales, gm.zeros, p.table, p.second, p.mean, n, k, q.codes.stride(0), 1, n)
-    key = key_token((signature(args), tuple(p.fmt.values()), gm.words))
-    return ScaleArgs(gm.scales, gm.zeros, 1, n, gm.words, gm.extra_bytes, key)
+    return scale_args(p, q.codes, (), gm.scales, gm.zeros, 1, q.shape[0], gm.words, gm.extra_bytes)
 
 
 _prepared: dict[int, PreparedWeight] = {}

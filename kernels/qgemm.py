@@ -6,8 +6,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .dequantization import (apply_params, dequant_tile, field_values, load_packed, row_params, scale_zero_words,
-                             tile_params, unpack_tile)
+from .dequantization import (apply_params, dequant_tile, field_values, load_packed, row_params, tile_params,
+                             unpack_tile)
+from .scale_words import load_scale_zero_words
 from .exact_math import ON_GPU
 from .field_ptx import half_fields
 from .split_k import finish_tile
@@ -39,11 +40,8 @@ def scale_zero_params(words_ptr, rows, k0, N, K, stride_sn, stride_sg, GROUP: tl
     masks needed."""
     groups = k0 // GROUP + tl.arange(0, NG)
     offs = rows[:, None] * stride_sn + groups[None, :] * stride_sg
-    if EVEN:
-        words = tl.load(words_ptr + offs)
-    else:
-        words = tl.load(words_ptr + offs, mask=(rows < N)[:, None] & (groups < tl.cdiv(K, GROUP))[None, :], other=0)
-    return scale_zero_words(words, SCALE_DTYPE)
+    mask = (rows < N)[:, None] & (groups < tl.cdiv(K, GROUP))[None, :]
+    return load_scale_zero_words(words_ptr, offs, mask, SCALE_DTYPE, EVEN)
 
 
 @triton.jit

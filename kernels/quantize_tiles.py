@@ -22,11 +22,19 @@ GROUP_WARPS = 2
 # format 2-9% faster, bfloat16 and 28672 x 8192 alike. Not for asymmetric groups under 128
 # columns, whose scale+zero pairs are stored group-major (a tile's rows side by side): on 2 rows
 # of 1024 columns int4 g32 ran 59.7 -> 67.0, so they keep 512 columns (4 rows; 57.3). Not for
-# 8-bit codes (int8 asymmetric g32 59.3 -> 64.9 on one warp), nor for small weights (at 1024^2,
-# 512 programs, one warp ran 3-7% slower; 4096^2 within 2% either way, mostly faster).
+# small weights (at 1024^2, 512 programs, one warp ran 3-7% slower; 4096^2 within 2% either way,
+# mostly faster).
 SUB_BYTE_GROUP_TILE_K = 1024
 SUB_BYTE_GROUP_WARPS = 1
 SUB_BYTE_GROUP_MIN_ELEMS = 1 << 23
+# 8-bit codes take that tile only in groups of 128 columns or more and on weights of 64M elements
+# or more. The same probes (us, committed tile -> one warp, 1024 columns): int8 g128 fp16 8192^2
+# asymmetric 56.3 -> 56.3 (55.97 against 56.32 in the other probe), symmetric 56.4 -> 55.8
+# (56.00 against 56.45), bfloat16 69.3 -> 65.2 and 66.5 -> 65.7, 28672 x 8192 184.8 -> 178.9 and
+# 179.8 -> 170.3; but 4096^2 19.5 -> 20.1 and 19.7 -> 20.5, and groups of 32 slower on one warp
+# at 8192^2 (asymmetric 59.3 -> 64.9 on 512 columns, 84.3 on 1024; symmetric 55.4 -> 56.9).
+BYTE_GROUP_MIN_ELEMS = 1 << 26
+BYTE_GROUP_MIN_SIZE = 128
 # Per-group scales: a segment is held as chunks of GROUP_CHUNK columns, or two chunks where it is
 # shorter, each thread holding whole chunks of one segment (quantization.quantize_kernel says
 # why). On the H200, fp16 8192 x 8192, us against the [BLOCK_N, NG, GROUP] tile it replaced
@@ -54,6 +62,9 @@ def quantize_tiling(spec: QuantSpec, n: int, k: int) -> tuple[int, int, int, int
             warps = SUB_BYTE_GROUP_WARPS
             if spec.symmetric or spec.group_size >= 128:
                 tile_k = SUB_BYTE_GROUP_TILE_K
+        elif (spec.bits == 8 and spec.codebook == "integer" and spec.group_size >= BYTE_GROUP_MIN_SIZE
+              and n * k >= BYTE_GROUP_MIN_ELEMS):
+            warps, tile_k = SUB_BYTE_GROUP_WARPS, SUB_BYTE_GROUP_TILE_K
         block_k = max(spec.group_size, min(row_k, tile_k))
         return 2, max(1, elems // block_k), block_k, spec.group_size, chunk, warps
     if spec.granularity == "channel" and row_k <= MAX_ROW_TILE_K:

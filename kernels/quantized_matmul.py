@@ -32,13 +32,14 @@ import triton.language as tl
 
 from .checks import cdiv, check_matrix, check_same_device, next_power_of_2
 from .dequantization import (dequantize_choice, dequantize_prepared, field_values, nf4_word_levels, row_params,
-                             scale_zero_words, segment_scales)
+                             segment_scales)
 from .field_ptx import int_word_fields
 from .exact_math import ON_GPU
 from .launching import INTERPRETED, Launcher
 from .matmul_tiles import GEMM_CONFIGS, GEMV_CONFIGS, SPLIT_CONFIGS, SPLIT_MAX_M, prune, prune_gemm
 from .prepared import PreparedWeight, prepared
 from .references import dequantize_ref
+from .scale_words import load_scale_zero_words
 from .qgemm import qgemm_kernel
 from .split_k import finish_tile, split_workspace
 from .tuning import tuning_bench
@@ -157,11 +158,7 @@ def qgemv_kernel(x_ptr, units_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr,
                 flat = rows[:, None] * tl.cdiv(K, GROUP) + (seg_cols // GROUP)[None, :]
                 scale = segment_scales(scales_ptr, second_ptr, mean_ptr, s_off, flat, s_ok, DQ, SCALE_DTYPE)
             elif SCALE_ZERO_WORDS:
-                if EVEN_N and EVEN_K:
-                    words = tl.load(scales_ptr + s_off)
-                else:
-                    words = tl.load(scales_ptr + s_off, mask=s_ok, other=0)
-                scale, zero = scale_zero_words(words, SCALE_DTYPE)
+                scale, zero = load_scale_zero_words(scales_ptr, s_off, s_ok, SCALE_DTYPE, EVEN_N and EVEN_K)
             elif EVEN_N and EVEN_K:
                 scale = tl.load(scales_ptr + s_off).to(tl.float32)
             else:

@@ -75,19 +75,22 @@ def test_codes_do_not_depend_on_how_a_group_is_chunked(spec, chunk, gen, device,
 
 
 @pytest.mark.parametrize("spec", [QuantSpec(4, "asymmetric", "group", 128), QuantSpec(2, "symmetric", "group", 32),
-                                  QuantSpec(4, "asymmetric", "group", 32), QuantSpec(8, "asymmetric", "group", 32)],
+                                  QuantSpec(4, "asymmetric", "group", 32), QuantSpec(8, "asymmetric", "group", 32),
+                                  QuantSpec(8, "asymmetric", "group", 128), QuantSpec(8, "symmetric", "group", 256)],
                          ids=str)
 def test_large_weights_take_the_one_warp_tile_and_the_same_codes(spec, gen, device, monkeypatch):
-    """4- and 2-bit per-group codes of large weights are quantized on one warp, 1024 columns a tile
-    (512 for asymmetric groups under 128 columns; 8-bit codes and small weights keep the 2-warp
-    tile of 512): the threshold lowered so that small weights take it, the codes and scales are the
-    reference's, on tiles inside the matrix and on masked ones."""
+    """Per-group codes of large weights are quantized on one warp, 1024 columns a tile: 4- and
+    2-bit codes (512 columns for asymmetric groups under 128 columns), 8-bit codes in groups of 128
+    or more; 8-bit codes in smaller groups and small weights keep the 2-warp tile of 512. The
+    thresholds lowered so that small weights take it, the codes and scales are the reference's, on
+    tiles inside the matrix and on masked ones."""
     from quantbench.kernels import quantize_tiles
 
     small = quantize_tiles.quantize_tiling(spec, 2048, 2048)
     monkeypatch.setattr(quantize_tiles, "SUB_BYTE_GROUP_MIN_ELEMS", 0)
+    monkeypatch.setattr(quantize_tiles, "BYTE_GROUP_MIN_ELEMS", 0)
     _, block_n, block_k, _, _, warps = quantize_tiles.quantize_tiling(spec, 2048, 2048)
-    one_warp = spec.bits < 8
+    one_warp = spec.bits < 8 or spec.group_size >= 128
     assert warps == (1 if one_warp else 2) and small[-1] == 2
     assert block_k == (1024 if one_warp and (spec.symmetric or spec.group_size >= 128) else 512)
     assert block_n * block_k == 2048
