@@ -28,6 +28,11 @@ from .spec import DQ_CHUNK, QuantizedTensor
 DQ_CHUNK_C = tl.constexpr(DQ_CHUNK)
 TILE_ELEMS = 4096  # output elements one program writes
 MIN_BLOCK_K = 256
+# NF4 codes (a table lookup an element, on the float32 route) in tiles of 4 x 2048 where rows are
+# that long. On an H200 (kernels/NOTES.md, session 22; 8192^2 g64, us against 16 x 256): NF4
+# float16 52.4 -> 49.2, nf4_dq float16 52.3 -> 50.7 and bfloat16 64.7 -> 59.6; NF4 into
+# bfloat16 56.5 -> 57.0, so it keeps 16 x 256. Float32 outputs were not measured and keep it too.
+NF4_TILE_N, NF4_TILE_K = 4, 2048
 
 
 @triton.jit
@@ -338,6 +343,9 @@ def dequantize_plan(q: QuantizedTensor, p: PreparedWeight, dtype: torch.dtype) -
     spec = q.spec
     block_k = max(spec.group_size or 0, min(MIN_BLOCK_K, triton.next_power_of_2(max(k, spec.per_byte))))
     block_n = max(1, TILE_ELEMS // block_k)
+    if (spec.codebook == "nf4" and (spec.double_quant or dtype == torch.float16) and k >= NF4_TILE_K
+            and (spec.group_size or 0) <= NF4_TILE_K):
+        block_n, block_k = NF4_TILE_N, NF4_TILE_K
     grid = (cdiv(k, block_k), cdiv(n, block_n))
     # GROUP: per channel and per tensor dequant_tile reads none; block_k there is what this
     # launcher has always passed, so its compiled kernels stay the ones measured

@@ -37,6 +37,27 @@ def test_round_trip_error_is_at_most_half_a_step(spec, gen):
     assert (err <= half_step * (1 + 1e-5) + 1e-6).all()
 
 
+@pytest.mark.parametrize("scheme", ["nf4", "nf4_dq"])
+def test_nf4_long_rows_take_the_wide_tile(scheme, gen, device):
+    """NF4 rows of 2048 columns or more are dequantized in 4 x 2048 tiles (float16 outputs, and
+    nf4_dq's in bfloat16 too; NF4 into bfloat16 keeps 16 x 256), matching the reference on a tile
+    inside the matrix and on rows past it."""
+    from quantbench.kernels import dequantize_choice
+
+    spec = QuantSpec(4, scheme, "group", 64)
+    for n in (4, 6):
+        w = torch.randn(n, 2048, generator=gen).to(device)
+        for dtype in (torch.float16, torch.bfloat16):
+            q = quantize_ref(w.to(dtype), spec)
+            wide = dtype == torch.float16 or scheme == "nf4_dq"
+            tile = "BLOCK_N=4 BLOCK_K=2048" if wide else "BLOCK_N=16 BLOCK_K=256"
+            assert dequantize_choice(q, dtype) == f"{tile} num_warps=4"
+            close = dequant_close(dequantize(q), dequantize_ref(q))
+            assert close.all(), f"{(~close).sum().item()} differ, first at {(~close).nonzero()[:3].tolist()}"
+    narrow = quantize_ref(torch.randn(4, 1024, generator=gen).to(torch.float16).to(device), spec)
+    assert dequantize_choice(narrow, torch.float16) == "BLOCK_N=16 BLOCK_K=256 num_warps=4"
+
+
 def test_output_dtype_can_differ_from_the_weight(gen, device):
     w = torch.randn(4, 64, generator=gen, dtype=torch.float16).to(device)
     q = quantize_ref(w, QuantSpec(4, "asymmetric", "group", 32))
