@@ -89,9 +89,9 @@ class PreparedWeight:
     own_key: the signature of q's own tensors and sizes and fmt (a launching.key_token): the
     weight's share of dequantize's launch key,
     and of the GEMMs' where they read q's own scales; gemv_scales() / gemm_scales(): what the GEMV
-    and the GEMMs read the scales from (ScaleArgs, made on first use); gemv_constants: per
-    activation dtype, the GEMV's constants (fmt, FIELDS, FOLD_OFFSET, SCALE_ZERO_WORDS), which its
-    key's fmt, units dtype, words and x dtype determine; gemm_constants_for(ieee): the GEMMs'
+    and the GEMMs read the scales from (ScaleArgs, made on first use); gemv_constants_for(dtype):
+    per activation dtype, the GEMV's constants (fmt, FIELDS, FOLD_OFFSET, SCALE_ZERO_WORDS), which
+    its key's fmt, units dtype, words and x dtype determine; gemm_constants_for(ieee): the GEMMs'
     constants, which their key determines; dequantize_plans: per output dtype,
     dequantize's launch (dequantization.DequantizePlan; its launcher's key is own_key and the dtype)."""
 
@@ -106,16 +106,17 @@ class PreparedWeight:
     stride_sg: int
     fmt: dict[str, Any]
     own_key: int
-    gemv_constants: dict[torch.dtype, dict[str, Any]] = field(default_factory=dict)
     dequantize_plans: dict[torch.dtype, Any] = field(default_factory=dict)
     # made on first use (_once): "copy" (group_major_copy's, or None), "gemv" and "gemm" (ScaleArgs),
-    # the GEMMs' constants per IEEE
+    # the GEMV's constants per activation dtype, the GEMMs' per IEEE
     made: dict[Any, Any] = field(default_factory=dict)
 
     def _once(self, name: Any, make: Callable[[PreparedWeight], Any]) -> Any:
-        if name not in self.made:
-            self.made[name] = make(self)
-        return self.made[name]
+        try:  # one lookup on the calls after the first: the launchers ask on every call
+            return self.made[name]
+        except KeyError:
+            made = self.made[name] = make(self)
+            return made
 
     def group_major(self) -> GroupMajor | None:
         return self._once("copy", lambda p: group_major_copy(p.ref()))
@@ -135,16 +136,15 @@ class PreparedWeight:
         return self._once(("gemm constants", ieee), make)
 
     def gemv_constants_for(self, dtype: torch.dtype) -> dict[str, Any]:
-        constants = self.gemv_constants.get(dtype)
-        if constants is None:
-            spec = self.ref().spec
+        """The GEMV's constants for activations of `dtype`, made once per dtype."""
+        def make(p: PreparedWeight) -> dict[str, Any]:
+            spec = p.ref().spec
             # asymmetric integer codes with half-precision activations: the offset folded per unit
             # (one instruction less an element; the float32 sums keep ~19 bits, far past the output's 8 or 11)
             fold = not spec.symmetric and spec.codebook == "integer" and dtype != torch.float32
-            constants = dict(self.fmt, FIELDS=self.units.element_size() * spec.per_byte, FOLD_OFFSET=fold,
-                             SCALE_ZERO_WORDS=self.gemv_scales().words)
-            self.gemv_constants[dtype] = constants
-        return constants
+            return dict(p.fmt, FIELDS=p.units.element_size() * spec.per_byte, FOLD_OFFSET=fold,
+                        SCALE_ZERO_WORDS=p.gemv_scales().words)
+        return self._once(("gemv constants", dtype), make)
 
 
 GRANULARITY_IDS = {"tensor": 0, "channel": 1, "group": 2}
