@@ -382,7 +382,8 @@ def dequantize_prepared(q: QuantizedTensor, p: PreparedWeight, dtype: torch.dtyp
         plan = p.dequantize_plans[dtype] = dequantize_plan(q, p, out_dtype_of(q, dtype))
     n, k = q.shape
     out = torch.empty((n, k), dtype=dtype, device=q.codes.device)
-    args = (q.codes, p.scales, p.zeros, p.table, p.second, p.mean, out, n, k, q.codes.stride(0), k, p.stride_sn,
-            p.stride_sg)
-    _dequantize_launch(plan.grid, args, plan.constants, plan.key)
+    sizes = (n, k, q.codes.stride(0), k, p.stride_sn, p.stride_sg)
+    # the weight's tensors go to a direct launch as their addresses (PreparedWeight.pointers)
+    _dequantize_launch(plan.grid, (*p.pointers, out, *sizes), plan.constants, plan.key,
+                       lambda: (q.codes, p.scales, p.zeros, p.table, p.second, p.mean, out, *sizes))
     return out

@@ -14,7 +14,8 @@ integers equal to 1 and multiples of 16; the exact value is a stricter key, so a
 a kernel compiled for other arguments).
 
 This reaches into Triton's CompiledKernel (``run``, ``function``, ``packed_metadata``: what
-``JITFunction.run`` itself calls, Triton 3.x); where that is missing, where a launch hook is set
+``JITFunction.run`` itself calls, Triton 3.x), and on Triton 3.6 past ``run`` to the C launch
+function (launch_function); where that is missing, where a launch hook is set
 (a profiler such as proton wants to see every launch) or under the interpreter, every call goes
 through Triton as before.
 """
@@ -25,6 +26,7 @@ import inspect
 from typing import Any, Callable
 
 import torch
+import triton
 from triton.runtime import driver
 from triton.runtime.autotuner import Autotuner, Heuristics
 
@@ -92,13 +94,44 @@ def _bind_cuda() -> None:
     _current_stream = driver.active.get_current_stream
 
 
+# Triton versions whose CudaLauncher.__call__ is known to pass its C launch function exactly
+# (gridX, gridY, gridZ, stream, function, cooperative grid, PDL, global scratch, profile scratch,
+# *its arguments): read from 3.6's source, and tests/test_launching.py checks it against the
+# installed version's
+_C_LAUNCH_VERSIONS = ("3.6.",)
+
+
+def launch_function(compiled: Any) -> tuple[Callable, tuple]:
+    """(what a planned launch calls, what it passes between the kernel's function and the kernel's
+    own arguments) for a compiled kernel.
+
+    compiled.run (Triton's CudaLauncher) is a Python call in front of the C launch function: it
+    allocates the two scratch buffers a kernel may ask for and passes its cooperative-grid and
+    PDL flags. Where the kernel asks for no scratch (none of this project's do), the C function
+    is called directly with the same arguments: ~0.4 us of Python less a launch (measured on a
+    CPU host, kernels/NOTES.md). Elsewhere, and on Triton versions not known to call it alike,
+    compiled.run."""
+    run = compiled.run
+    head = (compiled.packed_metadata, None, None, None)  # the launch metadata, the enter and exit hooks: none
+    launch = getattr(run, "launch", None)
+    if (triton.__version__.startswith(_C_LAUNCH_VERSIONS) and launch is not None
+            and getattr(run, "global_scratch_size", 1) == 0 and getattr(run, "profile_scratch_size", 1) == 0):
+        return launch, (run.launch_cooperative_grid, run.launch_pdl, None, None) + head
+    return run, head
+
+
 class Launcher:
     """Runs ``tuned`` (an Autotuner over Heuristics over a JITFunction, or any part of that
     chain), remembering per call signature the compiled kernel and its constant arguments.
 
     ``launcher(grid, args, constants)``: args are the kernel's leading, non-constexpr arguments in
     order; constants the constexpr ones the caller sets; grid maps the full set of constants
-    (the caller's and the tuner's) to the launch grid. ``key``, where the caller has it cheaper
+    (the caller's and the tuner's) to the launch grid. ``tensors``, with a key: args hold some of
+    the kernel's pointers as ints (tensors' data_ptr(), which a weight keeps: Triton's C launcher
+    takes an int as the address itself, where a tensor costs it a data_ptr() call and a CUDA driver
+    query), and tensors() returns the same arguments with the tensors, for the launches through
+    Triton (the first of a key; all of them where there is no direct launch), whose JIT would take
+    an int for an integer. ``key``, where the caller has it cheaper
     than ``signature(args)`` (prepared.py keeps a weight's share of it): a hashable that changes
     whenever the signature of args, the constants' values or the grid would. The grid is worked
     out once per key (with no key, from the signature of args, which holds their integer values).
@@ -108,16 +141,17 @@ class Launcher:
 
     def __init__(self, tuned: Any):
         self.tuned = tuned
-        # (device, call signature) -> (launcher, CUfunction, packed metadata, constexpr values,
-        # the grid, the autotuner's choice described)
-        self.plans: dict[tuple, tuple[Any, Any, Any, tuple, tuple[int, int, int], str | None]] = {}
+        # (device, call signature) -> (what to call and what it takes after the CUfunction
+        # (launch_function), the CUfunction, constexpr values, the grid, the autotuner's choice described)
+        self.plans: dict[tuple, tuple[Callable, tuple, Any, tuple, tuple[int, int, int], str | None]] = {}
         self.direct = True  # cleared if this Triton's compiled kernels cannot be launched directly
         self.why_not_direct = ""
         self.last_choice: str | None = None
 
-    def __call__(self, grid: Grid, args: tuple, constants: dict[str, Any], key: Any = None) -> None:
+    def __call__(self, grid: Grid, args: tuple, constants: dict[str, Any], key: Any = None,
+                 tensors: Callable[[], tuple] | None = None) -> None:
         if not self.direct or INTERPRETED or _hooks_set():
-            self.tuned[grid](*args, **constants)
+            self.tuned[grid](*(args if tensors is None else tensors()), **constants)
             # the autotuner keeps the config it ran last (best_config): rare paths, so read it here
             self.last_choice = self._autotuner_choice()
             return
@@ -126,10 +160,10 @@ class Launcher:
         device = _current_device()
         plan = self.plans.get((device, key))
         if plan is None:
-            self._launch_and_plan((device, key), grid, args, constants)
+            self._launch_and_plan((device, key), grid, args if tensors is None else tensors(), constants)
             return
-        run, function, metadata, tail, g, self.last_choice = plan
-        run(g[0], g[1], g[2], _current_stream(device), function, metadata, None, None, None, *args, *tail)
+        run, head, function, tail, g, self.last_choice = plan
+        run(g[0], g[1], g[2], _current_stream(device), function, *head, *args, *tail)
 
     def _launch_and_plan(self, key: tuple, grid: Grid, args: tuple, constants: dict[str, Any]) -> None:
         """Launch through Triton (autotuning on the first call of a shape), then keep what it ran."""
@@ -140,8 +174,8 @@ class Launcher:
             tail = tuple(chosen[name] for name in jit.arg_names[len(args):])
             compiled._init_handles()
             g = tuple(grid(chosen))
-            plan = (compiled.run, compiled.function, compiled.packed_metadata, tail, g + (1,) * (3 - len(g)),
-                    self.last_choice)
+            run, head = launch_function(compiled)
+            plan = (run, head, compiled.function, tail, g + (1,) * (3 - len(g)), self.last_choice)
             _bind_cuda()
         except (AttributeError, KeyError, TypeError) as exc:
             self.direct = False

@@ -4,8 +4,9 @@ A launcher called for every layer of every token should pay on the host only for
 between two calls (x, y and M). What depends on the weight alone is made on the first call with a
 QuantizedTensor and kept while it lives (it is frozen): its checks (check_weight_once), the int32
 view of its codes, its format's kernel constants (format_constants, which every kernel that reads
-the format takes), and the part of the launch key (see launching.Launcher) that its tensors and
-sizes make, so that a call does not walk the kernel's 12-16 arguments again.
+the format takes), the part of the launch key (see launching.Launcher) that its tensors and
+sizes make, so that a call does not walk the kernel's 12-16 arguments again, and its tensors'
+addresses, which a direct launch takes as ints.
 
 nf4_dq's 8-bit scales are decoded inside the kernels (dequantization.segment_scales), from the
 weight's own tensors: nothing decoded is kept, so the weight stays the size of its format. The one
@@ -59,7 +60,10 @@ class ScaleArgs:
     and two groups' entries; words: a scale and its zero share one 32-bit word (GroupMajor.words),
     read through `scales`; extra_bytes: what a copy made for the kernels holds on the device (0
     where q's own tensors are read); key: the weight's share of the kernel's launch key (the
-    signature of its tensors and sizes and the format's constants, as a launching.key_token)."""
+    signature of its tensors and sizes and the format's constants, as a launching.key_token);
+    pointers: the addresses of the weight's six tensor arguments in the kernel's order (codes,
+    scales, zeros, table, second, mean), which a direct launch takes as ints (launching.Launcher:
+    each tensor would cost the launch a data_ptr() call and a driver query)."""
 
     scales: torch.Tensor
     zeros: torch.Tensor
@@ -68,6 +72,7 @@ class ScaleArgs:
     words: bool
     extra_bytes: int
     key: int
+    pointers: tuple[int, ...]
 
     def describe(self) -> str:
         """The layout in a few words, with the bytes of the copy; "" where q's own are read."""
@@ -87,12 +92,13 @@ class PreparedWeight:
     second, mean: nf4_dq's chunk scales and mean (stand-ins otherwise); stride_sn, stride_sg: the
     scales' (and zeros') row and group strides; fmt: the format constants the kernels take;
     own_key: the signature of q's own tensors and sizes and fmt (a launching.key_token): the
-    weight's share of dequantize's launch key,
-    and of the GEMMs' where they read q's own scales; gemv_scales() / gemm_scales(): what the GEMV
-    and the GEMMs read the scales from (ScaleArgs, made on first use); gemv_constants_for(dtype):
-    per activation dtype, the GEMV's constants (fmt, FIELDS, FOLD_OFFSET, SCALE_ZERO_WORDS), which
-    its key's fmt, units dtype, words and x dtype determine; gemm_constants_for(ieee): the GEMMs'
-    constants, which their key determines; dequantize_plans: per output dtype,
+    weight's share of dequantize's launch key, and of the GEMMs' where they read q's own scales;
+    pointers: the addresses of q's codes, scales, zeros, table, second and mean in the kernels'
+    order (ScaleArgs.pointers); gemv_scales() / gemm_scales(): what the GEMV and the GEMMs read the
+    scales from (ScaleArgs, made on first use); gemv_constants_for(dtype): per activation dtype,
+    the GEMV's constants (fmt, FIELDS, FOLD_OFFSET, SCALE_ZERO_WORDS), which its key's fmt, units
+    dtype, words and x dtype determine; gemm_constants_for(ieee): the GEMMs' constants, which
+    their key determines; dequantize_plans: per output dtype,
     dequantize's launch (dequantization.DequantizePlan; its launcher's key is own_key and the dtype)."""
 
     ref: weakref.ref
@@ -106,6 +112,7 @@ class PreparedWeight:
     stride_sg: int
     fmt: dict[str, Any]
     own_key: int
+    pointers: tuple[int, ...]
     dequantize_plans: dict[torch.dtype, Any] = field(default_factory=dict)
     # made on first use (_once): "copy" (group_major_copy's, or None), "gemv" and "gemm" (ScaleArgs),
     # the GEMV's constants per activation dtype, the GEMMs' per IEEE
@@ -200,6 +207,11 @@ def group_major_copy(q: QuantizedTensor) -> GroupMajor | None:
     return GroupMajor(scales, zeros, False, scales.nbytes + (0 if q.zeros is None else zeros.nbytes))
 
 
+def addresses(tensors: tuple[torch.Tensor, ...]) -> tuple[int, ...]:
+    """The tensors' data_ptr(): valid while the PreparedWeight that holds them (or views of them) lives."""
+    return tuple(t.data_ptr() for t in tensors)
+
+
 def scale_args(p: PreparedWeight, codes: torch.Tensor, tail: tuple, scales: torch.Tensor, zeros: torch.Tensor,
                stride_row: int, stride_group: int, words: bool = False, extra_bytes: int = 0) -> ScaleArgs:
     """ScaleArgs for a kernel that reads `codes` and these scales and zeros, keyed on the signature
@@ -207,9 +219,10 @@ def scale_args(p: PreparedWeight, codes: torch.Tensor, tail: tuple, scales: torc
     K, the codes' row stride, the scales' strides, then `tail`), with the format's constants: two
     weights alike in their tensors can differ in their format."""
     n, k = p.ref().shape
-    args = (codes, scales, zeros, p.table, p.second, p.mean, n, k, codes.stride(0), stride_row, stride_group) + tail
+    tensors = (codes, scales, zeros, p.table, p.second, p.mean)
+    args = tensors + (n, k, codes.stride(0), stride_row, stride_group) + tail
     key = key_token((signature(args), tuple(p.fmt.values()), words))
-    return ScaleArgs(scales, zeros, stride_row, stride_group, words, extra_bytes, key)
+    return ScaleArgs(scales, zeros, stride_row, stride_group, words, extra_bytes, key, addresses(tensors))
 
 
 def gemv_scales(p: PreparedWeight) -> ScaleArgs:
@@ -232,7 +245,7 @@ def gemm_scales(p: PreparedWeight) -> ScaleArgs:
     q = p.ref()
     gm = p.group_major() if q.spec.bits < 8 else None
     if gm is None:
-        return ScaleArgs(p.scales, p.zeros, p.stride_sn, p.stride_sg, False, 0, p.own_key)
+        return ScaleArgs(p.scales, p.zeros, p.stride_sn, p.stride_sg, False, 0, p.own_key, p.pointers)
     return scale_args(p, q.codes, (), gm.scales, gm.zeros, 1, q.shape[0], gm.words, gm.extra_bytes)
 
 
@@ -254,11 +267,11 @@ def prepared(q: QuantizedTensor) -> PreparedWeight:
     second, mean = second_level(q)
     stride_sn, stride_sg = scales.stride()
     fmt = format_constants(q)
-    weight_args = (scales, zeros, table, second, mean)
+    weight_args = (q.codes, scales, zeros, table, second, mean)
     # with the format's constants: two weights alike in their tensors can differ in their format
-    own_key = key_token((signature((q.codes,) + weight_args + (n, k, q.codes.stride(0), stride_sn, stride_sg)),
-                         tuple(fmt.values())))
-    p = PreparedWeight(weakref.ref(q), units, scales, zeros, table, second, mean, stride_sn, stride_sg, fmt, own_key)
+    own_key = key_token((signature(weight_args + (n, k, q.codes.stride(0), stride_sn, stride_sg)), tuple(fmt.values())))
+    p = PreparedWeight(weakref.ref(q), units, scales, zeros, table, second, mean, stride_sn, stride_sg, fmt, own_key,
+                       addresses(weight_args))
     _prepared[id(q)] = p
     # dropped with q: the entry holds views of q's tensors, which must not outlive it
     weakref.finalize(q, _prepared.pop, id(q), None)

@@ -16,13 +16,13 @@ import torch
 import triton
 import triton.language as tl
 
-from .checks import cdiv, check_matrix
-from .codebooks import CODE_IDS, SCALE_DTYPE_IDS, code_table
+from .checks import check_matrix
+from .codebooks import code_table
 from .dequantization import segment_scales
 from .exact_math import ON_GPU, divide, lookup, round_to, rounded_int
 from .launching import Launcher
 from .references import qparams_ref, quantize_ref, refuse_poisoned_segments  # noqa: F401 (the reference beside its kernel)
-from .quantize_tiles import quantize_tiling
+from .quantize_tiles import quantize_plan
 from .scale_codes import double_quantize_scales
 from .spec import QuantizedTensor, QuantSpec, empty_scales
 
@@ -347,6 +347,7 @@ def quantize_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, table_ptr, second_p
 _minmax_launch = Launcher(minmax_partials_kernel)
 _qparams_launch = Launcher(tensor_qparams_kernel)
 _quantize_launch = Launcher(quantize_kernel)
+_ONE_PROGRAM = lambda meta: (1,)  # tensor_qparams_kernel's grid
 
 
 def quantize(w: torch.Tensor, spec: QuantSpec, *, check_finite: bool = False) -> QuantizedTensor:
@@ -365,34 +366,30 @@ def quantize(w: torch.Tensor, spec: QuantSpec, *, check_finite: bool = False) ->
     """
     check_matrix("w", w)
     n, k = w.shape
-    spec.check_shape(n, k)
-    codes = torch.empty((n, spec.packed_cols(k)), dtype=torch.uint8, device=w.device)
+    row_stride = w.stride(0)
+    plan = quantize_plan(spec, n, k, w.dtype, row_stride)  # the format's shape checks, on a shape's first call
+    device = w.device
+    codes = torch.empty((n, plan.packed_cols), dtype=torch.uint8, device=device)
     # nf4_dq: a first pass writes the float32 absmax scales, which are double-quantized
     # (scale_codes.py), then the codes pass decodes them as it goes
-    scales, zeros = empty_scales(spec, n, k, torch.float32 if spec.double_quant else w.dtype, w.device)
+    scales, zeros = empty_scales(spec, n, k, plan.scale_dtype, device)
     zeros_arg = scales if zeros is None else zeros  # never written when symmetric
-    mode, block_n, block_k, group, chunk, num_warps = quantize_tiling(spec, n, k)
-    grid = (1 if mode == 1 else cdiv(k, block_k), cdiv(n, block_n))
-    table = code_table(spec, w.device, decode=False)
-    if spec.granularity == "tensor":
-        lo = torch.empty(grid[0] * grid[1], dtype=torch.float32, device=w.device)
+    table = code_table(spec, device, decode=False)
+    key = (plan.token, w.data_ptr() % 16 == 0)  # the rest of every argument's signature is the plan's
+    if plan.partials:
+        lo = torch.empty(plan.partials, dtype=torch.float32, device=device)
         hi = torch.empty_like(lo)
-        _minmax_launch(lambda meta: grid, (w, lo, hi, n, k, w.stride(0)), dict(BLOCK_N=block_n, BLOCK_K=block_k))
-        _qparams_launch(lambda meta: (1,), (lo, hi, lo.numel(), scales, zeros_arg),
-                        dict(QMAX=spec.qmax, SYMMETRIC=spec.symmetric, BLOCK=1024))
-    fmt = dict(BITS=spec.bits, QMIN=spec.qmin, QMAX=spec.qmax, SYMMETRIC=spec.symmetric, CODE=CODE_IDS[spec.codebook],
-               GROUP=group, CHUNK=chunk, EVEN=mode != 1 and n % block_n == 0 and k % block_k == 0, BLOCK_N=block_n,
-               BLOCK_K=block_k, num_warps=num_warps)
+        _minmax_launch(plan.grid, (w, lo, hi, n, k, row_stride), plan.minmax_constants, key)
+        _qparams_launch(_ONE_PROGRAM, (lo, hi, plan.partials, scales, zeros_arg), plan.qparams_constants, plan.token)
     # the scales, and the codes but for nf4_dq; second_ptr and mean_ptr are stand-ins (scales) outside MODE 3
-    _quantize_launch(lambda meta: grid, (w, codes, scales, zeros_arg, table, scales, scales, n, k, w.stride(0),
-                                         codes.stride(0), scales.stride(0), scales.stride(1)),
-                     dict(fmt, MODE=mode, STORE_CODES=not spec.double_quant))
+    _quantize_launch(plan.grid, (w, codes, scales, zeros_arg, table, scales, scales, n, k, row_stride, codes.stride(0),
+                                 scales.stride(0), scales.stride(1)), plan.constants, key)
     second = None
-    if spec.double_quant:
+    if plan.codes_constants is not None:
         scales, second = double_quantize_scales(scales, w.dtype)
-        _quantize_launch(lambda meta: grid, (w, codes, scales, scales, table, second.chunk_scales, second.mean, n, k,
-                                             w.stride(0), codes.stride(0), scales.stride(0), scales.stride(1)),
-                         dict(fmt, MODE=3, STORE_CODES=True, SCALE_DTYPE=SCALE_DTYPE_IDS[w.dtype]))
+        _quantize_launch(plan.grid, (w, codes, scales, scales, table, second.chunk_scales, second.mean, n, k,
+                                     row_stride, codes.stride(0), scales.stride(0), scales.stride(1)),
+                         plan.codes_constants, key + (3,))
     q = QuantizedTensor(codes, scales, zeros, spec, (n, k), second)
     if check_finite:
         refuse_poisoned_segments("w", w, q)

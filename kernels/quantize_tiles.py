@@ -1,10 +1,19 @@
 """How quantization.quantize_kernel is tiled for a format and a weight's shape: its MODE, tile shape,
-segment length, chunk and warps (quantize_tiling), and the line a result row gives it
-(quantize_choice)."""
+segment length, chunk and warps (quantize_tiling), the line a result row gives it
+(quantize_choice), and quantize's launches worked out once per format, shape and dtype
+(quantize_plan)."""
 
 from __future__ import annotations
 
-from .checks import next_power_of_2
+import functools
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from .checks import cdiv, next_power_of_2
+from .codebooks import CODE_IDS, SCALE_DTYPE_IDS
+from .launching import key_token
 from .spec import QuantSpec
 
 TILE_ELEMS = 4096  # elements of W one program holds at a time
@@ -92,3 +101,58 @@ def quantize_choice(spec: QuantSpec, n: int, k: int) -> str:
     if spec.double_quant:
         return f"MODE=2 (scales), then MODE=3 (codes) {tile}"
     return f"MODE={mode} {tile}"
+
+
+@dataclass(frozen=True)
+class QuantizePlan:
+    """quantize's launches for one format, weight shape, dtype and row stride: what a call would
+    otherwise work out again every time (the tiling, the constants, the grid, the signature of
+    every argument). Made on the first such call and kept (quantize_plan), as dequantize's plans
+    are kept with a weight (dequantization.DequantizePlan).
+
+    packed_cols: the codes' columns; scale_dtype: the dtype the scales are written in (float32
+    for nf4_dq, whose codes pass reads them double-quantized); grid: quantize_kernel's, and the
+    min/max pass's per tensor; partials: per tensor, the min/max pass's programs (its partial
+    minima and maxima), else 0; minmax_constants, qparams_constants: per tensor, the two passes'
+    constants; constants: quantize_kernel's (for nf4_dq its scales pass); codes_constants: nf4_dq's
+    codes pass (MODE 3), else None.
+
+    token: the plan's share of every launch key (launching.Launcher): the format, the shape, the
+    dtype and the row stride fix every argument's signature but w's address. quantize's outputs
+    are new from the allocator (16-byte aligned; the zeros of scale+zero pairs 2 bytes past it,
+    spec.scale_zero_pairs, on every call alike), and so are nf4_dq's scale codes, chunk scales
+    and mean; so a key adds w's alignment only."""
+
+    packed_cols: int
+    scale_dtype: torch.dtype
+    grid: Callable[[dict[str, Any]], tuple[int, int]]
+    partials: int
+    minmax_constants: dict[str, Any]
+    qparams_constants: dict[str, Any]
+    constants: dict[str, Any]
+    codes_constants: dict[str, Any] | None
+    token: int
+
+
+@functools.lru_cache(maxsize=1024)
+def quantize_plan(spec: QuantSpec, n: int, k: int, dtype: torch.dtype, row_stride: int) -> QuantizePlan:
+    """quantize's plan for an [N, K] weight of `dtype` whose rows are `row_stride` elements apart
+    (spec.check_shape's error, where the shape does not fit the format, is raised, not kept)."""
+    spec.check_shape(n, k)
+    mode, block_n, block_k, group, chunk, num_warps = quantize_tiling(spec, n, k)
+    blocks = (1 if mode == 1 else cdiv(k, block_k), cdiv(n, block_n))
+    per_tensor = spec.granularity == "tensor"
+    fmt = dict(BITS=spec.bits, QMIN=spec.qmin, QMAX=spec.qmax, SYMMETRIC=spec.symmetric, CODE=CODE_IDS[spec.codebook],
+               GROUP=group, CHUNK=chunk, EVEN=mode != 1 and n % block_n == 0 and k % block_k == 0, BLOCK_N=block_n,
+               BLOCK_K=block_k, num_warps=num_warps)
+    double_quant = spec.double_quant
+    return QuantizePlan(
+        packed_cols=spec.packed_cols(k), scale_dtype=torch.float32 if double_quant else dtype,
+        grid=lambda meta: blocks, partials=blocks[0] * blocks[1] if per_tensor else 0,
+        minmax_constants=dict(BLOCK_N=block_n, BLOCK_K=block_k),
+        qparams_constants=dict(QMAX=spec.qmax, SYMMETRIC=spec.symmetric, BLOCK=1024),
+        # nf4_dq: its first pass writes the float32 scales only
+        constants=dict(fmt, MODE=mode, STORE_CODES=not double_quant),
+        codes_constants=(dict(fmt, MODE=3, STORE_CODES=True, SCALE_DTYPE=SCALE_DTYPE_IDS[dtype]) if double_quant
+                         else None),
+        token=key_token((spec, n, k, dtype, row_stride)))

@@ -215,17 +215,20 @@ def _gemv(x: torch.Tensor, q: QuantizedTensor, p: PreparedWeight, y: torch.Tenso
     # the smallest BLOCK_N is 4, which bounds the number of tickets
     partials, tickets = split_workspace(x.device, n, cdiv(n, 4))
     scales = p.gemv_scales()
-    args = (x, p.units, scales.scales, scales.zeros, p.table, p.second, p.mean, y, partials, tickets, n, k,
-            p.units.stride(0), scales.stride_row, scales.stride_group, p.units.shape[1])
+    sizes = (n, k, p.units.stride(0), scales.stride_row, scales.stride_group, p.units.shape[1])
     constants = p.gemv_constants_for(x.dtype)
+    tensors = lambda: (x, p.units, scales.scales, scales.zeros, p.table, p.second, p.mean, y, partials,
+                       tickets, *sizes)
     if INTERPRETED:
         qgemv_kernel[(cdiv(n, INTERPRETER_GEMV["BLOCK_N"]), INTERPRETER_GEMV["SPLIT_K"])](
-            *args, **constants, **INTERPRETER_GEMV, EVEN_N=False, EVEN_K=False)
+            *tensors(), **constants, **INTERPRETER_GEMV, EVEN_N=False, EVEN_K=False)
     else:
         # the weight's share of the launch key is kept (prepared.py); x's added here. y and the
-        # workspace (float32 and int32) are fresh from the allocator and so 16-byte aligned.
+        # workspace (float32 and int32) are fresh from the allocator and so 16-byte aligned. A
+        # direct launch takes the weight's tensors as their addresses (ScaleArgs.pointers).
         key = (scales.key, x.dtype, x.data_ptr() % 16 == 0)
-        _gemv_launch(lambda meta: (cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"]), args, constants, key)
+        _gemv_launch(lambda meta: (cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"]),
+                     (x, *scales.pointers, y, partials, tickets, *sizes), constants, key, tensors)
 
 
 def _gemm(x: torch.Tensor, q: QuantizedTensor, p: PreparedWeight, y: torch.Tensor, split: bool) -> None:
@@ -234,20 +237,23 @@ def _gemm(x: torch.Tensor, q: QuantizedTensor, p: PreparedWeight, y: torch.Tenso
     ieee = x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and INTERPRETED)
     # tiles are at least 16 x 32, which bounds the number of tickets
     partials, tickets = split_workspace(x.device, m * n, cdiv(m, 16) * cdiv(n, 32)) if split else (y, y)
-    bucket = _m_bucket(m)
     scales = p.gemm_scales()
-    args = (x, q.codes, scales.scales, scales.zeros, p.table, p.second, p.mean, y, partials, tickets, m, n, k,
-            x.stride(0), q.codes.stride(0), scales.stride_row, scales.stride_group, y.stride(0), bucket)
+    sizes = (m, n, k, x.stride(0), q.codes.stride(0), scales.stride_row, scales.stride_group, y.stride(0),
+             _m_bucket(m))
     constants = p.gemm_constants_for(ieee)
+    tensors = lambda: (x, q.codes, scales.scales, scales.zeros, p.table, p.second, p.mean, y, partials,
+                       tickets, *sizes)
     if INTERPRETED:
         split_k = 2 if split else 1
         qgemm_kernel[(cdiv(m, INTERPRETER_GEMM["BLOCK_M"]) * cdiv(n, INTERPRETER_GEMM["BLOCK_N"]), split_k)](
-            *args, **constants, **INTERPRETER_GEMM, SPLIT_K=split_k)
+            *tensors(), **constants, **INTERPRETER_GEMM, SPLIT_K=split_k)
     else:
-        # y is fresh from the allocator (16-byte aligned), its row stride n
+        # y is fresh from the allocator (16-byte aligned), its row stride n; a direct launch takes
+        # the weight's tensors as their addresses (ScaleArgs.pointers)
         key = (scales.key, x.dtype, x.data_ptr() % 16 == 0, m, x.stride(0), ieee)
         grid = lambda meta: (cdiv(m, meta["BLOCK_M"]) * cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])
-        (_split_launch if split else _gemm_launch)(grid, args, constants, key)
+        (_split_launch if split else _gemm_launch)(grid, (x, *scales.pointers, y, partials, tickets, *sizes),
+                                                   constants, key, tensors)
 
 
 # From this many rows on, float16 and bfloat16 products dequantize the weight (a new [N, K]

@@ -3,6 +3,7 @@ a compiled kernel may be reused, and that a weight is checked before its first u
 launch itself runs on a GPU only (tests/gpu/test_kernel_paths.py)."""
 
 import dataclasses
+import inspect
 
 import pytest
 import torch
@@ -167,14 +168,45 @@ def test_a_planned_launch_runs_the_kept_kernel_and_says_its_choice(monkeypatch):
     launcher = launching.Launcher(tuned=None)
     run = lambda *a: calls.append(a)
     # a plan keeps the grid its constants gave (128 // BLOCK programs), worked out when it was made
-    launcher.plans[(0, "small")] = (run, "function", "metadata", (16,), (8, 1, 1), "BLOCK=16 num_warps=2")
-    launcher.plans[(0, "large")] = (run, "function", "metadata", (64,), (2, 1, 1), "BLOCK=64 num_warps=8")
+    head = ("metadata", None, None, None)
+    launcher.plans[(0, "small")] = (run, head, "function", (16,), (8, 1, 1), "BLOCK=16 num_warps=2")
+    launcher.plans[(0, "large")] = (run, head, "function", (64,), (2, 1, 1), "BLOCK=64 num_warps=8")
     grid = lambda meta: (128 // meta["BLOCK"],)
     launcher(grid, ("x",), {}, key="large")
     launcher(grid, ("x",), {}, key="small")
     assert launcher.last_choice == "BLOCK=16 num_warps=2"
     assert calls == [(2, 1, 1, "stream", "function", "metadata", None, None, None, "x", 64),
                      (8, 1, 1, "stream", "function", "metadata", None, None, None, "x", 16)]
+
+
+def test_a_planned_launch_passes_the_c_launcher_what_triton_passes_it():
+    """launch_function: where a kernel asks for no scratch memory, a planned launch calls Triton's
+    C launch function itself, with the arguments that the installed Triton's CudaLauncher.__call__
+    (the CompiledKernel's run) passes it; a kernel with scratch keeps run. Checked against that
+    __call__ run with a stand-in C function, so a Triton that calls it otherwise fails here."""
+    from types import SimpleNamespace
+
+    from triton.backends.nvidia.driver import CudaLauncher
+
+    passed = []
+    run = object.__new__(CudaLauncher)  # its attributes set as __init__ sets them, the C module left out
+    run.launch = lambda *a: passed.append(a)
+    run.num_ctas, run.launch_cooperative_grid, run.launch_pdl = 1, False, True
+    run.global_scratch_size = run.profile_scratch_size = 0
+    run.global_scratch_align = run.profile_scratch_align = 1
+    compiled = SimpleNamespace(run=run, packed_metadata=(4, 1, 0))
+    args = ("x", "w", 7, 16, 32)
+    call, head = launching.launch_function(compiled)
+    if not triton.__version__.startswith(launching._C_LAUNCH_VERSIONS):
+        assert call is run  # a Triton not known to call its C function alike keeps run
+        return
+    assert call is run.launch
+    call(8, 2, 1, "stream", "function", *head, *args)
+    # what the JIT's launch and the plans before launch_function called
+    run(8, 2, 1, "stream", "function", compiled.packed_metadata, None, None, None, *args)
+    assert len(passed) == 2 and passed[0] == passed[1]
+    run.global_scratch_size = 64
+    assert launching.launch_function(compiled) == (run, (compiled.packed_metadata, None, None, None))
 
 
 def test_the_matmuls_read_group_scales_group_major(device):
@@ -217,3 +249,95 @@ def test_the_matmuls_read_group_scales_group_major(device):
         q = quantize_ref(w, spec)
         for own in (prepared.prepared(q).gemv_scales(), prepared.prepared(q).gemm_scales()):
             assert own.scales is q.scales and own.extra_bytes == 0 and own.stride_group == 1 and own.describe() == ""
+
+
+def test_quantize_keys_its_launches_on_its_plan_and_the_weights_alignment(monkeypatch):
+    """quantize works out its tiling, constants and grid once per format, shape, dtype and row
+    stride (quantize_tiles.quantize_plan) and keys each launch on that plan and w's alignment, not
+    on the signature of its 6-13 arguments. A key stands for a compiled kernel (launching.Launcher),
+    so over calls that differ in each of those ways, two launches of one launcher share a key only
+    where their arguments' signatures, their constants and their grids agree; and a call like an
+    earlier one takes the same plan."""
+    from quantbench.kernels import quantization, scale_codes
+    from quantbench.kernels.quantize_tiles import quantize_plan
+
+    seen: dict[tuple, tuple] = {}
+
+    class Recording:
+        def __init__(self, name):
+            self.name = name
+
+        def __call__(self, grid, args, constants, key):
+            what = (launching.signature(args), tuple(constants.items()), grid(constants))
+            assert seen.setdefault((self.name, key), what) == what, (self.name, key)
+
+    for name in ("_quantize_launch", "_minmax_launch", "_qparams_launch"):
+        monkeypatch.setattr(quantization, name, Recording(name))
+    monkeypatch.setattr(scale_codes, "_double_quantize_launch", lambda grid, args, constants: None)
+    specs = [QuantSpec(4, "asymmetric", "group", 32), QuantSpec(4, "symmetric", "group", 32),
+             QuantSpec(8, "asymmetric", "channel"), QuantSpec(4, "asymmetric", "tensor"),
+             QuantSpec(4, "nf4_dq", "group", 64)]
+    for spec in specs:
+        for dtype in (torch.float16, torch.float32, torch.bfloat16):
+            wide = torch.zeros(48, 320, dtype=dtype)
+            # whole rows, rows of a wider matrix (another row stride), then not 16-byte aligned
+            for w in (wide[:32, :256].contiguous(), wide[:32, :256], wide[:32, 8:264], wide[:32, 1:257], wide[:, :128]):
+                for _ in range(2):
+                    quantization.quantize(w, spec)
+    for name in ("_quantize_launch", "_minmax_launch"):
+        # as many keys as distinct launches: none shared by two (above), none made twice for one
+        # (the per-tensor scale's pass, which reads no part of w, may repeat a launch under two keys)
+        mine = {key: what for (launcher, key), what in seen.items() if launcher == name}
+        assert mine and len(mine) == len(set(mine.values())), name
+    hits = quantize_plan.cache_info().hits
+    quantization.quantize(torch.zeros(32, 256), specs[0])
+    assert quantize_plan.cache_info().hits == hits + 1
+
+
+def test_a_direct_launch_takes_the_weights_tensors_as_their_addresses(monkeypatch):
+    """qmatmul's GEMV and GEMMs and dequantize pass a direct launch the weight's six tensors as
+    ints (ScaleArgs.pointers, PreparedWeight.pointers) and Triton's JIT the tensors (tensors()):
+    the two agree argument by argument, as many as the kernel takes, the ints being exactly the
+    addresses of the weight's tensors in the same places (the launches themselves stood in for:
+    the direct launch runs on a GPU only)."""
+    from quantbench.kernels import dequantization, dequantize, quantized_matmul as qm
+    from quantbench.kernels.dequantization import dequantize_kernel
+    from quantbench.kernels.qgemm import qgemm_kernel
+    from quantbench.kernels.quantized_matmul import qgemv_kernel
+
+    calls = []
+
+    class Recording:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __call__(self, grid, args, constants, key, tensors):
+            calls.append((self.kernel, args, tensors()))
+
+    monkeypatch.setattr(qm, "INTERPRETED", False)
+    for module, name, kernel in ((qm, "_gemv_launch", qgemv_kernel), (qm, "_split_launch", qgemm_kernel),
+                                 (qm, "_gemm_launch", qgemm_kernel), (dequantization, "_dequantize_launch",
+                                                                      dequantize_kernel)):
+        monkeypatch.setattr(module, name, Recording(kernel))
+    w = torch.randn(48, 256)
+    for spec in (QuantSpec(4, "asymmetric", "group", 64), QuantSpec(4, "nf4_dq", "group", 64),
+                 QuantSpec(8, "symmetric", "channel")):
+        for dtype in (torch.float16, torch.float32):  # scale+zero words read in place; a group-major copy
+            q = quantize_ref(w.to(dtype), spec)
+            for m in (1, 8, 64):
+                qm.qmatmul(torch.randn(m, 256, dtype=dtype), q)
+            dequantize(q)
+    assert {kernel for kernel, _, _ in calls} == {qgemv_kernel, qgemm_kernel, dequantize_kernel}
+    for kernel, args, tensors in calls:
+        taken = [p for p in inspect.signature(kernel.fn).parameters.values() if "constexpr" not in str(p.annotation)]
+        assert len(args) == len(tensors) == len(taken)
+        # the weight's six: after x in the matmuls, first in dequantize
+        first = 0 if kernel is dequantize_kernel else 1
+        codes = "units_ptr" if kernel is qgemv_kernel else "codes_ptr"
+        assert [p.name for p in taken[first:first + 6]] == [codes, "scales_ptr", "zeros_ptr", "table_ptr", "second_ptr",
+                                                          "mean_ptr"]
+        for i, (a, t) in enumerate(zip(args, tensors)):
+            if first <= i < first + 6:
+                assert isinstance(t, torch.Tensor) and a == t.data_ptr(), (kernel, i)
+            else:
+                assert a is t, (kernel, i)

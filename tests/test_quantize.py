@@ -59,16 +59,32 @@ def test_long_rows_and_many_tiles(n, k, spec, gen, device):
     assert_same_quantization(quantize(w, spec), quantize_ref(w, spec))
 
 
+@pytest.fixture
+def retile(monkeypatch):
+    """Sets one of quantize_tiles' constants for a test. quantize keeps its launches per format and
+    shape (quantize_tiles.quantize_plan): the kept ones are dropped when a constant is set and
+    after the test, so that every call is planned with the constants in force."""
+    from quantbench.kernels import quantize_tiles
+
+    def set_constant(name, value):
+        monkeypatch.setattr(quantize_tiles, name, value)
+        quantize_tiles.quantize_plan.cache_clear()
+    yield set_constant
+    quantize_tiles.quantize_plan.cache_clear()
+
+
 @pytest.mark.parametrize("chunk", [4, 8, 64])
 @pytest.mark.parametrize("spec", [QuantSpec(2, "asymmetric", "group", 32), QuantSpec(4, "symmetric", "group", 128),
                                   QuantSpec(4, "nf4", "group", 64), QuantSpec(8, "asymmetric", "group", 64)], ids=str)
-def test_codes_do_not_depend_on_how_a_group_is_chunked(spec, chunk, gen, device, monkeypatch):
+def test_codes_do_not_depend_on_how_a_group_is_chunked(spec, chunk, gen, device, retile):
     """The kernel holds a group as chunks (quantize_tiles.GROUP_CHUNK, at most half a group): any
     chunk length, down to one byte's worth of fields, gives the reference's codes, on tiles inside
     the matrix and on masked ones (N and K not multiples of the tile)."""
-    from quantbench.kernels import quantize_tiles
+    from quantbench.kernels.quantize_tiles import quantize_plan
 
-    monkeypatch.setattr(quantize_tiles, "GROUP_CHUNK", max(spec.per_byte, chunk))
+    retile("GROUP_CHUNK", max(spec.per_byte, chunk))
+    plan = quantize_plan(spec, 8, 512, torch.float16, 512)
+    assert plan.constants["CHUNK"] == min(spec.group_size // 2, max(spec.per_byte, chunk))
     for n, k in ((8, 512), (5, 3 * spec.group_size)):
         w = torch.randn(n, k, generator=gen).to(torch.float16).to(device)
         assert_same_quantization(quantize(w, spec), quantize_ref(w, spec))
@@ -78,7 +94,7 @@ def test_codes_do_not_depend_on_how_a_group_is_chunked(spec, chunk, gen, device,
                                   QuantSpec(4, "asymmetric", "group", 32), QuantSpec(8, "asymmetric", "group", 32),
                                   QuantSpec(8, "asymmetric", "group", 128), QuantSpec(8, "symmetric", "group", 256)],
                          ids=str)
-def test_large_weights_take_the_one_warp_tile_and_the_same_codes(spec, gen, device, monkeypatch):
+def test_large_weights_take_the_one_warp_tile_and_the_same_codes(spec, gen, device, retile):
     """Per-group codes of large weights are quantized on one warp, 1024 columns a tile: 4- and
     2-bit codes (512 columns for asymmetric groups under 128 columns), 8-bit codes in groups of 128
     or more; 8-bit codes in smaller groups and small weights keep the 2-warp tile of 512. The
@@ -87,8 +103,8 @@ def test_large_weights_take_the_one_warp_tile_and_the_same_codes(spec, gen, devi
     from quantbench.kernels import quantize_tiles
 
     small = quantize_tiles.quantize_tiling(spec, 2048, 2048)
-    monkeypatch.setattr(quantize_tiles, "SUB_BYTE_GROUP_MIN_ELEMS", 0)
-    monkeypatch.setattr(quantize_tiles, "BYTE_GROUP_MIN_ELEMS", 0)
+    retile("SUB_BYTE_GROUP_MIN_ELEMS", 0)
+    retile("BYTE_GROUP_MIN_ELEMS", 0)
     _, block_n, block_k, _, _, warps = quantize_tiles.quantize_tiling(spec, 2048, 2048)
     one_warp = spec.bits < 8 or spec.group_size >= 128
     assert warps == (1 if one_warp else 2) and small[-1] == 2
@@ -189,8 +205,9 @@ def test_launcher_names_the_bad_tensor(bad, match, device):
 
 
 def test_group_size_must_divide_k(device):
-    with pytest.raises(ValueError, match="group_size 64 must divide K = 96"):
-        quantize(torch.zeros(2, 96, device=device), QuantSpec(4, "symmetric", "group", 64))
+    for _ in range(2):  # refused on every call, not only on the first of a shape (quantize_plan)
+        with pytest.raises(ValueError, match="group_size 64 must divide K = 96"):
+            quantize(torch.zeros(2, 96, device=device), QuantSpec(4, "symmetric", "group", 64))
 
 
 def test_seed_notebook_per_tensor_experiment():
