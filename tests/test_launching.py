@@ -251,7 +251,7 @@ def test_the_matmuls_read_group_scales_group_major(device):
             assert own.scales is q.scales and own.extra_bytes == 0 and own.stride_group == 1 and own.describe() == ""
 
 
-def test_quantize_keys_its_launches_on_its_plan_and_the_weights_alignment(monkeypatch):
+def test_quantize_keys_its_launches_on_its_plan_and_the_weights_alignment(monkeypatch, device):
     """quantize works out its tiling, constants and grid once per format, shape, dtype and row
     stride (quantize_tiles.quantize_plan) and keys each launch on that plan and w's alignment, not
     on the signature of its 6-13 arguments. A key stands for a compiled kernel (launching.Launcher),
@@ -279,7 +279,7 @@ def test_quantize_keys_its_launches_on_its_plan_and_the_weights_alignment(monkey
              QuantSpec(4, "nf4_dq", "group", 64)]
     for spec in specs:
         for dtype in (torch.float16, torch.float32, torch.bfloat16):
-            wide = torch.zeros(48, 320, dtype=dtype)
+            wide = torch.zeros(48, 320, dtype=dtype, device=device)
             # whole rows, rows of a wider matrix (another row stride), then not 16-byte aligned
             for w in (wide[:32, :256].contiguous(), wide[:32, :256], wide[:32, 8:264], wide[:32, 1:257], wide[:, :128]):
                 for _ in range(2):
@@ -290,11 +290,11 @@ def test_quantize_keys_its_launches_on_its_plan_and_the_weights_alignment(monkey
         mine = {key: what for (launcher, key), what in seen.items() if launcher == name}
         assert mine and len(mine) == len(set(mine.values())), name
     hits = quantize_plan.cache_info().hits
-    quantization.quantize(torch.zeros(32, 256), specs[0])
+    quantization.quantize(torch.zeros(32, 256, device=device), specs[0])
     assert quantize_plan.cache_info().hits == hits + 1
 
 
-def test_a_direct_launch_takes_the_weights_tensors_as_their_addresses(monkeypatch):
+def test_a_direct_launch_takes_the_weights_tensors_as_their_addresses(monkeypatch, device):
     """qmatmul's GEMV and GEMMs and dequantize pass a direct launch the weight's six tensors as
     ints (ScaleArgs.pointers, PreparedWeight.pointers) and Triton's JIT the tensors (tensors()):
     the two agree argument by argument, as many as the kernel takes, the ints being exactly the
@@ -319,13 +319,13 @@ def test_a_direct_launch_takes_the_weights_tensors_as_their_addresses(monkeypatc
                                  (qm, "_gemm_launch", qgemm_kernel), (dequantization, "_dequantize_launch",
                                                                       dequantize_kernel)):
         monkeypatch.setattr(module, name, Recording(kernel))
-    w = torch.randn(48, 256)
+    w = torch.randn(48, 256, device=device)
     for spec in (QuantSpec(4, "asymmetric", "group", 64), QuantSpec(4, "nf4_dq", "group", 64),
                  QuantSpec(8, "symmetric", "channel")):
         for dtype in (torch.float16, torch.float32):  # scale+zero words read in place; a group-major copy
             q = quantize_ref(w.to(dtype), spec)
             for m in (1, 8, 64):
-                qm.qmatmul(torch.randn(m, 256, dtype=dtype), q)
+                qm.qmatmul(torch.randn(m, 256, dtype=dtype, device=device), q)
             dequantize(q)
     assert {kernel for kernel, _, _ in calls} == {qgemv_kernel, qgemm_kernel, dequantize_kernel}
     for kernel, args, tensors in calls:
