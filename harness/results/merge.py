@@ -11,7 +11,8 @@ from typing import Any, Callable
 import pandas as pd
 
 from .schema import SCHEMA_VERSION
-from .storage import atomic_write, finished_rows, new_run_folder, read_meta, read_cases, read_samples, to_frame, utc_now, write_samples
+from .storage import (atomic_write, finished_rows, new_run_folder, read_cases, read_meta, read_samples, to_frame,
+                      utc_now, write_samples)
 
 
 class MergeError(Exception):
@@ -30,6 +31,8 @@ def merge_runs(runs: list[str | Path], out_root: str | Path,
                              f"{SCHEMA_VERSION}: columns would not line up")
         if not isinstance(meta.get("config"), dict):
             raise MergeError(f"{run}: meta.json holds no config: not a run folder merge can join")
+        if "run_id" not in meta:
+            raise MergeError(f"{run}: meta.json holds no run_id: not a run folder merge can join")
         if meta.get("config") != metas[0].get("config"):
             raise MergeError(f"{run}: made with a different config than {runs[0]}")
     cases, samples, seen = [], [], {}
@@ -48,10 +51,9 @@ def merge_runs(runs: list[str | Path], out_root: str | Path,
             seen[key] = run
             cases.append((key, rows))
         samples += read_samples(run)
-    name = metas[0]["config"]["name"]
-    path = new_run_folder(out_root, f"{name}-merged")
+    df = to_frame([row for _, rows in cases for row in rows])  # before the folder: nothing made for a bad input
+    path = new_run_folder(out_root, f"{metas[0]['config']['name']}-merged")
     run_id = path.name
-    df = to_frame([row for _, rows in cases for row in rows])
     meta = {"schema_version": SCHEMA_VERSION, "run_id": run_id, "merged_utc": utc_now(),
             "merged_from": [m["run_id"] for m in metas], "config": metas[0]["config"],
             "env": metas[0].get("env", {}), "envs": [m.get("env", {}) for m in metas],

@@ -18,15 +18,19 @@ import gzip
 import json
 import math
 import os
+import reprlib
 import sys
+import zlib
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import pandas as pd
 
 from ..config.errors import first_line
-from .schema import CLOCKS, COLUMNS, ERROR, IDENTITY, LEGACY_ROLES, MEMORY, OUTPUT_ERROR, SCHEMA_VERSION, TIME
+from .contents import BOOLEANS, INTEGER, MEASURED, NUMERIC, meta_problem, row_problem, sample_problem
+from .schema import COLUMNS, IDENTITY, LEGACY_ROLES, SCHEMA_VERSION
 
 SAMPLES = "samples.jsonl"         # appended, one line per timed row, while the run goes
 SAMPLES_GZ = "samples.jsonl.gz"   # the same lines, compressed (about 6x) once the run has finished
@@ -59,8 +63,16 @@ def has_samples(run: Path) -> bool:
 
 
 def read_samples(run: Path, drop_torn_tail: bool = False) -> list[dict[str, Any]]:
-    """Every sample record of a run folder, from samples.jsonl or samples.jsonl.gz (none: [])."""
-    return read_lines(samples_path(run), drop_torn_tail)
+    """Every sample record of a run folder, from samples.jsonl or samples.jsonl.gz (none: []):
+    each an object with its case key and samples_ms, a list of finite times, as RunWriter writes
+    them; RunFolderError naming the file and line of any other."""
+    path = samples_path(run)
+    records = read_lines(path, drop_torn_tail)
+    for number, rec in enumerate(records, start=1):
+        problem = sample_problem(rec)
+        if problem:
+            raise RunFolderError(f"{path}:{number}: {problem}")
+    return records
 
 
 def _replace_samples(run: Path, lines: str) -> None:
@@ -194,60 +206,66 @@ def new_run_folder(out_root: str | Path, name: str) -> Path:
     raise RunFolderError(f"{root}: 999 run folders named {base}-*; choose another --out")
 
 
-def read_lines(path: Path, drop_torn_tail: bool = False) -> list[dict[str, Any]]:
+def read_lines(path: Path, drop_torn_tail: bool = False) -> list[Any]:
     """The JSON records of a .jsonl file. A last line without its newline was cut short by a kill:
     dropped when `drop_torn_tail`, an error otherwise; any other bad line is an error naming the
     file and line (the lines before it are intact)."""
     if not path.exists():
         return []
+    data = path.read_bytes()
     if path.suffix == ".gz":
         try:
-            text = gzip.decompress(path.read_bytes()).decode()
-        except (OSError, EOFError, UnicodeDecodeError) as e:  # gzip.BadGzipFile is an OSError
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
             raise RunFolderError(f"{path}: not a readable gzip file of JSON lines ({e})") from None
-    else:
-        text = path.read_text()
-    lines = text.split("\n")
-    torn = lines.pop()  # "" when the file ends with a newline
+    lines = data.split(b"\n")
+    torn = lines.pop()  # b"" when the file ends with a newline
     records = []
     for number, line in enumerate(lines, start=1):
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            raise RunFolderError(f"{path}:{number}: not a valid JSON record ({e.msg}); lines 1-{number - 1} "
-                             f"are intact") from None
+            records.append(json.loads(line.decode()))
+        except UnicodeDecodeError:
+            raise RunFolderError(f"{path}:{number}: not UTF-8 text, expected a JSON record; lines 1-{number - 1} "
+                                 f"are intact") from None
+        except (json.JSONDecodeError, RecursionError) as e:
+            why = e.msg if isinstance(e, json.JSONDecodeError) else "nested too deeply"
+            raise RunFolderError(f"{path}:{number}: not a valid JSON record ({why}); lines 1-{number - 1} "
+                                 f"are intact") from None
     if torn and not drop_torn_tail:
         raise RunFolderError(f"{path}:{len(lines) + 1}: the last line is cut short (a killed run?); "
-                         f"lines 1-{len(lines)} are intact: resume the run to continue it")
+                             f"lines 1-{len(lines)} are intact: resume the run to continue it")
     return records
 
 
 def read_cases(path: Path, drop_torn_tail: bool = False) -> list[tuple[str | None, list[dict[str, Any]]]]:
     """(case key, its rows) for each record of a rows.jsonl. Runs of schema 1 wrote one row a line,
     with no case records: each such row is read as a case of its own (key None). A line that is
-    neither is an error naming the file and line."""
+    neither, or a row with a value its column cannot hold, is an error naming the file and line."""
     cases = []
     for number, rec in enumerate(read_lines(path, drop_torn_tail), start=1):
         if isinstance(rec, dict) and "case" in rec and "rows" in rec:
-            cases.append((rec["case"], rec["rows"]))
+            key, rows = rec["case"], rec["rows"]
+            if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+                raise RunFolderError(f"{path}:{number}: rows holds {reprlib.repr(rows)}, expected a list of "
+                                     f"rows (objects)")
         elif isinstance(rec, dict) and "op" in rec and "impl" in rec:
-            cases.append((None, [rec]))
+            key, rows = None, [rec]
         else:
             raise RunFolderError(f"{path}:{number}: neither a case record ('case' and 'rows') nor a row "
                                  f"('op', 'impl')")
+        for row in rows:
+            problem = row_problem(row)
+            if problem:
+                raise RunFolderError(f"{path}:{number}: {problem}")
+        cases.append((key, rows))
     return cases
-
-
-MEASURED = [c for c in TIME + CLOCKS + MEMORY + ERROR + OUTPUT_ERROR if c != "timing_valid"]
-NUMERIC = MEASURED + ["bits", "group_size", "M", "N", "K", "layers", "depth"]
 
 
 def to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=COLUMNS)
     for col in MEASURED:
         df[col] = pd.to_numeric(df[col], errors="coerce")  # JSON lines carry inf as "inf"
-    for col in ("bits", "group_size", "M", "N", "K", "layers", "depth", "n_samples", "weight_bytes",
-                "peak_mem_bytes"):
+    for col in INTEGER:
         df[col] = df[col].astype("Int64")
     return df
 
@@ -262,39 +280,62 @@ def read_meta(run: str | Path, required: bool = False) -> dict[str, Any]:
         return {}
     try:
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise RunFolderError(f"{meta_file}: not valid JSON ({e}); a run's meta.json is a JSON object") from None
     if not isinstance(meta, dict):
         raise RunFolderError(f"{meta_file}: expected a JSON object, got a {type(meta).__name__}")
     version = meta.get("schema_version")
-    if not isinstance(version, int) or isinstance(version, bool):
-        raise RunFolderError(f"{meta_file}: no schema_version (got {version!r}): not the meta.json of a quantbench run")
+    if version is None:
+        raise RunFolderError(f"{meta_file}: no schema_version: not the meta.json of a quantbench run")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise RunFolderError(f"{meta_file}: schema_version holds {reprlib.repr(version)}, expected a whole number "
+                             f">= 1: not the meta.json of a quantbench run")
     if version > SCHEMA_VERSION:
         raise RunFolderError(f"{meta_file}: schema version {version} is newer than this quantbench reads "
                              f"({SCHEMA_VERSION}); upgrade quantbench")
+    problem = meta_problem(meta)
+    if problem:
+        raise RunFolderError(f"{meta_file}: {problem}")
     return meta
 
 
 def _read_table(csv: Path, current: bool) -> pd.DataFrame:
-    """results.csv with every numeric column numeric; RunFolderError naming the file, and the
-    column and row, for anything else. `current`: written by this schema version, so every
-    column of it must be there (an older run lacks the newer ones)."""
+    """results.csv with every numeric column numeric (whole numbers in the integer ones) and
+    timing_valid True or False wherever a row has a time; RunFolderError naming the file, and the
+    column and row, for anything else. `current`: written by this schema version, so every column
+    of it must be there (an older run lacks the newer ones)."""
     try:
-        df = pd.read_csv(csv)
+        df = pd.read_csv(csv, dtype={"timing_valid": str})  # as written, so that only True or False is read as one
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
         raise RunFolderError(f"{csv}: not a readable results table ({first_line(e)})") from None
     missing = [c for c in (COLUMNS if current else ("op", "impl", "status", "ms")) if c not in df.columns]
     if missing:
         raise RunFolderError(f"{csv}: no column {', '.join(missing[:5])}: not a whole quantbench results table")
+    has_validity = "timing_valid" in df.columns
     # runs written before a column existed read it as missing, never as an error
     df = df.reindex(columns=COLUMNS + [c for c in df.columns if c not in COLUMNS])
     for col in NUMERIC:
         values = pd.to_numeric(df[col], errors="coerce")
         bad = values.isna() & df[col].notna()
+        if col in INTEGER:
+            bad |= values.notna() & ~(values % 1 == 0)  # inf % 1 is NaN: not whole either
         if bad.any():
             row = int(bad.idxmax())
-            raise RunFolderError(f"{csv}: row {row + 2}: column {col} holds {df.at[row, col]!r}, expected a number")
+            held = df.at[row, col]
+            held = held.item() if isinstance(held, np.generic) else held  # 4.5, not np.float64(4.5)
+            expected = "a whole number" if col in INTEGER and not pd.isna(values[row]) else "a number"
+            raise RunFolderError(f"{csv}: row {row + 2}: column {col} holds {held!r}, expected {expected}")
         df[col] = values
+    if has_validity:
+        written = df["timing_valid"]
+        valid = written.str.lower().map(BOOLEANS)
+        bad = valid.isna() & (written.notna() | df["ms"].notna())
+        if bad.any():
+            row = int(bad.idxmax())
+            said = (f"holds {written[row]!r}, expected True or False" if pd.notna(written[row]) else
+                    "is empty, expected True or False (the row has a time, ms)")
+            raise RunFolderError(f"{csv}: row {row + 2}: column timing_valid {said}")
+        df["timing_valid"] = valid
     return df
 
 

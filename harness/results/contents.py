@@ -1,0 +1,102 @@
+"""What each file of a run folder must hold before a reader trusts it (storage.py reads them):
+the shapes that RunWriter, sweep.run_meta, the cluster and merge_runs write. Each check returns
+what is wrong, naming the column or key and what was expected, or None; the reader adds the file
+and the line."""
+
+from __future__ import annotations
+
+import math
+import reprlib
+from typing import Any, Callable
+
+from .schema import CLOCKS, DTYPE_CEILING, ERROR, INT8_CEILING, MEMORY, OUTPUT_ERROR, TIME
+
+MEASURED = [c for c in TIME + CLOCKS + MEMORY + ERROR + OUTPUT_ERROR if c != "timing_valid"]
+NUMERIC = MEASURED + ["bits", "group_size", "M", "N", "K", "layers", "depth"]
+# the columns the table holds as integers (to_frame: Int64)
+INTEGER = ["bits", "group_size", "M", "N", "K", "layers", "depth", "n_samples", "weight_bytes", "peak_mem_bytes"]
+NON_FINITE = ("inf", "-inf", "nan")  # how RunWriter writes a float JSON has no number for (_json_safe)
+BOOLEANS = {"true": True, "false": False}  # timing_valid in results.csv: True, False (any case)
+
+
+def row_problem(row: dict[str, Any]) -> str | None:
+    """What is wrong with a row of rows.jsonl, in the words storage._read_table uses for
+    results.csv; None for a row as RunWriter writes it: numbers (or null, or NON_FINITE) in the
+    numeric columns, whole ones in the integer columns, and timing_valid true or false where the
+    row has a time."""
+    for col in NUMERIC:
+        value = row.get(col)
+        if value is None or (value in NON_FINITE and col not in INTEGER):
+            continue
+        if not is_number(value):
+            return f"column {col} holds {reprlib.repr(value)}, expected a number"
+        if col in INTEGER and not whole(value):
+            return f"column {col} holds {value!r}, expected a whole number"
+    ms, valid = row.get("ms"), row.get("timing_valid")
+    timed = ms is not None and ms != "nan" and not (isinstance(ms, float) and math.isnan(ms))
+    if valid is None and timed:
+        return "column timing_valid is empty, expected true or false (the row has a time, ms)"
+    if valid is not None and not isinstance(valid, bool):
+        return f"column timing_valid holds {reprlib.repr(valid)}, expected true or false"
+    return None
+
+
+def whole(value: int | float) -> bool:
+    """A whole number that fits the table's 64-bit integer columns."""
+    return (isinstance(value, int) or value.is_integer()) and abs(value) < 2**63
+
+
+def is_number(value: Any) -> bool:
+    """A JSON number (JSON's true and false are Python bools, which are ints)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def sample_problem(rec: Any) -> str | None:
+    """What is wrong with a record of samples.jsonl(.gz); None for one as RunWriter writes it: an
+    object with its case key and samples_ms, a non-empty list of finite times."""
+    if not isinstance(rec, dict):
+        return f"a JSON {type(rec).__name__}, expected a sample record (an object with case and samples_ms)"
+    if not isinstance(rec.get("case"), str):
+        return f"case holds {reprlib.repr(rec.get('case'))}, expected the case key (a string)"
+    times = rec.get("samples_ms")
+    if not isinstance(times, list) or not times:
+        return f"samples_ms holds {reprlib.repr(times)}, expected a non-empty list of times (ms)"
+    for i, t in enumerate(times):
+        # NaN or inf is no time: every statistic over it would be NaN
+        if not is_number(t) or not math.isfinite(t):
+            return f"samples_ms[{i}] holds {reprlib.repr(t)}, expected a finite number (ms)"
+    return None
+
+
+# the keys of meta.json that readers use, each with the shape its writers (RunWriter, sweep.run_meta,
+# cluster, merge_runs) give it: a run of an older schema may lack one, never hold it in another shape
+META_SHAPES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "run_id": (lambda v: isinstance(v, str), "a string"),
+    "config": (lambda v: isinstance(v, dict) and isinstance(v.get("name"), str), "an object with a string name"),
+    "env": (lambda v: isinstance(v, dict), "an object"),
+    "envs": (lambda v: isinstance(v, list) and all(isinstance(e, dict) for e in v), "a list of objects"),
+    "calibration": (lambda v: isinstance(v, dict), "an object"),
+    "datasheet": (lambda v: v is None or isinstance(v, dict), "an object or null"),
+    # a worker's gpu names its model (analysis.loaded_run.gpu_of)
+    "workers": (lambda v: isinstance(v, list) and all(isinstance(w, dict) and isinstance(w.get("gpu"), str | None)
+                                                       for w in v), "a list of objects, each with its gpu a string"),
+    "rows": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "a whole number of rows"),
+    "resumed_utc": (lambda v: isinstance(v, list), "a list"),
+    "status_counts": (lambda v: isinstance(v, dict), "an object"),
+}
+# calibration's and the datasheet's rates (calibration.py, datasheets.py): a number, or null for
+# one that could not be measured
+RATES = {"copy_gbps", "hbm_gbps", "matmul_size", *DTYPE_CEILING.values(), INT8_CEILING}
+
+
+def meta_problem(meta: dict[str, Any]) -> str | None:
+    """What is wrong with the keys of a meta.json that readers use (META_SHAPES, RATES); None where
+    each is missing or in its writers' shape."""
+    for key, (fits, expected) in META_SHAPES.items():
+        if key in meta and not fits(meta[key]):
+            return f"{key} holds {reprlib.repr(meta[key])}, expected {expected}"
+    for section in ("calibration", "datasheet"):
+        for key, value in (meta.get(section) or {}).items():
+            if key in RATES and value is not None and not is_number(value):
+                return f"{section}.{key} holds {reprlib.repr(value)}, expected a number"
+    return None
