@@ -33,10 +33,11 @@ from scipy.stats import mannwhitneyu
 from ..results import CASE_KEY
 from ..results.storage import atomic_write
 from .gpu_views import gpu_views, impl_table
-from .loaded_run import CompareError, LoadedRun, Run, case_key, gpu_of, keyed
+from .loaded_run import CompareError, LoadedRun, Run, case_key, gpu_of
 from .thresholds import Thresholds, ThresholdSet
 
-# unjudged: the latency could not be judged (interpreter timings, no raw samples, two GPU models)
+# unjudged: the latency could not be judged (interpreter timings, no raw samples, samples that are not numbers,
+# two GPU models)
 # and the accuracy did not regress: never reported as "same"
 VERDICTS = ("regression", "improvement", "same", "unstable", "new", "missing", "unjudged")
 MODES = ("absolute", "relative")
@@ -50,11 +51,16 @@ DEFAULT = Thresholds()
 def latency_verdict(base: list[float], cand: list[float], t: Thresholds) -> tuple[str, float]:
     """(verdict, p-value) for two sets of timing samples of one case: `same` under min_effect,
     `unstable` at min_effect or more without the U test's confirmation, else `regression` or
-    `improvement`; `unjudged` with fewer than two samples on a side."""
+    `improvement`; `unjudged` with fewer than two samples on a side, or where the ratio of medians
+    or the p-value is not a finite number (NaN samples, a median of 0): every comparison with NaN
+    is False, which would otherwise fall through to `improvement`."""
     if len(base) < 2 or len(cand) < 2:
         return "unjudged", math.nan
     p = float(mannwhitneyu(base, cand, alternative="two-sided").pvalue)
-    ratio = float(pd.Series(cand).median() / pd.Series(base).median())
+    base_median, cand_median = float(pd.Series(base).median()), float(pd.Series(cand).median())
+    ratio = cand_median / base_median if base_median else math.nan
+    if not (math.isfinite(ratio) and math.isfinite(p)):
+        return "unjudged", p
     if abs(ratio - 1) < t.min_effect:
         return "same", p
     if p >= t.alpha:
@@ -88,7 +94,7 @@ def anchors(run: LoadedRun) -> dict[str, str]:
     workload (every case column but impl) whose role comes first in ANCHOR_ROLES. An anchor has
     none of its own."""
     df = run.df
-    keys = list(keyed(df).index)
+    keys = list(run.keyed().index)
     workload_cols = [c for c in CASE_KEY if c != "impl"]
     workloads = [case_key(v) for v in df[workload_cols].itertuples(index=False)]
     roles = df["role"].tolist() if "role" in df else [None] * len(df)
@@ -118,7 +124,11 @@ def compare_runs(base_run: Run, cand_run: Run, t: Thresholds | ThresholdSet = DE
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     base_run, cand_run = LoadedRun.of(base_run), LoadedRun.of(cand_run)
-    base, cand = keyed(base_run.df), keyed(cand_run.df)
+    base, cand = base_run.keyed(), cand_run.keyed()
+    if base.index.intersection(cand.index).empty:
+        # every case would be new or missing: a gate on regressions would pass a candidate that lost them all
+        raise CompareError(f"{base_run.path} and {cand_run.path} share no case ({len(base)} in the baseline, "
+                           f"{len(cand)} in the candidate): nothing to compare; expected runs of one config")
     base_samples, cand_samples = base_run.samples, cand_run.samples
     base_anchor, cand_anchor = (anchors(base_run), anchors(cand_run)) if mode == "relative" else ({}, {})
     same_gpu = gpu_of(base_run.meta) == gpu_of(cand_run.meta)
@@ -229,8 +239,8 @@ def write_report(views: Comparison, out: Path) -> dict:
     judged = versus.get("latency_judged", pd.Series(dtype=bool)).fillna(False).astype(bool)
     unjudged = int((~judged & versus["verdict"].isin(["unjudged", "regression"])).sum())
     if unjudged:
-        lines += [f"Latency not judged for {unjudged} case(s): interpreter timings, no raw samples, or runs on "
-                  "different GPU models (see GPU against GPU); their accuracy is.", ""]
+        lines += [f"Latency not judged for {unjudged} case(s): interpreter timings, no raw samples, samples that "
+                  "are not numbers, or runs on different GPU models (see GPU against GPU); their accuracy is.", ""]
     cols = [c for c in VERSUS_COLUMNS if c in versus and (c != "candidate" or versus[c].nunique() > 1)]
     changed = versus[~versus["verdict"].isin(["same", "unstable", "unjudged"])]
     if not changed.empty:

@@ -53,6 +53,10 @@ def gpu_views(runs: list[Run]) -> tuple[pd.DataFrame, pd.DataFrame]:
     if twice:
         raise CompareError(f"{', '.join(twice)}: given twice; each run is one column group of the table")
     names = gpu_names([r.meta for r in loaded])
+    if clash := [n for n in names if names.count(n) > 1]:
+        shared = [str(r.path) for r, n in zip(loaded, names, strict=True) if n == clash[0]]
+        raise CompareError(f"{', '.join(shared)}: two runs share a run id on one GPU ({clash[0]}): their columns would "
+                           f"collide; expected different runs (a copied run folder keeps its run id)")
     frames, labels, present = [], [], {}
     for run, name in zip(loaded, names, strict=True):
         ok = _timed_workloads(run)

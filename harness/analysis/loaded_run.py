@@ -13,10 +13,10 @@ from ..results import CASE_KEY, RunFolderError, load_run, read_samples
 
 
 def case_key(values) -> str:
-    """A case's identity as text, the same whether read from results.csv (NaN, 8.0) or from a
-    JSON line (null, 8)."""
+    """A case's identity as text, the same whether read from results.csv (NaN, 8.0), from a
+    JSON line (null, 8) or from rows.jsonl's table (pd.NA in an Int64 column)."""
     def norm(v) -> str:
-        if v is None or (isinstance(v, float) and math.isnan(v)):
+        if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
             return ""
         if isinstance(v, float) and v.is_integer():
             return str(int(v))
@@ -28,8 +28,21 @@ def samples_by_case(run: Path) -> dict[str, list[float]]:
     return {case_key(rec.get(c) for c in CASE_KEY): rec["samples_ms"] for rec in read_samples(run)}
 
 
-def keyed(df: pd.DataFrame) -> pd.DataFrame:
-    return df.set_index(pd.Index([case_key(row) for row in df[CASE_KEY].itertuples(index=False)], name="key"))
+def keyed(df: pd.DataFrame, source: str | Path = "run") -> pd.DataFrame:
+    """The table indexed by case key; CompareError naming `source` and the case where a case is
+    there twice (two pytest-benchmark entries of one case): a row looked up by its key must be one."""
+    index = pd.Index([case_key(row) for row in df[CASE_KEY].itertuples(index=False)], name="key")
+    twice = index[index.duplicated()].unique()
+    if len(twice):
+        shown = "; ".join(describe_case(k) for k in twice[:3]) + (f"; {len(twice) - 3} more" if len(twice) > 3 else "")
+        raise CompareError(f"{source}: {len(twice)} case(s) appear more than once ({shown}); "
+                           f"expected each case once in a run")
+    return df.set_index(index)
+
+
+def describe_case(key: str) -> str:
+    """A case key as `op=matmul impl=triton bits=4 ...`, the columns left empty left out."""
+    return " ".join(f"{c}={v}" for c, v in zip(CASE_KEY, key.split("|")) if v)
 
 
 def gpu_of(meta: dict) -> str | None:
@@ -57,6 +70,10 @@ class LoadedRun:
     @classmethod
     def of(cls, run: str | Path | LoadedRun) -> LoadedRun:
         return run if isinstance(run, LoadedRun) else cls(Path(run), *load_run(run))
+
+    def keyed(self) -> pd.DataFrame:
+        """The table indexed by case key (keyed); CompareError naming this folder where a case is there twice."""
+        return keyed(self.df, self.path)
 
     @property
     def samples(self) -> dict[str, list[float]]:

@@ -65,9 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "other GPUs for the GPU-against-GPU table")
     c.add_argument("--out", default=None, help="where to write compare.md, compare.csv, verdict.json, impls.csv "
                                                "(and gpus.csv, unshared.csv) (default: LAST_CANDIDATE/compare)")
-    c.add_argument("--fail-on", choices=("regression", "unjudged"), action="append", default=None,
+    c.add_argument("--fail-on", choices=("regression", "unjudged", "missing"), action="append", default=None,
                    help="exit 1 if any case has this verdict (repeatable; unjudged: a latency that could not be "
-                        "judged, e.g. a run without its samples)")
+                        "judged, e.g. a run without its samples; missing: a baseline case the candidate lacks)")
     c.add_argument("--mode", choices=("absolute", "relative"), default="absolute",
                    help="absolute: latency as measured (one machine); relative: each case over its anchor in its "
                         "own run, the dense baseline or else the PyTorch reference (runs from two machines)")

@@ -60,8 +60,11 @@ def cmd_compare(args, console: Console) -> int:
     console.print(f"written under {out}: {', '.join(written)}")
     unjudged = verdict["counts"].get("unjudged", 0)
     if unjudged:
-        console.print(f"latency not judged for {unjudged} case(s): interpreter timings, no raw samples, or two GPU "
-                      f"models (compare.md says which)")
+        console.print(f"latency not judged for {unjudged} case(s): interpreter timings, no raw samples, samples "
+                      f"that are not numbers, or two GPU models (compare.md says which)")
+    missing = verdict["counts"].get("missing", 0)
+    if missing:
+        console.print(f"{missing} case(s) of the baseline are missing from a candidate (compare.md lists them)")
     failing = sum(verdict["counts"].get(v, 0) for v in args.fail_on or ())
     return 1 if failing else 0
 
@@ -71,13 +74,13 @@ def cmd_compare_gpus(args, console: Console) -> int:
 
     from ..analysis.gpu_views import gpu_views
     from ..analysis.tables import to_markdown
+    from ..results.storage import writable_folder
+    out = writable_folder(Path(args.out)) if args.out else None  # refused before the tables, not after
     table, unshared = gpu_views(args.runs)
     print_table(console, "GPU against GPU", table)
     if not unshared.empty:
         print_table(console, "not in every run (left out above)", unshared)
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
+    if out is not None:
         table.to_csv(out / "gpus.csv", index=False)
         unshared.to_csv(out / "unshared.csv", index=False)
         text = "# GPU against GPU\n\n" + to_markdown(table) + "\n"

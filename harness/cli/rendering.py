@@ -40,6 +40,9 @@ def show_run(path, console: Console, columns: str | None = None, form: str = "ta
     from ..analysis.choice import SUMMARY_COLUMNS as CHOICE_SUMMARY, choice_tables
     from ..analysis.tables import compact_columns, depth_table, failures, op_table, select_columns
     from ..results import load_run
+    patterns = None if columns in (None, "all") else [p.strip() for p in columns.split(",") if p.strip()]
+    if patterns == []:
+        raise ConfigError(f"--columns: expected 'all' or comma-separated column names and globs, got {columns!r}")
     df, meta = load_run(path)
     env = meta.get("env", {})
     ops = df["op"].unique()
@@ -48,7 +51,6 @@ def show_run(path, console: Console, columns: str | None = None, form: str = "ta
     tables = [(op, t, compact_columns(t, df[df["op"] == op]))
               for op in ops if not (t := op_table(df, op, meta.get("calibration", {}).get("copy_gbps"))).empty]
     tables += [(title, t, list(t.columns[:CHOICE_SUMMARY])) for op in ops for title, t in choice_tables(df, op)]
-    patterns = None if columns in (None, "all") else [p.strip() for p in columns.split(",") if p.strip()]
     matched: set[str] = set()
     for i, (title, t, compact) in enumerate(tables):
         if patterns is not None:
