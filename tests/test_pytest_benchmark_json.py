@@ -73,7 +73,7 @@ def test_a_row_with_a_word_for_a_number_is_refused(tmp_path):
     data = to_pytest_benchmark(_quantize_run(tmp_path, 2))
     data["benchmarks"][0]["extra_info"]["row"]["gbps"] = "fast"
     (tmp_path / "pb.json").write_text(json.dumps(data))
-    with pytest.raises(RunFolderError, match=r"benchmarks\[0\]\.extra_info\.row: gbps holds 'fast'"):
+    with pytest.raises(RunFolderError, match=r"benchmarks\[0\]\.extra_info\.row: column gbps holds 'fast'"):
         from_pytest_benchmark(tmp_path / "pb.json", tmp_path / "back", summary_markdown)
 
 

@@ -76,7 +76,7 @@ def cmd_configs(args, console: Console) -> int:
     with --copy DIR, copied there to edit."""
     found = shipped_configs()
     if args.copy:
-        out = writable_folder(Path(args.copy))
+        out = writable_folder(Path(args.copy), "--copy")
         for name, path in found.items():
             target = out / path.name
             if target.exists():

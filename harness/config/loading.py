@@ -93,12 +93,19 @@ def read_yaml(path: str | Path) -> tuple[Any, yaml.Node | None]:
         raise ConfigError(f"{path}: cannot read config: {e.strerror}") from None
     try:
         root = yaml.compose(text)
+        loop = recursive_alias(root)
+        if loop:
+            where, line = loop
+            raise ConfigError(f"{path}:{line}: '{where}' is an alias of a value that contains it (a recursive "
+                              f"alias): a config holds plain values, not cycles")
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f"{path}:{mark.line + 1}" if mark else str(path)
         problem = getattr(e, "problem", None) or str(e)
         raise ConfigError(f"{at}: YAML syntax error: {problem}") from None
+    except RecursionError:  # the parser is recursive: thousands of nested brackets exhaust Python's stack
+        raise ConfigError(f"{path}: nested too deeply to read: a config is a few levels of keys and lists") from None
     twice = duplicate_keys(root)
     if twice:
         raise ConfigError("\n".join(f"{path}:{line}: key '{key}' is given twice (first on line {first}): "
@@ -119,9 +126,44 @@ def locate(path: str | Path, e: ConfigError) -> ConfigError:
     return ConfigError(f"{path}:{line}: {e}" if line else f"{path}: {e}")
 
 
-def duplicate_keys(node: yaml.Node | None, where: str = "") -> list[tuple[str, int, int]]:
-    """(key path, line, line of its first occurrence) of every key given twice in one mapping."""
+def recursive_alias(node: yaml.Node | None) -> tuple[str, int] | None:
+    """(key path, line) of the first value that is an alias of a node containing it, as in
+    `a: &x {b: *x}`: the composer turns it into a cycle, which every walk of the tree would follow
+    forever; None where there is none. The line is the nearest key's: an alias keeps no line."""
+    inside: set[int] = set()  # the nodes being walked: meeting one again is a cycle
+    done: set[int] = set()  # the nodes walked whole (an alias may reach one many times)
+
+    def walk(node: yaml.Node, where: str, line: int) -> tuple[str, int] | None:
+        if not isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) or id(node) in done:
+            return None
+        if id(node) in inside:
+            return where or "(top level)", line
+        inside.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            children = [(f"{where}.{k.value}" if where else str(k.value), k.start_mark.line + 1, v)
+                        for k, v in node.value]
+        else:
+            children = [(f"{where}[{i}]", line, item) for i, item in enumerate(node.value)]
+        for name, at, child in children:
+            found = walk(child, name, at)
+            if found:
+                return found
+        inside.discard(id(node))
+        done.add(id(node))
+        return None
+
+    return walk(node, "", 1) if node is not None else None
+
+
+def duplicate_keys(node: yaml.Node | None, where: str = "",
+                   seen: set[int] | None = None) -> list[tuple[str, int, int]]:
+    """(key path, line, line of its first occurrence) of every key given twice in one mapping.
+    A node reached again through an alias is looked at once (`seen`)."""
+    seen = set() if seen is None else seen
     found: list[tuple[str, int, int]] = []
+    if id(node) in seen:
+        return found
+    seen.add(id(node))
     if isinstance(node, yaml.MappingNode):
         first: dict[str, int] = {}
         for key, value in node.value:
@@ -131,10 +173,10 @@ def duplicate_keys(node: yaml.Node | None, where: str = "") -> list[tuple[str, i
                 found.append((name, line, first[key.value]))
             else:
                 first[key.value] = line
-            found += duplicate_keys(value, name)
+            found += duplicate_keys(value, name, seen)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            found += duplicate_keys(item, f"{where}[{i}]")
+            found += duplicate_keys(item, f"{where}[{i}]", seen)
     return found
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
 
 from .errors import did_you_mean
 
@@ -18,7 +19,8 @@ GroupSize = Literal[32, 64, 128, 256]
 PosInt = Annotated[int, Field(gt=0)]
 # a matrix dimension: at most 2^24 (16.7M; a model's largest is ~256K), so that every byte and FLOP
 # count of a case fits the table's 64-bit integers
-Dim = Annotated[int, Field(gt=0, le=1 << 24)]
+MAX_DIM = 1 << 24
+Dim = Annotated[int, Field(gt=0, le=MAX_DIM)]
 # The ops (their contracts are harness/ops's OPS, which tests/test_registry.py holds to this list).
 OP_NAMES = ("quantize", "dequantize", "matmul", "stack", "matmul_w8a8")
 OpName = Literal[OP_NAMES]
@@ -29,6 +31,9 @@ ModuleName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][
 
 # The axes of a sweep, in the order a case's identity lists them.
 AXES = ("op", "impl", "bits", "scheme", "granularity", "group_size", "dtype", "M", "N", "K", "layers")
+# what one value of each axis is (None: a case where the axis does not apply), for exclude entries
+_AXIS_VALUE = {axis: TypeAdapter(kind | None) for axis, kind in zip(AXES, (
+    OpName, ImplName, Bits, Scheme, Granularity, GroupSize, DType, Dim, Dim, Dim, PosInt))}
 
 
 class Strict(BaseModel):
@@ -99,6 +104,14 @@ class Timing(Strict):
     def _int_is_float(cls, v: Any) -> Any:
         return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
 
+    @model_validator(mode="after")
+    def _time_bounds_in_order(self) -> "Timing":
+        if self.min_time_ms > self.max_time_ms:
+            raise ValueError(f"min_time_ms ({self.min_time_ms}) is above max_time_ms ({self.max_time_ms}): "
+                             f"the adaptive engine could never sample long enough; lower min_time_ms or "
+                             f"raise max_time_ms")
+        return self
+
 
 class Shape(Strict):
     """A named weight shape [N, K], e.g. one projection of an LLM layer."""
@@ -146,6 +159,46 @@ class Sweep(Strict):
         return self
 
 
+def _swept(config: dict[str, Any]) -> dict[str, list]:
+    """The values a config's sweep gives each axis, as written (N and K of a checkpoint are known
+    only once it is read: not here)."""
+    sw: Sweep = config["sweep"]
+    values = {"op": sw.op, "impl": sw.impl, "bits": sw.bits, "scheme": sw.scheme, "granularity": sw.granularity,
+              "group_size": sw.group_size or [], "dtype": sw.dtype or [config.get("dtype")], "M": sw.M or [],
+              "layers": sw.layers or []}
+    if sw.shapes is not None:
+        values.update(N=[s.N for s in sw.shapes], K=[s.K for s in sw.shapes])
+    elif sw.N is not None and sw.K is not None:
+        values.update(N=sw.N, K=sw.K)
+    return values
+
+
+def _exclude_entry(entry: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+    """An exclude entry: axes of the sweep, each with a value (or list of values) of that axis, one of
+    which the sweep has. An entry that cannot match is almost always a typo; it is checked against
+    the config as written (over its whole sweep), so that code narrowing a loaded config's sweep
+    (model_copy) keeps its exclude list."""
+    if not entry:
+        raise ValueError("an empty entry would drop every grid point")
+    for key, value in entry.items():
+        if key not in AXES:
+            raise ValueError(f"unknown axis {key!r}{did_you_mean(key, AXES)}; axes are {', '.join(AXES)}")
+        for v in _listify(value):
+            try:
+                _AXIS_VALUE[key].validate_python(v, strict=True)
+            except ValidationError as e:
+                # the string "4" never equals the bit width 4: such an entry would silently drop nothing
+                raise ValueError(f"{key}: {v!r} is not a value of the axis {key} "
+                                 f"({e.errors()[0]['msg'].lower()})") from None
+    swept = _swept(info.data) if "sweep" in info.data else {}
+    for key, value in entry.items():
+        # None: the cases of an op the axis does not apply to (group_size of a per-channel case)
+        if key in swept and not any(v is None or v in swept[key] for v in _listify(value)):
+            raise ValueError(f"matches no case: {key} {value!r} is not swept (the sweep's {key}: "
+                             f"{', '.join(map(repr, swept[key])) or 'none'}); fix the entry or remove it")
+    return entry
+
+
 class RunConfig(Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=80)]
     device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda|cuda:\d+)$")] = "auto"
@@ -156,7 +209,7 @@ class RunConfig(Strict):
     # modules that define quantbench_impls() (harness/registry): their implementations join the sweep
     plugins: list[ModuleName] = []
     sweep: Sweep
-    exclude: list[dict[str, Any]] = []
+    exclude: list[Annotated[dict[str, Any], AfterValidator(_exclude_entry)]] = []
 
     @model_validator(mode="after")
     def _shapes_from_one_place(self) -> "RunConfig":
@@ -171,15 +224,3 @@ class RunConfig(Strict):
         elif self.sweep.shapes is None and (self.sweep.N is None or self.sweep.K is None):
             raise ValueError("sweep: the weight shape is missing: give 'N' and 'K', or a list of 'shapes'")
         return self
-
-    @field_validator("exclude")
-    @classmethod
-    def _exclude_keys(cls, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        for i, entry in enumerate(entries):
-            if not entry:
-                raise ValueError(f"exclude[{i}] is empty: it would drop every grid point")
-            for key in entry:
-                if key not in AXES:
-                    raise ValueError(f"exclude[{i}] has unknown axis {key!r}{did_you_mean(key, AXES)}; "
-                                     f"axes are {', '.join(AXES)}")
-        return entries

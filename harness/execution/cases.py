@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from quantbench.kernels.spec import CODEBOOK_SCHEMES, spec_exists
 
 from ..config import ConfigError, RunConfig, did_you_mean
+from ..config.schema import MAX_DIM
 from ..ops import OPS
 from ..registry import Registry, load_registry
 
@@ -49,6 +50,11 @@ def _shape_points(cfg: RunConfig) -> list[tuple[int, int, str | None]]:
         if not found:
             raise ConfigError(f"weights.tensors: no 2-D tensor in {cfg.weights.path} matches "
                               f"{cfg.weights.tensors!r}", key=("weights", "tensors"))
+        for name, n, k in found:  # the size rule of sweep.N and sweep.K (config.schema's Dim)
+            if not (0 < n <= MAX_DIM and 0 < k <= MAX_DIM):
+                raise ConfigError(f"weights.tensors: tensor {name!r} in {cfg.weights.path} is [{n}, {k}]; a weight "
+                                  f"matrix needs N and K from 1 to {MAX_DIM}, as sweep.N and sweep.K do: narrow "
+                                  f"weights.tensors to leave it out", key=("weights", "tensors"))
         return [(n, k, name) for name, n, k in found]
     if cfg.sweep.shapes is not None:
         return [(s.N, s.K, s.name) for s in cfg.sweep.shapes]

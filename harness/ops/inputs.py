@@ -13,7 +13,7 @@ import torch
 from quantbench.kernels.checks import check_finite
 from quantbench.kernels.spec import FLOAT_DTYPES
 
-from ..config import NormalWeights, SafetensorsWeights
+from ..config import ConfigError, NormalWeights, SafetensorsWeights, first_line
 
 
 def derived_seed(seed: int, *parts: object) -> int:
@@ -26,13 +26,18 @@ def derived_seed(seed: int, *parts: object) -> int:
 def checkpoint_matrices(weights: SafetensorsWeights) -> list[tuple[str, int, int]]:
     """(name, N, K) of every 2-D tensor in the checkpoint whose name matches the glob, in file
     order; read from the header, without loading the tensors."""
-    from safetensors import safe_open
-    with safe_open(str(Path(weights.path).expanduser()), framework="pt") as f:
-        found = []
-        for name in f.keys():
-            shape = f.get_slice(name).get_shape()
-            if len(shape) == 2 and fnmatch.fnmatchcase(name, weights.tensors):
-                found.append((name, int(shape[0]), int(shape[1])))
+    from safetensors import SafetensorError, safe_open
+    try:
+        with safe_open(str(Path(weights.path).expanduser()), framework="pt") as f:
+            found = []
+            for name in f.keys():
+                shape = f.get_slice(name).get_shape()
+                if len(shape) == 2 and fnmatch.fnmatchcase(name, weights.tensors):
+                    found.append((name, int(shape[0]), int(shape[1])))
+    except (SafetensorError, OSError) as e:
+        raise ConfigError(f"weights.path: {weights.path} is not a readable safetensors checkpoint "
+                          f"({first_line(e)}); expected a file saved by safetensors (a JSON header of "
+                          f"tensor names, dtypes and shapes, then the data)", key=("weights", "path")) from None
     return found
 
 
