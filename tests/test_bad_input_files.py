@@ -221,3 +221,16 @@ def test_configs_copy_onto_a_file_names_the_copy_flag(tmp_path, capsys):
     assert main(["configs", "--copy", str(afile)]) == 2
     err = capsys.readouterr().err
     assert f"--copy {afile}: is a file" in err and "--out" not in err, err
+
+
+def test_a_folder_given_as_pytest_benchmark_json_is_called_a_folder(tmp_path, capsys):
+    (tmp_path / "export.json").mkdir()
+    assert main(["from-pytest-benchmark", str(tmp_path / "export.json"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "export.json: a folder, expected a pytest-benchmark JSON file" in err and "Traceback" not in err
+
+
+def test_the_configs_listing_says_thresholds_are_for_compare(capsys):
+    assert main(["configs"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "thresholds: `quantbench compare --thresholds`" in out

@@ -84,7 +84,9 @@ def cmd_configs(args, console: Console) -> int:
             target.write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
         console.print(f"copied {len(found)} configs to {out}")
         return 0
-    t = Table(title="shipped configs (`quantbench run NAME`)", title_justify="left")
+    # thresholds.yaml is shipped beside the sweeps, for compare, not run
+    t = Table(title="shipped configs (`quantbench run NAME`; thresholds: `quantbench compare --thresholds`)",
+              title_justify="left")
     for col in ("name", "about", "file"):
         t.add_column(col)
     for name, path in found.items():

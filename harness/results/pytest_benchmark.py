@@ -219,7 +219,8 @@ def read_pytest_benchmark(path: str | Path) -> dict:
     RunFolderError naming the file, the first entry that is not one (index and fullname) and its key."""
     path = Path(path)
     if not path.is_file():
-        raise RunFolderError(f"{path}: no such file (expected pytest-benchmark JSON)")
+        what = "a folder" if path.is_dir() else "no such file"
+        raise RunFolderError(f"{path}: {what}, expected a pytest-benchmark JSON file")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
