@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from .spec import FLOAT_DTYPES
+from .spec import FLOAT_DTYPES, QuantSpec
 
 
 def interpreting() -> bool:
@@ -39,11 +39,12 @@ _FLOATS = tuple(FLOAT_DTYPES.values())
 def check_matrix(name: str, t: object, dtypes: tuple[torch.dtype, ...] | None = None,
                  on_kernel_device: bool = True, unit_stride: bool = True) -> None:
     """A 2-D tensor of one of `dtypes`, with unit stride along its last axis where `unit_stride`
-    (any strides otherwise); with `on_kernel_device`, also on a device the Triton kernels can run on."""
+    (any strides otherwise; a single column has no step along it to take, so any stride there);
+    with `on_kernel_device`, also on a device the Triton kernels can run on."""
     # what a launcher meets on every call, passed in one expression (on the GPU's host each
     # attribute costs a few hundred ns); anything else goes through the checks that name the fault
     if (type(t) is torch.Tensor and t.dim() == 2 and t.dtype in (dtypes or _FLOATS)
-            and (t.stride(1) == 1 or not unit_stride) and t.shape[0] and t.shape[1]
+            and (t.stride(1) == 1 or not unit_stride or t.shape[1] == 1) and t.shape[0] and t.shape[1]
             and (t.is_cuda or not on_kernel_device)):
         return
     if not isinstance(t, torch.Tensor):
@@ -56,11 +57,17 @@ def check_matrix(name: str, t: object, dtypes: tuple[torch.dtype, ...] | None = 
     if t.dtype not in allowed:
         names = ", ".join(str(d).removeprefix("torch.") for d in allowed)
         raise TypeError(f"{name} must have dtype in ({names}), got {str(t.dtype).removeprefix('torch.')}")
-    if unit_stride and t.stride(1) != 1:
+    if unit_stride and t.stride(1) != 1 and t.shape[1] != 1:  # one column: no step along it is taken
         raise ValueError(f"{name} must be contiguous along its last axis (stride 1), got strides "
                          f"{tuple(t.stride())}; call .contiguous() first")
     if on_kernel_device:
         check_device(name, t)
+
+
+def check_spec(spec: object) -> None:
+    if not isinstance(spec, QuantSpec):
+        raise TypeError(f"spec must be a QuantSpec (e.g. QuantSpec(4, 'asymmetric', 'group', 128)), got "
+                        f"{type(spec).__name__}")
 
 
 def check_same_device(**tensors: torch.Tensor | None) -> None:

@@ -126,7 +126,14 @@ class PreparedWeight:
             return made
 
     def group_major(self) -> GroupMajor | None:
-        return self._once("copy", lambda p: group_major_copy(p.ref()))
+        def make(p: PreparedWeight) -> GroupMajor | None:
+            q = p.ref()
+            copy = group_major_copy(q)
+            if copy is not None and copy.extra_bytes:
+                # a copy of q's values: made again when they are written in place (prepared)
+                p.made["copy versions"] = scale_versions(q)
+            return copy
+        return self._once("copy", make)
 
     def gemv_scales(self) -> ScaleArgs:
         return self._once("gemv", gemv_scales)
@@ -252,10 +259,26 @@ def gemm_scales(p: PreparedWeight) -> ScaleArgs:
 _prepared: dict[int, PreparedWeight] = {}
 
 
+def scale_versions(q: QuantizedTensor) -> tuple[int, int] | None:
+    """The version counters of q's scales and zeros, which PyTorch bumps on every in-place write (a
+    state dict loaded into them, a copy_); None for tensors made under torch.inference_mode, which
+    keep none."""
+    try:
+        return q.scales._version, (-1 if q.zeros is None else q.zeros._version)
+    except RuntimeError:
+        return None
+
+
 def prepared(q: QuantizedTensor) -> PreparedWeight:
-    """q's PreparedWeight, made (and q checked) on its first use."""
+    """q's PreparedWeight, made (and q checked) on its first use. Where the kernels read a copy of
+    q's scales (group_major_copy) and they have been written in place since it was made, what was
+    made from them is dropped and made again on use (the codes and q's own scales are read where
+    they are)."""
     p = _prepared.get(id(q))
     if p is not None and p.ref() is q:
+        copied = p.made.get("copy versions")
+        if copied is not None and copied != scale_versions(q):
+            p.made.clear()
         return p
     check_weight_once(q)
     spec = q.spec

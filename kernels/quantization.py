@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .checks import check_matrix
+from .checks import check_matrix, check_spec
 from .codebooks import code_table
 from .dequantization import segment_scales
 from .exact_math import ON_GPU, divide, lookup, round_to, rounded_int
@@ -365,6 +365,7 @@ def quantize(w: torch.Tensor, spec: QuantSpec, *, check_finite: bool = False) ->
     off by default (a sync in a timed loop or a CUDA graph capture is not free or not allowed).
     """
     check_matrix("w", w)
+    check_spec(spec)
     n, k = w.shape
     row_stride = w.stride(0)
     plan = quantize_plan(spec, n, k, w.dtype, row_stride)  # the format's shape checks, on a shape's first call

@@ -13,7 +13,7 @@ import weakref
 
 import torch
 
-from .checks import check_matrix, check_same_device
+from .checks import check_matrix, check_same_device, check_spec
 from .codebooks import decode_ref, decode_scales, double_quantize, encode_ref, scales_of
 from .packing import pack_fields, unpack_fields
 from .spec import (DQ_CHUNK, FLOAT_DTYPES, QuantizedTensor, QuantSpec, as_scale_zero_pairs,
@@ -79,6 +79,7 @@ def quantize_ref(w: torch.Tensor, spec: QuantSpec, *, check_finite: bool = False
     kernel's are NaN; ``check_finite`` as there). The per-tensor asymmetric case is the seed
     notebook's quantize_to_int8 / quantize_to_int4 arithmetic."""
     check_matrix("w", w, on_kernel_device=False)
+    check_spec(spec)
     n, k = w.shape
     spec.check_shape(n, k)
     x = w.float()
@@ -117,8 +118,15 @@ def quantize_ref(w: torch.Tensor, spec: QuantSpec, *, check_finite: bool = False
 
 
 def check_quantized(q: QuantizedTensor, on_kernel_device: bool) -> None:
-    n, k = q.shape
+    if not isinstance(q, QuantizedTensor):
+        raise TypeError(f"q must be a QuantizedTensor (from quantize or quantize_ref), got {type(q).__name__}")
+    check_spec(q.spec)
+    shape = q.shape
+    if not (isinstance(shape, tuple) and len(shape) == 2 and all(type(d) is int and d > 0 for d in shape)):
+        raise ValueError(f"q.shape must be the weight's (N, K), two positive ints, got {shape!r}")
+    n, k = shape
     spec = q.spec
+    spec.check_shape(n, k)  # a K that the group size does not divide would leave a group short
     check_matrix("codes", q.codes, (torch.uint8,), on_kernel_device)
     # the kernels take the scales' and zeros' two strides (spec.py, Storage); nf4_dq's codes are row-major
     check_matrix("scales", q.scales, (torch.uint8,) if spec.double_quant else None, on_kernel_device,
@@ -144,6 +152,14 @@ def check_quantized(q: QuantizedTensor, on_kernel_device: bool) -> None:
         if tuple(q.second.chunk_scales.shape) != (chunks,) or tuple(q.second.mean.shape) != (1,):
             raise ValueError(f"nf4_dq's second level must be {chunks} chunk scales and 1 mean, got "
                              f"{list(q.second.chunk_scales.shape)} and {list(q.second.mean.shape)}")
+        for name, t in (("chunk_scales", q.second.chunk_scales), ("mean", q.second.mean)):
+            if t.dtype != torch.float32 or t.stride(0) != 1:  # the kernels read them as contiguous float32
+                raise ValueError(f"nf4_dq's {name} must be contiguous float32, got {t.dtype} with stride "
+                                 f"{t.stride(0)}")
+        if q.second.dtype not in FLOAT_DTYPES.values():
+            raise ValueError(f"nf4_dq's second level's dtype (the weight's) must be one of "
+                             f"{', '.join(str(d).removeprefix('torch.') for d in FLOAT_DTYPES.values())}, got "
+                             f"{q.second.dtype}")
         check_same_device(codes=q.codes, chunk_scales=q.second.chunk_scales, mean=q.second.mean)
     check_same_device(codes=q.codes, scales=q.scales, zeros=q.zeros)
 

@@ -141,6 +141,11 @@ class QuantSpec:
     group_size: int | None = None
 
     def __post_init__(self) -> None:
+        # 8.0 == 8 would pass the checks below and then fail deep in a launcher (a shift, a shape)
+        if type(self.bits) is not int:
+            raise TypeError(f"bits must be an int, one of {BITS}, got {self.bits!r}")
+        if self.group_size is not None and type(self.group_size) is not int:
+            raise TypeError(f"group_size must be an int (or None), got {self.group_size!r}")
         if self.bits not in BITS:
             raise ValueError(f"bits must be one of {BITS}, got {self.bits!r}")
         if self.scheme not in SCHEMES:

@@ -22,7 +22,7 @@ import triton.language as tl
 from .checks import cdiv, check_matrix, check_same_device, next_power_of_2
 from .exact_math import round_half_even
 from .launching import INTERPRETED, Launcher, signature
-from .references import qparams_ref
+from .references import check_quantized, qparams_ref
 from .spec import QuantizedTensor, QuantSpec
 from .tuning import tuning_bench
 
@@ -93,6 +93,7 @@ _int8_gemm_launch = Launcher(int8_gemm_tuned)
 
 def pack_weights(q: QuantizedTensor) -> tuple[torch.Tensor, torch.Tensor]:
     """int8 [N, K] codes and float32 [N] scales of a symmetric 8-bit per-channel weight."""
+    check_quantized(q, on_kernel_device=False)
     spec = q.spec
     if (spec.bits, spec.scheme, spec.granularity) != (8, "symmetric", "channel"):
         raise ValueError(f"W8A8 takes a symmetric 8-bit per-channel weight, got {spec.bits}-bit "
@@ -122,6 +123,7 @@ def _quantize_tokens(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def quantize_tokens_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """PyTorch reference for quantize_tokens, same contract and identical codes."""
+    check_matrix("x", x, on_kernel_device=False, unit_stride=False)
     xf = x.float()
     # the format's own scale rule (absmax / 127, 1 for an all-zero token), kept in float32
     sx, _ = qparams_ref(xf.amin(dim=1), xf.amax(dim=1), TOKEN_SPEC, torch.float32)
@@ -165,13 +167,8 @@ def checked_weight(w_int8: torch.Tensor, w_scales: torch.Tensor) -> tuple:
     entry = _checked_weights.get(id(w_int8))
     if entry is not None and entry[0]() is w_int8 and entry[1]() is w_scales:
         return entry[2]
-    check_matrix("w_int8", w_int8, (torch.int8,))
+    check_weight_pair(w_int8, w_scales, on_kernel_device=True)
     n, k = w_int8.shape
-    if not isinstance(w_scales, torch.Tensor):
-        raise TypeError(f"w_scales must be a torch.Tensor, got {type(w_scales).__name__}")
-    if w_scales.shape != (n,) or w_scales.dtype != torch.float32:
-        raise ValueError(f"w_scales must be float32 [{n}], got {w_scales.dtype} {list(w_scales.shape)}")
-    check_same_device(w_int8=w_int8, w_scales=w_scales)
     key = (signature((w_int8, w_scales)), n, k, w_int8.stride(0))
     if entry is None or entry[0]() is not w_int8:  # the codes' first entry: dropped when they die
         weakref.finalize(w_int8, _checked_weights.pop, id(w_int8), None)
@@ -179,9 +176,27 @@ def checked_weight(w_int8: torch.Tensor, w_scales: torch.Tensor) -> tuple:
     return key
 
 
+def check_weight_pair(w_int8: torch.Tensor, w_scales: torch.Tensor, on_kernel_device: bool) -> None:
+    """pack_weights' pair: int8 codes [N, K], contiguous float32 scales [N] (the GEMM reads them at
+    unit stride), on one device."""
+    check_matrix("w_int8", w_int8, (torch.int8,), on_kernel_device)
+    n = w_int8.shape[0]
+    if not isinstance(w_scales, torch.Tensor):
+        raise TypeError(f"w_scales must be a torch.Tensor, got {type(w_scales).__name__}")
+    if w_scales.shape != (n,) or w_scales.dtype != torch.float32:
+        raise ValueError(f"w_scales must be float32 [{n}], got {w_scales.dtype} {list(w_scales.shape)}")
+    if w_scales.stride(0) != 1 and n > 1:
+        raise ValueError(f"w_scales must be contiguous, got stride {w_scales.stride(0)}; call .contiguous() first")
+    check_same_device(w_int8=w_int8, w_scales=w_scales)
+
+
 def w8a8_matmul_ref(x: torch.Tensor, w_int8: torch.Tensor, w_scales: torch.Tensor) -> torch.Tensor:
     """PyTorch reference: the same per-token quantization, an exact integer product (in float64,
     exact for these sizes), the same scales, in x's dtype."""
+    check_weight_pair(w_int8, w_scales, on_kernel_device=False)
+    check_matrix("x", x, on_kernel_device=False, unit_stride=False)
+    if x.shape[1] != w_int8.shape[1]:
+        raise ValueError(f"x must be [M, K] with K = {w_int8.shape[1]} (the weight's K), got {list(x.shape)}")
     xq, sx = quantize_tokens_ref(x)
     acc = xq.double() @ w_int8.double().t()
     return (acc * sx.double()[:, None] * w_scales.double()[None, :]).to(x.dtype)

@@ -1,0 +1,117 @@
+"""The kernels' Python API against inputs the launchers must refuse, or take and get right: each
+case found by fuzzing the API (session 23), where a launcher answered wrongly without a word or
+failed deep inside with an error that named nothing the caller passed."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from quantbench.kernels import (QuantSpec, dequantize, dequantize_ref, pack_weights, qmatmul, qmatmul_ref, quantize,
+                                quantize_ref, quantize_tokens_ref, w8a8_matmul, w8a8_matmul_ref)
+from quantbench.kernels.spec import QuantizedTensor, ScaleQuant
+from test_qmatmul import rel_err, tolerance
+
+
+def test_a_spec_takes_integers_only():
+    """8.0 == 8: a float passed the value checks and failed deep in a launcher (a shift, a shape)."""
+    with pytest.raises(TypeError, match="bits must be an int"):
+        QuantSpec(8.0, "symmetric", "channel")
+    with pytest.raises(TypeError, match="group_size must be an int"):
+        QuantSpec(4, "asymmetric", "group", 32.0)
+
+
+def test_what_is_not_a_weight_or_a_spec_is_named(device):
+    w = torch.randn(8, 64, device=device)
+    x = torch.randn(1, 64, device=device)
+    for call in (lambda: qmatmul(x, w), lambda: qmatmul_ref(x, w), lambda: dequantize(w), lambda: dequantize_ref(w),
+                 lambda: pack_weights(w), lambda: qmatmul(x, None)):
+        with pytest.raises(TypeError, match="q must be a QuantizedTensor"):
+            call()
+    for spec in (None, (8, "symmetric", "channel")):
+        for launcher in (quantize, quantize_ref):
+            with pytest.raises(TypeError, match="spec must be a QuantSpec"):
+                launcher(w, spec)
+    q = quantize_ref(w, QuantSpec(8, "symmetric", "channel"))
+    with pytest.raises(TypeError, match="spec must be a QuantSpec"):
+        dequantize(dataclasses.replace(q, spec=None))
+
+
+def test_a_hand_built_weight_must_fit_its_format(device):
+    """A K that the group size does not divide left a group short: the kernels answered, the
+    reference failed; a shape of floats failed in a shift."""
+    spec = QuantSpec(4, "asymmetric", "group", 32)
+    good = quantize_ref(torch.randn(4, 96, device=device), spec)
+    short = QuantizedTensor(good.codes[:, :50], good.scales[:, :3].contiguous(), good.zeros[:, :3].contiguous(),
+                            spec, (4, 100))
+    for call in (lambda: dequantize(short), lambda: qmatmul(torch.randn(1, 100, device=device), short),
+                 lambda: dequantize_ref(short)):
+        with pytest.raises(ValueError, match="group_size 32 must divide K = 100"):
+            call()
+    with pytest.raises(ValueError, match=r"q.shape must be the weight's \(N, K\)"):
+        dequantize(dataclasses.replace(good, shape=(4.0, 96.0)))
+
+
+def test_nf4_dq_second_level_must_be_contiguous_float32(device):
+    q = quantize_ref(torch.randn(8, 128, device=device), QuantSpec(4, "nf4_dq", "group", 64))
+    chunks = q.second.chunk_scales
+    strided = torch.stack([chunks, chunks], dim=1)[:, 0]  # the same values at stride 2
+    for second, match in ((ScaleQuant(strided, q.second.mean, q.second.dtype), "chunk_scales must be contiguous"),
+                          (ScaleQuant(chunks.double(), q.second.mean, q.second.dtype), "chunk_scales must be"),
+                          (ScaleQuant(chunks, q.second.mean.double(), q.second.dtype), "mean must be"),
+                          (ScaleQuant(chunks, q.second.mean, torch.float64), "dtype .* must be one of")):
+        bad = dataclasses.replace(q, second=second)
+        for call in (lambda: dequantize(bad), lambda: qmatmul(torch.randn(1, 128, device=device), bad)):
+            with pytest.raises(ValueError, match=match):
+                call()
+
+
+def test_w8a8_scales_must_be_contiguous_and_the_references_check_their_inputs(device):
+    """The int8 GEMM reads w_scales at unit stride: strided scales gave a wrong product silently."""
+    w_int8, w_scales = pack_weights(quantize_ref(torch.randn(16, 64, device=device),
+                                                 QuantSpec(8, "symmetric", "channel")))
+    x = torch.randn(4, 64, device=device)
+    strided = torch.stack([w_scales, w_scales], dim=1)[:, 0]
+    for matmul in (w8a8_matmul, w8a8_matmul_ref):
+        with pytest.raises(ValueError, match="w_scales must be contiguous"):
+            matmul(x, w_int8, strided)
+        with pytest.raises(ValueError, match="x must be .* K = 64"):
+            matmul(torch.randn(4, 32, device=device), w_int8, w_scales)
+    with pytest.raises(ValueError, match="x must be 2-D"):
+        quantize_tokens_ref(torch.randn(64, device=device))
+    with pytest.raises(TypeError, match="x must have dtype"):
+        quantize_tokens_ref(torch.zeros(2, 64, dtype=torch.int32, device=device))
+
+
+def test_a_single_column_takes_any_stride(device):
+    """A [N, 1] tensor is contiguous whatever its column stride (torch.randn(1, 6).t()); refusing
+    it with "call .contiguous() first" asked for what .contiguous() does not change."""
+    w = torch.randn(1, 6, device=device).t()
+    assert w.is_contiguous() and w.stride(1) != 1
+    spec = QuantSpec(8, "asymmetric", "channel")
+    q, ref = quantize(w, spec), quantize_ref(w, spec)
+    assert torch.equal(q.codes, ref.codes) and torch.equal(q.scales, ref.scales)
+    x = torch.randn(1, 3, device=device).t()  # M = 3, K = 1
+    exact = x.double() @ dequantize_ref(q, torch.float32).double().t()
+    assert rel_err(qmatmul(x, q), exact) <= tolerance(torch.float32, 1)
+
+
+@pytest.mark.parametrize("spec, dtype", [(QuantSpec(4, "symmetric", "group", 32), torch.float16),
+                                         (QuantSpec(4, "asymmetric", "group", 32), torch.float32)], ids=str)
+def test_scales_written_in_place_after_a_matmul_are_read(spec, dtype, device):
+    """The matmuls read a group-major copy of these scales (prepared.group_major_copy); a weight
+    loaded in place after a first call (load_state_dict copies into the tensors it has) was
+    multiplied with the old scales. The copy is made again when its source was written."""
+    gen = torch.Generator().manual_seed(3)
+    q = quantize_ref(torch.randn(8, 64, generator=gen).to(dtype).to(device), spec)
+    x = torch.randn(1, 64, generator=gen).to(dtype).to(device)
+    qmatmul(x, q)
+    new = quantize_ref((torch.randn(8, 64, generator=gen) * 10).to(dtype).to(device), spec)
+    q.codes.copy_(new.codes)
+    q.scales.copy_(new.scales)
+    if q.zeros is not None:
+        q.zeros.copy_(new.zeros)
+    for m in (1, 16):
+        xm = x.repeat(m, 1)
+        exact = xm.double() @ dequantize_ref(q, torch.float32).double().t()
+        assert rel_err(qmatmul(xm, q), exact) <= tolerance(dtype, 64), m
