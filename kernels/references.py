@@ -122,8 +122,8 @@ def check_quantized(q: QuantizedTensor, on_kernel_device: bool) -> None:
         raise TypeError(f"q must be a QuantizedTensor (from quantize or quantize_ref), got {type(q).__name__}")
     check_spec(q.spec)
     shape = q.shape
-    if not (isinstance(shape, tuple) and len(shape) == 2 and all(type(d) is int and d > 0 for d in shape)):
-        raise ValueError(f"q.shape must be the weight's (N, K), two positive ints, got {shape!r}")
+    if not (isinstance(shape, (tuple, list)) and len(shape) == 2 and all(type(d) is int and d > 0 for d in shape)):
+        raise ValueError(f"q.shape must be the weight's (N, K), two positive Python ints, got {shape!r}")
     n, k = shape
     spec = q.spec
     spec.check_shape(n, k)  # a K that the group size does not divide would leave a group short
@@ -153,7 +153,7 @@ def check_quantized(q: QuantizedTensor, on_kernel_device: bool) -> None:
             raise ValueError(f"nf4_dq's second level must be {chunks} chunk scales and 1 mean, got "
                              f"{list(q.second.chunk_scales.shape)} and {list(q.second.mean.shape)}")
         for name, t in (("chunk_scales", q.second.chunk_scales), ("mean", q.second.mean)):
-            if t.dtype != torch.float32 or t.stride(0) != 1:  # the kernels read them as contiguous float32
+            if t.dtype != torch.float32 or (t.stride(0) != 1 and t.numel() > 1):  # read as contiguous float32
                 raise ValueError(f"nf4_dq's {name} must be contiguous float32, got {t.dtype} with stride "
                                  f"{t.stride(0)}")
         if q.second.dtype not in FLOAT_DTYPES.values():

@@ -53,15 +53,16 @@ def test_a_hand_built_weight_must_fit_its_format(device):
 
 
 def test_nf4_dq_second_level_must_be_contiguous_float32(device):
-    q = quantize_ref(torch.randn(8, 128, device=device), QuantSpec(4, "nf4_dq", "group", 64))
+    q = quantize_ref(torch.randn(8, 4096, device=device), QuantSpec(4, "nf4_dq", "group", 64))  # 512 scales
     chunks = q.second.chunk_scales
+    assert chunks.numel() > 1  # a single chunk scale has no stride to get wrong
     strided = torch.stack([chunks, chunks], dim=1)[:, 0]  # the same values at stride 2
     for second, match in ((ScaleQuant(strided, q.second.mean, q.second.dtype), "chunk_scales must be contiguous"),
                           (ScaleQuant(chunks.double(), q.second.mean, q.second.dtype), "chunk_scales must be"),
                           (ScaleQuant(chunks, q.second.mean.double(), q.second.dtype), "mean must be"),
                           (ScaleQuant(chunks, q.second.mean, torch.float64), "dtype .* must be one of")):
         bad = dataclasses.replace(q, second=second)
-        for call in (lambda: dequantize(bad), lambda: qmatmul(torch.randn(1, 128, device=device), bad)):
+        for call in (lambda: dequantize(bad), lambda: qmatmul(torch.randn(1, 4096, device=device), bad)):
             with pytest.raises(ValueError, match=match):
                 call()
 
@@ -115,3 +116,11 @@ def test_scales_written_in_place_after_a_matmul_are_read(spec, dtype, device):
         xm = x.repeat(m, 1)
         exact = xm.double() @ dequantize_ref(q, torch.float32).double().t()
         assert rel_err(qmatmul(xm, q), exact) <= tolerance(dtype, 64), m
+
+
+def test_a_hand_built_shape_may_be_a_list_but_of_python_ints(device):
+    import numpy as np
+    q = quantize_ref(torch.randn(4, 64, device=device), QuantSpec(8, "symmetric", "channel"))
+    assert torch.equal(dequantize(dataclasses.replace(q, shape=[4, 64])), dequantize(q))
+    with pytest.raises(ValueError, match="two positive Python ints"):  # Triton takes no numpy int
+        dequantize(dataclasses.replace(q, shape=(np.int64(4), np.int64(64))))
