@@ -132,3 +132,17 @@ def test_show_refuses_an_empty_column_selection(columns, capsys):
     assert main(["show", str(GOOD), "--columns", columns]) == 2
     out, err = capsys.readouterr()
     assert "--columns" in err and out == ""
+
+
+def test_a_row_whose_samples_are_recorded_twice_is_refused(tmp_path, capsys):
+    """Two sample records of one row: which would be its samples? The last one used to win."""
+    import gzip
+    run = tmp_path / "twice"
+    shutil.copytree(GOOD, run)
+    path = run / "samples.jsonl.gz"
+    lines = gzip.decompress(path.read_bytes()).decode().splitlines(keepends=True)
+    path.write_bytes(gzip.compress("".join(lines + lines[:1]).encode()))
+    capsys.readouterr()
+    assert main(["compare", str(GOOD), str(run), "--out", str(tmp_path / "cmp")]) == 2
+    err = capsys.readouterr().err
+    assert "recorded twice" in err and str(run) in err and "Traceback" not in err

@@ -25,7 +25,16 @@ def case_key(values) -> str:
 
 
 def samples_by_case(run: Path) -> dict[str, list[float]]:
-    return {case_key(rec.get(c) for c in CASE_KEY): rec["samples_ms"] for rec in read_samples(run)}
+    """Each row's raw samples by case key; CompareError naming the run and the case where a row has
+    two records (a run writes one a row: which of two would be its samples?)."""
+    found: dict[str, list[float]] = {}
+    for rec in read_samples(run):
+        key = case_key(rec.get(c) for c in CASE_KEY)
+        if key in found:
+            raise CompareError(f"{run}: the samples of {describe_case(key)} are recorded twice; expected one "
+                               f"record a row")
+        found[key] = rec["samples_ms"]
+    return found
 
 
 def keyed(df: pd.DataFrame, source: str | Path = "run") -> pd.DataFrame:
