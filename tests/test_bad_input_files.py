@@ -234,3 +234,25 @@ def test_the_configs_listing_says_thresholds_are_for_compare(capsys):
     assert main(["configs"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "thresholds: `quantbench compare --thresholds`" in out
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["fit", "--params", "7e9", "--gpu-mem", ""], "--gpu-mem: expected a size such as 8GiB"),
+    (["run", "quick", "--scheduler", "bogus", "--out", "OUT"], "--scheduler 'bogus': not a scheduler address"),
+    (["run", "quick", "--scheduler", "http://127.0.0.1:8786", "--out", "OUT"], "expected tcp://host:port"),
+])
+def test_a_malformed_option_value_is_named(argv, expected, tmp_path, capsys):
+    pytest.importorskip("distributed")
+    argv = [str(tmp_path) if a == "OUT" else a for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err
+
+
+def test_an_exception_whose_text_cannot_be_made_is_still_one_line():
+    from quantbench.harness.config.errors import first_line
+
+    class Unprintable(Exception):
+        def __str__(self):
+            raise RuntimeError("no text")
+    assert first_line(Unprintable()) == "Unprintable: (its message could not be read)"

@@ -125,3 +125,24 @@ def test_ctrl_c_stops_after_the_case_and_writes_what_was_measured(tmp_path):
     assert (run / "results.csv").exists() and meta["stopped_early"] is True
     assert 3 <= len(df) < 24 and len(df) == case_lines(run)
     assert "--resume" in stdout
+
+
+def test_a_resume_cut_short_reads_its_new_cases_too(tmp_path):
+    """A finished run resumed is unfinished until it finishes again: a resume killed midway left
+    the old finish markers and table in place, and the run read as the old table (its new cases
+    left out, the record called damaged)."""
+    from quantbench.harness.results import RunWriter, load_run
+    from quantbench.harness.results.storage import read_meta
+
+    row = {"op": "quantize", "impl": "torch", "role": "reference", "bits": 8, "scheme": "symmetric",
+           "granularity": "channel", "dtype": "float32", "N": 16, "K": 32, "status": "ok"}
+    writer = RunWriter.create(tmp_path, "cut", {"config": {"name": "cut"}})
+    writer.append_case("a", [row], [()])
+    writer.finish(lambda df, meta: "", stopped_early=True)
+    resumed = RunWriter.resume(writer.path)
+    resumed.append_case("b", [{**row, "N": 64}], [()])  # and then the process dies: no finish()
+    meta = read_meta(writer.path)
+    assert not {"finished_utc", "rows", "status_counts", "stopped_early"} & set(meta)
+    assert not (writer.path / "results.csv").exists()
+    df, _ = load_run(writer.path)
+    assert sorted(df["N"].tolist()) == [16, 64]

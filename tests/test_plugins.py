@@ -125,6 +125,31 @@ def test_plugin_peers_are_verified_and_baselines_are_not(plugin_dir):
                       "off_baseline": ("baseline", "ok")}
 
 
+def test_an_output_of_the_wrong_shape_is_an_error_not_broadcast(plugin_dir):
+    """Elementwise checks broadcast: the right product repeated as [3, M, N] passed them, and a
+    returned non-tensor failed with whatever the check tripped on. The reference's shape decides."""
+    write_plugin(plugin_dir, "qb_plugin_shapes", textwrap.dedent("""
+        from quantbench import Impl, Role
+        from quantbench.kernels import dequantize_ref
+        def product(inp):
+            return inp.x @ dequantize_ref(inp.q, inp.x.dtype).t()
+        def quantbench_impls():
+            return [Impl(op="matmul", name="repeated", role=Role.CANDIDATE,
+                         factory=lambda inp: lambda: product(inp).expand(3, -1, -1)),
+                    Impl(op="matmul", name="listed", role=Role.CANDIDATE,
+                         factory=lambda inp: lambda: [product(inp)]),
+                    Impl(op="matmul", name="right", role=Role.CANDIDATE, factory=lambda inp: lambda: product(inp))]
+    """))
+    cfg = parse_config(sweep_config(["qb_plugin_shapes"], ["torch", "repeated", "listed", "right"], name="shapes"))
+    df, _ = load_run(run_sweep(cfg, plugin_dir / "results", device="cpu", show_progress=False).path)
+    rows = df.set_index("impl")
+    assert rows.loc["right", "status"] == "ok" and rows.loc["torch", "status"] == "ok"
+    assert rows.loc["repeated", "status"] == "error"
+    assert rows.loc["repeated", "message"] == f"output has shape [3, {M}, {N}], expected [{M}, {N}] (the reference's)"
+    assert rows.loc["listed", "status"] == "error" and "returned a list, expected a tensor" in rows.loc["listed",
+                                                                                                       "message"]
+
+
 def _by_hand(cfg) -> dict[str, float]:
     """The int8 rowwise format computed here, independently of the plugin, on the run's weights and
     activations: its weight error, the method error of its product, and its bytes."""
@@ -236,6 +261,19 @@ BROKEN = {
     "declares_reference": (IMPL + "def quantbench_impls():\n"
                            "    return [Impl(op='matmul', name='mine', role=Role.REFERENCE, factory=FACTORY)]\n",
                            r"'mine' of 'matmul': each op has one reference, the built-in one"),
+    # fields of the wrong type, which failed later with an AttributeError or a TypeError
+    "name_a_number": (IMPL + "def quantbench_impls():\n"
+                      "    return [Impl(op='matmul', name=123, role=Role.CANDIDATE, factory=FACTORY)]\n",
+                      r"123 of 'matmul': a name is a text"),
+    "needs_a_tuple": (IMPL + "def quantbench_impls():\n"
+                      "    return [Impl(op='matmul', name='mine', role=Role.CANDIDATE, factory=FACTORY,"
+                      " needs=('numpy',))]\n", r"needs must be a quantbench.Needs, got tuple"),
+    "path_a_text": (IMPL + "def quantbench_impls():\n"
+                    "    return [Impl(op='matmul', name='mine', role=Role.CANDIDATE, factory=FACTORY, path='gemv')]\n",
+                    r"path must be a function of the inputs \(or None\), got str"),
+    "description_a_number": (IMPL + "def quantbench_impls():\n"
+                             "    return [Impl(op='matmul', name='mine', role=Role.CANDIDATE, factory=FACTORY,"
+                             " description=7)]\n", r"description must be a text, got int"),
 }
 
 

@@ -69,3 +69,15 @@ def test_a_run_of_schema_1_reads_and_a_foreign_record_is_named(tmp_path):
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "rows.jsonl:1: neither a case record" in bad.stderr, bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_a_bar_or_a_newline_in_a_cell_keeps_a_markdown_table_whole():
+    """An error message holding `|` added a column to its row in show --format markdown, report.md
+    and summary.md; a newline ended the row."""
+    import pandas as pd
+
+    from quantbench.harness.analysis.tables import to_markdown
+    lines = to_markdown(pd.DataFrame({"impl": ["plugin"], "message": ["ValueError: bad | value\nsecond line"]}))
+    lines = lines.splitlines()
+    assert len(lines) == 3 and all(line.count(" | ") == 1 for line in lines[::2])
+    assert lines[2] == "| plugin | ValueError: bad \\| value second line |"

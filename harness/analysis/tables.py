@@ -130,9 +130,12 @@ def fmt(value) -> str:
 
 
 def to_markdown(table: pd.DataFrame) -> str:
-    head = "| " + " | ".join(map(str, table.columns)) + " |"
+    # a | inside a cell (an error message's) would start a column of its own; newlines end the row
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", " ")
+    head = "| " + " | ".join(cell(str(c)) for c in table.columns) + " |"
     rule = "|" + "|".join("---" for _ in table.columns) + "|"
-    body = ["| " + " | ".join(fmt(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    body = ["| " + " | ".join(cell(fmt(v)) for v in row) + " |" for row in table.itertuples(index=False)]
     return "\n".join([head, rule, *body])
 
 

@@ -94,7 +94,7 @@ def cmd_compare_gpus(args, console: Console) -> int:
 def cmd_fit(args, console: Console) -> int:
     from ..analysis.memory_planner import GPUS, fit, gpu_memory, parse_memory
     try:
-        gib = parse_memory(args.gpu_mem) if args.gpu_mem else gpu_memory(args.gpu)
+        gib = parse_memory(args.gpu_mem) if args.gpu_mem is not None else gpu_memory(args.gpu)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     if not 0 <= args.headroom < 1:

@@ -19,7 +19,10 @@ class ConfigError(Exception):
 
 def first_line(e: BaseException) -> str:
     """An exception as one line of a message: its type and the first line of its text."""
-    text = str(e).strip().splitlines()
+    try:
+        text = str(e).strip().splitlines()
+    except Exception:  # an exception whose text cannot be made (a plugin's, say)
+        text = ["(its message could not be read)"]
     return f"{type(e).__name__}: {text[0] if text else ''}"
 
 

@@ -94,8 +94,25 @@ def verdict(op, impl: Impl, out: Any, ref_out: Any, ref_error: str | None, input
     """`ok`, or `error` with the mismatch: a verified implementation's output against the
     reference's (or the reason there is no reference to check against). Unverified roles (the
     reference itself, the dense baseline) are ok by definition."""
-    problem = (ref_error or op.verify(out, ref_out, inputs)) if impl.role.verified else None
+    problem = ((ref_error or shape_problem(out, ref_out) or op.verify(out, ref_out, inputs))
+               if impl.role.verified else None)
     return {"status": "error", "message": problem} if problem else {"status": "ok", "message": ""}
+
+
+def shape_problem(out: Any, ref_out: Any) -> str | None:
+    """An output that is not shaped as the reference's (a tensor, or each of a list's): the ops'
+    checks compare element by element, and broadcasting would pass [3, M, N] against [M, N]."""
+    if isinstance(ref_out, (list, tuple)) and isinstance(out, (list, tuple)):
+        if len(out) != len(ref_out):
+            return f"returned {len(out)} outputs, expected {len(ref_out)} (the reference's)"
+        return next((p for a, b in zip(out, ref_out) if (p := shape_problem(a, b))), None)
+    if not isinstance(ref_out, torch.Tensor):
+        return None  # a quantized weight: the op compares its parts
+    if not isinstance(out, torch.Tensor):
+        return f"returned a {type(out).__name__}, expected a tensor shaped {list(ref_out.shape)} (the reference's)"
+    if out.shape != ref_out.shape:
+        return f"output has shape {list(out.shape)}, expected {list(ref_out.shape)} (the reference's)"
+    return None
 
 
 def timed_columns(fn, device: torch.device, timing: Timing, monitor: GpuMonitor | None) -> dict[str, Any]:
@@ -141,7 +158,8 @@ def measure_case(op, impl: Impl, case: Case, inputs: Any, ref_out: Any, ref_erro
     status = {**verdict(op, impl, out, ref_out, ref_error, inputs), **memory,
               "path": impl.path(inputs) if impl.path else None,
               "kernel_config": impl.kernel_config(inputs) if impl.kernel_config else None}
-    errors = op.error(impl, out, inputs)
+    # an output shaped otherwise than the reference's has no error to measure (the verdict says why)
+    errors = {} if impl.role.verified and shape_problem(out, ref_out) else op.error(impl, out, inputs)
     rows = [{**status, **e} for e in (errors if isinstance(errors, list) else [errors])]
     timed = rows[-1]
     timed.update(timed_columns(fn, device, cfg.timing, monitor), first_call_ms=first_call_ms,

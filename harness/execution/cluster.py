@@ -54,6 +54,9 @@ def open_cluster(workers: int | None, scheduler: str | None, device: torch.devic
             client = distributed.Client(scheduler, timeout="30s")
         except OSError as e:
             raise ConfigError(f"--scheduler {scheduler}: no Dask scheduler answered ({e})") from None
+        except ValueError as e:  # not an address Dask can parse
+            raise ConfigError(f"--scheduler {scheduler!r}: not a scheduler address ({e}); expected "
+                              f"tcp://host:port") from None
         try:
             yield client
         finally:

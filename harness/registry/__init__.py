@@ -64,8 +64,16 @@ def _check(records: list[Impl], origin: str, ops: Iterable[str], taken: dict[tup
             raise PluginError(f"{where}: factory must be a function of the prepared inputs")
         if impl.own_format is not None and impl.op not in OWN_FORMAT_OPS:
             raise PluginError(f"{where}: its own weight format is supported for {', '.join(sorted(OWN_FORMAT_OPS))} only")
-        if not impl.name or not impl.name.replace("_", "").replace("-", "").isalnum():
-            raise PluginError(f"{where}: a name is letters, digits, '_' and '-'")
+        if not isinstance(impl.name, str) or not impl.name.replace("_", "").replace("-", "").isalnum():
+            raise PluginError(f"{where}: a name is a text of letters, digits, '_' and '-'")
+        if not isinstance(impl.needs, Needs):
+            raise PluginError(f"{where}: needs must be a quantbench.Needs, got {type(impl.needs).__name__}")
+        for hook in ("own_format", "path", "kernel_config"):
+            if getattr(impl, hook) is not None and not callable(getattr(impl, hook)):
+                raise PluginError(f"{where}: {hook} must be a function of the inputs (or None), got "
+                                  f"{type(getattr(impl, hook)).__name__}")
+        if not isinstance(impl.description, str):
+            raise PluginError(f"{where}: description must be a text, got {type(impl.description).__name__}")
         if (impl.op, impl.name) in taken:
             raise PluginError(f"{where}: the name is already taken by {taken[impl.op, impl.name]}")
         taken[impl.op, impl.name] = origin

@@ -1,7 +1,8 @@
 """What each file of a run folder must hold before a reader trusts it (storage.py reads them):
 the shapes that RunWriter, sweep.run_meta, the cluster and merge_runs write. Each check returns
 what is wrong, naming the column or key and what was expected, or None; the reader adds the file
-and the line."""
+and the line. And the table that rows make: its columns' types (to_frame), every row's role
+(with_roles)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ import math
 import reprlib
 from typing import Any, Callable
 
-from .schema import CLOCKS, DTYPE_CEILING, ERROR, INT8_CEILING, MEMORY, OUTPUT_ERROR, TIME
+import pandas as pd
+
+from .schema import (CLOCKS, COLUMNS, DTYPE_CEILING, ERROR, INT8_CEILING, LEGACY_ROLES, MEMORY, OUTPUT_ERROR,
+                     TIME)
 
 MEASURED = [c for c in TIME + CLOCKS + MEMORY + ERROR + OUTPUT_ERROR if c != "timing_valid"]
 NUMERIC = MEASURED + ["bits", "group_size", "M", "N", "K", "layers", "depth"]
@@ -100,3 +104,21 @@ def meta_problem(meta: dict[str, Any]) -> str | None:
             if key in RATES and value is not None and not is_number(value):
                 return f"{section}.{key} holds {reprlib.repr(value)}, expected a number"
     return None
+
+
+def to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    for col in MEASURED:
+        df[col] = pd.to_numeric(df[col], errors="coerce")  # JSON lines carry inf as "inf"
+    for col in INTEGER:
+        df[col] = df[col].astype("Int64")
+    return df
+
+
+def with_roles(df: pd.DataFrame) -> pd.DataFrame:
+    """Every row's role: as recorded, or for rows from before the column, the built-in's by name."""
+    missing = df["role"].isna()
+    if missing.any():
+        df = df.copy()
+        df["role"] = df["role"].astype(object).where(~missing, df["impl"].map(LEGACY_ROLES))
+    return df

@@ -29,8 +29,9 @@ import numpy as np
 import pandas as pd
 
 from ..config.errors import first_line
-from .contents import BOOLEANS, INTEGER, MEASURED, NUMERIC, meta_problem, row_problem, sample_problem
-from .schema import COLUMNS, IDENTITY, LEGACY_ROLES, SCHEMA_VERSION
+from .contents import (BOOLEANS, INTEGER, NUMERIC, meta_problem, row_problem, sample_problem, to_frame,
+                       with_roles)
+from .schema import COLUMNS, IDENTITY, SCHEMA_VERSION
 
 SAMPLES = "samples.jsonl"         # appended, one line per timed row, while the run goes
 SAMPLES_GZ = "samples.jsonl.gz"   # the same lines, compressed (about 6x) once the run has finished
@@ -144,6 +145,11 @@ class RunWriter:
         atomic_write(path / SAMPLES, "".join(json.dumps(rec) + "\n" for rec in samples))
         (path / SAMPLES_GZ).unlink(missing_ok=True)
         meta.setdefault("resumed_utc", []).append(utc_now())
+        # unfinished until finish(): a resume cut short is read from rows.jsonl, its new cases too
+        for key in ("finished_utc", "rows", "status_counts", "stopped_early"):
+            meta.pop(key, None)
+        for stale in ("results.csv", "summary.md"):
+            (path / stale).unlink(missing_ok=True)
         return cls(path, meta, done)
 
     def append_case(self, key: str, rows: list[dict[str, Any]], samples: list[tuple[float, ...]]) -> None:
@@ -259,15 +265,6 @@ def read_cases(path: Path, drop_torn_tail: bool = False) -> list[tuple[str | Non
                 raise RunFolderError(f"{path}:{number}: {problem}")
         cases.append((key, rows))
     return cases
-
-
-def to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    df = pd.DataFrame(rows, columns=COLUMNS)
-    for col in MEASURED:
-        df[col] = pd.to_numeric(df[col], errors="coerce")  # JSON lines carry inf as "inf"
-    for col in INTEGER:
-        df[col] = df[col].astype("Int64")
-    return df
 
 
 def read_meta(run: str | Path, required: bool = False) -> dict[str, Any]:
@@ -387,12 +384,3 @@ def load_run(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
               f"recorded rows are read; `quantbench run CONFIG --resume {path}` measures the rest",
               file=sys.stderr)
     return with_roles(df), meta
-
-
-def with_roles(df: pd.DataFrame) -> pd.DataFrame:
-    """Every row's role: as recorded, or for rows from before the column, the built-in's by name."""
-    missing = df["role"].isna()
-    if missing.any():
-        df = df.copy()
-        df["role"] = df["role"].astype(object).where(~missing, df["impl"].map(LEGACY_ROLES))
-    return df
