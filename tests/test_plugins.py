@@ -150,6 +150,21 @@ def test_an_output_of_the_wrong_shape_is_an_error_not_broadcast(plugin_dir):
                                                                                                        "message"]
 
 
+def test_a_plugin_that_exits_is_a_failed_case_and_the_sweep_goes_on(plugin_dir):
+    """sys.exit in a plugin's callable ended the whole run with its exit status, no row, no word."""
+    write_plugin(plugin_dir, "qb_plugin_exits", textwrap.dedent("""
+        import sys
+        from quantbench import Impl, Role
+        def quantbench_impls():
+            return [Impl(op="matmul", name="exits", role=Role.CANDIDATE, factory=lambda inp: lambda: sys.exit(3))]
+    """))
+    cfg = parse_config(sweep_config(["qb_plugin_exits"], ["torch", "exits", "triton"], name="exits"))
+    df, _ = load_run(run_sweep(cfg, plugin_dir / "results", device="cpu", show_progress=False).path)
+    rows = df.set_index("impl")
+    assert rows.loc["exits", "status"] == "error" and rows.loc["exits", "message"] == "SystemExit: 3"
+    assert rows.loc["torch", "status"] == "ok" and rows.loc["triton", "status"] == "ok"
+
+
 def _by_hand(cfg) -> dict[str, float]:
     """The int8 rowwise format computed here, independently of the plugin, on the run's weights and
     activations: its weight error, the method error of its product, and its bytes."""

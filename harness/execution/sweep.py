@@ -120,7 +120,7 @@ def prepare_workload(op, reference: Impl, workload: Case, source: InputSource, t
         with case_time_limit(timeout_s):
             inputs = op.prepare(workload, source)
             return PreparedWorkload(inputs, reference.factory(inputs)())
-    except Exception as e:  # recorded on the rows of this workload; the sweep goes on
+    except (Exception, SystemExit) as e:  # recorded on the rows of this workload; the sweep goes on
         return PreparedWorkload(inputs, None, failed_row(e, "could not prepare inputs or the reference: "))
 
 
@@ -135,7 +135,7 @@ def case_rows(op, impl: Impl, reference: Impl, case: Case, prepared: PreparedWor
         with case_time_limit(cfg.timing.case_timeout_s):
             return measure_case(op, impl, case, prepared.inputs, prepared.ref_out,
                                 failure and failure["message"], cfg, device, calibration, monitor)
-    except Exception as e:  # one failing case is recorded and the sweep goes on
+    except (Exception, SystemExit) as e:  # one failing case (a plugin's sys.exit too) is recorded; the sweep goes on
         return [failed_row(e)]
 
 
