@@ -95,3 +95,24 @@ def test_a_merge_cut_short_leaves_no_run_folder_that_looks_whole(tmp_path):
         merge_runs(parts, tmp_path / "merged", killed)
     left = list((tmp_path / "merged").iterdir())
     assert [p.name.startswith(".") and p.name.endswith(".partial") for p in left] == [True], left
+
+
+def test_a_merge_missing_a_shard_or_of_a_stopped_shard_is_not_whole(tmp_path, capsys):
+    """A merge of shard 1/2 alone, or of a shard stopped early (Ctrl-C), read as a finished sweep:
+    finished_utc set, nothing said."""
+    path = tmp_path / "sh.yaml"
+    path.write_text(CONFIG)
+    cfg = load_config(path)
+    parts = [run_sweep(cfg, tmp_path / "parts", device="cpu", show_progress=False, shard=(i, 2)).path for i in (1, 2)]
+    alone = merge_runs(parts[:1], tmp_path / "alone", summary_markdown)
+    meta = json.loads((alone / "meta.json").read_text())
+    assert meta["missing_shards"] == ["2/2"] and "finished_utc" not in meta
+    capsys.readouterr()
+    load_run(alone)
+    assert "lacks shard(s) 2/2" in capsys.readouterr().err
+    stopped = json.loads((parts[1] / "meta.json").read_text())
+    (parts[1] / "meta.json").write_text(json.dumps({**stopped, "stopped_early": True}))
+    load_run(parts[1])
+    assert "was stopped early" in capsys.readouterr().err  # the shard itself says so too
+    both = json.loads((merge_runs(parts, tmp_path / "both", summary_markdown) / "meta.json").read_text())
+    assert both["stopped_early"] and "finished_utc" not in both and "missing_shards" not in both

@@ -87,6 +87,7 @@ META_SHAPES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "rows": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "a whole number of rows"),
     "resumed_utc": (lambda v: isinstance(v, list), "a list"),
     "status_counts": (lambda v: isinstance(v, dict), "an object"),
+    "missing_shards": (lambda v: isinstance(v, list) and all(isinstance(s, str) for s in v), "a list of texts"),
 }
 # calibration's and the datasheet's rates (calibration.py, datasheets.py): a number, or null for
 # one that could not be measured

@@ -60,7 +60,15 @@ def merge_runs(runs: list[str | Path], out_root: str | Path,
             "calibration": metas[0].get("calibration", {}), "datasheet": metas[0].get("datasheet"),
             "rows": len(df),
             "status_counts": df["status"].value_counts().to_dict()}
-    if all("finished_utc" in m for m in metas):  # else the merged run, like a shard of it, is unfinished
+    shards = {tuple(m["shard"]) for m in metas if m.get("shard")}
+    counts = {n for _, n in shards}
+    missing = [f"{i}/{n}" for n in counts for i in range(1, n + 1) if (i, n) not in shards]
+    if missing:
+        meta["missing_shards"] = missing
+    if any(m.get("stopped_early") for m in metas):
+        meta["stopped_early"] = True
+    # else the merged run, like a shard of it or a sweep with shards left out, is unfinished
+    if all("finished_utc" in m for m in metas) and not missing and not meta.get("stopped_early"):
         meta["finished_utc"] = meta["merged_utc"]
     # written in a hidden folder beside it, then moved in one rename: a merge cut short leaves no
     # run folder that looks whole

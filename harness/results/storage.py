@@ -378,9 +378,11 @@ def load_run(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     if expected is not None and len(df) != expected:
         raise RunFolderError(f"{path}: meta.json says the run finished with {expected} rows, its tables hold "
                              f"{len(df)}: the folder is damaged (copy it again from where it was made)")
-    if meta and not finished:
+    if meta and (not finished or meta.get("stopped_early")):
         # killed, stopped, or still running: what is there is real, but not the whole sweep
-        print(f"warning: {path}: the run did not finish (meta.json has no finished_utc); its {len(df)} "
-              f"recorded rows are read; `quantbench run CONFIG --resume {path}` measures the rest",
-              file=sys.stderr)
+        why = ("was stopped early" if meta.get("stopped_early") else
+               f"lacks shard(s) {', '.join(meta['missing_shards'])}" if meta.get("missing_shards") else
+               "did not finish (meta.json has no finished_utc)")
+        print(f"warning: {path}: the run {why}; its {len(df)} recorded rows are read; "
+              f"`quantbench run CONFIG --resume {path}` measures the rest", file=sys.stderr)
     return with_roles(df), meta
