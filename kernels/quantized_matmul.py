@@ -38,7 +38,7 @@ from .exact_math import ON_GPU
 from .launching import INTERPRETED, Launcher
 from .matmul_tiles import GEMM_CONFIGS, GEMV_CONFIGS, SPLIT_CONFIGS, SPLIT_MAX_M, prune, prune_gemm
 from .prepared import PreparedWeight, prepared
-from .references import check_quantized, dequantize_ref
+from .references import dequantize_ref
 from .scale_words import load_scale_zero_words
 from .qgemm import qgemm_kernel
 from .split_k import finish_tile, split_workspace
@@ -332,7 +332,7 @@ def qmatmul_ref(x: torch.Tensor, q: QuantizedTensor) -> torch.Tensor:
     """PyTorch reference with the same contract: the seed notebook's forward pass, dequantize with
     the reference, then matmul (x @ W_hat^T), in x's dtype."""
     check_matrix("x", x, on_kernel_device=False)
-    check_quantized(q, on_kernel_device=False)
+    w_hat = dequantize_ref(q, x.dtype)  # q checked there (check_quantized)
     if x.shape[1] != q.shape[1]:
         raise ValueError(f"x must be [M, K] with K = {q.shape[1]} (the weight's K), got {list(x.shape)}")
-    return torch.matmul(x, dequantize_ref(q, x.dtype).t())
+    return torch.matmul(x, w_hat.t())

@@ -20,7 +20,7 @@ from pytest_benchmark.stats import Stats
 from ..config.errors import did_you_mean, first_line
 from ..config.schema import MAX_DIM
 from .schema import CASE_KEY, COLUMNS, Measurement
-from .contents import row_problem
+from .contents import INTEGER, is_number, row_problem, whole
 from .storage import RunFolderError, RunWriter, load_run, read_samples
 
 BENCH_MODULE = "tests/benchmarks/test_kernels.py"
@@ -93,8 +93,8 @@ def to_pytest_benchmark(run: str | Path) -> dict:
 # a case's columns (the run's row schema): integers, and texts; op and impl are always there
 CASE_INTS = ("bits", "group_size", "M", "N", "K", "layers", "depth")
 CASE_TEXTS = ("op", "impl", "scheme", "granularity", "dtype", "shape_name")
-# the row columns the run's table holds as integers (storage.to_frame), beside the case's
-ROW_INTS = ("n_samples", "weight_bytes", "peak_mem_bytes")
+# the row columns the run's table holds as integers (contents.to_frame), beside the case's
+ROW_INTS = tuple(c for c in INTEGER if c not in CASE_INTS)
 ROW_TEXTS = ("device", "gpu", "status", "message", "role", "path", "kernel_config", "flags", "torch_version",
              "triton_version", "utc", "host", "gpu_uuid")
 # the keys of a run's environment (execution/environment.py) that its summary and reports read
@@ -113,7 +113,7 @@ INT64_MAX = (1 << 63) - 1
 
 def _is_number(v: Any) -> bool:
     """A JSON number the table can hold (its integers are 64-bit)."""
-    return isinstance(v, float) or (isinstance(v, int) and not isinstance(v, bool) and abs(v) <= INT64_MAX)
+    return is_number(v) and (isinstance(v, float) or abs(v) <= INT64_MAX)
 
 
 def _shown(v: Any) -> str:
@@ -132,8 +132,7 @@ def _check_columns(values: dict, key: str, ints: tuple[str, ...], texts: tuple[s
     """Whole numbers from low to high (the table's integer columns) and texts, or null."""
     for c in ints:
         v = values.get(c)
-        whole = (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, float) and v.is_integer())
-        if v is not None and not (whole and low <= v <= high):
+        if v is not None and not (is_number(v) and whole(v) and low <= v <= high):
             raise _Bad(f"{key}.{c}", f"holds {_shown(v)}, expected a whole number from {low} to {high} (or null)")
     for c in texts:
         if values.get(c) is not None and not isinstance(values[c], str):
