@@ -15,6 +15,7 @@ _LAZY = {
     "quantize": ".quantization", "quantize_ref": ".references", "quantize_choice": ".quantize_tiles",
     "dequantize": ".dequantization", "dequantize_ref": ".references", "dequantize_choice": ".dequantization",
     "qmatmul": ".quantized_matmul", "qmatmul_ref": ".quantized_matmul", "qmatmul_path": ".quantized_matmul",
+    "qmatmul_route": ".quantized_matmul",
     "qmatmul_config": ".quantized_matmul",
     "w8a8_matmul": ".w8a8", "w8a8_matmul_ref": ".w8a8", "quantize_tokens": ".w8a8",
     "quantize_tokens_ref": ".w8a8", "pack_weights": ".w8a8",

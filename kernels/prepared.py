@@ -25,7 +25,7 @@ import torch
 
 from .codebooks import CODE_IDS, SCALE_DTYPE_IDS, code_table
 from .launching import key_token, signature
-from .references import check_weight_once
+from .references import check_weight_once, largest_dequantized
 from .spec import QuantizedTensor, are_scale_zero_pairs, as_scale_zero_pairs
 
 
@@ -148,6 +148,13 @@ class PreparedWeight:
             words = p.gemm_scales().words
             return dict(p.fmt, IEEE=ieee, SCALE_ZERO_WORDS=words)
         return self._once(("gemm constants", ieee), make)
+
+    def fits(self, dtype: torch.dtype) -> bool:
+        """Whether every value the weight's codes can dequantize to lies within dtype's finite
+        range (references.largest_dequantized), found once per dtype. Where one may not, the
+        reference saturates it to dtype's largest value and so does dequantize; the fused kernels,
+        which multiply in float32 or convert a tile for tl.dot, would not (qmatmul_route)."""
+        return self._once(("fits", dtype), lambda p: largest_dequantized(p.ref()) <= torch.finfo(dtype).max)
 
     def gemv_constants_for(self, dtype: torch.dtype) -> dict[str, Any]:
         """The GEMV's constants for activations of `dtype`, made once per dtype."""

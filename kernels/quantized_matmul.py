@@ -177,7 +177,9 @@ def qgemv_kernel(x_ptr, units_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr,
     y = tl.sum(tl.sum(acc, axis=2), axis=1)
     if GRANULARITY != 2:
         scale, zero = row_params(scales_ptr, zeros_ptr, rows * (GRANULARITY == 1), N, stride_sn, 0, SYMMETRIC)
-        y = y * scale + tl.sum(tl.sum(x_total, axis=1), axis=0) * zero
+        y = y * scale
+        if not SYMMETRIC:  # not + sum(x) * 0: an infinite activation would make that NaN
+            y += tl.sum(tl.sum(x_total, axis=1), axis=0) * zero
     finish_tile(y_ptr, partials_ptr, tickets_ptr, pid_n, y[None, :], tl.arange(0, 1), rows, 1, N, N, SPLIT_K)
 
 
@@ -280,6 +282,22 @@ def qmatmul_path(m: int, dtype: torch.dtype = torch.float16, bits: int = 4) -> s
     return "gemm"
 
 
+def qmatmul_route(x: torch.Tensor, q: QuantizedTensor) -> str:
+    """The kernel qmatmul(x, q) runs: qmatmul_path's, except that float16 and bfloat16 activations
+    meet a weight whose values may pass their range (PreparedWeight.fits) on dequantize+cublas at
+    every M. The reference saturates such values to the dtype's largest, and so does dequantize;
+    the GEMV, which multiplies in float32 and scales per unit, would not, and the GEMMs' tiles
+    would overflow to inf in their conversion for tl.dot (NaN outputs)."""
+    return _route(x.shape[0], x.dtype, q, prepared(q))
+
+
+def _route(m: int, dtype: torch.dtype, q: QuantizedTensor, p: PreparedWeight) -> str:
+    path = qmatmul_path(m, dtype, q.spec.bits)
+    if path != "dequantize+cublas" and dtype != torch.float32 and not p.fits(dtype):
+        return "dequantize+cublas"
+    return path
+
+
 def qmatmul_config(x: torch.Tensor, q: QuantizedTensor) -> str | None:
     """The launch configuration of the kernel qmatmul(x, q) runs, as its last launch ran it: the
     autotuner's choice for the GEMV or GEMM qmatmul_path picks (Launcher.last_choice), the
@@ -287,9 +305,11 @@ def qmatmul_config(x: torch.Tensor, q: QuantizedTensor) -> str | None:
     the GEMMs, the layout of the copy of the scales they read, where they read one
     (ScaleArgs.describe). Read it right after the call: a launcher remembers its last launch only
     (the results' kernel_config)."""
-    path = qmatmul_path(x.shape[0], x.dtype, q.spec.bits)
+    path = qmatmul_route(x, q)
     if path == "dequantize+cublas":
-        return f"dequantize {dequantize_choice(q, x.dtype)}, then cuBLAS"
+        beyond = "" if qmatmul_path(x.shape[0], x.dtype, q.spec.bits) == path else \
+            f" (the weight's values may pass {str(x.dtype).removeprefix('torch.')}'s range)"
+        return f"dequantize {dequantize_choice(q, x.dtype)}, then cuBLAS{beyond}"
     if INTERPRETED:
         fixed = INTERPRETER_GEMV if path == "gemv" else {**INTERPRETER_GEMM, "SPLIT_K": 2 if path != "gemm" else 1}
         config = " ".join(f"{name}={value}" for name, value in fixed.items()) + " (interpreter)"
@@ -301,11 +321,14 @@ def qmatmul_config(x: torch.Tensor, q: QuantizedTensor) -> str | None:
 
 
 def qmatmul(x: torch.Tensor, q: QuantizedTensor) -> torch.Tensor:
-    """y[M, N] = x[M, K] @ dequantize(q)^T in x's dtype; the kernel is chosen by M (qmatmul_path).
+    """y[M, N] = x[M, K] @ dequantize(q)^T in x's dtype; the kernel is chosen by M (qmatmul_path) and,
+    for a weight whose values may pass x's range, by that (qmatmul_route).
 
     x: float32/float16/bfloat16 [M, K], unit stride along K; q: a QuantizedTensor of W [N, K]
     (codes packed along K as written by ``quantize``). float32 x is multiplied in full float32
     (no TF32). q's checks run on its first use only (prepared.py); x is checked every call.
+    Infinite activations: with zeros (asymmetric codes) at M = 1, the GEMV's s * sum(x q) +
+    z * sum(x) can meet inf - inf, so an output the reference gives as +-inf may come out NaN.
     """
     check_matrix("x", x)
     p = prepared(q)  # q checked on its first use
@@ -315,7 +338,7 @@ def qmatmul(x: torch.Tensor, q: QuantizedTensor) -> torch.Tensor:
         raise ValueError(f"x must be [M, K] with K = {k} (the weight's K), got {list(x.shape)}")
     if x.device != p.units.device:
         check_same_device(x=x, codes=q.codes)
-    path = qmatmul_path(m, x.dtype, q.spec.bits)
+    path = _route(m, x.dtype, q, p)
     if path == "dequantize+cublas":
         # a new [N, K] buffer each call, from PyTorch's caching allocator (so it is reused, and a
         # peak-memory measurement sees it)

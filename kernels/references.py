@@ -208,3 +208,20 @@ def dequantize_ref(q: QuantizedTensor, out_dtype: torch.dtype | None = None) -> 
     dtype = out_dtype_of(q, out_dtype)
     fmax = torch.finfo(dtype).max
     return w.clamp(-fmax, fmax).to(dtype)  # clamp keeps NaN
+
+
+def largest_dequantized(q: QuantizedTensor) -> float:
+    """The largest magnitude dequantize_ref can compute in float32 (before its saturation) for any
+    code of q's format under q's scales and zeros: values * scale + zero is linear in the value, so
+    its extremes lie at the format's smallest and largest values. NaN segments (a poisoned scale)
+    are left out: they dequantize to NaN in every dtype. The matmuls use it to see, once per
+    weight, whether a weight's values can pass a half-precision dtype's range (qmatmul_route)."""
+    fields = torch.arange(2 ** q.spec.bits, device=q.codes.device)
+    values = (fields - q.spec.offset).float() if q.spec.codebook == "integer" else decode_ref(fields, q.spec)
+    values = values[~values.isnan()]  # e4m3's NaN codes
+    scales = scales_of(q).float()
+    ends = torch.stack([values.min() * scales, values.max() * scales])  # the same float32 products as dequantize_ref's
+    if q.zeros is not None:
+        ends = ends + q.zeros.float()
+    ends = ends.abs()
+    return ends.masked_fill(ends.isnan(), 0.0).max().item()  # inf stays inf

@@ -12,7 +12,8 @@ import torch
 from quantbench.harness.config import NormalWeights, SafetensorsWeights
 from quantbench.harness.ops.inputs import make_weights
 from quantbench.harness.ops.metrics import dequant_close
-from quantbench.kernels import (BITS, INTEGER_SCHEMES, SCHEMES, QuantSpec, dequantize, dequantize_ref, pack_weights, quantize,
+from quantbench.kernels import (BITS, INTEGER_SCHEMES, SCHEMES, QuantSpec, dequantize, dequantize_ref, pack_weights,
+                                qmatmul, qmatmul_config, qmatmul_path, qmatmul_ref, qmatmul_route, quantize,
                                 quantize_ref, quantize_tokens, quantize_tokens_ref, spec_exists, w8a8_matmul,
                                 w8a8_matmul_ref)
 from quantbench.kernels.codebooks import scales_of
@@ -296,3 +297,59 @@ def test_harness_refuses_a_checkpoint_tensor_with_nan(tmp_path):
     with pytest.raises(ValueError, match=r"tensor 'layer.weight' in .*bad.safetensors \(as float32\) holds 1 "
                                          r"non-finite value\(s\) \(NaN or Inf\), first nan at \[5, 6\]"):
         make_weights(weights, 0, 8, 32, "float32", "cpu", "layer.weight")
+
+
+INF_SPECS = [QuantSpec(8, "symmetric", "tensor"), QuantSpec(8, "symmetric", "channel"),
+             QuantSpec(4, "symmetric", "channel"), QuantSpec(4, "symmetric", "group", 32),
+             QuantSpec(4, "nf4", "group", 32)]
+
+
+@pytest.mark.parametrize("m", [1, 2])
+@pytest.mark.parametrize("spec", INF_SPECS, ids=spec_id)
+def test_an_infinite_activation_gives_the_references_infinities(spec, m, gen, device):
+    """Weights without zeros: an infinite activation makes every output +-inf (NaN where its
+    weight is 0), as in the reference; the GEMV's per-channel epilogue once added sum(x) * 0, NaN."""
+    w = torch.randn(4, 64, generator=gen)
+    x = torch.randn(m, 64, generator=gen)
+    x[0, 7] = math.inf
+    q = quantize(w.to(device), spec)
+    got, want = qmatmul(x.to(device), q).cpu(), qmatmul_ref(x, quantize_ref(w, spec))
+    assert torch.equal(got.isnan(), want.isnan()) and torch.equal(got.isinf(), want.isinf())
+    assert torch.equal(got[want.isinf()], want[want.isinf()]) and want[0].isinf().any()
+
+
+@pytest.mark.parametrize("m", [1, 3, 130], ids=["gemv", "split-k", "dequantize"])
+@pytest.mark.parametrize("spec", [QuantSpec(4, "asymmetric", "group", 32), QuantSpec(8, "symmetric", "channel")],
+                         ids=spec_id)
+def test_a_weight_past_float16s_range_meets_float16_activations_saturated(spec, m, gen, device):
+    """A float32 weight with values past 65504, float16 activations: the reference saturates W_hat
+    at 65504 (dequantize_ref into x's dtype), so qmatmul takes dequantize+cublas, which does too,
+    at every M. The GEMV multiplied the unsaturated values (88% off) and the split-K GEMM's
+    float16 tile overflowed (NaN). bfloat16 activations keep the fused kernels."""
+    w = torch.randn(8, 64, generator=gen) * 1e5
+    x = (torch.rand(m, 64, generator=gen) * 1e-3).half()
+    q = quantize(w.to(device), spec)
+    assert qmatmul_route(x.to(device), q) == "dequantize+cublas"
+    if qmatmul_path(m, torch.float16, spec.bits) != "dequantize+cublas":  # M alone would not take it
+        assert "float16's range" in qmatmul_config(x.to(device), q)
+    assert qmatmul_route(x.to(device, torch.bfloat16), q) == qmatmul_path(m, torch.bfloat16, spec.bits)
+    got, want = qmatmul(x.to(device), q).float().cpu(), qmatmul_ref(x, quantize_ref(w, spec)).float()
+    assert got.isfinite().all() and want.isfinite().all()
+    assert (got - want).abs().max() <= 1e-2 * want.abs().max()
+
+
+def test_only_a_weight_past_the_range_leaves_the_fused_kernels(gen, device):
+    """The bound is the format's extreme values under each segment's scale and zero, over every
+    code the format holds (symmetric 8-bit: -128 too, which quantize never writes but a weight
+    built by hand may hold): a weight whose codes all stay within 65504 keeps its kernel; one
+    whose scale lets a code pass it does not; a NaN (poisoned) segment alone does not count."""
+    spec = QuantSpec(8, "symmetric", "channel")
+    x = torch.ones(1, 64, dtype=torch.float16, device=device)
+    w = torch.randn(3, 64, generator=gen)
+    w[0, 0] = 64000.0  # scale 64000 / 127: code -128 reaches 64504
+    assert qmatmul_route(x, quantize(w.to(device), spec)) == "gemv"
+    w[0, 0] = 65200.0  # code -128 would reach 65713
+    assert qmatmul_route(x, quantize(w.to(device), spec)) == "dequantize+cublas"
+    w[0, 0] = 1.0
+    w[1, 5] = math.nan  # row 1's scale poisoned: NaN in every dtype, on every path
+    assert qmatmul_route(x, quantize(w.to(device), spec)) == "gemv"

@@ -43,9 +43,10 @@ def _tinygemm(inp: MatmulInputs) -> Callable[[], torch.Tensor]:
 
 
 def _qmatmul_path(inp) -> str:
-    """The kernel qmatmul picks for the inputs (matmul, and every layer of a stack: one format)."""
-    q = inp.q if hasattr(inp, "q") else inp.qs[0]
-    return kernels.qmatmul_path(inp.x.shape[0], inp.x.dtype, q.spec.bits)
+    """The kernel qmatmul picks for the inputs (matmul, and every layer of a stack: one format, but
+    a layer whose values may pass x's range takes dequantize+cublas: each kernel taken, in order)."""
+    qs = [inp.q] if hasattr(inp, "q") else inp.qs
+    return ", ".join(dict.fromkeys(kernels.qmatmul_route(inp.x, q) for q in qs))
 
 
 def _qmatmul_config(inp) -> str | None:
