@@ -28,11 +28,13 @@ def round_half_even(v):
 
 
 @triton.jit
-def rounded_int(v):
-    """round(v) (ties to even) as int32, for |v| < 2**22: the float32 bits of v + 1.5 * 2**23 are
-    0x4B400000 + round(v). One addition instead of a float-to-int conversion, which issues at a
-    quarter of the FMA rate."""
-    return (v + 12582912.0).to(tl.int32, bitcast=True) - 0x4B400000
+def rounded_int(v, OFFSET: tl.constexpr = 0):
+    """round(v) + OFFSET (round ties to even) as int32, for |v| + |OFFSET| < 2**22: the float32 bits
+    of v + 1.5 * 2**23 + OFFSET are 0x4B400000 + round(v) + OFFSET. One addition instead of a
+    float-to-int conversion, which issues at a quarter of the FMA rate, and the offset in the same
+    addition (an even OFFSET moves a tie's two neighbours alike, so it still goes to the even one)."""
+    tl.static_assert(OFFSET % 2 == 0, "an odd offset would send ties to the odd neighbour")
+    return (v + (12582912.0 + OFFSET)).to(tl.int32, bitcast=True) - 0x4B400000
 
 
 @triton.jit

@@ -142,7 +142,7 @@ def quantize_tile(x, scale, zero, table_ptr, QMIN: tl.constexpr, QMAX: tl.conste
         if not ON_GPU:
             v = tl.where(v == v, v, QMIN)
         v = tl.minimum(tl.maximum(v, QMIN), QMAX)  # on the GPU, max.f32 of NaN and QMIN is QMIN
-        fields = rounded_int(v) - QMIN
+        fields = rounded_int(v, -QMIN)
     elif CODE == 1:
         # the count of midpoints below v: the count below v's cell (of 32 over [-1, 1]) plus one
         # compare with the midpoint inside it (codebooks.nf4_cells), the cell's two entries looked
@@ -172,12 +172,12 @@ def pack_tile(fields, BLOCK_N: tl.constexpr, NG: tl.constexpr, C: tl.constexpr, 
         packed = fields
     elif BITS == 4:
         even, odd = tl.split(tl.reshape(fields, (BLOCK_N, NG, C, CHUNK // 2, 2)))
-        packed = even | (odd << 4)
+        packed = even + (odd << 4)
     else:
         f02, f13 = tl.split(tl.reshape(fields, (BLOCK_N, NG, C, CHUNK // 4, 2, 2)))  # k%2 == 0 | 1
         f0, f2 = tl.split(f02)
         f1, f3 = tl.split(f13)
-        packed = f0 | (f1 << 2) | (f2 << 4) | (f3 << 6)
+        packed = f0 + (f1 << 2) + (f2 << 4) + (f3 << 6)
     return packed.to(tl.uint8)
 
 

@@ -186,6 +186,17 @@ def test_ties_round_half_to_even(device):
     assert dequantize_ref(q).flatten().tolist() == [0, 0, 2, 2, 4, 15, 14, 14]
 
 
+@pytest.mark.parametrize("granularity", ["tensor", "channel"])
+def test_symmetric_ties_round_half_to_even(granularity, device):
+    """The symmetric codes' offset (8 for 4 bits) is added in the same rounding as the code
+    (exact_math.rounded_int): ties still go to the even code on both sides of zero."""
+    w = torch.tensor([[7.0, -7.0, 0.5, -0.5, 1.5, -1.5, 2.5, -2.5, 6.5, -6.5, 3.5, -3.5]], device=device)
+    spec = QuantSpec(4, "symmetric", granularity)  # max|w| / 7: scale 1
+    q = quantize(w, spec)
+    assert_same_quantization(q, quantize_ref(w, spec))
+    assert dequantize_ref(q).flatten().tolist() == [7, -7, 0, 0, 2, -2, 2, -2, 6, -6, 4, -4]
+
+
 def test_cpu_tensor_is_refused_on_the_gpu(device):
     if device.type != "cuda":
         pytest.skip("only meaningful when the kernels are compiled for a GPU")
