@@ -251,10 +251,11 @@ def apply_params(q, scale, zero, SYMMETRIC: tl.constexpr, BLOCK_N: tl.constexpr,
 @triton.jit
 def half_tile(codes_ptr, scales_ptr, zeros_ptr, rows, k0, N, K, stride_cn, stride_sn, stride_sg, BITS: tl.constexpr,
               OFFSET: tl.constexpr, SYMMETRIC: tl.constexpr, GRANULARITY: tl.constexpr, GROUP: tl.constexpr,
-              DTYPE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN: tl.constexpr):
+              DTYPE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN: tl.constexpr,
+              SATURATE: tl.constexpr = True):
     """W[rows, k0 : k0 + BLOCK_K] of 4- or 2-bit integer codes whose scales (and zeros) are stored
-    in DTYPE (float16 or bfloat16), dequantized in DTYPE two elements to an instruction and
-    saturated (field_ptx.half_fields): [BLOCK_N, BLOCK_K] in DTYPE. GPU only.
+    in DTYPE (float16 or bfloat16), dequantized in DTYPE two elements to an instruction and, with
+    SATURATE, saturated (field_ptx.half_fields): [BLOCK_N, BLOCK_K] in DTYPE. GPU only.
 
     Each field of the bytes comes out as its own tile; tl.join interleaves them back into column
     order in registers. One rounding where dequant_tile's float32 route rounds twice (to float32,
@@ -268,10 +269,10 @@ def half_tile(codes_ptr, scales_ptr, zeros_ptr, rows, k0, N, K, stride_cn, strid
     scale, zero = tile_params(scales_ptr, zeros_ptr, scales_ptr, scales_ptr, rows, k0, N, K, stride_sn, stride_sg,
                               SYMMETRIC, GRANULARITY, GROUP, False, 0, BLOCK_N, BLOCK_K)
     if NG == 1:
-        f = half_fields(packed, scale, zero, OFFSET, BITS, DTYPE, True)
+        f = half_fields(packed, scale, zero, OFFSET, BITS, DTYPE, SATURATE)
     else:
         f = half_fields(tl.reshape(packed, (BLOCK_N, NG, BYTES // NG)), scale[:, :, None], zero[:, :, None], OFFSET,
-                        BITS, DTYPE, True)
+                        BITS, DTYPE, SATURATE)
     if PER_BYTE == 2:
         w = tl.join(tl.reshape(f[0], (BLOCK_N, BYTES)), tl.reshape(f[1], (BLOCK_N, BYTES)))
     else:
@@ -287,9 +288,10 @@ def dequantize_kernel(codes_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr, m
                       stride_on, stride_sn, stride_sg, BITS: tl.constexpr, OFFSET: tl.constexpr, CODE: tl.constexpr,
                       SYMMETRIC: tl.constexpr, GRANULARITY: tl.constexpr, GROUP: tl.constexpr, DQ: tl.constexpr,
                       SCALE_DTYPE: tl.constexpr, OUT_MAX: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                      EVEN: tl.constexpr = False, VECTOR: tl.constexpr = 0):
+                      EVEN: tl.constexpr = False, VECTOR: tl.constexpr = 0, SATURATE: tl.constexpr = True):
     """out[N, K] = dequantized codes (layout and scales as in dequant_tile), clamped to
-    [-OUT_MAX, OUT_MAX] (the output dtype's largest finite value) with NaN kept.
+    [-OUT_MAX, OUT_MAX] (the output dtype's largest finite value) with NaN kept. SATURATE False:
+    no code of the weight can pass it (PreparedWeight.fits), and the clamp is left out.
     Grid: (cdiv(K, BLOCK_K), cdiv(N, BLOCK_N)). EVEN: the tiles lie inside the matrix (no masks).
     VECTOR: the bytes of codes a thread loads at once on the float32 route (0: the compiler's 16).
     Those of one 16-byte store of the output (what dequantize_plan passes for 2-byte outputs) make
@@ -311,13 +313,15 @@ def dequantize_kernel(codes_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr, m
                           and scales_ptr.dtype.element_ty == OUT_DTYPE and zeros_ptr.dtype.element_ty == OUT_DTYPE)
     if HALF:
         w = half_tile(codes_ptr, scales_ptr, zeros_ptr, rows, k0, N, K, stride_cn, stride_sn, stride_sg, BITS, OFFSET,
-                      SYMMETRIC, GRANULARITY, GROUP, OUT_DTYPE, BLOCK_N, BLOCK_K, EVEN)
+                      SYMMETRIC, GRANULARITY, GROUP, OUT_DTYPE, BLOCK_N, BLOCK_K, EVEN, SATURATE)
     else:
         w = dequant_tile(codes_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr, mean_ptr, rows, k0, N, K, stride_cn,
                          stride_sn, stride_sg, BITS, OFFSET, CODE, SYMMETRIC, GRANULARITY, GROUP, DQ, SCALE_DTYPE,
                          BLOCK_N, BLOCK_K, VECTOR)
         # q * scale + zero can pass the dtype's maximum by rounding (fp16: 127 * 516 = 65532 > 65504)
-        w = round_to(tl.clamp(w, -OUT_MAX, OUT_MAX, propagate_nan=tl.PropagateNan.ALL), OUT_DTYPE)
+        if SATURATE:
+            w = tl.clamp(w, -OUT_MAX, OUT_MAX, propagate_nan=tl.PropagateNan.ALL)
+        w = round_to(w, OUT_DTYPE)
     cols = k0 + tl.arange(0, BLOCK_K)
     ptrs = out_ptr + rows[:, None] * stride_on + cols[None, :]
     if EVEN:
@@ -349,12 +353,16 @@ def dequantize_plan(q: QuantizedTensor, p: PreparedWeight, dtype: torch.dtype) -
     grid = (cdiv(k, block_k), cdiv(n, block_n))
     # GROUP: per channel and per tensor dequant_tile reads none; block_k there is what this
     # launcher has always passed, so its compiled kernels stay the ones measured
+    # a weight none of whose codes can pass the dtype's range is not clamped (one instruction an
+    # element of the ~7 of the half route's, two of the float32 route's; kernels/NOTES.md, session 24)
+    saturate = not p.fits(dtype)
     constants = dict(p.fmt, GROUP=spec.group_size or block_k, OUT_MAX=torch.finfo(dtype).max, BLOCK_N=block_n,
                      BLOCK_K=block_k, EVEN=n % block_n == 0 and k % block_k == 0,
-                     VECTOR=16 // dtype.itemsize // spec.per_byte if dtype.itemsize == 2 else 0)
+                     VECTOR=16 // dtype.itemsize // spec.per_byte if dtype.itemsize == 2 else 0, SATURATE=saturate)
     # the output is always new from PyTorch's allocator (16-byte aligned), contiguous [N, K]: the
-    # weight's share of the key (its tensors, sizes and format) and the dtype say the rest
-    return DequantizePlan(lambda meta: grid, constants, (p.own_key, dtype))
+    # weight's share of the key (its tensors, sizes and format), the dtype and whether its values
+    # are clamped (two weights alike in their tensors can differ there) say the rest
+    return DequantizePlan(lambda meta: grid, constants, (p.own_key, dtype, saturate))
 
 
 def dequantize_choice(q: QuantizedTensor, dtype: torch.dtype) -> str:

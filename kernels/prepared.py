@@ -115,7 +115,8 @@ class PreparedWeight:
     pointers: tuple[int, ...]
     dequantize_plans: dict[torch.dtype, Any] = field(default_factory=dict)
     # made on first use (_once): "copy" (group_major_copy's, or None), "gemv" and "gemm" (ScaleArgs),
-    # the GEMV's constants per activation dtype, the GEMMs' per IEEE
+    # the GEMV's constants per activation dtype, the GEMMs' per IEEE, fits per dtype; "scale
+    # versions": those of the scales the copy or fits was made from (prepared)
     made: dict[Any, Any] = field(default_factory=dict)
 
     def _once(self, name: Any, make: Callable[[PreparedWeight], Any]) -> Any:
@@ -131,7 +132,7 @@ class PreparedWeight:
             copy = group_major_copy(q)
             if copy is not None and copy.extra_bytes:
                 # a copy of q's values: made again when they are written in place (prepared)
-                p.made["copy versions"] = scale_versions(q)
+                p.made["scale versions"] = scale_versions(q)
             return copy
         return self._once("copy", make)
 
@@ -151,10 +152,16 @@ class PreparedWeight:
 
     def fits(self, dtype: torch.dtype) -> bool:
         """Whether every value the weight's codes can dequantize to lies within dtype's finite
-        range (references.largest_dequantized), found once per dtype. Where one may not, the
-        reference saturates it to dtype's largest value and so does dequantize; the fused kernels,
-        which multiply in float32 or convert a tile for tl.dot, would not (qmatmul_route)."""
-        return self._once(("fits", dtype), lambda p: largest_dequantized(p.ref()) <= torch.finfo(dtype).max)
+        range (references.largest_dequantized), found once per dtype, with 1/64 to spare for the
+        kernels' own roundings (an FMA where the reference rounds twice, nf4_dq's scales decoded
+        into a half-precision dtype). Where one may not, the reference saturates it to dtype's
+        largest value and so does dequantize (which clamps only then); the fused kernels, which
+        multiply in float32 or convert a tile for tl.dot, would not (qmatmul_route)."""
+        def make(p: PreparedWeight) -> bool:
+            q = p.ref()
+            p.made["scale versions"] = scale_versions(q)  # found again when they are written in place (prepared)
+            return largest_dequantized(q) <= torch.finfo(dtype).max * (1 - 2.0**-6)
+        return self._once(("fits", dtype), make)
 
     def gemv_constants_for(self, dtype: torch.dtype) -> dict[str, Any]:
         """The GEMV's constants for activations of `dtype`, made once per dtype."""
@@ -277,15 +284,16 @@ def scale_versions(q: QuantizedTensor) -> tuple[int, int] | None:
 
 
 def prepared(q: QuantizedTensor) -> PreparedWeight:
-    """q's PreparedWeight, made (and q checked) on its first use. Where the kernels read a copy of
-    q's scales (group_major_copy) and they have been written in place since it was made, what was
-    made from them is dropped and made again on use (the codes and q's own scales are read where
-    they are)."""
+    """q's PreparedWeight, made (and q checked) on its first use. Where something was made from the
+    values of q's scales (a copy the kernels read, group_major_copy; whether its values fit a dtype,
+    fits) and they have been written in place since, what was made from them is dropped and made
+    again on use (the codes and q's own scales are read where they are)."""
     p = _prepared.get(id(q))
     if p is not None and p.ref() is q:
-        copied = p.made.get("copy versions")
-        if copied is not None and copied != scale_versions(q):
+        seen = p.made.get("scale versions")
+        if seen is not None and seen != scale_versions(q):
             p.made.clear()
+            p.dequantize_plans.clear()  # whether they clamp follows from the scales (fits)
         return p
     check_weight_once(q)
     spec = q.spec

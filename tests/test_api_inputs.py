@@ -10,6 +10,7 @@ import torch
 from quantbench.kernels import (QuantSpec, dequantize, dequantize_ref, pack_weights, qmatmul, qmatmul_ref, quantize,
                                 quantize_ref, quantize_tokens_ref, w8a8_matmul, w8a8_matmul_ref)
 from quantbench.kernels.spec import QuantizedTensor, ScaleQuant
+from quantbench.harness.ops.metrics import dequant_close
 from test_qmatmul import rel_err, tolerance
 
 
@@ -124,3 +125,25 @@ def test_a_hand_built_shape_may_be_a_list_but_of_python_ints(device):
     assert torch.equal(dequantize(dataclasses.replace(q, shape=[4, 64])), dequantize(q))
     with pytest.raises(ValueError, match="two positive Python ints"):  # Triton takes no numpy int
         dequantize(dataclasses.replace(q, shape=(np.int64(4), np.int64(64))))
+
+
+@pytest.mark.parametrize("spec", [QuantSpec(4, "asymmetric", "group", 32), QuantSpec(8, "symmetric", "channel"),
+                                  QuantSpec(4, "nf4", "group", 32)], ids=str)
+def test_dequantize_clamps_only_a_weight_that_can_pass_the_range(spec, device):
+    """dequantize leaves its clamp out where no code of the weight can pass the output dtype's
+    range (PreparedWeight.fits), and keeps it where one can: two weights alike in their tensors
+    then differ in the kernel's constants and launch key. Scales written in place past the range
+    after a first call bring the clamp back; without it these would come out inf."""
+    from quantbench.kernels import prepared
+    gen = torch.Generator().manual_seed(5)
+    small = quantize_ref(torch.randn(8, 64, generator=gen).to(device), spec)
+    large = quantize_ref((torch.randn(8, 64, generator=gen) * 1e5).to(device), spec)
+    for q, saturates in ((small, False), (large, True)):
+        got = dequantize(q, torch.float16)
+        assert got.isfinite().all() and dequant_close(got, dequantize_ref(q, torch.float16)).all()
+        assert prepared.prepared(q).dequantize_plans[torch.float16].constants["SATURATE"] is saturates
+    assert (prepared.prepared(small).dequantize_plans[torch.float16].key
+            != prepared.prepared(large).dequantize_plans[torch.float16].key)
+    small.scales.mul_(1e5)  # in place, as a state dict is loaded
+    assert dequantize(small, torch.float16).isfinite().all()
+    assert prepared.prepared(small).dequantize_plans[torch.float16].constants["SATURATE"] is True

@@ -341,14 +341,15 @@ def test_a_weight_past_float16s_range_meets_float16_activations_saturated(spec, 
 def test_only_a_weight_past_the_range_leaves_the_fused_kernels(gen, device):
     """The bound is the format's extreme values under each segment's scale and zero, over every
     code the format holds (symmetric 8-bit: -128 too, which quantize never writes but a weight
-    built by hand may hold): a weight whose codes all stay within 65504 keeps its kernel; one
-    whose scale lets a code pass it does not; a NaN (poisoned) segment alone does not count."""
+    built by hand may hold), with 1/64 of the range to spare (PreparedWeight.fits): a weight
+    whose codes all stay within 64480 keeps its kernel; one whose scale lets a code pass that
+    does not; a NaN (poisoned) segment alone does not count."""
     spec = QuantSpec(8, "symmetric", "channel")
     x = torch.ones(1, 64, dtype=torch.float16, device=device)
     w = torch.randn(3, 64, generator=gen)
-    w[0, 0] = 64000.0  # scale 64000 / 127: code -128 reaches 64504
+    w[0, 0] = 63000.0  # scale 63000 / 127: code -128 reaches 63496
     assert qmatmul_route(x, quantize(w.to(device), spec)) == "gemv"
-    w[0, 0] = 65200.0  # code -128 would reach 65713
+    w[0, 0] = 64000.0  # code -128 would reach 64504
     assert qmatmul_route(x, quantize(w.to(device), spec)) == "dequantize+cublas"
     w[0, 0] = 1.0
     w[1, 5] = math.nan  # row 1's scale poisoned: NaN in every dtype, on every path
