@@ -115,9 +115,10 @@ class PreparedWeight:
     pointers: tuple[int, ...]
     dequantize_plans: dict[torch.dtype, Any] = field(default_factory=dict)
     # made on first use (_once): "copy" (group_major_copy's, or None), "gemv" and "gemm" (ScaleArgs),
-    # the GEMV's constants per activation dtype, the GEMMs' per IEEE, fits per dtype; "scale
-    # versions": those of the scales the copy or fits was made from (prepared)
+    # the GEMV's constants per activation dtype, the GEMMs' per IEEE; "scale versions": those of
+    # the scales the copy or fits' answers were made from (prepared)
     made: dict[Any, Any] = field(default_factory=dict)
+    fit: dict[torch.dtype, bool] = field(default_factory=dict)  # fits' answers, per dtype
 
     def _once(self, name: Any, make: Callable[[PreparedWeight], Any]) -> Any:
         try:  # one lookup on the calls after the first: the launchers ask on every call
@@ -132,7 +133,7 @@ class PreparedWeight:
             copy = group_major_copy(q)
             if copy is not None and copy.extra_bytes:
                 # a copy of q's values: made again when they are written in place (prepared)
-                p.made["scale versions"] = scale_versions(q)
+                p.made["scale versions"] = scale_versions(p)
             return copy
         return self._once("copy", make)
 
@@ -157,11 +158,11 @@ class PreparedWeight:
         into a half-precision dtype). Where one may not, the reference saturates it to dtype's
         largest value and so does dequantize (which clamps only then); the fused kernels, which
         multiply in float32 or convert a tile for tl.dot, would not (qmatmul_route)."""
-        def make(p: PreparedWeight) -> bool:
-            q = p.ref()
-            p.made["scale versions"] = scale_versions(q)  # found again when they are written in place (prepared)
-            return largest_dequantized(q) <= torch.finfo(dtype).max * (1 - 2.0**-6)
-        return self._once(("fits", dtype), make)
+        fit = self.fit.get(dtype)  # one lookup on the calls after the first (qmatmul asks on every call)
+        if fit is None:
+            self.made["scale versions"] = scale_versions(self)  # found again when they are written in place (prepared)
+            fit = self.fit[dtype] = largest_dequantized(self.ref()) <= torch.finfo(dtype).max * (1 - 2.0**-6)
+        return fit
 
     def gemv_constants_for(self, dtype: torch.dtype) -> dict[str, Any]:
         """The GEMV's constants for activations of `dtype`, made once per dtype."""
@@ -273,12 +274,12 @@ def gemm_scales(p: PreparedWeight) -> ScaleArgs:
 _prepared: dict[int, PreparedWeight] = {}
 
 
-def scale_versions(q: QuantizedTensor) -> tuple[int, int] | None:
-    """The version counters of q's scales and zeros, which PyTorch bumps on every in-place write (a
-    state dict loaded into them, a copy_); None for tensors made under torch.inference_mode, which
-    keep none."""
+def scale_versions(p: PreparedWeight) -> tuple[int, int] | None:
+    """The version counters of the weight's scales and zeros (p's are q's own; zeros = scales where
+    there are none), which PyTorch bumps on every in-place write (a state dict loaded into them, a
+    copy_); None for tensors made under torch.inference_mode, which keep none."""
     try:
-        return q.scales._version, (-1 if q.zeros is None else q.zeros._version)
+        return p.scales._version, p.zeros._version
     except RuntimeError:
         return None
 
@@ -291,8 +292,10 @@ def prepared(q: QuantizedTensor) -> PreparedWeight:
     p = _prepared.get(id(q))
     if p is not None and p.ref() is q:
         seen = p.made.get("scale versions")
-        if seen is not None and seen != scale_versions(q):
+        # (not through scale_versions: a call pays for this; tensors that keep no versions never set seen)
+        if seen is not None and seen != (p.scales._version, p.zeros._version):
             p.made.clear()
+            p.fit.clear()
             p.dequantize_plans.clear()  # whether they clamp follows from the scales (fits)
         return p
     check_weight_once(q)
