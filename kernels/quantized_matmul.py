@@ -41,7 +41,7 @@ from .prepared import PreparedWeight, prepared
 from .references import dequantize_ref
 from .scale_words import load_scale_zero_words
 from .qgemm import qgemm_kernel
-from .split_k import finish_tile, split_workspace
+from .split_k import finish_tile, split_workspace, split_workspace_addresses
 from .tuning import tuning_bench
 from .unit_activations import word_activations
 from .spec import QuantizedTensor
@@ -215,22 +215,24 @@ def _m_bucket(m: int) -> int:
 def _gemv(x: torch.Tensor, q: QuantizedTensor, p: PreparedWeight, y: torch.Tensor) -> None:
     n, k = q.shape
     # the smallest BLOCK_N is 4, which bounds the number of tickets
-    partials, tickets = split_workspace(x.device, n, cdiv(n, 4))
+    workspace = (x.device, n, cdiv(n, 4))
     scales = p.gemv_scales()
     sizes = (n, k, p.units.stride(0), scales.stride_row, scales.stride_group, p.units.shape[1])
     constants = p.gemv_constants_for(x.dtype)
-    tensors = lambda: (x, p.units, scales.scales, scales.zeros, p.table, p.second, p.mean, y, partials,
-                       tickets, *sizes)
+    tensors = lambda: (x, p.units, scales.scales, scales.zeros, p.table, p.second, p.mean, y,
+                       *split_workspace(*workspace), *sizes)
     if INTERPRETED:
         qgemv_kernel[(cdiv(n, INTERPRETER_GEMV["BLOCK_N"]), INTERPRETER_GEMV["SPLIT_K"])](
             *tensors(), **constants, **INTERPRETER_GEMV, EVEN_N=False, EVEN_K=False)
     else:
         # the weight's share of the launch key is kept (prepared.py); x's added here. y and the
         # workspace (float32 and int32) are fresh from the allocator and so 16-byte aligned. A
-        # direct launch takes the weight's tensors as their addresses (ScaleArgs.pointers).
+        # direct launch takes the weight's tensors and the workspace as their addresses
+        # (ScaleArgs.pointers, split_workspace_addresses).
         key = (scales.key, x.dtype, x.data_ptr() % 16 == 0)
         _gemv_launch(lambda meta: (cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"]),
-                     (x, *scales.pointers, y, partials, tickets, *sizes), constants, key, tensors)
+                     (x, *scales.pointers, y, *split_workspace_addresses(*workspace), *sizes), constants, key,
+                     tensors)
 
 
 def _gemm(x: torch.Tensor, q: QuantizedTensor, p: PreparedWeight, y: torch.Tensor, split: bool) -> None:
@@ -238,23 +240,25 @@ def _gemm(x: torch.Tensor, q: QuantizedTensor, p: PreparedWeight, y: torch.Tenso
     k = q.shape[1]
     ieee = x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and INTERPRETED)
     # tiles are at least 16 x 32, which bounds the number of tickets
-    partials, tickets = split_workspace(x.device, m * n, cdiv(m, 16) * cdiv(n, 32)) if split else (y, y)
+    workspace = (x.device, m * n, cdiv(m, 16) * cdiv(n, 32))
     scales = p.gemm_scales()
     sizes = (m, n, k, x.stride(0), q.codes.stride(0), scales.stride_row, scales.stride_group, y.stride(0),
              _m_bucket(m))
     constants = p.gemm_constants_for(ieee)
-    tensors = lambda: (x, q.codes, scales.scales, scales.zeros, p.table, p.second, p.mean, y, partials,
-                       tickets, *sizes)
+    tensors = lambda: (x, q.codes, scales.scales, scales.zeros, p.table, p.second, p.mean, y,
+                       *(split_workspace(*workspace) if split else (y, y)), *sizes)
     if INTERPRETED:
         split_k = 2 if split else 1
         qgemm_kernel[(cdiv(m, INTERPRETER_GEMM["BLOCK_M"]) * cdiv(n, INTERPRETER_GEMM["BLOCK_N"]), split_k)](
             *tensors(), **constants, **INTERPRETER_GEMM, SPLIT_K=split_k)
     else:
         # y is fresh from the allocator (16-byte aligned), its row stride n; a direct launch takes
-        # the weight's tensors as their addresses (ScaleArgs.pointers)
+        # the weight's tensors and the workspace as their addresses (ScaleArgs.pointers,
+        # split_workspace_addresses; the unsplit GEMM never reads them: y stands in)
         key = (scales.key, x.dtype, x.data_ptr() % 16 == 0, m, x.stride(0), ieee)
         grid = lambda meta: (cdiv(m, meta["BLOCK_M"]) * cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])
-        (_split_launch if split else _gemm_launch)(grid, (x, *scales.pointers, y, partials, tickets, *sizes),
+        addresses = split_workspace_addresses(*workspace) if split else (y, y)
+        (_split_launch if split else _gemm_launch)(grid, (x, *scales.pointers, y, *addresses, *sizes),
                                                    constants, key, tensors)
 
 

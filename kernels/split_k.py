@@ -32,6 +32,7 @@ def finish_tile(y_ptr, partials_ptr, tickets_ptr, tile, acc, rows_m, rows_n, M, 
 
 
 _workspaces: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+_addresses: dict[torch.device, tuple[int, int, int, int]] = {}  # partials, tickets: address, length
 
 
 def split_workspace(device: torch.device, partial_elems: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,4 +44,16 @@ def split_workspace(device: torch.device, partial_elems: int, tiles: int) -> tup
         partials = torch.zeros(max(partial_elems, 1 << 16), dtype=torch.float32, device=device)
         tickets = torch.zeros(max(tiles, 1 << 12), dtype=torch.int32, device=device)
         _workspaces[device] = (partials, tickets)
+        _addresses[device] = (partials.data_ptr(), partials.numel(), tickets.data_ptr(), tickets.numel())
     return partials, tickets
+
+
+def split_workspace_addresses(device: torch.device, partial_elems: int, tiles: int) -> tuple[int, int]:
+    """split_workspace's two tensors as their addresses, which a direct launch takes as ints
+    (launching.Launcher: a tensor costs it a data_ptr() call and a driver query each), valid while
+    the workspace is kept: until it is grown, when they are found again."""
+    kept = _addresses.get(device)
+    if kept is None or kept[1] < partial_elems or kept[3] < tiles:
+        split_workspace(device, partial_elems, tiles)
+        kept = _addresses[device]
+    return kept[0], kept[2]

@@ -296,7 +296,8 @@ def test_quantize_keys_its_launches_on_its_plan_and_the_weights_alignment(monkey
 
 def test_a_direct_launch_takes_the_weights_tensors_as_their_addresses(monkeypatch, device):
     """qmatmul's GEMV and GEMMs and dequantize pass a direct launch the weight's six tensors as
-    ints (ScaleArgs.pointers, PreparedWeight.pointers) and Triton's JIT the tensors (tensors()):
+    ints (ScaleArgs.pointers, PreparedWeight.pointers), the split kernels their workspace's two too
+    (split_workspace_addresses, found again when it grows), and Triton's JIT the tensors (tensors()):
     the two agree argument by argument, as many as the kernel takes, the ints being exactly the
     addresses of the weight's tensors in the same places (the launches themselves stood in for:
     the direct launch runs on a GPU only)."""
@@ -324,7 +325,7 @@ def test_a_direct_launch_takes_the_weights_tensors_as_their_addresses(monkeypatc
                  QuantSpec(8, "symmetric", "channel")):
         for dtype in (torch.float16, torch.float32):  # scale+zero words read in place; a group-major copy
             q = quantize_ref(w.to(dtype), spec)
-            for m in (1, 8, 64):
+            for m in (1, 8, 64, 100):  # GEMV, split-K, split-K, GEMM (unsplit: y stands in for the workspace)
                 qm.qmatmul(torch.randn(m, 256, dtype=dtype, device=device), q)
             dequantize(q)
     assert {kernel for kernel, _, _ in calls} == {qgemv_kernel, qgemm_kernel, dequantize_kernel}
@@ -336,8 +337,25 @@ def test_a_direct_launch_takes_the_weights_tensors_as_their_addresses(monkeypatc
         codes = "units_ptr" if kernel is qgemv_kernel else "codes_ptr"
         assert [p.name for p in taken[first:first + 6]] == [codes, "scales_ptr", "zeros_ptr", "table_ptr", "second_ptr",
                                                           "mean_ptr"]
+        # and the split kernels' workspace, after y
+        split = kernel is qgemv_kernel or (kernel is qgemm_kernel and args[8] is not args[7])
+        addresses = {*range(first, first + 6), *((8, 9) if split else ())}
+        if split:
+            assert [p.name for p in taken[8:10]] == ["partials_ptr", "tickets_ptr"]
         for i, (a, t) in enumerate(zip(args, tensors)):
-            if first <= i < first + 6:
+            if i in addresses:
                 assert isinstance(t, torch.Tensor) and a == t.data_ptr(), (kernel, i)
             else:
                 assert a is t, (kernel, i)
+
+
+def test_the_workspace_addresses_follow_the_workspace_when_it_grows(device):
+    """A direct launch takes the split-K workspace as two ints; when a larger call grows the
+    workspace (a new pair of tensors, the old freed), the ints given after are the new tensors'."""
+    from quantbench.kernels import split_k
+    before = split_k.split_workspace_addresses(device, 16, 4)
+    partials, tickets = split_k.split_workspace(device, 16, 4)
+    assert before == (partials.data_ptr(), tickets.data_ptr())
+    grown = split_k.split_workspace_addresses(device, partials.numel() + 1, tickets.numel() + 1)
+    partials, tickets = split_k.split_workspace(device, 16, 4)  # the grown pair, kept
+    assert grown == (partials.data_ptr(), tickets.data_ptr()) and partials.numel() > 1 << 16
