@@ -40,6 +40,9 @@ def choice_table(df: pd.DataFrame, op: str, bits: int) -> pd.DataFrame:
     d = d[d["role"].isin(PICKABLE) & (d["bits"] == bits)]
     if base.empty or d.empty or d.loc[d["status"] == "ok", "ms"].isna().all():
         return pd.DataFrame()
+    # a run of N and K axes has no shape names: NaN keys would never be found in base_us
+    base, d = (t.assign(shape_name=t["shape_name"].astype(object).where(t["shape_name"].notna(), ""))
+               for t in (base, d))
     d = d.assign(label=_implementation_labels(d))
     weight = ["shape_name", "N", "K", "dtype"]
     base_us = base.groupby(weight + ["M"], dropna=False)["ms"].min() * 1e3
@@ -51,7 +54,7 @@ def choice_table(df: pd.DataFrame, op: str, bits: int) -> pd.DataFrame:
         if dense is None or ok.empty:
             continue
         best = ok.loc[ok["ms"].idxmin()]
-        row = {"shape": shape_label(n, k, name), "dtype": dtype, "M": int(m), "dense us": dense,
+        row = {"shape": shape_label(n, k, name or None), "dtype": dtype, "M": int(m), "dense us": dense,
                "fastest": best["label"], "x dense": dense / (best["ms"] * 1e3),
                "bits/weight": best["bits_per_weight"], "out rel err": best["out_rel_err"]}
         for label in columns:

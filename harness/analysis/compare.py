@@ -156,10 +156,16 @@ def compare_runs(base_run: Run, cand_run: Run, t: Thresholds | ThresholdSet = DE
             if mode == "relative":
                 row["relative_ratio"] = float(pd.Series(pair[1]).median() / pd.Series(pair[0]).median())
         judged = latency != "unjudged"
+        # a stack's depths before the last are never timed (its time is on the last depth's row):
+        # nothing to judge but their accuracy, which is no reason to hold a gate on unjudged latency
+        untimed = (pd.notna(first.get("depth")) and b["status"] == c["status"] == "ok"
+                   and pd.isna(b["ms"]) and pd.isna(c["ms"]))
+        if untimed:
+            latency = "untimed"
         row.update(p_value=p, min_effect=op_t.min_effect, latency=latency, latency_judged=judged,
                    unstable_timing=unstable_timing(b, c),
                    accuracy=accuracy, accuracy_reason=reason,
-                   verdict="regression" if "regression" in (latency, accuracy) else latency)
+                   verdict="regression" if "regression" in (latency, accuracy) else accuracy if untimed else latency)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -211,7 +217,7 @@ def _thresholds_dict(t: Thresholds | ThresholdSet) -> dict:
 
 
 VERSUS_COLUMNS = ["candidate", "op", "impl", "bits", "scheme", "granularity", "group_size", "dtype", "M", "N", "K",
-                  "base_ms", "cand_ms", "ratio", "relative_ratio", "p_value", "min_effect", "latency", "accuracy", "accuracy_reason",
+                  "depth", "base_ms", "cand_ms", "ratio", "relative_ratio", "p_value", "min_effect", "latency", "accuracy", "accuracy_reason",
                   "verdict"]
 
 

@@ -47,9 +47,9 @@ def cmd_compare(args, console: Console) -> int:
     versus = views.versus
     changed = versus[versus["verdict"] != "same"]
     if not changed.empty:
-        cols = [c for c in ("candidate", "op", "impl", "bits", "granularity", "M", "N", "K", "base_ms", "cand_ms",
-                            "ratio", "latency", "accuracy", "verdict") if c in changed
-                and (c != "candidate" or len(args.candidates) > 1)]
+        cols = [c for c in ("candidate", "op", "impl", "bits", "granularity", "M", "N", "K", "depth", "base_ms",
+                            "cand_ms", "ratio", "latency", "accuracy", "verdict") if c in changed
+                and (c != "candidate" or len(args.candidates) > 1) and (c != "depth" or changed[c].notna().any())]
         print_table(console, "changed", changed[cols])
     if views.gpus is not None:
         print_table(console, "GPU against GPU", views.gpus)

@@ -70,9 +70,23 @@ class QuantizeOp(FormatOp):
         its decoded output equals the format's W_hat up to float rounding."""
         if inp.own_decode is not None:
             return w_hat_problem(inp.own_decode(out), inp.own_w_hat)
-        for part in ("codes", "scales", "zeros"):
-            a, b = getattr(out, part), getattr(ref, part)
-            if a is not None and (msg := metrics.mismatches(a, b)):
+        # nf4_dq's second level (chunk scales and mean) is part of the weight: a wrong one decodes
+        # every scale wrong with codes and scale codes equal
+        ref_second, out_second = ref.second, getattr(out, "second", None)
+        parts = [(part, getattr(out, part), getattr(ref, part)) for part in ("codes", "scales", "zeros")]
+        if ref_second is not None and out_second is not None:
+            parts += [(f"second-level {part}", getattr(out_second, part), getattr(ref_second, part))
+                      for part in ("chunk_scales", "mean")]
+        elif (ref_second is None) != (out_second is None):
+            parts.append(("second-level scales", out_second, ref_second))
+        for part, a, b in parts:
+            if (a is None) != (b is None):
+                return f"{part}: {'missing' if a is None else 'given'}, the reference has {'none' if b is None else 'them'}"
+            if a is None:
+                continue
+            if tuple(a.shape) != tuple(b.shape):  # broadcasting would compare [1, 1] against [N, 1]
+                return f"{part} have shape {list(a.shape)}, the reference's {list(b.shape)}"
+            if msg := metrics.mismatches(a, b):
                 return f"{part} differ from the reference: {msg}"
         return None
 

@@ -6,13 +6,15 @@ Each function returns a Figure or raises NoData naming what the run lacks.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 
-from quantbench.kernels.spec import FLOAT_DTYPES, SCHEMES, QuantSpec
+from quantbench.kernels.spec import DQ_CHUNK, FLOAT_DTYPES, SCHEMES, QuantSpec
 
 from ..analysis.labels import format_label, format_order, shape_label
-from .figures import BITS_COLORS, NoData, impl_colors, impls_by_role, new_figure
+from .figures import BITS_COLORS, NoData, format_rows, impl_colors, impls_by_role, new_figure
 from .weight_draws import WeightSample, headline
 
 MIB = 1 << 20
@@ -139,9 +141,12 @@ def weight_row(sample: WeightSample):
 
 def memory_parts(spec: QuantSpec, n: int, k: int, dtype: str) -> tuple[int, int, int]:
     """(codes, scales, zeros) bytes of a quantized [N, K] weight; they sum to QuantSpec.nbytes,
-    the results' weight_bytes."""
+    the results' weight_bytes (nf4_dq: its scales are the 8-bit scale codes with the float32
+    second level, chunk scales and mean)."""
     codes = n * spec.packed_cols(k)
     rows, cols = spec.scales_shape(n, k)
+    if spec.double_quant:
+        return codes, rows * cols + 4 * math.ceil(rows * cols / DQ_CHUNK) + 4, 0
     params = rows * cols * torch_bytes(dtype)
     return codes, params, 0 if spec.symmetric else params
 
@@ -151,20 +156,30 @@ def torch_bytes(dtype: str) -> int:
     return torch.finfo(FLOAT_DTYPES[dtype]).bits // 8
 
 
+W8A8_OP = "matmul_w8a8"  # int8 codes per channel with float32 scales (kernels/w8a8.py), not the weight's dtype
+
+
 def memory_table(df: pd.DataFrame) -> pd.DataFrame:
     """One row per format measured on the run's largest shape: the run's own weight_bytes and
-    bits_per_weight, and their split into codes, scales and zeros, after the dense fp32 and fp16 sizes."""
+    bits_per_weight of one layer's weight, and their split into codes, scales and zeros, after the
+    dense fp32 and fp16 sizes."""
     d = df[df["bits"].notna() & df["weight_bytes"].notna() & df["N"].notna()]
+    d = format_rows(d)
     if d.empty:
         raise NoData("the run has no rows with a quantized weight's size (weight_bytes)")
     size = d["N"].astype(float) * d["K"].astype(float)
     d = d[size == size.max()]
     first = d.iloc[0]
     n, k = int(first["N"]), int(first["K"])
-    keys = ["bits", "scheme", "granularity", "group_size", "dtype"]
+    stack = (d["op"] == "stack") & d["layers"].notna()
+    # a stack's weight_bytes are all its layers'; one weight is one layer's
+    d = d.assign(weight_bytes=d["weight_bytes"].astype(float) / d["layers"].where(stack, 1).astype(float),
+                 _w8a8=d["op"] == W8A8_OP)
+    keys = ["bits", "scheme", "granularity", "group_size", "dtype", "_w8a8"]
     d = d.drop_duplicates(keys)
     d = d.iloc[sorted(range(len(d)), key=lambda i: (-d["bits"].iloc[i], d["scheme"].iloc[i],
-                                                    format_order(d["granularity"].iloc[i], d["group_size"].iloc[i])))]
+                                                    format_order(d["granularity"].iloc[i], d["group_size"].iloc[i]),
+                                                    bool(d["_w8a8"].iloc[i])))]
     several_dtypes = d["dtype"].nunique() > 1
     rows = [{"format": "fp32", "codes": 4 * n * k, "scales": 0, "zeros": 0, "weight_bytes": 4 * n * k,
              "bits_per_weight": 32.0},
@@ -173,8 +188,9 @@ def memory_table(df: pd.DataFrame) -> pd.DataFrame:
     for _, r in d.iterrows():
         gs = None if pd.isna(r["group_size"]) else int(r["group_size"])
         spec = QuantSpec(int(r["bits"]), r["scheme"], r["granularity"], gs)
-        codes, scales, zeros = memory_parts(spec, n, k, r["dtype"])
+        codes, scales, zeros = (n * k, 4 * n, 0) if r["_w8a8"] else memory_parts(spec, n, k, r["dtype"])
         label = format_label(r["bits"], r["scheme"], r["granularity"], r["group_size"])
+        label += " (W8A8, float32 scales)" if r["_w8a8"] else ""
         rows.append({"format": f"{label} ({r['dtype']})" if several_dtypes else label, "codes": codes,
                      "scales": scales, "zeros": zeros, "weight_bytes": int(r["weight_bytes"]),
                      "bits_per_weight": float(r["bits_per_weight"])})

@@ -36,6 +36,16 @@ class NoData(Exception):
     """A panel that this run cannot draw; the message says what is missing (it goes in the report)."""
 
 
+def format_rows(d: pd.DataFrame) -> pd.DataFrame:
+    """The rows that can carry a case's own format, the reference's first (then candidates', then
+    peers'), so that the first row of a format is the reference's wherever it ran: an
+    implementation with its own format (a library's NF4) has other bytes and errors, and the
+    dense baseline, left out, has none."""
+    rank = {"reference": 0, "candidate": 1, "peer": 2}
+    d = d[d["role"] != "baseline"]
+    return d.iloc[sorted(range(len(d)), key=lambda i: rank.get(d["role"].iloc[i], 3))]
+
+
 def new_figure(width: float, height: float) -> Figure:
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)

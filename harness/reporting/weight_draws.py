@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from quantbench.kernels.spec import QuantSpec
 
 from ..analysis.labels import format_label, format_order
-from .figures import NoData
+from .figures import NoData, format_rows
 
 SUBSAMPLE = 1 << 18  # elements kept for histograms: plenty for a smooth density
 ROW_SAMPLE = 64  # leading weights of row 0 drawn one by one
@@ -72,7 +72,8 @@ def sample_weights(df: pd.DataFrame, meta: dict) -> WeightSample:
 
     from ..ops.inputs import make_weights
     from ..ops.metrics import weight_error
-    rows = df[df["op"].isin(WEIGHT_OPS) & df["bits"].notna() & df["N"].notna() & (df["status"] == "ok")]
+    # the case's own format: not the dense baseline's rows (inf SNR), not a library's own format
+    rows = format_rows(df[df["op"].isin(WEIGHT_OPS) & df["bits"].notna() & df["N"].notna() & (df["status"] == "ok")])
     if rows.empty:
         raise NoData("the run has no ok rows of a quantized weight")
     weights, seed = _weights_config(meta)
@@ -93,11 +94,13 @@ def sample_weights(df: pd.DataFrame, meta: dict) -> WeightSample:
         q = quantize_ref(w, spec)
         w_hat = dequantize_ref(q, torch.float32)
         # quantize and dequantize rows judge W_hat as the kernel returns it (in the weight's dtype);
-        # products judge the float32 W_hat that the kernels multiply with (ops.py)
-        op_first = group["op"].iloc[0]
+        # products judge the float32 W_hat that the kernels multiply with (ops.py): recomputed as
+        # the row whose snr_db is shown judged it
+        with_snr = group[group["snr_db"].notna()]
+        run_snr = with_snr["snr_db"]
+        op_first = (with_snr if len(with_snr) else group)["op"].iloc[0]
         judged = dequantize_ref(q) if op_first in ("quantize", "dequantize") else w_hat
         snr = weight_error(w, judged)["snr_db"]
-        run_snr = group["snr_db"].dropna()
         formats.append(QuantizedSample(spec, format_label(*key), w_hat.reshape(-1)[::stride].clone(),
                                        w_hat[0, :ROW_SAMPLE].clone(), snr,
                                        float(run_snr.iloc[0]) if len(run_snr) else None))
