@@ -7,7 +7,8 @@ at bit (k % (8 // bits)) * bits). The fused kernels never expand them in memory:
 unpacks and scales its weight tile in registers.
 
 The path is chosen by M (and, for large M, the bit width), as the fast libraries do
-(``qmatmul_path``; the results' `path` column):
+(``qmatmul_path``; the results' `path` column; a weight whose values may pass half-precision
+activations' range takes dequantize+cuBLAS at every M, ``qmatmul_route``):
 - ``qgemv_kernel`` for M = 1, on the CUDA cores (a tl.dot padded to 16 rows wastes most of its
   work). Each program streams BLOCK_N weight rows over its part of K (K may be split over
   programs), reading the codes as int32 words where it can.
