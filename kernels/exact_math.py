@@ -87,19 +87,32 @@ def mul_rn(a, b):
 
 
 @triton.jit
+def bfloat16_bits_rounded(x):
+    """float32 -> the nearest bfloat16 value (ties to even), as float32, by integer arithmetic on
+    the bits: what round_to does under the interpreter, whose float32 -> bfloat16 cast does not
+    round to nearest even (tests/gpu checks the GPU's cast against it bit for bit)."""
+    bits = x.to(tl.uint32, bitcast=True)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    # A NaN stays a NaN: the GPU's canonical NaN 0x7FFFFFFF would otherwise carry into the
+    # sign bit and come out as -0.0.
+    return tl.where(x != x, x, bits.to(tl.float32, bitcast=True))
+
+
+@triton.jit
 def round_to(x, ty: tl.constexpr):
     """float32 -> the nearest value of dtype `ty` (ties to even), returned as float32.
 
-    bfloat16 is rounded with integer arithmetic on the bits: the interpreter's float32 -> bfloat16
-    cast does not round to nearest even, the GPU's does, and the codes must agree on both. The
-    result then converts to `ty` exactly on either.
+    bfloat16: on the GPU its own conversion (cvt.rn, one instruction for two elements); under the
+    interpreter, whose cast does not round to nearest even, integer arithmetic on the bits
+    (bfloat16_bits_rounded, ~5 instructions an element where it ran on the GPU too, before
+    session 24), so that the codes agree on both. The result then converts to `ty` exactly on
+    either.
     """
     if ty == tl.bfloat16:
-        bits = x.to(tl.uint32, bitcast=True)
-        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-        # A NaN stays a NaN: the GPU's canonical NaN 0x7FFFFFFF would otherwise carry into the
-        # sign bit and come out as -0.0.
-        return tl.where(x != x, x, bits.to(tl.float32, bitcast=True))
+        if ON_GPU:
+            return x.to(tl.bfloat16).to(tl.float32)
+        else:
+            return bfloat16_bits_rounded(x)
     elif ty == tl.float16:
         return x.to(tl.float16).to(tl.float32)
     else:

@@ -8,6 +8,8 @@
   prmt, for every byte at every word position; through the GEMV against float64.
 - field_ptx.half_fields: the GEMMs' dequantization of int4 and int2 bytes in float16 and
   bfloat16, two elements an instruction, against the exact value rounded once.
+- exact_math.round_to into bfloat16: the GPU's conversion against the integer rounding of the
+  bits the interpreter runs (bfloat16_bits_rounded), on every exponent at and around every tie.
 """
 
 import pytest
@@ -18,7 +20,7 @@ import triton.language as tl
 from quantbench.kernels import QuantSpec, dequantize_ref, qmatmul, quantize, quantize_ref
 from quantbench.kernels.codebooks import scales_of
 from quantbench.kernels.field_ptx import half_fields, int_word_fields
-from quantbench.kernels.exact_math import divide
+from quantbench.kernels.exact_math import bfloat16_bits_rounded, divide, round_to
 from quantbench.kernels.spec import NF4_MIDPOINTS
 
 CUDA = torch.device("cuda")
@@ -212,3 +214,31 @@ def test_integer_gemv_over_words_matches_float64(spec, dtype):
     # and float32
     tol = torch.finfo(dtype).eps * want.abs() + 2.0 ** -18 * (x.double().abs() @ w_hat.abs().t())
     assert ((got - want).abs() <= tol).all(), ((got - want).abs() / tol).max()
+
+
+@triton.jit
+def bfloat16_kernel(x_ptr, gpu_ptr, bits_ptr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    x = tl.load(x_ptr + offs)
+    tl.store(gpu_ptr + offs, round_to(x, tl.bfloat16))
+    tl.store(bits_ptr + offs, bfloat16_bits_rounded(x))
+
+
+def test_round_to_bfloat16_is_the_interpreters_rounding_bit_for_bit():
+    """Every sign and exponent (subnormals, the largest finite values, inf, NaN), the mantissa's low
+    16 bits at and around the tie with both parities of the bit above, and random patterns: the
+    GPU's cvt.rn and the integer rounding give the same float32 bits (NaN for NaN)."""
+    sign_exp = torch.arange(512, dtype=torch.int64) << 23
+    high = torch.tensor([0, 1 << 16, 0x3F << 16, 0x7F << 16], dtype=torch.int64)  # the kept mantissa bits
+    low = torch.tensor([0, 1, 0x7FFF, 0x8000, 0x8001, 0xFFFF], dtype=torch.int64)
+    patterns = (sign_exp[:, None, None] + high[None, :, None] + low[None, None, :]).reshape(-1)
+    patterns = torch.cat([patterns, torch.randint(0, 1 << 32, (1 << 20,), dtype=torch.int64)])
+    block = 1024
+    patterns = torch.cat([patterns, torch.zeros((-len(patterns)) % block, dtype=torch.int64)])
+    x = (patterns - ((patterns >= 1 << 31).long() << 32)).to(torch.int32).view(torch.float32).to(CUDA)
+    gpu, bits = torch.empty_like(x), torch.empty_like(x)
+    bfloat16_kernel[(len(x) // block,)](x, gpu, bits, BLOCK=block)
+    assert torch.equal(gpu.isnan(), x.isnan()) and torch.equal(bits.isnan(), x.isnan())
+    ok = ~x.isnan()
+    assert torch.equal(gpu[ok].view(torch.int32), bits[ok].view(torch.int32))
+    assert torch.equal(gpu[ok], x[ok].to(torch.bfloat16).float())  # and PyTorch's own rounding
