@@ -350,6 +350,20 @@ def test_cli_run_with_a_broken_plugin_exits_2_with_one_line(tmp_path):
     assert not out.exists() or not any(out.iterdir())  # nothing was run
 
 
+def test_a_failing_case_is_counted_and_fails_the_run_only_with_strict(tmp_path, plugin_dir, capsys):
+    """A candidate that raises gets an error row and the sweep goes on; the run says how many rows
+    did not pass, and exits 0, or 1 with --strict (asv run --strict's convention)."""
+    module = write_plugin(plugin_dir, "qb_plugin_raises", "from quantbench import Impl, Role\n"
+                          "def boom(inp):\n    def call():\n        raise RuntimeError('kaput')\n    return call\n"
+                          "def quantbench_impls():\n"
+                          "    return [Impl(op='matmul', name='boom', role=Role.CANDIDATE, factory=boom)]\n")
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text(json.dumps(sweep_config([module], ["triton", "torch", "boom"], name="failing")))
+    for extra, rc in (([], 0), (["--strict"], 1)):
+        assert cli.main(["run", str(cfg_file), "--out", str(tmp_path / "out"), "--no-progress", *extra]) == rc
+        assert "1 rows did not pass (error: 1): results.csv's message column says why" in capsys.readouterr().out
+
+
 # --- the command line and the config ---------------------------------------------------------------
 
 def test_list_shows_example_implementations_with_roles(monkeypatch, capsys, no_example_module):

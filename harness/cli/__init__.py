@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run on the Dask cluster whose scheduler is at ADDRESS (tcp://host:port); see README")
     r.add_argument("--allow-mixed", action="store_true",
                    help="with --workers/--scheduler: allow workers with different GPU models in one run")
+    r.add_argument("--strict", action="store_true",
+                   help="exit with status 1 when a case's row is error, oom or timeout (as asv run --strict)")
     r.set_defaults(func=cmd_run)
     v = sub.add_parser("validate", help="check a config and count its cases, running nothing")
     v.add_argument("config")

@@ -38,6 +38,14 @@ def cmd_run(args, console: Console) -> int:
     if writer.meta.get("stopped_early"):
         console.print(f"stopped early: continue with  quantbench run {args.config} --resume {writer.path}")
         return 130
+    # the sweep goes on past a failing case (its row says why); the run says how many there were,
+    # and --strict makes them the exit status, as asv's run --strict does
+    failed = {status: n for status, n in writer.meta.get("status_counts", {}).items() if status not in ("ok", "skipped")}
+    if failed:
+        console.print(f"{sum(failed.values())} rows did not pass ("
+                      + ", ".join(f"{status}: {n}" for status, n in sorted(failed.items()))
+                      + "): results.csv's message column says why")
+        return 1 if args.strict else 0
     return 0
 
 
