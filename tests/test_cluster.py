@@ -174,6 +174,16 @@ def test_without_dask_the_options_name_the_extra(tmp_path, monkeypatch, capsys):
     assert "quantbench[cluster]" in capsys.readouterr().err
 
 
+def test_more_interpreter_workers_than_cores_are_refused(tmp_path, capsys):
+    """--workers 99999 on a machine without a GPU would start as many processes: exit 2, before
+    any is started, naming the cores there are."""
+    import os
+    too_many = (os.cpu_count() or 1) + 1
+    assert main(["run", str(write_config(tmp_path)), "--out", str(tmp_path / "out"), "--workers", str(too_many)]) == 2
+    assert f"--workers {too_many}: this machine has {os.cpu_count()} CPU core(s)" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
 def test_shard_and_workers_are_refused_together(tmp_path, capsys):
     assert main(["run", str(write_config(tmp_path)), "--out", str(tmp_path), "--workers", "2", "--shard", "1/2"]) == 2
     assert "--shard" in capsys.readouterr().err

@@ -76,7 +76,11 @@ def open_cluster(workers: int | None, scheduler: str | None, device: torch.devic
             cluster = LocalCUDACluster(CUDA_VISIBLE_DEVICES=list(range(workers or count)), threads_per_worker=1,
                                        dashboard_address=None)
         else:
-            cluster = distributed.LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1,
+            cores = os.cpu_count() or 1
+            if workers and workers > cores:  # each a process running one workload at a time: more only contend
+                raise ConfigError(f"--workers {workers}: this machine has {cores} CPU core(s), and an interpreter "
+                                  "worker keeps one busy")
+            cluster = distributed.LocalCluster(n_workers=workers or cores, threads_per_worker=1,
                                                processes=True, dashboard_address=None)
         client = distributed.Client(cluster)
         try:
