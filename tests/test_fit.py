@@ -1,5 +1,6 @@
 """quantbench fit: the seed's 7B table, exact overheads, and a recommendation by what fits."""
 
+import os
 import subprocess
 import sys
 
@@ -46,3 +47,13 @@ def test_cli():
     bad = subprocess.run([sys.executable, "-m", "quantbench.harness.cli", "fit", "--params", "7e9", "--gpu-mem",
                           "lots"], capture_output=True, text=True)
     assert bad.returncode == 2 and "--gpu-mem" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_huge_model_prints_its_sizes_in_powers_of_ten():
+    """--params 1e300 is a number like any other: the sizes come in powers of ten, not as a
+    300-digit figure."""
+    out = subprocess.run([sys.executable, "-m", "quantbench.harness.cli", "fit", "--params", "1e300", "--gpu-mem",
+                          "8GiB"], capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
+    assert out.returncode == 0, out.stderr
+    assert "Nothing fits: even int2 g128 needs 2.62e+290 GiB" in out.stdout
+    assert max(len(line) for line in out.stdout.splitlines()) < 200

@@ -91,6 +91,11 @@ def cmd_compare_gpus(args, console: Console) -> int:
     return 0
 
 
+def gib_text(gib: float) -> str:
+    """GiB with one decimal, or in powers of ten past a million (--params 1e300 is a number too)."""
+    return f"{gib:.1f}" if gib < 1e6 else f"{gib:.3g}"
+
+
 def cmd_fit(args, console: Console) -> int:
     from ..analysis.memory_planner import GPUS, fit, gpu_memory, parse_memory
     try:
@@ -104,24 +109,24 @@ def cmd_fit(args, console: Console) -> int:
     if not (math.isfinite(gib) and gib > 0):
         raise ConfigError(f"--gpu-mem: expected a positive size such as 8GiB, got {args.gpu_mem!r}")
     rows, best = fit(args.params, gib, args.headroom, args.group_size)
-    where = f"{args.gpu} ({gib:.1f} GiB)" if args.gpu else f"{gib:g} GiB"
+    where = f"{args.gpu} ({gib_text(gib)} GiB)" if args.gpu else f"{gib:g} GiB"
     console.print(f"{args.params:.3g} parameters on {where}; {args.headroom:.0%} kept for activations, KV cache "
-                  f"and the runtime leaves {gib * (1 - args.headroom):.1f} GiB for the weights.")
+                  f"and the runtime leaves {gib_text(gib * (1 - args.headroom))} GiB for the weights.")
     t = Table()
     for col in ("precision", "bytes/param", "weights GiB", "codes alone GiB", "fits"):
         t.add_column(col, justify="left" if col == "precision" else "right")
     for r in rows:
-        t.add_row(r.precision.name, f"{r.precision.bytes_per_param:.5g}", f"{r.weights_gib:.1f}",
-                  f"{args.params * r.precision.code_bytes_per_param / (1 << 30):.1f}", "yes" if r.fits else "no")
+        t.add_row(r.precision.name, f"{r.precision.bytes_per_param:.5g}", gib_text(r.weights_gib),
+                  gib_text(args.params * r.precision.code_bytes_per_param / (1 << 30)), "yes" if r.fits else "no")
     console.print(t)
     console.print("bytes/param and weights count codes + one fp16 scale and zero per group; 'codes alone' is "
                   "the seed notebook's figure, which leaves them out.")
     if best is None:
-        console.print(f"Nothing fits: even {rows[-1].precision.name} needs {rows[-1].weights_gib:.1f} GiB. "
+        console.print(f"Nothing fits: even {rows[-1].precision.name} needs {gib_text(rows[-1].weights_gib)} GiB. "
                       f"Use a GPU with more memory, several GPUs, or offloading.")
     else:
         console.print(f"Recommendation: {best.precision.name}, the most precise format whose weights "
-                      f"({best.weights_gib:.1f} GiB) fit with the headroom kept.")
+                      f"({gib_text(best.weights_gib)} GiB) fit with the headroom kept.")
     if args.gpu is None and args.gpu_mem is None:
         console.print(f"known GPUs: {', '.join(GPUS)}")
     return 0
