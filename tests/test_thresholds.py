@@ -33,6 +33,9 @@ def test_flags_go_over_every_op():
     ("default:\n  snr_db: {max_drop: -1}\n", "default.snr_db.max_drop: Input should be greater than or equal to 0"),
     ("default:\n  latency: {alpha: fast}\n", "default.latency.alpha: Input should be a valid number (got 'fast')"),
     ("- 1\n", "expected a mapping with `default:` and/or `ops:`"),
+    # an infinite tolerance is a check that can never fail: a gate that passes anything
+    ("default:\n  snr_db: {max_drop: .inf}\n", "default.snr_db.max_drop: Input should be a finite number"),
+    ("ops:\n  matmul: {error: {max_rise: .nan}}\n", "ops.matmul.error.max_rise: Input should be a finite number"),
 ])
 def test_a_wrong_file_names_the_key_line_and_expectation(tmp_path, text, message):
     path = tmp_path / "t.yaml"

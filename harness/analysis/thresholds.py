@@ -62,7 +62,7 @@ class ThresholdSet:
 
 
 Fraction = Annotated[float, Field(gt=0, lt=1)]
-NonNegative = Annotated[float, Field(ge=0)]
+NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]  # inf: a check that can never fail
 
 
 class Latency(Strict):

@@ -26,7 +26,7 @@ def _thresholds(args):
     flags = {k: v for k, v in (("alpha", args.alpha), ("min_effect", args.min_effect),
                                ("snr_tolerance_db", args.snr_tolerance_db)) if v is not None}
     allowed = {"alpha": ("in (0, 1)", lambda v: 0 < v < 1), "min_effect": ("in [0, 1)", lambda v: 0 <= v < 1),
-               "snr_tolerance_db": ("of at least 0", lambda v: v >= 0)}
+               "snr_tolerance_db": ("of at least 0, finite", lambda v: 0 <= v < math.inf)}  # inf: never fails
     for name, value in flags.items():
         what, ok = allowed[name]
         if not ok(value):
