@@ -184,6 +184,14 @@ def test_more_interpreter_workers_than_cores_are_refused(tmp_path, capsys):
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
+@pytest.mark.parametrize("flags, message", [(["--workers", "0"], "--workers: expected a number of workers >= 1"),
+                                            (["--allow-mixed"], "--allow-mixed: applies to a run on a cluster")])
+def test_flags_that_would_be_ignored_are_refused(tmp_path, capsys, flags, message):
+    """--workers 0 read as "every GPU" and --allow-mixed without a cluster did nothing: exit 2."""
+    assert main(["run", str(write_config(tmp_path)), "--out", str(tmp_path / "out"), *flags]) == 2
+    assert message in capsys.readouterr().err
+
+
 def test_shard_and_workers_are_refused_together(tmp_path, capsys):
     assert main(["run", str(write_config(tmp_path)), "--out", str(tmp_path), "--workers", "2", "--shard", "1/2"]) == 2
     assert "--shard" in capsys.readouterr().err

@@ -146,3 +146,18 @@ def test_a_row_whose_samples_are_recorded_twice_is_refused(tmp_path, capsys):
     assert main(["compare", str(GOOD), str(run), "--out", str(tmp_path / "cmp")]) == 2
     err = capsys.readouterr().err
     assert "recorded twice" in err and str(run) in err and "Traceback" not in err
+
+
+def test_verdict_json_is_strict_json(tmp_path):
+    """A CI gate reads verdict.json, maybe with jq or JSON.parse, which refuse bare NaN: a value
+    that is missing (a regression's depth outside a stack, its layers) is
+    null there."""
+    base = matmul_run(tmp_path, "base", [("triton", 4096, 0.03)])
+    cand = matmul_run(tmp_path, "cand", [("triton", 4096, 0.04)])
+    assert main(["compare", str(base), str(cand), "--out", str(tmp_path / "cmp"), "--fail-on", "regression"]) == 1
+    text = (tmp_path / "cmp" / "verdict.json").read_text()
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+    (regression,) = json.loads(text, parse_constant=refuse)["regressions"]
+    assert regression["depth"] is None and regression["ratio"] > 1.2, regression

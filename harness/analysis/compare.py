@@ -26,6 +26,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from scipy.stats import mannwhitneyu
@@ -221,6 +222,17 @@ VERSUS_COLUMNS = ["candidate", "op", "impl", "bits", "scheme", "granularity", "g
                   "verdict"]
 
 
+def _strict_json(value: Any) -> Any:
+    """value with every float that is not finite (NaN, inf) made None, through dicts and lists."""
+    if isinstance(value, dict):
+        return {k: _strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict_json(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def write_report(views: Comparison, out: Path) -> dict:
     """compare.csv (run against run), gpus.csv and unshared.csv (GPU against GPU, where there is
     more than one GPU), impls.csv (implementation against implementation), compare.md (all of
@@ -237,8 +249,9 @@ def write_report(views: Comparison, out: Path) -> dict:
     verdict = {"runs": views.runs, "mode": views.mode, "thresholds": views.thresholds, "counts": counts,
                "unstable_timing": int(flagged.sum()), "regressions": regressions.to_dict("records"),
                "unjudged": unjudged_cases[case_cols].to_dict("records")}
-    # what a CI gate reads: whole or absent, never cut short
-    atomic_write(out / "verdict.json", json.dumps(verdict, indent=2, default=str))
+    # what a CI gate reads: whole or absent, never cut short; strict JSON (a missing value, NaN in
+    # pandas, is null: bare NaN is no JSON, and JSON.parse or jq refuse it)
+    atomic_write(out / "verdict.json", json.dumps(_strict_json(verdict), indent=2, default=str, allow_nan=False))
     lines = ["# quantbench compare", "", "## Run against run", "",
              f"Latency {MODE_WORDS[views.mode]} ({views.mode} mode).", "",
              ", ".join(f"{k}: {v}" for k, v in counts.items()), ""]

@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run only shard I of N (1-based): a deterministic split by workload, for CI matrices")
     r.add_argument("--resume", metavar="RUN", default=None,
                    help="continue the run folder RUN (made with the same config), skipping its finished cases")
-    r.add_argument("--workers", metavar="N", type=int, nargs="?", const=0, default=None,
+    r.add_argument("--workers", metavar="N", type=int, nargs="?", const="all", default=None,
                    help="run on a local Dask cluster of N workers, one workload at a time each: one per GPU "
                         "(default: every GPU), or N interpreter processes on a machine without one "
                         "(needs quantbench[cluster])")

@@ -61,7 +61,7 @@ def cmd_compare(args, console: Console) -> int:
     unjudged = verdict["counts"].get("unjudged", 0)
     if unjudged:
         console.print(f"latency not judged for {unjudged} case(s): interpreter timings, no raw samples, samples "
-                      f"that are not numbers, or two GPU models (compare.md says which)")
+                      f"that are not numbers, or two GPU models (verdict.json's `unjudged` lists them)")
     missing = verdict["counts"].get("missing", 0)
     if missing:
         console.print(f"{missing} case(s) of the baseline are missing from a candidate (compare.md lists them)")

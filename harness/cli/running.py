@@ -22,13 +22,16 @@ def cmd_run(args, console: Console) -> int:
     on_cluster = args.workers is not None or args.scheduler is not None
     if on_cluster and args.shard is not None:
         raise ConfigError("--shard splits a sweep by hand; --workers/--scheduler spread it over a cluster: use one")
-    if args.workers is not None and args.workers < 0:
+    if args.workers not in (None, "all") and args.workers < 1:  # --workers alone: "all" (argparse's const)
         raise ConfigError(f"--workers: expected a number of workers >= 1 (or none: every GPU), got {args.workers}")
+    if args.allow_mixed and not on_cluster:
+        raise ConfigError("--allow-mixed: applies to a run on a cluster (--workers or --scheduler) only")
     try:
         if on_cluster:
             from ..execution.cluster import run_on_cluster
             writer = run_on_cluster(cfg, args.out, args.device, not args.no_progress, args.resume,
-                                    args.workers or None, args.scheduler, args.allow_mixed)
+                                    None if args.workers == "all" else args.workers, args.scheduler,
+                                    args.allow_mixed)
         else:
             writer = run_sweep(cfg, args.out, args.device, show_progress=not args.no_progress, resume=args.resume,
                                shard=_shard(args.shard))

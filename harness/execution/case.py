@@ -34,6 +34,9 @@ def case_time_limit(seconds: float):
         return
 
     def expire(signum, frame):
+        if _importing(frame):  # raised inside an import, it would leave a module half made for every later case
+            signal.setitimer(signal.ITIMER_REAL, 0.01)
+            return
         raise CaseTimeout(f"over the per-case limit of {seconds:g} s")
 
     previous = signal.signal(signal.SIGALRM, expire)
@@ -45,14 +48,32 @@ def case_time_limit(seconds: float):
         signal.signal(signal.SIGALRM, previous)
 
 
+def _importing(frame) -> bool:
+    """Whether `frame` runs inside an import statement (importlib's frames below it)."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _timeout_in(e: BaseException | None) -> CaseTimeout | None:
+    """The CaseTimeout that `e` is or wraps (Triton's interpreter re-raises an exception raised in
+    a kernel as InterpreterError, from the original), else None."""
+    while e is not None and not isinstance(e, CaseTimeout):
+        e = e.__cause__ or e.__context__
+    return e
+
+
 def failed_row(e: Exception, context: str = "") -> dict[str, Any]:
     """The row of a case that could not be measured: out of device memory, over its time limit, or
     any other error, with its reason. The sweep goes on."""
     if isinstance(e, torch.cuda.OutOfMemoryError):
         torch.cuda.empty_cache()
         return {"status": "oom", "message": context + first_line(e)}
-    if isinstance(e, CaseTimeout):
-        return {"status": "timeout", "message": context + str(e)}
+    timeout = _timeout_in(e)
+    if timeout is not None:
+        return {"status": "timeout", "message": context + str(timeout)}
     return {"status": "error", "message": context + first_line(e)}
 
 
