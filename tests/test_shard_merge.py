@@ -116,3 +116,9 @@ def test_a_merge_missing_a_shard_or_of_a_stopped_shard_is_not_whole(tmp_path, ca
     assert "was stopped early" in capsys.readouterr().err  # the shard itself says so too
     both = json.loads((merge_runs(parts, tmp_path / "both", summary_markdown) / "meta.json").read_text())
     assert both["stopped_early"] and "finished_utc" not in both and "missing_shards" not in both
+    # the merge of shard 1/2 alone, resumed with its config: shard 2's cases are measured, and
+    # its meta.json no longer says it lacks them
+    whole = run_sweep(cfg, tmp_path / "alone", device="cpu", show_progress=False, resume=alone).path
+    meta = json.loads((whole / "meta.json").read_text())
+    assert "finished_utc" in meta and "missing_shards" not in meta
+    assert len(load_run(whole)[0]) == len(load_run(parts[0])[0]) + len(load_run(parts[1])[0])

@@ -145,8 +145,9 @@ class RunWriter:
         atomic_write(path / SAMPLES, "".join(json.dumps(rec) + "\n" for rec in samples))
         (path / SAMPLES_GZ).unlink(missing_ok=True)
         meta.setdefault("resumed_utc", []).append(utc_now())
-        # unfinished until finish(): a resume cut short is read from rows.jsonl, its new cases too
-        for key in ("finished_utc", "rows", "status_counts", "stopped_early"):
+        # unfinished until finish(): a resume cut short is read from rows.jsonl, its new cases too;
+        # a merge's missing shards are what the resume measures (the config's every case)
+        for key in ("finished_utc", "rows", "status_counts", "stopped_early", "missing_shards"):
             meta.pop(key, None)
         for stale in ("results.csv", "summary.md"):
             (path / stale).unlink(missing_ok=True)
