@@ -274,12 +274,13 @@ def gemm_scales(p: PreparedWeight) -> ScaleArgs:
 _prepared: dict[int, PreparedWeight] = {}
 
 
-def scale_versions(p: PreparedWeight) -> tuple[int, int] | None:
-    """The version counters of the weight's scales and zeros (p's are q's own; zeros = scales where
-    there are none), which PyTorch bumps on every in-place write (a state dict loaded into them, a
-    copy_); None for tensors made under torch.inference_mode, which keep none."""
+def scale_versions(p: PreparedWeight) -> tuple[int, int, int, int] | None:
+    """The version counters of the weight's scales, zeros and nf4_dq's second level (p's are q's
+    own; stand-ins, the scales, where there are none), which PyTorch bumps on every in-place write
+    (a state dict loaded into them, a copy_); None for tensors made under torch.inference_mode,
+    which keep none."""
     try:
-        return p.scales._version, p.zeros._version
+        return p.scales._version, p.zeros._version, p.second._version, p.mean._version
     except RuntimeError:
         return None
 
@@ -293,7 +294,7 @@ def prepared(q: QuantizedTensor) -> PreparedWeight:
     if p is not None and p.ref() is q:
         seen = p.made.get("scale versions")
         # (not through scale_versions: a call pays for this; tensors that keep no versions never set seen)
-        if seen is not None and seen != (p.scales._version, p.zeros._version):
+        if seen is not None and seen != (p.scales._version, p.zeros._version, p.second._version, p.mean._version):
             p.made.clear()
             p.fit.clear()
             p.dequantize_plans.clear()  # whether they clamp follows from the scales (fits)

@@ -7,8 +7,8 @@ at bit (k % (8 // bits)) * bits). The fused kernels never expand them in memory:
 unpacks and scales its weight tile in registers.
 
 The path is chosen by M (and, for large M, the bit width), as the fast libraries do
-(``qmatmul_path``; the results' `path` column; a weight whose values may pass half-precision
-activations' range takes dequantize+cuBLAS at every M, ``qmatmul_route``):
+(``qmatmul_path``; the results' `path` column; a weight whose values may pass the activations'
+range takes dequantize+cuBLAS at every M, ``qmatmul_route``):
 - ``qgemv_kernel`` for M = 1, on the CUDA cores (a tl.dot padded to 16 rows wastes most of its
   work). Each program streams BLOCK_N weight rows over its part of K (K may be split over
   programs), reading the codes as int32 words where it can.
@@ -288,17 +288,18 @@ def qmatmul_path(m: int, dtype: torch.dtype = torch.float16, bits: int = 4) -> s
 
 
 def qmatmul_route(x: torch.Tensor, q: QuantizedTensor) -> str:
-    """The kernel qmatmul(x, q) runs: qmatmul_path's, except that float16 and bfloat16 activations
-    meet a weight whose values may pass their range (PreparedWeight.fits) on dequantize+cublas at
-    every M. The reference saturates such values to the dtype's largest, and so does dequantize;
-    the GEMV, which multiplies in float32 and scales per unit, would not, and the GEMMs' tiles
-    would overflow to inf in their conversion for tl.dot (NaN outputs)."""
+    """The kernel qmatmul(x, q) runs: qmatmul_path's, except that activations meet a weight whose
+    values may pass their dtype's range (PreparedWeight.fits) on dequantize+cublas at every M. The
+    reference saturates such values to the dtype's largest, and so does dequantize; the GEMV,
+    which multiplies in float32 and scales per unit, would not, and the GEMMs' tiles would
+    overflow to inf in their conversion for tl.dot (NaN outputs). (float32: only a weight built
+    by hand with scales near float32's largest; cuBLAS then follows PyTorch's TF32 setting.)"""
     return _route(x.shape[0], x.dtype, q, prepared(q))
 
 
 def _route(m: int, dtype: torch.dtype, q: QuantizedTensor, p: PreparedWeight) -> str:
     path = qmatmul_path(m, dtype, q.spec.bits)
-    if path != "dequantize+cublas" and dtype != torch.float32 and not p.fits(dtype):
+    if path != "dequantize+cublas" and not p.fits(dtype):
         return "dequantize+cublas"
     return path
 

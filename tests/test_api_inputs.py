@@ -147,3 +147,31 @@ def test_dequantize_clamps_only_a_weight_that_can_pass_the_range(spec, device):
     small.scales.mul_(1e5)  # in place, as a state dict is loaded
     assert dequantize(small, torch.float16).isfinite().all()
     assert prepared.prepared(small).dequantize_plans[torch.float16].constants["SATURATE"] is True
+
+
+def test_nf4_dq_second_level_written_in_place_is_seen(device):
+    """nf4_dq's chunk scales and mean decode every scale: written in place after a first call
+    (past float16's range here), dequantize clamps again and qmatmul leaves its fused kernels."""
+    from quantbench.kernels import qmatmul_route
+    gen = torch.Generator().manual_seed(6)
+    q = quantize_ref(torch.randn(8, 64, generator=gen).to(device), QuantSpec(4, "nf4_dq", "group", 64))
+    x = torch.full((1, 64), 0.01, dtype=torch.float16, device=device)
+    assert qmatmul_route(x, q) == "gemv" and dequantize(q, torch.float16).isfinite().all()
+    q.second.mean.add_(1e6)  # every decoded scale ~1e6
+    assert qmatmul_route(x, q) == "dequantize+cublas"
+    assert dequantize(q, torch.float16).isfinite().all()
+    assert dequant_close(dequantize(q, torch.float16), dequantize_ref(q, torch.float16)).all()
+
+
+def test_float32_activations_with_a_weight_past_float32s_range(device):
+    """A weight built by hand with scales near float32's largest: the reference saturates W_hat at
+    it, and so does qmatmul, on dequantize+cublas, where the fused kernels gave inf."""
+    from quantbench.kernels import qmatmul_route
+    from quantbench.kernels.packing import pack_fields
+    codes = pack_fields(torch.full((32, 64), 15, dtype=torch.uint8), 4).to(device)  # symmetric int4: code 7
+    q = QuantizedTensor(codes, torch.full((32, 1), 1e38, device=device), None, QuantSpec(4, "symmetric", "channel"),
+                        (32, 64))
+    x = torch.full((1, 64), 1e-30, device=device)
+    assert qmatmul_route(x, q) == "dequantize+cublas"
+    got, want = qmatmul(x, q), qmatmul_ref(x, q)
+    assert got.isfinite().all() and torch.allclose(got, want, rtol=1e-5)
