@@ -21,7 +21,7 @@ from .exact_math import ON_GPU, lookup, mul_rn, round_to
 from .field_ptx import half_fields
 from .checks import cdiv
 from .launching import Launcher
-from .prepared import PreparedWeight, prepared
+from .prepared import PreparedWeight, prepared, scale_versions
 from .references import dequantize_ref, expand_params, out_dtype_of  # noqa: F401 (the reference beside its kernel)
 from .spec import DQ_CHUNK, QuantizedTensor
 
@@ -355,7 +355,9 @@ def dequantize_plan(q: QuantizedTensor, p: PreparedWeight, dtype: torch.dtype) -
     # launcher has always passed, so its compiled kernels stay the ones measured
     # a weight none of whose codes can pass the dtype's range is not clamped (one instruction an
     # element of the ~7 of the half route's, two of the float32 route's; kernels/NOTES.md, session 24)
-    saturate = not p.fits(dtype)
+    # (and always clamped where a write in place could not be seen: tensors made under
+    # torch.inference_mode keep no version counters, prepared.scale_versions)
+    saturate = not p.fits(dtype) or scale_versions(p) is None
     constants = dict(p.fmt, GROUP=spec.group_size or block_k, OUT_MAX=torch.finfo(dtype).max, BLOCK_N=block_n,
                      BLOCK_K=block_k, EVEN=n % block_n == 0 and k % block_k == 0,
                      VECTOR=16 // dtype.itemsize // spec.per_byte if dtype.itemsize == 2 else 0, SATURATE=saturate)

@@ -293,8 +293,13 @@ def qmatmul_route(x: torch.Tensor, q: QuantizedTensor) -> str:
     reference saturates such values to the dtype's largest, and so does dequantize; the GEMV,
     which multiplies in float32 and scales per unit, would not, and the GEMMs' tiles would
     overflow to inf in their conversion for tl.dot (NaN outputs). (float32: only a weight built
-    by hand with scales near float32's largest; cuBLAS then follows PyTorch's TF32 setting.)"""
-    return _route(x.shape[0], x.dtype, q, prepared(q))
+    by hand with scales near float32's largest; cuBLAS then follows PyTorch's TF32 setting.)
+    x is checked as qmatmul checks it."""
+    check_matrix("x", x, on_kernel_device=False)
+    p = prepared(q)
+    if x.shape[1] != q.shape[1]:
+        raise ValueError(f"x must be [M, K] with K = {q.shape[1]} (the weight's K), got {list(x.shape)}")
+    return _route(x.shape[0], x.dtype, q, p)
 
 
 def _route(m: int, dtype: torch.dtype, q: QuantizedTensor, p: PreparedWeight) -> str:

@@ -175,3 +175,28 @@ def test_float32_activations_with_a_weight_past_float32s_range(device):
     assert qmatmul_route(x, q) == "dequantize+cublas"
     got, want = qmatmul(x, q), qmatmul_ref(x, q)
     assert got.isfinite().all() and torch.allclose(got, want, rtol=1e-5)
+
+
+def test_qmatmul_route_checks_x_as_qmatmul_does(device):
+    """qmatmul_route (and qmatmul_config, through it) answered for x that qmatmul refuses: a 1-D
+    x, a wrong K, an int32 x (a raw torch.finfo error)."""
+    from quantbench.kernels import qmatmul_config, qmatmul_route
+    q = quantize_ref(torch.randn(8, 64, device=device), QuantSpec(4, "symmetric", "channel"))
+    for bad, error, match in ((torch.zeros(64, device=device), ValueError, "x must be 2-D"),
+                              (torch.zeros(1, 32, device=device), ValueError, "K = 64"),
+                              (torch.zeros(1, 64, dtype=torch.int32, device=device), TypeError, "x must have dtype")):
+        for ask in (qmatmul_route, qmatmul_config):
+            with pytest.raises(error, match=match):
+                ask(bad, q)
+
+
+def test_a_weight_made_under_inference_mode_is_always_clamped_by_dequantize(device):
+    """Tensors made under torch.inference_mode keep no version counters, so a write in place past
+    the range could not be seen: dequantize keeps its clamp for such a weight."""
+    from quantbench.kernels import prepared
+    with torch.inference_mode():
+        q = quantize_ref(torch.randn(8, 64, device=device).half(), QuantSpec(4, "symmetric", "channel"))
+        dequantize(q, torch.float16)
+        assert prepared.prepared(q).dequantize_plans[torch.float16].constants["SATURATE"] is True
+        q.scales.fill_(30000.0)  # codes up to 7: 210000, past 65504
+        assert dequantize(q, torch.float16).isfinite().all()
