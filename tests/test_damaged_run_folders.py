@@ -44,6 +44,14 @@ def readers(run: Path, tmp: Path) -> dict[str, list[str]]:
             "to-pytest-benchmark": ["to-pytest-benchmark", str(run), "--out", str(tmp / "pb.json")]}
 
 
+def refused_by_every_reader(run: Path, tmp: Path, capsys, message: str, show: bool = True) -> None:
+    """Each command that reads the run (`show` too, where `show`) refuses it with `message`, and
+    merge, which checks its inputs first, makes no folder."""
+    for argv in [*([["show", str(run)]] if show else []), *readers(run, tmp).values()]:
+        refused(argv, capsys, message)
+    assert not any((tmp / "merged").iterdir())
+
+
 def _samples(run: Path, change) -> None:
     """samples.jsonl.gz with its first record replaced by change(record)."""
     lines = gzip.decompress((run / "samples.jsonl.gz").read_bytes()).decode().splitlines()
@@ -105,9 +113,7 @@ SAMPLE_DAMAGE = {
 def test_a_sample_record_of_the_wrong_shape_is_named_by_file_and_line(damage, run, tmp_path, capsys):
     change, expected = SAMPLE_DAMAGE[damage]
     _samples(run, change)
-    for argv in readers(run, tmp_path).values():
-        refused(argv, capsys, f"{run.name}/samples.jsonl.gz:1: {expected}")
-    assert not any((tmp_path / "merged").iterdir())  # merge made no folder
+    refused_by_every_reader(run, tmp_path, capsys, f"{run.name}/samples.jsonl.gz:1: {expected}", show=False)
 
 
 def test_resume_refuses_a_sample_record_without_its_case_and_changes_nothing(run):
@@ -137,9 +143,7 @@ META_DAMAGE = {
 def test_a_meta_json_key_of_the_wrong_type_is_named(damage, run, tmp_path, capsys):
     changes, expected = META_DAMAGE[damage]
     _meta(run, **changes)
-    for argv in [["show", str(run)], *readers(run, tmp_path).values()]:
-        refused(argv, capsys, f"{run.name}/meta.json: {expected}")
-    assert not any((tmp_path / "merged").iterdir())
+    refused_by_every_reader(run, tmp_path, capsys, f"{run.name}/meta.json: {expected}")
 
 
 def test_every_committed_meta_json_and_rows_jsonl_still_reads():
@@ -169,9 +173,7 @@ ROW_DAMAGE = {
 def test_a_value_in_rows_jsonl_is_checked_as_results_csv_is(damage, run, tmp_path, capsys):
     changes, expected = ROW_DAMAGE[damage]
     _first_case(run, **changes)
-    for argv in [["show", str(run)], *readers(run, tmp_path).values()]:
-        refused(argv, capsys, f"{run.name}/rows.jsonl:1: {expected}")
-    assert not any((tmp_path / "merged").iterdir())  # checked before merge makes its folder
+    refused_by_every_reader(run, tmp_path, capsys, f"{run.name}/rows.jsonl:1: {expected}")
 
 
 @pytest.mark.parametrize("value, expected", [("", "column timing_valid is empty, expected True or False"),
