@@ -9,6 +9,8 @@ function returns a Figure or raises NoData naming what the run lacks.
 
 from __future__ import annotations
 
+import textwrap
+
 import numpy as np
 import pandas as pd
 from matplotlib.colors import TwoSlopeNorm
@@ -180,8 +182,14 @@ def _rate_unit(ceiling: str) -> str:
     return "TOP/s" if ceiling == "int8" else "TFLOP/s"
 
 
-def _legend_below(ax) -> None:
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=3, fontsize=7)
+def _legend_below(ax, wrap: int = 48) -> None:
+    """The panel's legend under it, three entries a row; an entry longer than `wrap` characters
+    (a ceiling raised by a row, with its reason) wrapped onto lines of its own, two entries a row,
+    so the legend stays about as wide as the panel (wider, constrained layout gives up on the figure)."""
+    handles, labels = ax.get_legend_handles_labels()
+    long = any(len(label) > wrap for label in labels)
+    labels = [textwrap.fill(label, wrap) for label in labels]
+    ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=2 if long else 3, fontsize=7)
 
 
 def roofline(df: pd.DataFrame, meta: dict):
