@@ -25,7 +25,7 @@ import torch
 
 from .codebooks import CODE_IDS, SCALE_DTYPE_IDS, code_table
 from .launching import key_token, signature
-from .references import check_weight_once, largest_dequantized
+from .references import check_weight_once, forget_checked, largest_dequantized
 from .spec import QuantizedTensor, are_scale_zero_pairs, as_scale_zero_pairs
 
 
@@ -113,6 +113,7 @@ class PreparedWeight:
     fmt: dict[str, Any]
     own_key: int
     pointers: tuple[int, ...]
+    layout: tuple  # storage_layout(q) when this was made
     dequantize_plans: dict[torch.dtype, Any] = field(default_factory=dict)
     # made on first use (_once): "copy" (group_major_copy's, or None), "gemv" and "gemm" (ScaleArgs),
     # the GEMV's constants per activation dtype, the GEMMs' per IEEE; "scale versions": those of
@@ -274,31 +275,48 @@ def gemm_scales(p: PreparedWeight) -> ScaleArgs:
 _prepared: dict[int, PreparedWeight] = {}
 
 
-def scale_versions(p: PreparedWeight) -> tuple[int, int, int, int] | None:
-    """The version counters of the weight's scales, zeros and nf4_dq's second level (p's are q's
-    own; stand-ins, the scales, where there are none), which PyTorch bumps on every in-place write
-    (a state dict loaded into them, a copy_); None for tensors made under torch.inference_mode,
-    which keep none."""
+def scale_versions(p: PreparedWeight) -> tuple[int, int, int, int, int] | None:
+    """The version counters of the weight's scales, zeros, nf4_dq's second level (p's are q's
+    own; stand-ins, the scales, where there are none) and codes (p.units, a view of them), which
+    PyTorch bumps on every in-place write (a state dict loaded into them, a copy_, a set_); None
+    for tensors made under torch.inference_mode, which keep none."""
     try:
-        return p.scales._version, p.zeros._version, p.second._version, p.mean._version
+        return p.scales._version, p.zeros._version, p.second._version, p.mean._version, p.units._version
     except RuntimeError:
         return None
+
+
+def storage_layout(q: QuantizedTensor) -> tuple:
+    """The address, shape and strides of each of q's tensors: what a PreparedWeight (its views,
+    its pointers, the checks made once) was built on. Tensor.set_ and resize_ change them in place,
+    which the frozen QuantizedTensor cannot prevent."""
+    tensors = (q.codes, q.scales, q.zeros) + (() if q.second is None else (q.second.chunk_scales, q.second.mean))
+    return tuple(None if t is None else (t.data_ptr(), tuple(t.shape), t.stride()) for t in tensors)
 
 
 def prepared(q: QuantizedTensor) -> PreparedWeight:
     """q's PreparedWeight, made (and q checked) on its first use. Where something was made from the
     values of q's scales (a copy the kernels read, group_major_copy; whether its values fit a dtype,
     fits) and they have been written in place since, what was made from them is dropped and made
-    again on use (the codes and q's own scales are read where they are)."""
+    again on use (the codes and q's own scales are read where they are). Where one of q's tensors
+    was replaced in place since (Tensor.set_, resize_: another storage, shape or strides), q is
+    checked again and prepared anew. Both are seen through version counters, read once something
+    was made from the scales (every qmatmul and dequantize makes fits' answer)."""
     p = _prepared.get(id(q))
     if p is not None and p.ref() is q:
         seen = p.made.get("scale versions")
         # (not through scale_versions: a call pays for this; tensors that keep no versions never set seen)
-        if seen is not None and seen != (p.scales._version, p.zeros._version, p.second._version, p.mean._version):
-            p.made.clear()
-            p.fit.clear()
-            p.dequantize_plans.clear()  # whether they clamp follows from the scales (fits)
-        return p
+        if seen is not None and seen != (p.scales._version, p.zeros._version, p.second._version, p.mean._version,
+                                         p.units._version):
+            if storage_layout(q) == p.layout:  # values written in place: what was made from them is dropped
+                p.made.clear()
+                p.fit.clear()
+                p.dequantize_plans.clear()  # whether they clamp follows from the scales (fits)
+                return p
+            # a tensor replaced through set_ / resize_: check q again and prepare it anew
+            forget_checked(q)
+        else:
+            return p
     check_weight_once(q)
     spec = q.spec
     n, k = q.shape
@@ -313,7 +331,7 @@ def prepared(q: QuantizedTensor) -> PreparedWeight:
     # with the format's constants: two weights alike in their tensors can differ in their format
     own_key = key_token((signature(weight_args + (n, k, q.codes.stride(0), stride_sn, stride_sg)), tuple(fmt.values())))
     p = PreparedWeight(weakref.ref(q), units, scales, zeros, table, second, mean, stride_sn, stride_sg, fmt, own_key,
-                       addresses(weight_args))
+                       addresses(weight_args), storage_layout(q))
     _prepared[id(q)] = p
     # dropped with q: the entry holds views of q's tensors, which must not outlive it
     weakref.finalize(q, _prepared.pop, id(q), None)

@@ -340,6 +340,11 @@ def qmatmul(x: torch.Tensor, q: QuantizedTensor) -> torch.Tensor:
     (no TF32). q's checks run on its first use only (prepared.py); x is checked every call.
     Infinite activations: with zeros (asymmetric codes) at M = 1, the GEMV's s * sum(x q) +
     z * sum(x) can meet inf - inf, so an output the reference gives as +-inf may come out NaN.
+    Finite activations near float32's largest (float32 or bfloat16 x, |x| past ~1e36): the fused
+    kernels sum x times the codes (up to 127 for 8-bit codes, 448 for e4m3) and scale the sum
+    after, so the sum can overflow to +-inf where the reference, x times the dequantized weight,
+    stays finite (symmetric 8-bit per channel and per tensor and fp8 on every fused path,
+    symmetric 8-bit per group at M = 1; found by fuzzing, kernels/NOTES.md session 25).
     """
     check_matrix("x", x)
     p = prepared(q)  # q checked on its first use

@@ -82,7 +82,7 @@ def quantize_ref(w: torch.Tensor, spec: QuantSpec, *, check_finite: bool = False
     check_spec(spec)
     n, k = w.shape
     spec.check_shape(n, k)
-    x = w.float()
+    x = w.detach().float()  # a weight that requires grad (an nn.Parameter) quantizes as its values
     if spec.granularity == "tensor":
         segs = x.reshape(1, 1, -1)
     elif spec.granularity == "channel":
@@ -169,8 +169,10 @@ _checked_weights: dict[int, weakref.ref] = {}
 
 def check_weight_once(q: QuantizedTensor) -> None:
     """check_quantized(q, on_kernel_device=True) on the first call with this QuantizedTensor only:
-    it is frozen, so what was checked (shapes, dtypes, layout, device) holds for its life, and a
-    launcher called every layer of every token should not pay for the checks again."""
+    it is frozen, so what was checked (shapes, dtypes, layout, device) holds for its life, but for
+    a tensor of it replaced in place (Tensor.set_, resize_), which prepared notices and has checked
+    again (forget_checked); a launcher called every layer of every token should not pay for the
+    checks again."""
     seen = _checked_weights.get(id(q))
     if seen is not None and seen() is q:
         return
@@ -178,6 +180,11 @@ def check_weight_once(q: QuantizedTensor) -> None:
     if len(_checked_weights) >= 4096:  # ids of weights since freed; a weak reference each
         _checked_weights.clear()
     _checked_weights[id(q)] = weakref.ref(q)
+
+
+def forget_checked(q: QuantizedTensor) -> None:
+    """Have check_weight_once check q again on its next call (a tensor of q replaced in place)."""
+    _checked_weights.pop(id(q), None)
 
 
 def out_dtype_of(q: QuantizedTensor, out_dtype: torch.dtype | None) -> torch.dtype:

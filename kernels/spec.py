@@ -239,8 +239,10 @@ def scale_zero_pairs(n: int, groups: int, dtype: torch.dtype, device) -> tuple[t
 def as_scale_zero_pairs(scales: torch.Tensor, zeros: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """scales and zeros [N, groups] copied into scale_zero_pairs' layout."""
     pair_scales, pair_zeros = scale_zero_pairs(*scales.shape, scales.dtype, scales.device)
-    pair_scales.copy_(scales)
-    pair_zeros.copy_(zeros)
+    # detached: scales that require grad (nn.Parameters) would make the new buffer part of a graph,
+    # and the second copy_ into a view of it an autograd error
+    pair_scales.copy_(scales.detach())
+    pair_zeros.copy_(zeros.detach())
     return pair_scales, pair_zeros
 
 

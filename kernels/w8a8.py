@@ -133,7 +133,10 @@ def quantize_tokens_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def w8a8_matmul(x: torch.Tensor, w_int8: torch.Tensor, w_scales: torch.Tensor) -> torch.Tensor:
-    """y = x @ W^T in x's dtype, x quantized per token on the fly; w from pack_weights."""
+    """y = x @ W^T in x's dtype, x quantized per token on the fly; w from pack_weights.
+    The epilogue applies the two scales one after the other, (acc * sx) * sw, in float32: for
+    activations near float32's largest (|x| past ~1e36) the first product can overflow to +-inf
+    where the reference, in float64, gives a finite output."""
     check_matrix("x", x)
     weight_key = checked_weight(w_int8, w_scales)  # the weight pair checked on its first use
     n, k = w_int8.shape

@@ -200,3 +200,43 @@ def test_a_weight_made_under_inference_mode_is_always_clamped_by_dequantize(devi
         assert prepared.prepared(q).dequantize_plans[torch.float16].constants["SATURATE"] is True
         q.scales.fill_(30000.0)  # codes up to 7: 210000, past 65504
         assert dequantize(q, torch.float16).isfinite().all()
+
+
+@pytest.mark.parametrize("spec", [QuantSpec(4, "asymmetric", "group", 32), QuantSpec(8, "symmetric", "channel")],
+                         ids=str)
+def test_a_part_replaced_after_a_matmul_is_read_or_refused(spec, device):
+    """Tensor.set_ (and resize_) give a weight's tensor other storage, or another shape, in place,
+    which the frozen QuantizedTensor cannot stop: the weight's prepared state (the codes' int32 view,
+    the addresses a direct launch passes, the checks made once) was kept, so the GEMV multiplied
+    the old codes, and scales of a wrong shape were read past their end. Now a replaced part is
+    prepared anew, and checked again."""
+    gen = torch.Generator().manual_seed(11)
+    q = quantize_ref(torch.randn(16, 64, generator=gen).half().to(device), spec)
+    x = torch.randn(1, 64, generator=gen).half().to(device)
+    qmatmul(x, q)
+    dequantize(q)
+    new = quantize_ref(torch.randn(16, 64, generator=gen).half().to(device), spec)
+    q.codes.set_(new.codes.clone())
+    for m in (1, 5):
+        xm = x.repeat(m, 1)
+        assert rel_err(qmatmul(xm, q), qmatmul_ref(xm, q).double()) <= tolerance(torch.float16, 64), m
+    assert dequant_close(dequantize(q), dequantize_ref(q)).all()
+    q.scales.set_(torch.ones(1, 1, dtype=q.scales.dtype, device=device))
+    for call in (lambda: qmatmul(x, q), lambda: dequantize(q), lambda: qmatmul_ref(x, q)):
+        with pytest.raises(ValueError, match="scales must be"):
+            call()
+
+
+def test_a_weight_that_requires_grad_quantizes_as_its_values(device):
+    """An nn.Parameter is how a weight usually arrives: quantize_ref of a float16 one, and qmatmul
+    of a weight whose float16 scales and zeros are Parameters (copied into scale+zero pairs for
+    the kernels), failed with autograd's in-place error."""
+    spec = QuantSpec(4, "asymmetric", "group", 32)
+    w = torch.nn.Parameter(torch.randn(8, 64, dtype=torch.float16, device=device))
+    q = quantize_ref(w, spec)
+    ref = quantize_ref(w.detach(), spec)
+    assert torch.equal(q.codes, ref.codes) and torch.equal(q.scales, ref.scales) and torch.equal(q.zeros, ref.zeros)
+    hand = QuantizedTensor(ref.codes, torch.nn.Parameter(ref.scales.contiguous()),
+                           torch.nn.Parameter(ref.zeros.contiguous()), spec, ref.shape)
+    x = torch.randn(1, 64, dtype=torch.float16, device=device)
+    assert rel_err(qmatmul(x, hand), qmatmul_ref(x, ref).double()) <= tolerance(torch.float16, 64)
