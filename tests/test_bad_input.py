@@ -13,6 +13,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -163,6 +164,37 @@ def test_a_stale_table_is_rebuilt_from_the_record(tmp_path, capsys):
     assert len(df) == 48 and "reading rows.jsonl" in capsys.readouterr().err
 
 
+def _another_runs_table(run: Path) -> None:
+    shutil.copy(ROOT / "results" / "h200" / "formats-20261204T213013Z" / "results.csv", run / "results.csv")
+    rows = pd.read_csv(run / "results.csv").head(48)  # as many rows as the record, of another run
+    rows.to_csv(run / "results.csv", index=False)
+
+
+def _a_row_cut_short(run: Path) -> None:
+    lines = (run / "results.csv").read_text().splitlines()
+    lines[1] = ",".join(lines[1].split(",")[:10])  # pandas reads the missing cells as empty
+    (run / "results.csv").write_text("\n".join(lines) + "\n")
+
+
+def _a_row_too_long(run: Path) -> None:
+    lines = (run / "results.csv").read_text().splitlines()
+    lines[1] += ",extra,fields"  # pandas makes the extra cells an index
+    (run / "results.csv").write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("damage", [_another_runs_table, _a_row_cut_short, _a_row_too_long], ids=lambda f: f.__name__)
+def test_a_table_that_holds_other_rows_than_the_record_is_not_read(damage, tmp_path, capsys):
+    """A results.csv of as many rows as rows.jsonl, but other ones (another run's table, a row cut
+    short or too long) was read as the run's: the record is read instead, with a warning."""
+    run = tmp_path / "other"
+    shutil.copytree(GOOD, run)
+    want, _ = load_run(GOOD)
+    damage(run)
+    df, _ = load_run(run)
+    assert "reading rows.jsonl" in capsys.readouterr().err
+    assert df["ms"].tolist() == want["ms"].tolist() and df["run_id"].tolist() == want["run_id"].tolist()
+
+
 BAD_CONFIGS = {
     "not-utf8.yaml": b"name: x\n\xff\xfe\n",
     "duplicate-key.yaml": b"name: a\nname: b\nsweep: {op: [quantize]}\n",
@@ -180,6 +212,9 @@ BAD_CONFIGS = {
     # byte counts of 2^70 would not fit the table's 64-bit columns (the run used to die at its end)
     "huge-shape.yaml": b"name: a\nsweep: {op: [quantize], N: [34359738368], K: [34359738368]}\n",
     "non-square-stack.yaml": b"name: a\nsweep: {op: [stack], N: [64], K: [128], M: [1], layers: [2]}\n",
+    # setitimer takes no more than ~1e9 s: every case failed with an OverflowError, the run exit 0
+    "endless-case-timeout.yaml": b"name: a\ntiming: {case_timeout_s: .inf}\nsweep: {op: [quantize], N: [4], K: [64]}\n",
+    "huge-case-timeout.yaml": b"name: a\ntiming: {case_timeout_s: 1e12}\nsweep: {op: [quantize], N: [4], K: [64]}\n",
 }
 
 
@@ -202,10 +237,21 @@ def test_a_bad_config_is_one_error_naming_the_file(name, tmp_path, capsys):
     ["fit", "--params", "7e9", "--gpu-mem", "0GiB"],
     ["compare-gpus", str(GOOD), str(GOOD)],
     ["from-pytest-benchmark", "."],
+    # merge lists every shard a run lacks: a run of 10^20 shards hung it
+    ["run", str(ROOT / "configs" / "quick.yaml"), "--shard", "1/99999999999999999999", "--out", "."],
+    ["run", str(ROOT / "configs" / "quick.yaml"), "--shard", "\u0661/\u0662", "--out", "."],
 ])
 def test_bad_arguments_are_refused(args, capsys):
     assert main(args) == 2
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_report_of_a_symlink_loop_is_refused_in_one_line(tmp_path, capsys):
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    assert main(["report", str(tmp_path / "a"), "--out", str(tmp_path / "rep")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and "expected a run folder" in err, err
 
 
 @pytest.mark.parametrize("content", [b"", b"{\"bench", b"[]", b"{\"benchmarks\": [1]}",

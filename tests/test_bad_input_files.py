@@ -190,6 +190,13 @@ def test_an_exclude_entry_that_matches_something_still_drops_it(tmp_path):
     assert {(c.bits, c.impl) for c in cases} == {(4, "triton")}
 
 
+def test_an_exclude_entry_may_name_null_for_the_cases_an_axis_does_not_apply_to(tmp_path):
+    """M: null matches the cases without an M (quantize's); it failed with a TypeError."""
+    text = "name: t\nsweep: {op: [quantize, matmul], N: 64, K: 64, bits: [8], M: [1]}\nexclude:\n  - {M: null}\n"
+    cases = expand(load_config(_write(tmp_path, text)))
+    assert cases and {c.op for c in cases} == {"matmul"}
+
+
 def test_excludes_are_checked_against_the_config_as_written(tmp_path):
     """Code may narrow a loaded config's sweep (tests/test_runner.py does): its exclude entries,
     checked against the whole sweep when the file was read, stay, and drop what they still match."""

@@ -136,6 +136,14 @@ META_DAMAGE = {
                                                            "with a string name"),
     "rows-a-string": ({"rows": "96"}, "rows holds '96', expected a whole number of rows"),
     "schema_version-negative": ({"schema_version": -1}, "schema_version holds -1, expected a whole number >= 1"),
+    # names that become folder and file names (merge, report): a path would write outside --out
+    "run_id-a-path": ({"run_id": "../../escaped"}, "run_id holds '../../escaped', expected a string: a name"),
+    "config-name-a-path": ({"config__name": "../x"}, "config.name holds '../x', expected a string: a name"),
+    "gpu-a-list": ({"env__gpu": ["a", "b"]}, "env.gpu holds ['a', 'b'], expected the GPU's name"),
+    "seed-a-word": ({"config__seed": "abc"}, "config.seed holds 'abc', expected a whole number >= 0"),
+    # merge lists every shard a run lacks: 10^20 of them hung it
+    "shard-a-word": ({"shard": "ab"}, "shard holds 'ab', expected [I, N] with 1 <= I <= N <= 10000"),
+    "shard-too-many": ({"shard": [1, 10 ** 20]}, "shard holds [1, 100000000000000000000], expected [I, N]"),
 }
 
 
@@ -166,6 +174,14 @@ ROW_DAMAGE = {
     "timing_valid-empty": ({"row": {"timing_valid": None}}, "column timing_valid is empty, expected true or false"),
     "timing_valid-a-word": ({"row": {"timing_valid": "yes"}},
                             "column timing_valid holds 'yes', expected true or false"),
+    # what the readers group by or draw weights from (show, compare, merge, report): a list is no
+    # key, an axis value the config cannot give has no weights to draw
+    "op-a-list": ({"row": {"op": ["quantize"]}}, "column op holds ['quantize'], expected a text (or null)"),
+    "status-an-object": ({"row": {"status": {"a": 1}}}, "column status holds {'a': 1}, expected a text"),
+    "scheme-unknown": ({"row": {"scheme": "bogus"}}, "column scheme holds 'bogus', expected one of asymmetric"),
+    "bits-3": ({"row": {"bits": 3}}, "column bits holds 3, expected one of 8, 4, 2"),
+    "N-past-the-largest": ({"row": {"N": 2 ** 40}}, "column N holds 1099511627776, expected a dimension from 1"),
+    "case-an-object": ({"case": {"k": 1}}, "case holds {'k': 1}, expected the case key (a text)"),
 }
 
 

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from ..config import AXES, ConfigError, RunConfig, Sweep, load_config, shipped_configs
 from ..config.loading import locate
+from ..results.contents import MAX_SHARDS
 from ..results.storage import RunFolderError, atomic_write, writable_folder
 from .rendering import show_new_run
 
@@ -59,6 +60,8 @@ def _shard(text: str | None) -> tuple[int, int] | None:
         index, count = (int(part) for part in text.split("/"))
     except ValueError:
         raise ConfigError(f"--shard: expected I/N such as 1/4, got {text!r}") from None
+    if not text.isascii() or not 1 <= index <= count <= MAX_SHARDS:  # merge lists every shard a run lacks
+        raise ConfigError(f"--shard: expected I/N with 1 <= I <= N <= {MAX_SHARDS} (ASCII digits), got {text!r}")
     return index, count
 
 

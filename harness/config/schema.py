@@ -97,7 +97,9 @@ class Timing(Strict):
     target_rse: Annotated[float, Field(gt=0, lt=1)] = 0.005
     graph_reps: Annotated[int, Field(ge=1, le=1000)] = 20  # kernels per CUDA graph (engine cuda_graph)
     cpu_reps: Annotated[int, Field(gt=0, le=100)] = 3  # repetitions on the interpreter (not valid timings)
-    case_timeout_s: Annotated[float, Field(gt=0)] = 600.0  # a case running longer is recorded as timeout
+    # a case running longer is recorded as timeout; at most ~31 years: setitimer takes no more (1e12 s overflows
+    # the platform's time_t and every case would fail with OverflowError)
+    case_timeout_s: Annotated[float, Field(ge=0.001, le=1e9, allow_inf_nan=False)] = 600.0
 
     @field_validator("case_timeout_s", "target_rse", mode="before")
     @classmethod
@@ -123,6 +125,12 @@ class Shape(Strict):
 
 def _listify(v: Any) -> Any:
     return [v] if v is not None and not isinstance(v, list) else v
+
+
+def _entry_values(v: Any) -> list:
+    """The values an exclude entry names for an axis: a list, or one value, None among them (the
+    cases the axis does not apply to, where _listify would give None)."""
+    return v if isinstance(v, list) else [v]
 
 
 class Sweep(Strict):
@@ -183,7 +191,7 @@ def _exclude_entry(entry: dict[str, Any], info: ValidationInfo) -> dict[str, Any
     for key, value in entry.items():
         if key not in AXES:
             raise ValueError(f"unknown axis {key!r}{did_you_mean(key, AXES)}; axes are {', '.join(AXES)}")
-        for v in _listify(value):
+        for v in _entry_values(value):
             try:
                 _AXIS_VALUE[key].validate_python(v, strict=True)
             except ValidationError as e:
@@ -193,7 +201,7 @@ def _exclude_entry(entry: dict[str, Any], info: ValidationInfo) -> dict[str, Any
     swept = _swept(info.data) if "sweep" in info.data else {}
     for key, value in entry.items():
         # None: the cases of an op the axis does not apply to (group_size of a per-channel case)
-        if key in swept and not any(v is None or v in swept[key] for v in _listify(value)):
+        if key in swept and not any(v is None or v in swept[key] for v in _entry_values(value)):
             raise ValueError(f"matches no case: {key} {value!r} is not swept (the sweep's {key}: "
                              f"{', '.join(map(repr, swept[key])) or 'none'}); fix the entry or remove it")
     return entry

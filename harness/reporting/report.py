@@ -22,7 +22,9 @@ import pandas as pd
 
 from ..analysis.memory_planner import GIB
 from .document import Block, Heading, Image, Skipped, Table, Text, gather_notices, to_html_doc, to_markdown_doc
+from ..config.errors import first_line
 from ..results import load_run
+from ..results.storage import writable_folder
 from ..analysis.tables import depth_table, failures, impls_in_role, op_table
 
 
@@ -260,11 +262,16 @@ def write_report(runs: list[str | Path], out: str | Path | None = None) -> Path:
     paths = [Path(r) for r in runs]
     if not paths:
         raise ReportError("give at least one run folder")
-    if len({p.resolve() for p in paths}) != len(paths):
+    try:
+        resolved = {p.resolve() for p in paths}
+    except (OSError, RuntimeError) as e:  # a symlink loop (RuntimeError before Python 3.13)
+        raise ReportError(f"{first_line(e).split(': ', 1)[-1]}: expected a run folder") from None
+    if len(resolved) != len(paths):
         raise ReportError("a run folder is given twice")
     if out is None and len(paths) > 1:
         raise ReportError("a report of several runs needs --out DIR (it belongs to none of them)")
     loaded = [load_run(p) for p in paths]
+    writable_folder(out if out is not None else paths[0])  # refused before the figures are drawn, not after
     metas = [meta for _, meta in loaded]
     run_ids = [str(m.get("run_id", p.name)) for m, p in zip(metas, paths, strict=True)]
     if len(set(run_ids)) != len(run_ids):

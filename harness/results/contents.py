@@ -7,11 +7,13 @@ and the line. And the table that rows make: its columns' types (to_frame), every
 from __future__ import annotations
 
 import math
+import re
 import reprlib
-from typing import Any, Callable
+from typing import Any, Callable, get_args
 
 import pandas as pd
 
+from ..config.schema import MAX_DIM, Bits, DType, Granularity, GroupSize, Scheme
 from .schema import (CLOCKS, COLUMNS, DTYPE_CEILING, ERROR, INT8_CEILING, LEGACY_ROLES, MEMORY, OUTPUT_ERROR,
                      TIME)
 
@@ -21,6 +23,24 @@ NUMERIC = MEASURED + ["bits", "group_size", "M", "N", "K", "layers", "depth"]
 INTEGER = ["bits", "group_size", "M", "N", "K", "layers", "depth", "n_samples", "weight_bytes", "peak_mem_bytes"]
 NON_FINITE = ("inf", "-inf", "nan")  # how RunWriter writes a float JSON has no number for (_json_safe)
 BOOLEANS = {"true": True, "false": False}  # timing_valid in results.csv: True, False (any case)
+# the columns that hold text (or nothing): every one that is neither numeric nor timing_valid
+TEXT = [c for c in COLUMNS if c not in NUMERIC and c != "timing_valid" and c != "schema_version"]
+# the values a case's axes take (the config's: a row holding another is not a row quantbench wrote,
+# and re-drawing its weights, report, would fail)
+AXIS_VALUES: dict[str, tuple] = {axis: get_args(kind) for axis, kind in
+                                 (("bits", Bits), ("scheme", Scheme), ("granularity", Granularity),
+                                  ("group_size", GroupSize), ("dtype", DType))}
+
+
+def axis_problem(col: str, value: Any) -> str | None:
+    """What is wrong with one value of a case axis (None, or a value the sweep can give, is fine)."""
+    if value is None:
+        return None
+    if col in AXIS_VALUES and value not in AXIS_VALUES[col]:
+        return f"column {col} holds {reprlib.repr(value)}, expected one of {', '.join(map(str, AXIS_VALUES[col]))}"
+    if col in ("M", "N", "K") and not 1 <= value <= MAX_DIM:
+        return f"column {col} holds {value!r}, expected a dimension from 1 to {MAX_DIM}"
+    return None
 
 
 def row_problem(row: dict[str, Any]) -> str | None:
@@ -36,6 +56,16 @@ def row_problem(row: dict[str, Any]) -> str | None:
             return f"column {col} holds {reprlib.repr(value)}, expected a number"
         if col in INTEGER and not whole(value):
             return f"column {col} holds {value!r}, expected a whole number"
+        problem = axis_problem(col, value)
+        if problem:
+            return problem
+    for col in TEXT:
+        value = row.get(col)
+        if value is not None and not isinstance(value, str):
+            return f"column {col} holds {reprlib.repr(value)}, expected a text (or null)"
+        problem = axis_problem(col, value)
+        if problem:
+            return problem
     ms, valid = row.get("ms"), row.get("timing_valid")
     timed = ms is not None and ms != "nan" and not (isinstance(ms, float) and math.isnan(ms))
     if valid is None and timed:
@@ -72,12 +102,35 @@ def sample_problem(rec: Any) -> str | None:
     return None
 
 
+def _name(v: Any) -> bool:
+    """A run id or config name as quantbench makes them (config.schema's name pattern): it becomes a
+    folder or file name (merge, report), so never a path."""
+    return isinstance(v, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", v) is not None
+
+
+def _whole(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+MAX_SHARDS = 10_000  # cli.running._shard's bound: merge lists every shard a run lacks
+NAME = "a string: a name of letters, digits, '_', '.' and '-' (no path)"
+# keys inside the objects of META_SHAPES, checked where the object and the key are there
+NESTED_SHAPES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
+    ("config", "name"): (_name, NAME),
+    ("config", "weights"): (lambda v: v is None or isinstance(v, dict), "an object"),
+    ("config", "seed"): (lambda v: v is None or (_whole(v) and v >= 0), "a whole number >= 0"),
+    ("env", "gpu"): (lambda v: v is None or isinstance(v, str), "the GPU's name (a string) or null"),
+    ("env", "gpu_memory_bytes"): (lambda v: v is None or (_whole(v) and v >= 0), "a whole number of bytes or null"),
+}
+
 # the keys of meta.json that readers use, each with the shape its writers (RunWriter, sweep.run_meta,
 # cluster, merge_runs) give it: a run of an older schema may lack one, never hold it in another shape
 META_SHAPES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "run_id": (lambda v: isinstance(v, str), "a string"),
+    "run_id": (_name, NAME),
     "config": (lambda v: isinstance(v, dict) and isinstance(v.get("name"), str), "an object with a string name"),
     "env": (lambda v: isinstance(v, dict), "an object"),
+    "shard": (lambda v: v is None or (isinstance(v, list) and len(v) == 2 and all(map(_whole, v))
+                                      and 1 <= v[0] <= v[1] <= MAX_SHARDS), f"[I, N] with 1 <= I <= N <= {MAX_SHARDS}"),
     "envs": (lambda v: isinstance(v, list) and all(isinstance(e, dict) for e in v), "a list of objects"),
     "calibration": (lambda v: isinstance(v, dict), "an object"),
     "datasheet": (lambda v: v is None or isinstance(v, dict), "an object or null"),
@@ -100,6 +153,13 @@ def meta_problem(meta: dict[str, Any]) -> str | None:
     for key, (fits, expected) in META_SHAPES.items():
         if key in meta and not fits(meta[key]):
             return f"{key} holds {reprlib.repr(meta[key])}, expected {expected}"
+    for (section, key), (fits, expected) in NESTED_SHAPES.items():
+        if key in meta.get(section, {}) and not fits(meta[section][key]):
+            return f"{section}.{key} holds {reprlib.repr(meta[section][key])}, expected {expected}"
+    for env in meta.get("envs", []):  # a merge's every machine
+        for (section, key), (fits, expected) in NESTED_SHAPES.items():
+            if section == "env" and key in env and not fits(env[key]):
+                return f"envs: {key} holds {reprlib.repr(env[key])}, expected {expected}"
     for section in ("calibration", "datasheet"):
         for key, value in (meta.get(section) or {}).items():
             if key in RATES and value is not None and not is_number(value):

@@ -252,6 +252,8 @@ def read_cases(path: Path, drop_torn_tail: bool = False) -> list[tuple[str | Non
     for number, rec in enumerate(read_lines(path, drop_torn_tail), start=1):
         if isinstance(rec, dict) and "case" in rec and "rows" in rec:
             key, rows = rec["case"], rec["rows"]
+            if not isinstance(key, str):
+                raise RunFolderError(f"{path}:{number}: case holds {reprlib.repr(key)}, expected the case key (a text)")
             if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
                 raise RunFolderError(f"{path}:{number}: rows holds {reprlib.repr(rows)}, expected a list of "
                                      f"rows (objects)")
@@ -306,6 +308,9 @@ def _read_table(csv: Path, current: bool) -> pd.DataFrame:
         df = pd.read_csv(csv, dtype={"timing_valid": str})  # as written, so that only True or False is read as one
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
         raise RunFolderError(f"{csv}: not a readable results table ({first_line(e)})") from None
+    if not isinstance(df.index, pd.RangeIndex):  # a line with more fields than the header: pandas made them an index
+        raise RunFolderError(f"{csv}: a row holds more fields than the header names: not a whole quantbench "
+                             f"results table")
     missing = [c for c in (COLUMNS if current else ("op", "impl", "status", "ms")) if c not in df.columns]
     if missing:
         raise RunFolderError(f"{csv}: no column {', '.join(missing[:5])}: not a whole quantbench results table")
@@ -337,6 +342,19 @@ def _read_table(csv: Path, current: bool) -> pd.DataFrame:
     return df
 
 
+def _same_rows(table: pd.DataFrame, recorded: list[dict[str, Any]]) -> bool:
+    """Whether results.csv holds the rows of rows.jsonl, in any order: the same run, cases, statuses
+    and times (a table copied from another run, or a row cut short, holds as many other rows)."""
+    def keys(df: pd.DataFrame) -> list[str]:
+        cols = df.reindex(columns=[*IDENTITY, "ms"])
+        out = []
+        for row in cols.itertuples(index=False):
+            out.append("|".join("" if pd.isna(v) else f"{float(v):.12g}" if isinstance(v, (int, float, np.number))
+                                and not isinstance(v, bool) else str(v) for v in row))
+        return sorted(out)
+    return keys(table) == keys(to_frame(recorded))
+
+
 def finished_rows(meta: dict[str, Any]) -> int | None:
     """The row count a run wrote in meta.json when it finished; None for a run that did not."""
     return meta.get("rows") if "finished_utc" in meta else None
@@ -364,15 +382,16 @@ def load_run(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
             if recorded is None:
                 raise
             problem = str(e)
-    if recorded is None or (table is not None and len(table) == len(recorded)):
+    if recorded is None or (table is not None and len(table) == len(recorded) and _same_rows(table, recorded)):
         df = table
-    elif table is not None and len(table) == expected:
+    elif table is not None and len(table) == expected and len(recorded) != expected:
         print(f"warning: {record} holds {len(recorded)} rows, {csv} and meta.json {expected}: reading "
               f"results.csv (the record is damaged)", file=sys.stderr)
         df = table
     else:
         if csv.exists():
-            problem = problem or f"{csv} holds {len(table)} rows, {record} {len(recorded)}"
+            problem = problem or (f"{csv} holds {len(table)} rows, {record} {len(recorded)}" if len(table) != len(recorded)
+                                  else f"{csv} holds other rows than {record}")
             print(f"warning: {problem}: reading rows.jsonl, the record (the table is stale or damaged)",
                   file=sys.stderr)
         df = to_frame(recorded)
