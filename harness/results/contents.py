@@ -13,7 +13,7 @@ from typing import Any, Callable, get_args
 
 import pandas as pd
 
-from ..config.schema import MAX_DIM, Bits, DType, Granularity, GroupSize, Scheme
+from ..config.schema import MAX_DIM, NAME_PATTERN, Bits, DType, Granularity, GroupSize, Scheme
 from .schema import (CLOCKS, COLUMNS, DTYPE_CEILING, ERROR, INT8_CEILING, LEGACY_ROLES, MEMORY, OUTPUT_ERROR,
                      TIME)
 
@@ -103,9 +103,9 @@ def sample_problem(rec: Any) -> str | None:
 
 
 def _name(v: Any) -> bool:
-    """A run id or config name as quantbench makes them (config.schema's name pattern): it becomes a
+    """A run id or config name as quantbench makes them (config.schema's NAME_PATTERN): it becomes a
     folder or file name (merge, report), so never a path."""
-    return isinstance(v, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", v) is not None
+    return isinstance(v, str) and re.match(NAME_PATTERN, v) is not None
 
 
 def _whole(v: Any) -> bool:
