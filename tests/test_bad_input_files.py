@@ -230,6 +230,14 @@ def test_configs_copy_onto_a_file_names_the_copy_flag(tmp_path, capsys):
     assert f"--copy {afile}: is a file" in err and "--out" not in err, err
 
 
+def test_configs_copy_refused_for_one_file_writes_none(tmp_path, capsys):
+    """It copied every config before the one already there, then refused."""
+    (tmp_path / "w8a8.yaml").write_text("mine")
+    assert main(["configs", "--copy", str(tmp_path)]) == 2
+    assert "w8a8.yaml exists; not overwritten" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["w8a8.yaml"] and (tmp_path / "w8a8.yaml").read_text() == "mine"
+
+
 def test_a_folder_given_as_pytest_benchmark_json_is_called_a_folder(tmp_path, capsys):
     (tmp_path / "export.json").mkdir()
     assert main(["from-pytest-benchmark", str(tmp_path / "export.json"), "--out", str(tmp_path / "out")]) == 2

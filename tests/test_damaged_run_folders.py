@@ -180,6 +180,7 @@ ROW_DAMAGE = {
     "status-an-object": ({"row": {"status": {"a": 1}}}, "column status holds {'a': 1}, expected a text"),
     "scheme-unknown": ({"row": {"scheme": "bogus"}}, "column scheme holds 'bogus', expected one of asymmetric"),
     "bits-3": ({"row": {"bits": 3}}, "column bits holds 3, expected one of 8, 4, 2"),
+    "op-unknown": ({"row": {"op": "convolve"}}, "column op holds 'convolve', expected one of quantize"),
     "N-past-the-largest": ({"row": {"N": 2 ** 40}}, "column N holds 1099511627776, expected a dimension from 1"),
     "case-an-object": ({"case": {"k": 1}}, "case holds {'k': 1}, expected the case key (a text)"),
 }

@@ -91,11 +91,11 @@ def cmd_configs(args, console: Console) -> int:
     found = shipped_configs()
     if args.copy:
         out = writable_folder(Path(args.copy), "--copy")
-        for name, path in found.items():
-            target = out / path.name
-            if target.exists():
-                raise ConfigError(f"--copy: {target} exists; not overwritten")
-            target.write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
+        existing = [out / path.name for path in found.values() if (out / path.name).exists()]
+        if existing:  # before any is written: a refused copy leaves DIR as it was
+            raise ConfigError(f"--copy: {existing[0]} exists; not overwritten")
+        for path in found.values():
+            (out / path.name).write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
         console.print(f"copied {len(found)} configs to {out}")
         return 0
     # thresholds.yaml is shipped beside the sweeps, for compare, not run

@@ -13,7 +13,7 @@ from typing import Any, Callable, get_args
 
 import pandas as pd
 
-from ..config.schema import MAX_DIM, NAME_PATTERN, Bits, DType, Granularity, GroupSize, Scheme
+from ..config.schema import MAX_DIM, NAME_PATTERN, OP_NAMES, Bits, DType, Granularity, GroupSize, Scheme
 from .schema import (CLOCKS, COLUMNS, DTYPE_CEILING, ERROR, INT8_CEILING, LEGACY_ROLES, MEMORY, OUTPUT_ERROR,
                      TIME)
 
@@ -27,9 +27,9 @@ BOOLEANS = {"true": True, "false": False}  # timing_valid in results.csv: True, 
 TEXT = [c for c in COLUMNS if c not in NUMERIC and c != "timing_valid" and c != "schema_version"]
 # the values a case's axes take (the config's: a row holding another is not a row quantbench wrote,
 # and re-drawing its weights, report, would fail)
-AXIS_VALUES: dict[str, tuple] = {axis: get_args(kind) for axis, kind in
-                                 (("bits", Bits), ("scheme", Scheme), ("granularity", Granularity),
-                                  ("group_size", GroupSize), ("dtype", DType))}
+AXIS_VALUES: dict[str, tuple] = {"op": OP_NAMES, **{axis: get_args(kind) for axis, kind in
+                                                    (("bits", Bits), ("scheme", Scheme), ("granularity", Granularity),
+                                                     ("group_size", GroupSize), ("dtype", DType))}}
 
 
 def axis_problem(col: str, value: Any) -> str | None:
