@@ -2,7 +2,7 @@
 the shapes that RunWriter, sweep.run_meta, the cluster and merge_runs write. Each check returns
 what is wrong, naming the column or key and what was expected, or None; the reader adds the file
 and the line. And the table that rows make: its columns' types (to_frame), every row's role
-(with_roles)."""
+(with_roles), and whether a results.csv holds a record's rows (same_rows)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ import re
 import reprlib
 from typing import Any, Callable, get_args
 
+import numpy as np
 import pandas as pd
 
 from ..config.schema import MAX_DIM, NAME_PATTERN, OP_NAMES, Bits, DType, Granularity, GroupSize, Scheme
-from .schema import (CLOCKS, COLUMNS, DTYPE_CEILING, ERROR, INT8_CEILING, LEGACY_ROLES, MEMORY, OUTPUT_ERROR,
-                     TIME)
+from .schema import (CLOCKS, COLUMNS, DTYPE_CEILING, ERROR, IDENTITY, INT8_CEILING, LEGACY_ROLES, MEMORY,
+                     OUTPUT_ERROR, TIME)
 
 MEASURED = [c for c in TIME + CLOCKS + MEMORY + ERROR + OUTPUT_ERROR if c != "timing_valid"]
 NUMERIC = MEASURED + ["bits", "group_size", "M", "N", "K", "layers", "depth"]
@@ -183,3 +184,15 @@ def with_roles(df: pd.DataFrame) -> pd.DataFrame:
         df = df.copy()
         df["role"] = df["role"].astype(object).where(~missing, df["impl"].map(LEGACY_ROLES))
     return df
+
+
+def same_rows(table: pd.DataFrame, recorded: list[dict[str, Any]]) -> bool:
+    """Whether results.csv (read) holds the rows of rows.jsonl, in any order: the same run, cases,
+    statuses and times (a table copied from another run, or a row cut short, holds as many other rows)."""
+    def keys(df: pd.DataFrame) -> list[str]:
+        out = []
+        for row in df.reindex(columns=[*IDENTITY, "ms"]).itertuples(index=False):
+            out.append("|".join("" if pd.isna(v) else f"{float(v):.12g}" if isinstance(v, (int, float, np.number))
+                                and not isinstance(v, bool) else str(v) for v in row))
+        return sorted(out)
+    return keys(table) == keys(to_frame(recorded))

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from ..config.errors import first_line
-from .contents import (BOOLEANS, INTEGER, NUMERIC, meta_problem, row_problem, sample_problem, to_frame,
+from .contents import (BOOLEANS, INTEGER, NUMERIC, meta_problem, row_problem, same_rows, sample_problem, to_frame,
                        with_roles)
 from .schema import COLUMNS, IDENTITY, SCHEMA_VERSION
 
@@ -342,19 +342,6 @@ def _read_table(csv: Path, current: bool) -> pd.DataFrame:
     return df
 
 
-def _same_rows(table: pd.DataFrame, recorded: list[dict[str, Any]]) -> bool:
-    """Whether results.csv holds the rows of rows.jsonl, in any order: the same run, cases, statuses
-    and times (a table copied from another run, or a row cut short, holds as many other rows)."""
-    def keys(df: pd.DataFrame) -> list[str]:
-        cols = df.reindex(columns=[*IDENTITY, "ms"])
-        out = []
-        for row in cols.itertuples(index=False):
-            out.append("|".join("" if pd.isna(v) else f"{float(v):.12g}" if isinstance(v, (int, float, np.number))
-                                and not isinstance(v, bool) else str(v) for v in row))
-        return sorted(out)
-    return keys(table) == keys(to_frame(recorded))
-
-
 def finished_rows(meta: dict[str, Any]) -> int | None:
     """The row count a run wrote in meta.json when it finished; None for a run that did not."""
     return meta.get("rows") if "finished_utc" in meta else None
@@ -382,7 +369,7 @@ def load_run(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
             if recorded is None:
                 raise
             problem = str(e)
-    if recorded is None or (table is not None and len(table) == len(recorded) and _same_rows(table, recorded)):
+    if recorded is None or (table is not None and len(table) == len(recorded) and same_rows(table, recorded)):
         df = table
     elif table is not None and len(table) == expected and len(recorded) != expected:
         print(f"warning: {record} holds {len(recorded)} rows, {csv} and meta.json {expected}: reading "
@@ -390,8 +377,8 @@ def load_run(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
         df = table
     else:
         if csv.exists():
-            problem = problem or (f"{csv} holds {len(table)} rows, {record} {len(recorded)}" if len(table) != len(recorded)
-                                  else f"{csv} holds other rows than {record}")
+            problem = problem or (f"{csv} holds {len(table)} rows, {record} {len(recorded)}"
+                                  if len(table) != len(recorded) else f"{csv} holds other rows than {record}")
             print(f"warning: {problem}: reading rows.jsonl, the record (the table is stale or damaged)",
                   file=sys.stderr)
         df = to_frame(recorded)
