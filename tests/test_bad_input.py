@@ -240,6 +240,8 @@ def test_a_bad_config_is_one_error_naming_the_file(name, tmp_path, capsys):
     # merge lists every shard a run lacks: a run of 10^20 shards hung it
     ["run", str(ROOT / "configs" / "quick.yaml"), "--shard", "1/99999999999999999999", "--out", "."],
     ["run", str(ROOT / "configs" / "quick.yaml"), "--shard", "\u0661/\u0662", "--out", "."],
+    ["run", str(ROOT / "configs" / "quick.yaml"), "--device", "", "--out", "."],  # was read as no --device
+    ["run", str(ROOT / "configs" / "quick.yaml"), "--device", "gpu0", "--out", "."],
 ])
 def test_bad_arguments_are_refused(args, capsys):
     assert main(args) == 2

@@ -3,6 +3,7 @@ the conversions to and from pytest-benchmark JSON."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal, get_args, get_origin
 
@@ -11,6 +12,7 @@ from rich.table import Table
 
 from ..config import AXES, ConfigError, RunConfig, Sweep, load_config, shipped_configs
 from ..config.loading import locate
+from ..config.schema import DEVICE_PATTERN
 from ..results.contents import MAX_SHARDS
 from ..results.storage import RunFolderError, atomic_write, writable_folder
 from .rendering import show_new_run
@@ -25,6 +27,8 @@ def cmd_run(args, console: Console) -> int:
         raise ConfigError("--shard splits a sweep by hand; --workers/--scheduler spread it over a cluster: use one")
     if args.workers not in (None, "all") and args.workers < 1:  # --workers alone: "all" (argparse's const)
         raise ConfigError(f"--workers: expected a number of workers >= 1 (or none: every GPU), got {args.workers}")
+    if args.device is not None and not re.match(DEVICE_PATTERN, args.device):  # "" was read as no --device
+        raise ConfigError(f"--device: expected auto, cpu, cuda or cuda:N, got {args.device!r}")
     if args.allow_mixed and not on_cluster:
         raise ConfigError("--allow-mixed: applies to a run on a cluster (--workers or --scheduler) only")
     try:

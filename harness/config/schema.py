@@ -19,6 +19,7 @@ GroupSize = Literal[32, 64, 128, 256]
 PosInt = Annotated[int, Field(gt=0)]
 # a config's name, which names its runs' folders (and a run id, the name and a time): never a path
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+DEVICE_PATTERN = r"^(auto|cpu|cuda|cuda:\d+)$"  # a config's device, and run's --device
 # a matrix dimension: at most 2^24 (16.7M; a model's largest is ~256K), so that every byte and FLOP
 # count of a case fits the table's 64-bit integers
 MAX_DIM = 1 << 24
@@ -211,7 +212,7 @@ def _exclude_entry(entry: dict[str, Any], info: ValidationInfo) -> dict[str, Any
 
 class RunConfig(Strict):
     name: Annotated[str, Field(pattern=NAME_PATTERN, max_length=80)]
-    device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda|cuda:\d+)$")] = "auto"
+    device: Annotated[str, Field(pattern=DEVICE_PATTERN)] = "auto"
     seed: Annotated[int, Field(ge=0)] = 0
     dtype: DType = "float16"
     weights: Weights = NormalWeights()
