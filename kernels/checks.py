@@ -33,6 +33,12 @@ def check_device(name: str, t: torch.Tensor) -> None:
                          f"on the CPU), got a tensor on {t.device}")
 
 
+def inner_dim_error(x: torch.Tensor, k: int) -> ValueError:
+    """The error for activations x whose K is not the weight's k, shared by every product's launcher
+    and reference (a launcher tests x.shape[1] != k itself: one comparison on its hot path)."""
+    return ValueError(f"x must be [M, K] with K = {k} (the weight's K), got {list(x.shape)}")
+
+
 _FLOATS = tuple(FLOAT_DTYPES.values())
 
 

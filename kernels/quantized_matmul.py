@@ -31,7 +31,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .checks import cdiv, check_matrix, check_same_device, next_power_of_2
+from .checks import cdiv, check_matrix, check_same_device, inner_dim_error, next_power_of_2
 from .dequantization import (dequantize_choice, dequantize_prepared, field_values, nf4_word_levels, row_params,
                              segment_scales)
 from .field_ptx import int_word_fields
@@ -298,7 +298,7 @@ def qmatmul_route(x: torch.Tensor, q: QuantizedTensor) -> str:
     check_matrix("x", x, on_kernel_device=False)
     p = prepared(q)
     if x.shape[1] != q.shape[1]:
-        raise ValueError(f"x must be [M, K] with K = {q.shape[1]} (the weight's K), got {list(x.shape)}")
+        raise inner_dim_error(x, q.shape[1])
     return _route(x.shape[0], x.dtype, q, p)
 
 
@@ -351,7 +351,7 @@ def qmatmul(x: torch.Tensor, q: QuantizedTensor) -> torch.Tensor:
     n, k = q.shape
     m = x.shape[0]
     if x.shape[1] != k:
-        raise ValueError(f"x must be [M, K] with K = {k} (the weight's K), got {list(x.shape)}")
+        raise inner_dim_error(x, k)
     if x.device != p.units.device:
         check_same_device(x=x, codes=q.codes)
     path = _route(m, x.dtype, q, p)
@@ -373,5 +373,5 @@ def qmatmul_ref(x: torch.Tensor, q: QuantizedTensor) -> torch.Tensor:
     check_matrix("x", x, on_kernel_device=False)
     w_hat = dequantize_ref(q, x.dtype)  # q checked there (check_quantized)
     if x.shape[1] != q.shape[1]:
-        raise ValueError(f"x must be [M, K] with K = {q.shape[1]} (the weight's K), got {list(x.shape)}")
+        raise inner_dim_error(x, q.shape[1])
     return torch.matmul(x, w_hat.t())

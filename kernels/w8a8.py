@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .checks import cdiv, check_matrix, check_same_device, next_power_of_2
+from .checks import cdiv, check_matrix, check_same_device, inner_dim_error, next_power_of_2
 from .exact_math import round_half_even
 from .launching import INTERPRETED, Launcher, signature
 from .references import check_quantized, qparams_ref
@@ -142,7 +142,7 @@ def w8a8_matmul(x: torch.Tensor, w_int8: torch.Tensor, w_scales: torch.Tensor) -
     n, k = w_int8.shape
     m = x.shape[0]
     if x.shape[1] != k:
-        raise ValueError(f"x must be [M, K] with K = {k} (the weight's K), got {list(x.shape)}")
+        raise inner_dim_error(x, k)
     if x.device != w_int8.device:
         check_same_device(x=x, w_int8=w_int8)
     xq, sx = _quantize_tokens(x)
@@ -199,7 +199,7 @@ def w8a8_matmul_ref(x: torch.Tensor, w_int8: torch.Tensor, w_scales: torch.Tenso
     check_weight_pair(w_int8, w_scales, on_kernel_device=False)
     check_matrix("x", x, on_kernel_device=False, unit_stride=False)
     if x.shape[1] != w_int8.shape[1]:
-        raise ValueError(f"x must be [M, K] with K = {w_int8.shape[1]} (the weight's K), got {list(x.shape)}")
+        raise inner_dim_error(x, w_int8.shape[1])
     xq, sx = quantize_tokens_ref(x)
     acc = xq.double() @ w_int8.double().t()
     return (acc * sx.double()[:, None] * w_scales.double()[None, :]).to(x.dtype)

@@ -109,7 +109,8 @@ def _name(v: Any) -> bool:
     return isinstance(v, str) and re.match(NAME_PATTERN, v) is not None
 
 
-def _whole(v: Any) -> bool:
+def _json_int(v: Any) -> bool:
+    """A JSON integer (not a bool, not a float however whole): how the writers give counts."""
     return isinstance(v, int) and not isinstance(v, bool)
 
 
@@ -119,9 +120,9 @@ NAME = "a string: a name of letters, digits, '_', '.' and '-' (no path)"
 NESTED_SHAPES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
     ("config", "name"): (_name, NAME),
     ("config", "weights"): (lambda v: v is None or isinstance(v, dict), "an object"),
-    ("config", "seed"): (lambda v: v is None or (_whole(v) and v >= 0), "a whole number >= 0"),
+    ("config", "seed"): (lambda v: v is None or (_json_int(v) and v >= 0), "a whole number >= 0"),
     ("env", "gpu"): (lambda v: v is None or isinstance(v, str), "the GPU's name (a string) or null"),
-    ("env", "gpu_memory_bytes"): (lambda v: v is None or (_whole(v) and v >= 0), "a whole number of bytes or null"),
+    ("env", "gpu_memory_bytes"): (lambda v: v is None or (_json_int(v) and v >= 0), "a whole number of bytes or null"),
 }
 
 # the keys of meta.json that readers use, each with the shape its writers (RunWriter, sweep.run_meta,
@@ -130,7 +131,7 @@ META_SHAPES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "run_id": (_name, NAME),
     "config": (lambda v: isinstance(v, dict) and isinstance(v.get("name"), str), "an object with a string name"),
     "env": (lambda v: isinstance(v, dict), "an object"),
-    "shard": (lambda v: v is None or (isinstance(v, list) and len(v) == 2 and all(map(_whole, v))
+    "shard": (lambda v: v is None or (isinstance(v, list) and len(v) == 2 and all(map(_json_int, v))
                                       and 1 <= v[0] <= v[1] <= MAX_SHARDS), f"[I, N] with 1 <= I <= N <= {MAX_SHARDS}"),
     "envs": (lambda v: isinstance(v, list) and all(isinstance(e, dict) for e in v), "a list of objects"),
     "calibration": (lambda v: isinstance(v, dict), "an object"),
@@ -138,7 +139,7 @@ META_SHAPES: dict[str, tuple[Callable[[Any], bool], str]] = {
     # a worker's gpu names its model (analysis.loaded_run.gpu_of)
     "workers": (lambda v: isinstance(v, list) and all(isinstance(w, dict) and isinstance(w.get("gpu"), str | None)
                                                        for w in v), "a list of objects, each with its gpu a string"),
-    "rows": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "a whole number of rows"),
+    "rows": (lambda v: _json_int(v) and v >= 0, "a whole number of rows"),
     "resumed_utc": (lambda v: isinstance(v, list), "a list"),
     "status_counts": (lambda v: isinstance(v, dict), "an object"),
     "missing_shards": (lambda v: isinstance(v, list) and all(isinstance(s, str) for s in v), "a list of texts"),
