@@ -31,7 +31,7 @@ NF4_CELLS = 32  # of NF4's encode table: cells of width 2 / NF4_CELLS over [-1, 
 
 
 def nf4_cells() -> tuple[float, ...]:
-    """NF4's encode table (quantization.quantize_tile), 2 * NF4_CELLS float32 values: for each cell
+    """NF4's encode table (quantize_codes.quantize_tile), 2 * NF4_CELLS float32 values: for each cell
     c, [c / 16 - 1, (c + 1) / 16 - 1), the midpoint that lies in it (+inf where none does), then
     for each cell the number of midpoints below its start. The code of v in cell c is that number,
     plus 1 if v is above the cell's midpoint: the count of midpoints below v, as encode_ref counts

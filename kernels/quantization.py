@@ -19,9 +19,10 @@ import triton.language as tl
 from .checks import check_matrix, check_spec
 from .codebooks import code_table
 from .dequantization import segment_scales
-from .exact_math import ON_GPU, divide, lookup, round_to, rounded_int
+from .exact_math import ON_GPU, round_to
 from .launching import Launcher
 from .references import qparams_ref, quantize_ref, refuse_poisoned_segments  # noqa: F401 (the reference beside its kernel)
+from .quantize_codes import quantize_store, segment_columns
 from .quantize_tiles import quantize_plan
 from .scale_codes import double_quantize_scales
 from .spec import QuantizedTensor, QuantSpec, empty_scales
@@ -48,17 +49,6 @@ def min_keeping_nan(a, b):
 @triton.jit
 def max_keeping_nan(a, b):
     return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
-
-
-@triton.jit
-def segment_columns(start, NG: tl.constexpr, C: tl.constexpr, CHUNK: tl.constexpr, GROUP: tl.constexpr):
-    """Column offsets [1, NG, C, CHUNK] of NG segments of GROUP columns from `start`, segment g
-    held as C = GROUP // CHUNK chunks of CHUNK columns: quantize_kernel's tile layout. In bytes
-    (start, CHUNK and GROUP divided by the fields a byte holds), the packed codes' columns."""
-    g = tl.arange(0, NG)[None, :, None, None]
-    c = tl.arange(0, C)[None, None, :, None]
-    e = tl.arange(0, CHUNK)[None, None, None, :]
-    return start + g * GROUP + c * CHUNK + e
 
 
 @triton.jit
@@ -103,104 +93,6 @@ def qparams(lo, hi, scale_ty: tl.constexpr, QMAX: tl.constexpr, SYMMETRIC: tl.co
     scale = tl.where(finite, scale, float("nan"))
     zero = tl.where(finite, round_to(lo, scale_ty), float("nan"))
     return scale, zero
-
-
-@triton.jit
-def fp8_fields(v):
-    """float32 -> float8 e4m3 bit patterns (int32), nearest value, ties to even, as torch's
-    .to(torch.float8_e4m3fn); v is clamped to [-448, 448] first and a NaN gives 0.
-
-    Written with integer arithmetic on the float32 bits rather than a conversion instruction, so
-    that the interpreter and the GPU round alike: below 2^-6 (e4m3's subnormals, steps of 2^-9)
-    the code is |v| * 2^9 rounded; above, the float32 bits rounded to 3 mantissa bits, with the
-    exponent rebased from 127 to 7 (120 << 3 = 960). The sign comes from v's bits (-0.0 -> 0x80).
-    """
-    v = tl.where(v == v, tl.minimum(tl.maximum(v, -448.0), 448.0), 0.0)
-    a = tl.abs(v)
-    bits = a.to(tl.int32, bitcast=True)
-    normal = ((bits + 0x7FFFF + ((bits >> 20) & 1)) >> 20) - 960
-    subnormal = rounded_int(a * 512.0)
-    sign = (v.to(tl.int32, bitcast=True) >> 24) & 0x80
-    return tl.where(a < 0.015625, subnormal, normal) | sign
-
-
-@triton.jit
-def quantize_tile(x, scale, zero, table_ptr, QMIN: tl.constexpr, QMAX: tl.constexpr, SYMMETRIC: tl.constexpr,
-                  CODE: tl.constexpr, SAFE_RANGE: tl.constexpr):
-    """float32 tile -> unsigned int32 fields, broadcasting scale/zero per row: code + offset
-    (CODE 0), the NF4 level's index (1: the number of the 15 midpoints that v is greater than,
-    from the encode table at table_ptr, codebooks.nf4_cells; a NaN is greater than none), or the
-    e4m3 bits (2, fp8_fields).
-
-    v is NaN exactly in a poisoned segment (NaN scale); its fields are 0: on the GPU through the
-    clamp (max.f32 of NaN and QMIN is QMIN), under the interpreter, whose maximum keeps the NaN,
-    by a select first; for NF4 a NaN is greater than no midpoint.
-    """
-    a = x if SYMMETRIC else x - zero
-    v = divide(a, scale, SAFE_RANGE, SIGNED_ZERO=CODE == 2)  # only e4m3 codes tell -0.0 from 0.0
-    if CODE == 0:
-        if not ON_GPU:
-            v = tl.where(v == v, v, QMIN)
-        v = tl.minimum(tl.maximum(v, QMIN), QMAX)  # on the GPU, max.f32 of NaN and QMIN is QMIN
-        fields = rounded_int(v, -QMIN)
-    elif CODE == 1:
-        # the count of midpoints below v: the count below v's cell (of 32 over [-1, 1]) plus one
-        # compare with the midpoint inside it (codebooks.nf4_cells), the cell's two entries looked
-        # up with tl.gather (one table store per tile, an LDS a field). A binary search over the
-        # 15 midpoints took 4 compares and 11 selects an element.
-        position = v * 16.0 + 16.0
-        if not ON_GPU:
-            position = tl.where(v == v, position, 0.0)  # on the GPU max.f32 of NaN and 0 is 0
-        cell = tl.minimum(tl.maximum(position, 0.0), 31.0).to(tl.int32)
-        threshold = lookup(table_ptr, cell, 32)
-        fields = lookup(table_ptr + 32, cell, 32).to(tl.int32) + (v > threshold).to(tl.int32)
-    else:
-        fields = fp8_fields(v)
-    return fields
-
-
-@triton.jit
-def pack_tile(fields, BLOCK_N: tl.constexpr, NG: tl.constexpr, C: tl.constexpr, CHUNK: tl.constexpr,
-              BITS: tl.constexpr):
-    """[BLOCK_N, NG, C, CHUNK] fields -> [BLOCK_N, NG, C, CHUNK * BITS // 8] bytes, little end
-    first.
-
-    Neighbouring fields are separated with reshape + split (which stays in registers) rather than
-    a sum over a small axis (which the compiler lowers through shared memory).
-    """
-    if BITS == 8:
-        packed = fields
-    elif BITS == 4:
-        even, odd = tl.split(tl.reshape(fields, (BLOCK_N, NG, C, CHUNK // 2, 2)))
-        packed = even + (odd << 4)
-    else:
-        f02, f13 = tl.split(tl.reshape(fields, (BLOCK_N, NG, C, CHUNK // 4, 2, 2)))  # k%2 == 0 | 1
-        f0, f2 = tl.split(f02)
-        f1, f3 = tl.split(f13)
-        packed = f0 + (f1 << 2) + (f2 << 4) + (f3 << 6)
-    return packed.to(tl.uint8)
-
-
-@triton.jit
-def quantize_store(codes_ptr, table_ptr, x, scale, zero, rows, N, k0, K, mask, stride_cn,
-                   BITS: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr, SYMMETRIC: tl.constexpr,
-                   CODE: tl.constexpr, SAFE_RANGE: tl.constexpr, GROUP: tl.constexpr, CHUNK: tl.constexpr,
-                   BLOCK_N: tl.constexpr, NG: tl.constexpr):
-    """Quantize the float32 tile x [BLOCK_N, NG, C, CHUNK] (segment_columns from k0) with per-segment
-    scale and zero [BLOCK_N, NG], pack it and store the bytes. mask None: the tile lies inside
-    the matrix."""
-    PER_BYTE: tl.constexpr = 8 // BITS
-    C: tl.constexpr = GROUP // CHUNK
-    fields = quantize_tile(x, scale[:, :, None, None], zero[:, :, None, None], table_ptr, QMIN, QMAX, SYMMETRIC,
-                           CODE, SAFE_RANGE)
-    byte_cols = segment_columns(k0 // PER_BYTE, NG, C, CHUNK // PER_BYTE, GROUP // PER_BYTE)
-    byte_ptrs = codes_ptr + rows[:, None, None, None] * stride_cn + byte_cols
-    if mask is None:
-        tl.store(byte_ptrs, pack_tile(fields, BLOCK_N, NG, C, CHUNK, BITS))
-    else:
-        packed = pack_tile(tl.where(mask, fields, 0), BLOCK_N, NG, C, CHUNK, BITS)
-        byte_mask = (rows < N)[:, None, None, None] & (byte_cols < (K + PER_BYTE - 1) // PER_BYTE)
-        tl.store(byte_ptrs, packed, mask=byte_mask)
 
 
 @triton.jit
@@ -279,6 +171,7 @@ def quantize_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, table_ptr, second_p
     C: tl.constexpr = GROUP // CHUNK
     # float16 scales lie in [2**-24, 65504]: divide() needs no range check
     SAFE_RANGE: tl.constexpr = scales_ptr.dtype.element_ty == tl.float16
+    scale_ty: tl.constexpr = scales_ptr.dtype.element_ty
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < N
     x_rows = x_ptr + rows[:, None, None, None] * stride_xn
@@ -305,7 +198,7 @@ def quantize_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, table_ptr, second_p
             mask = row_ok[:, None, None, None] & (cols < K)
             x = tl.load(x_rows + cols, mask=mask, other=0.0).to(tl.float32)
             quantize_store(codes_ptr, table_ptr, x, scale, zero, rows, N, k0, K, mask, stride_cn,
-                           BITS, QMIN, QMAX, SYMMETRIC, CODE, SAFE_RANGE, BLOCK_K, BLOCK_K, BLOCK_N, 1)
+                           BITS, QMIN, QMAX, SYMMETRIC, CODE, SAFE_RANGE, BLOCK_K, BLOCK_K, BLOCK_N, 1, scale_ty)
     else:
         k0 = pid_k * BLOCK_K
         cols = segment_columns(k0, NG, C, CHUNK, GROUP)
@@ -341,7 +234,7 @@ def quantize_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, table_ptr, second_p
                 tl.store(zeros_ptr + s_off, zero, mask=g_mask)
         if STORE_CODES:
             quantize_store(codes_ptr, table_ptr, x, scale, zero, rows, N, k0, K, mask, stride_cn,
-                           BITS, QMIN, QMAX, SYMMETRIC, CODE, SAFE_RANGE, GROUP, CHUNK, BLOCK_N, NG)
+                           BITS, QMIN, QMAX, SYMMETRIC, CODE, SAFE_RANGE, GROUP, CHUNK, BLOCK_N, NG, scale_ty)
 
 
 _minmax_launch = Launcher(minmax_partials_kernel)
