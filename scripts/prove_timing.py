@@ -8,6 +8,9 @@ are the harness's own, from ops.OPS), each of R repeats measures every kernel wi
 - `triton_do_bench`: triton.testing.do_bench (L2 flushed, warmup 25 ms, rep 100 ms), the reference;
 - `cuda_events`: CUDA events placed by hand around each call, L2 flushed before it (written here,
   independently of the harness);
+- `cupti_kernels`: the call's kernels' own durations from the CUDA profiler (torch.profiler),
+  summed, the flush left out: the floor under every timer above, so that what a timer adds (launch
+  gaps between a call's kernels, the events themselves) can be told from the kernel;
 - `harness_do_bench`, `harness_adaptive`, `harness_cuda_graph`: the harness's engines
   (timing.measure) with the config defaults (adaptive: its time limit lowered to 3 s here).
 
@@ -105,6 +108,54 @@ def cuda_events(fn: Callable[[], Any], device: torch.device, warmup_ms: float = 
         return [s.elapsed_time(e) for s, e in zip(starts, ends, strict=True)], True
 
 
+def calls_from_trace(kernels: list[tuple[str, float, float]], flush_name: str, calls: int) -> list[float]:
+    """Per timed call, the summed durations (ms) of its kernels, from a trace of (name, start_us,
+    end_us) in which every call followed one flush kernel named `flush_name`. A flush is told from
+    a call's own kernel of the same name (a small fill inside the call) by its length: flushes are
+    the `calls` longest of that name."""
+    kernels = sorted(kernels, key=lambda k: k[1])
+    fills = sorted((k[2] - k[1] for k in kernels if k[0] == flush_name), reverse=True)
+    if len(fills) < calls:
+        raise ValueError(f"the trace holds {len(fills)} flushes ({flush_name}), not the {calls} calls made")
+    shortest_flush = fills[calls - 1]
+    totals: list[float] = []
+    for name, start, end in kernels:
+        if name == flush_name and end - start >= shortest_flush and len(totals) < calls:
+            totals.append(0.0)
+        elif totals:
+            totals[-1] += (end - start) / 1e3
+    return totals
+
+
+def cupti_kernels(fn: Callable[[], Any], device: torch.device, calls: int = 50) -> tuple[list[float], bool]:
+    """The kernels' own durations, as the CUDA profiler (CUPTI, through torch.profiler) records
+    them, summed over each call, the L2 flush before every call left out: what the GPU spent
+    executing, without the gaps between a call's launches or the timer's own events."""
+    if device.type != "cuda":
+        raise NeedsGpu("the CUDA profiler needs a CUDA GPU")
+    from torch.profiler import ProfilerActivity, profile
+    from quantbench.harness.execution.timing import l2_flush_buffer
+    with torch.cuda.device(device):
+        flush = l2_flush_buffer(device)
+        flush.zero_()
+        fn()
+        torch.cuda.synchronize(device)
+        with profile(activities=[ProfilerActivity.CUDA]) as flush_alone:
+            flush.zero_()
+            torch.cuda.synchronize(device)
+        flush_names = {e.name for e in flush_alone.events() if e.device_type == torch.autograd.DeviceType.CUDA}
+        if len(flush_names) != 1:
+            raise RuntimeError(f"the L2 flush ran {len(flush_names)} kernels ({sorted(flush_names)}), not one")
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(calls):
+                flush.zero_()
+                fn()
+            torch.cuda.synchronize(device)
+    trace = [(e.name, e.time_range.start, e.time_range.end) for e in prof.events()
+             if e.device_type == torch.autograd.DeviceType.CUDA]
+    return calls_from_trace(trace, flush_names.pop(), calls), True
+
+
 def harness_engine(engine: str) -> Callable[[Callable[[], Any], torch.device], tuple[list[float], bool]]:
     from quantbench.harness.config import Timing
     from quantbench.harness.execution.timing import measure
@@ -116,11 +167,12 @@ def harness_engine(engine: str) -> Callable[[Callable[[], Any], torch.device], t
     return run
 
 
-METHODS = ["triton_do_bench", "cuda_events", "harness_do_bench", "harness_adaptive", "harness_cuda_graph"]
+METHODS = ["triton_do_bench", "cuda_events", "cupti_kernels", "harness_do_bench", "harness_adaptive",
+           "harness_cuda_graph"]
 
 
 def method_table() -> dict[str, Callable]:
-    return {"triton_do_bench": triton_do_bench, "cuda_events": cuda_events,
+    return {"triton_do_bench": triton_do_bench, "cuda_events": cuda_events, "cupti_kernels": cupti_kernels,
             "harness_do_bench": harness_engine("do_bench"), "harness_adaptive": harness_engine("adaptive"),
             "harness_cuda_graph": harness_engine("cuda_graph")}
 
@@ -230,7 +282,9 @@ def markdown(summary: pd.DataFrame, df: pd.DataFrame, meta: dict) -> str:
         "spinning after each flush, so that the host's dispatch of the call is not timed; the hand-placed "
         "events are the independent timer, without that spin. "
         "The CUDA-graph engine is expected to read below do_bench for launch-bound kernels: do_bench "
-        "and the events time each call from the host, launch gaps included, which the graph removes.", "",
+        "and the events time each call from the host, launch gaps included, which the graph removes. "
+        "`cupti_kernels` is the kernels' own time by the CUDA profiler, no timer's: the floor the others "
+        "read above.", "",
     ]
     if not summary["valid"].all():
         lines += ["Timings here were taken on the CPU through Triton's interpreter (--smoke or no GPU): "

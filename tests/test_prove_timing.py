@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,7 +22,8 @@ def test_prove_timing_smoke_writes_its_files(tmp_path):
     harness = rows[rows["method"].str.startswith("harness_")]
     assert (harness["status"] == "ok").all() and not harness["timing_valid"].any()
     assert (harness["median_ms"] > 0).all()
-    gpu_only = rows[rows["method"].isin(["triton_do_bench", "cuda_events"])]
+    gpu_only = rows[rows["method"].isin(["triton_do_bench", "cuda_events", "cupti_kernels"])]
+    assert len(gpu_only) == 6 * 2 * 3
     assert (gpu_only["status"] == "skipped").all() and gpu_only["message"].str.contains("CUDA GPU").all()
     summary = pd.read_csv(out / "prove_timing_summary.csv")
     assert len(summary) == 6 * 3 and (summary["repeats"] == 2).all()
@@ -36,3 +38,26 @@ def test_prove_timing_refuses_too_few_repeats(tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "prove_timing.py"), str(tmp_path / "x"),
                            "--repeats", "3", "--device", "cpu"], capture_output=True, text=True)
     assert done.returncode == 2 and "at least 5 repeats" in done.stderr
+
+
+def _prove_timing():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("prove_timing", ROOT / "scripts" / "prove_timing.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("prove_timing", module)  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_calls_from_trace_sums_each_calls_kernels_and_leaves_the_flushes_out():
+    """Two calls, each after a 50 us flush: the first runs one 10 us kernel, the second a 12 us
+    kernel and a 1 us fill of the flush's own name (a workspace zeroed inside the call)."""
+    fill = "fill"
+    trace = [(fill, 0, 50), ("gemv", 55, 65),
+             (fill, 100, 150), (fill, 152, 153), ("gemv", 160, 172)]
+    assert _prove_timing().calls_from_trace(list(reversed(trace)), fill, 2) == pytest.approx([0.010, 0.013])
+
+
+def test_calls_from_trace_refuses_a_trace_short_of_flushes():
+    with pytest.raises(ValueError, match="1 flushes"):
+        _prove_timing().calls_from_trace([("fill", 0, 50), ("gemv", 55, 65)], "fill", 2)
