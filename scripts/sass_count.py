@@ -121,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 heuristics.append(chain)
             chain = chain.fn
-        options.update({o: config[o] for o in ("num_warps", "num_stages") if o in config})
-        constants.update({c: v for c, v in config.items() if c not in ("num_warps", "num_stages")})
+        options.update({o: config[o] for o in ("num_warps", "num_stages", "maxnreg") if o in config})
+        constants.update({c: v for c, v in config.items() if c not in ("num_warps", "num_stages", "maxnreg")})
         jit = chain
         names = list(jit.arg_names)
         named = dict(zip(names, launch_args))
