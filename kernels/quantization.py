@@ -67,8 +67,8 @@ def segment_range(x, mask):
         else:
             for_min = tl.where(mask, x, float("inf"))
             for_max = tl.where(mask, x, float("-inf"))
-        lo = tl.reduce(tl.reduce(for_min, 3, min_keeping_nan), 2, min_keeping_nan)
-        hi = tl.reduce(tl.reduce(for_max, 3, max_keeping_nan), 2, max_keeping_nan)
+        lo = tl.reduce(tl.reduce(for_min, 2, min_keeping_nan), 2, min_keeping_nan)
+        hi = tl.reduce(tl.reduce(for_max, 2, max_keeping_nan), 2, max_keeping_nan)
     else:
         for_min, for_max = minmax_operands(x, mask)
         lo = tl.min(tl.min(for_min, axis=3), axis=2)

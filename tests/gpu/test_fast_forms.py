@@ -3,7 +3,7 @@
 - exact_math.divide: a quotient by multiplication and two corrections, against the GPU's own
   correctly rounded division (PyTorch's), on quotients near every rounding boundary the formats
   have (integer halves, e4m3 steps, NF4 midpoints), on random ones, and with scales outside the
-  range where the fast form holds (the tile then divides with tl.div_rn).
+  range where the fast form holds (brought into it by a power of two).
 - field_ptx.int_word_fields: int4 and int2 words split into the bits of 2^23 + field by
   prmt, for every byte at every word position; through the GEMV against float64.
 - field_ptx.half_fields: the GEMMs' dequantization of int4 and int2 bytes in float16 and
@@ -92,13 +92,15 @@ def test_divide_rounds_as_division_on_random_operands():
 
 def test_divide_falls_back_where_the_fast_form_does_not_hold():
     """Scales of 2^-100, 2^-126 (subnormal reciprocal range), 2^100 and others out of range in
-    some tiles: those divide with tl.div_rn, and agree. In every tile zeros keep their sign and NaN
-    stays NaN; infinities only where the scale is NaN (the one place quantize lets them reach
-    divide)."""
+    some tiles: those are brought into range by a power of two, the dividends with them, and
+    agree. In every tile zeros keep their sign and NaN stays NaN; infinities only where the scale
+    is NaN (the one place quantize lets them reach divide: a finite scale has finite dividends,
+    which the row of 3e38 keeps to float32's largest)."""
     gen = torch.Generator().manual_seed(2)
     s = torch.exp2(torch.randint(-20, 20, (ROWS,), generator=gen).float())
     s[::8] = torch.tensor([2.0**-100, 2.0**-126, 2.0**100, 1e-45, 3e38, 1.0, float("nan"), 0.5])
-    a = torch.randn(ROWS, COLS, generator=gen) * s[:, None] * 7
+    a = (torch.randn(ROWS, COLS, generator=gen) * s[:, None] * 7).clamp(-3.4e38, 3.4e38)
+    a[::8][:, 3:9] = torch.tensor([1e-30, -1e-30, 1e-44, -1e-44, 2.0**-126, -(2.0**-149)])  # tiny quotients, signed
     a[:, :3] = torch.tensor([0.0, -0.0, float("nan")])
     a[s.isnan(), 3] = float("inf")
     a, s = a.to(CUDA), s.to(CUDA)
