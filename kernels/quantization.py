@@ -67,6 +67,9 @@ def segment_range(x, mask):
         else:
             for_min = tl.where(mask, x, float("inf"))
             for_max = tl.where(mask, x, float("-inf"))
+        # the chunks (axis 2) first: a thread holds its segment's chunks, while the chunk's own
+        # axis spans lanes, so the shuffles then carry one value a segment, not one a chunk (in
+        # the other order, 42 SHFL and ~100 PRMT/LOP3 to pack halves for them in int4 g128's SASS)
         lo = tl.reduce(tl.reduce(for_min, 2, min_keeping_nan), 2, min_keeping_nan)
         hi = tl.reduce(tl.reduce(for_max, 2, max_keeping_nan), 2, max_keeping_nan)
     else:
