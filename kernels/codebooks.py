@@ -28,14 +28,16 @@ def table(values: tuple[float, ...], device) -> torch.Tensor:
 
 
 NF4_CELLS = 32  # of NF4's encode table: cells of width 2 / NF4_CELLS over [-1, 1]
+MAGIC = 12582912.0  # 1.5 * 2^23: the bits of MAGIC + n (|n| < 2^22) are 0x4B400000 + n
 
 
 def nf4_cells() -> tuple[float, ...]:
     """NF4's encode table (quantize_codes.quantize_tile), 2 * NF4_CELLS float32 values: for each cell
     c, [c / 16 - 1, (c + 1) / 16 - 1), the midpoint that lies in it (+inf where none does), then
-    for each cell the number of midpoints below its start. The code of v in cell c is that number,
-    plus 1 if v is above the cell's midpoint: the count of midpoints below v, as encode_ref counts
-    them, with one compare. Each cell holds at most one midpoint, and none lies within 1/1000 of a
+    for each cell the number of midpoints below its start, plus MAGIC (1.5 * 2^23: the float's
+    low bits are the number; exact_math.rounded_int). The code of v in cell c is that number, plus
+    1 if v is above the cell's midpoint: the count of midpoints below v, as encode_ref counts them,
+    with one compare. Each cell holds at most one midpoint, and none lies within 1/1000 of a
     cell's edge, so a v put in the neighbouring cell by the rounding of v * 16 + 16 (at most 2^-19
     there, 2^-23 in v) still gets its own count; both are checked here, when the table is made."""
     width = 2.0 / NF4_CELLS
@@ -45,7 +47,7 @@ def nf4_cells() -> tuple[float, ...]:
         inside = [m for m in NF4_MIDPOINTS if start <= m < start + width]
         assert len(inside) <= 1 and all(min(m - start, start + width - m) > 1e-3 for m in inside)
         thresholds.append(inside[0] if inside else math.inf)
-        below.append(float(sum(m < start for m in NF4_MIDPOINTS)))
+        below.append(MAGIC + sum(m < start for m in NF4_MIDPOINTS))
     return tuple(thresholds + below)
 
 

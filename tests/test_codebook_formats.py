@@ -81,7 +81,7 @@ def test_nf4_codes_are_the_nearest_level_and_ties_go_down(device):
 
 def test_nf4_codes_at_the_encode_tables_cell_edges(device):
     """The kernel finds v's code from its cell of 1/16 (codebooks.nf4_cells); a v at a cell's edge
-    may be put in either neighbour by the rounding of v * 16 + 16. Each edge and the float32
+    may be put in either neighbour by the rounding of v * 16 + 15.5. Each edge and the float32
     values either side of it (the group's absmax 1, so its scale is 1) encode as the reference
     counts midpoints. (nf4_dq's decoded scales put v past +-1: the random nf4_dq cases.)"""
     edges = torch.arange(33, dtype=torch.float32) / 16 - 1  # -1 .. 1
