@@ -38,7 +38,8 @@ def nf4_cells() -> tuple[float, ...]:
     low bits are the number; exact_math.rounded_int). The code of v in cell c is that number, plus
     1 if v is above the cell's midpoint: the count of midpoints below v, as encode_ref counts them,
     with one compare. Each cell holds at most one midpoint, and none lies within 1/1000 of a
-    cell's edge, so a v put in the neighbouring cell by the rounding of v * 16 + 16 (at most 2^-19
+    cell's edge, so a v put in the neighbouring cell by the rounding of v * 16 + 15.5 to a cell
+    (an edge lands on a tie, which may go either way; the float rounding moves it by at most 2^-19
     there, 2^-23 in v) still gets its own count; both are checked here, when the table is made."""
     width = 2.0 / NF4_CELLS
     thresholds, below = [], []

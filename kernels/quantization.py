@@ -172,9 +172,9 @@ def quantize_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, table_ptr, second_p
     pid_n = tl.program_id(1)
     NG: tl.constexpr = BLOCK_K // GROUP
     C: tl.constexpr = GROUP // CHUNK
-    # float16 scales lie in [2**-24, 65504]: divide() needs no range check
-    SAFE_RANGE: tl.constexpr = scales_ptr.dtype.element_ty == tl.float16
     scale_ty: tl.constexpr = scales_ptr.dtype.element_ty
+    # float16 scales lie in [2**-24, 65504]: divide() needs no range check
+    SAFE_RANGE: tl.constexpr = scale_ty == tl.float16
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < N
     x_rows = x_ptr + rows[:, None, None, None] * stride_xn
