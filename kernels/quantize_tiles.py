@@ -53,6 +53,14 @@ BYTE_GROUP_MIN_SIZE = 128
 # g128 70.0 -> 59.4, int8 g128 59.2 -> 56.9, int4 g32 64.6 -> 59.6 (chunks of 16; 32: 66.8),
 # int8 g32 57.1 -> 57.5; codes identical.
 GROUP_CHUNK = 32
+# On the one-warp tiles of 4- and 2-bit codes and NF4 (below), chunks of 16 columns: since session
+# 26 reduces a segment's chunks in the thread before its lanes, a thread then holds half a
+# segment of 128 (one scale, one reciprocal: sm_90 SASS of int4 g128's unclamped path 905 -> 814
+# a tile, 96 -> 80 registers; int2 g128 910 -> 811, symmetric int4 822 -> 750, int4 g64 1025 ->
+# 880, NF4 g64 793 -> 717), where session 16's chunks of 16 had lost with the lanes reduced first.
+# 8-bit codes (768 -> 849) and the 2-warp tiles of small weights (int4 g128 at 1024^2: 501 ->
+# 685) keep 32. Not yet timed on a GPU (kernels/NOTES.md, session 26).
+ONE_WARP_CHUNK = 16
 # NF4 (a table lookup an element) on one warp, 1024 elements a program: g64 fp16 78.4 -> 72.9 us
 # (the integer formats within 2 us either way of the default tile, so they keep it)
 NF4_TILE_ELEMS = 1024
@@ -69,8 +77,10 @@ def quantize_tiling(spec: QuantSpec, n: int, k: int) -> tuple[int, int, int, int
         tile_k, elems, warps = GROUP_TILE_K, GROUP_TILE_ELEMS, GROUP_WARPS
         if spec.codebook == "nf4":
             elems, warps = NF4_TILE_ELEMS, NF4_WARPS
+            chunk = min(chunk, ONE_WARP_CHUNK)
         elif spec.bits < 8 and n * k >= SUB_BYTE_GROUP_MIN_ELEMS:
             warps = SUB_BYTE_GROUP_WARPS
+            chunk = min(chunk, ONE_WARP_CHUNK)
             if spec.symmetric or spec.group_size >= 128:
                 tile_k = SUB_BYTE_GROUP_TILE_K
         elif (spec.bits == 8 and spec.codebook == "integer" and spec.group_size >= BYTE_GROUP_MIN_SIZE

@@ -77,12 +77,14 @@ def retile(monkeypatch):
 @pytest.mark.parametrize("spec", [QuantSpec(2, "asymmetric", "group", 32), QuantSpec(4, "symmetric", "group", 128),
                                   QuantSpec(4, "nf4", "group", 64), QuantSpec(8, "asymmetric", "group", 64)], ids=str)
 def test_codes_do_not_depend_on_how_a_group_is_chunked(spec, chunk, gen, device, retile):
-    """The kernel holds a group as chunks (quantize_tiles.GROUP_CHUNK, at most half a group): any
-    chunk length, down to one byte's worth of fields, gives the reference's codes, on tiles inside
-    the matrix and on masked ones (N and K not multiples of the tile)."""
+    """The kernel holds a group as chunks (quantize_tiles.GROUP_CHUNK, ONE_WARP_CHUNK on one-warp
+    tiles; at most half a group): any chunk length, down to one byte's worth of fields, gives the
+    reference's codes, on tiles inside the matrix and on masked ones (N and K not multiples of the
+    tile)."""
     from quantbench.kernels.quantize_tiles import quantize_plan
 
     retile("GROUP_CHUNK", max(spec.per_byte, chunk))
+    retile("ONE_WARP_CHUNK", max(spec.per_byte, chunk))
     plan = quantize_plan(spec, 8, 512, torch.float16, 512)
     assert plan.constants["CHUNK"] == min(spec.group_size // 2, max(spec.per_byte, chunk))
     for n, k in ((8, 512), (5, 3 * spec.group_size)):
@@ -105,9 +107,12 @@ def test_large_weights_take_the_one_warp_tile_and_the_same_codes(spec, gen, devi
     small = quantize_tiles.quantize_tiling(spec, 2048, 2048)
     retile("SUB_BYTE_GROUP_MIN_ELEMS", 0)
     retile("BYTE_GROUP_MIN_ELEMS", 0)
-    _, block_n, block_k, _, _, warps = quantize_tiles.quantize_tiling(spec, 2048, 2048)
+    _, block_n, block_k, _, chunk, warps = quantize_tiles.quantize_tiling(spec, 2048, 2048)
     one_warp = spec.bits < 8 or spec.group_size >= 128
     assert warps == (1 if one_warp else 2) and small[-1] == 2
+    # sub-byte codes on one warp hold a segment as chunks of 16 columns, the rest of 32 (at most half a group)
+    widest = quantize_tiles.ONE_WARP_CHUNK if spec.bits < 8 else quantize_tiles.GROUP_CHUNK
+    assert chunk == min(spec.group_size // 2, widest) and small[-2] == min(spec.group_size // 2, 32)
     assert block_k == (1024 if one_warp and (spec.symmetric or spec.group_size >= 128) else 512)
     assert block_n * block_k == 2048
     for n, k in ((4, 2048), (5, 3 * spec.group_size + 1024)):
