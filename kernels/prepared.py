@@ -144,6 +144,15 @@ class PreparedWeight:
     def gemm_scales(self) -> ScaleArgs:
         return self._once("gemm", gemm_scales)
 
+    def gemv_sizes(self) -> tuple[int, ...]:
+        """The GEMV's integer arguments (N, K, the units' row stride, the scales' row and group
+        strides, the units a row), made once: read from the tensors, they cost a call ~0.4 us."""
+        def make(p: PreparedWeight) -> tuple[int, ...]:
+            scales = p.gemv_scales()
+            n, k = p.ref().shape
+            return n, k, p.units.stride(0), scales.stride_row, scales.stride_group, p.units.shape[1]
+        return self._once("gemv sizes", make)
+
     def gemm_constants_for(self, ieee: bool) -> dict[str, Any]:
         """The GEMMs' constants (fmt, IEEE and how they read the scales), made once per IEEE: a call
         whose launch is planned does not read them (launching.Launcher), so it should not build them."""

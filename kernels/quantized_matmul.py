@@ -218,7 +218,7 @@ def _gemv(x: torch.Tensor, q: QuantizedTensor, p: PreparedWeight, y: torch.Tenso
     # the smallest BLOCK_N is 4, which bounds the number of tickets
     workspace = (x.device, n, cdiv(n, 4))
     scales = p.gemv_scales()
-    sizes = (n, k, p.units.stride(0), scales.stride_row, scales.stride_group, p.units.shape[1])
+    sizes = p.gemv_sizes()
     constants = p.gemv_constants_for(x.dtype)
     tensors = lambda: (x, p.units, scales.scales, scales.zeros, p.table, p.second, p.mean, y,
                        *split_workspace(*workspace), *sizes)
