@@ -77,6 +77,10 @@ def identical(a, b) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if min(args.shape) < 1 or args.repeats < 1:
+        print(f"ab_kernels: --shape and --repeats take positive numbers, got {list(args.shape)} and {args.repeats}",
+              file=sys.stderr)
+        return 2
     if args.device == "cpu":
         os.environ["TRITON_INTERPRET"] = "1"  # before Triton is imported
     sys.path.insert(0, str(ROOT))

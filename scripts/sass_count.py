@@ -79,8 +79,20 @@ def main(argv: list[str] | None = None) -> int:
 
     type_names = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.uint8: "u8",
                   torch.int8: "i8", torch.int32: "i32", torch.int64: "i64", torch.float8_e4m3fn: "fp8e4nv"}
-    config = dict(item.split("=", 1) for item in args.config)
-    config = {name: _value(v) for name, v in config.items()}
+    bad = [item for item in args.config if "=" not in item]
+    if bad:
+        print(f"sass_count: --config takes NAME=VALUE items, got {bad[0]!r}", file=sys.stderr)
+        return 2
+    config = {name: _value(v) for name, v in (item.split("=", 1) for item in args.config)}
+    try:
+        spec = kernels.QuantSpec(args.bits, args.scheme, args.granularity, args.group_size)
+        spec.check_shape(*args.shape)
+    except (TypeError, ValueError) as e:
+        print(f"sass_count: {e}", file=sys.stderr)
+        return 2
+    if min(args.shape) < 1 or args.M < 1:
+        print(f"sass_count: --shape and -M take positive sizes, got {list(args.shape)} and {args.M}", file=sys.stderr)
+        return 2
     captured = []
 
     def capture(self, grid, launch_args, constants, key=None, tensors=None):
@@ -91,7 +103,6 @@ def main(argv: list[str] | None = None) -> int:
     kernels.quantized_matmul.INTERPRETED = False
 
     dtype = getattr(torch, args.dtype)
-    spec = kernels.QuantSpec(args.bits, args.scheme, args.granularity, args.group_size)
     n, k = args.shape
     w = torch.randn(n, k, dtype=dtype)
     if args.op == "quantize":

@@ -41,3 +41,9 @@ def test_identical_tells_nan_from_a_number_and_none_from_a_tensor():
     assert identical(a, a.clone()) and identical(None, None)
     assert not identical(a, torch.tensor([1.0, 0.0, -2.0])) and not identical(a, None)
     assert not identical(a, a.half()) and not identical(torch.tensor([1, 2]), torch.tensor([1, 3]))
+
+
+def test_a_shape_that_is_not_positive_is_refused():
+    done = subprocess.run([sys.executable, str(SCRIPT), "HEAD", "--shape", "0", "8", "--device", "cpu"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2 and "positive" in done.stderr and "Traceback" not in done.stderr

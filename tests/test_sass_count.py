@@ -36,3 +36,11 @@ def test_counts_the_sass_of_quantize_and_dequantize(tmp_path):
 def test_refuses_the_interpreter():
     done = _run("quantize", "4", "asymmetric", "group", "128", interpret="1")
     assert done.returncode == 2 and "unset TRITON_INTERPRET" in done.stderr
+
+
+def test_bad_arguments_are_named_without_a_traceback():
+    for args, said in ((("quantize", "3", "asymmetric", "group", "128"), "bits must be one of"),
+                       (("quantize", "4", "asymmetric", "group", "128", "--shape", "8", "100"), "must divide K = 100"),
+                       (("gemv", "4", "asymmetric", "group", "128", "--config", "BLOCK_N"), "NAME=VALUE")):
+        done = _run(*args)
+        assert done.returncode == 2 and said in done.stderr and "Traceback" not in done.stderr, done.stderr
