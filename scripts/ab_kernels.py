@@ -55,7 +55,8 @@ def import_revision(rev: str, folder: Path):
     """`rev`'s kernels/ as the package kernels_at_rev (from folder)."""
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "kernels"], capture_output=True, check=False)
     if archive.returncode != 0:
-        raise SystemExit(f"ab_kernels: git archive {rev} kernels failed: {archive.stderr.decode().strip()}")
+        print(f"ab_kernels: git archive {rev} kernels failed: {archive.stderr.decode().strip()}", file=sys.stderr)
+        raise SystemExit(2)
     with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
         tar.extractall(folder, filter="data")
     (folder / "kernels").rename(folder / "kernels_at_rev")
