@@ -9,8 +9,9 @@ What a kernel change needs before it is kept: the record's harness runs compare 
 at different times (the GPU's clock and the host move between runs; kernels/NOTES.md), where this
 times the two versions side by side, `repeats` rounds of (old, new), each a harness `measure` (L2
 flushed, GPU spun before each sample, as the records time), and reports the median of the rounds'
-medians with the share of a copy's bandwidth measured in the same process. Outputs that differ
-stop it (exit status 1): a faster kernel that changed its codes is not the same kernel.
+medians with the share of a copy's bandwidth (calibration.copy_bandwidth_gbps, the records' own).
+Outputs that differ are flagged and make it exit with status 1: a faster kernel that changed its
+codes is not the same kernel.
 
 The other revision's kernels/ is taken with `git archive` into a scratch folder and imported as
 the package `kernels_at_rev` beside this checkout's `kernels`. On the CPU (--device cpu, which sets
@@ -92,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import kernels as new
     from harness.config.schema import Timing
+    from harness.execution.calibration import copy_bandwidth_gbps
     from harness.execution.timing import measure
 
     device = torch.device(args.device)
@@ -100,12 +102,11 @@ def main(argv: list[str] | None = None) -> int:
         old = import_revision(args.rev, Path(scratch))
         n, k = (64, 256) if args.smoke else args.shape
         formats = FORMATS[:1] + FORMATS[-2:-1] if args.smoke else FORMATS
-        source = torch.empty(n, k, device=device, dtype=torch.float16)
-        target = torch.empty_like(source)
-        copy_ms = statistics.median(measure(lambda: target.copy_(source), device, timing).samples_ms)
-        copy_rate = 2 * source.numel() * 2 / copy_ms / 1e6  # GB/s, read and write
-        print(f"{args.op}, {n} x {k}; A = {args.rev}, B = the working tree; copy {copy_rate:.0f} GB/s"
-              f"{'' if device.type == 'cuda' else ' (interpreter: no time here means anything)'}")
+        # the records' own ceiling (a 1 GiB copy, read + write), so that a share here is a record's
+        copy_rate = copy_bandwidth_gbps(device) if device.type == "cuda" else None
+        print(f"{args.op}, {n} x {k}; A = {args.rev}, B = the working tree; "
+              + (f"copy {copy_rate:.0f} GB/s" if copy_rate else "interpreter: no time here means anything"))
+        share = lambda moved, us: f"{moved / us / 1e3 / copy_rate:6.1%}" if copy_rate else "     -"
         torch.manual_seed(0)
         differ = 0
         for bits, scheme, granularity, group, dtype_name in formats:
@@ -121,19 +122,17 @@ def main(argv: list[str] | None = None) -> int:
                     sides[name] = (lambda lib=lib, q=q: lib.dequantize(q, dtype), (lib.dequantize(q, dtype),))
             outputs = [sides[s][1] for s in "AB"]
             same = all(identical(a, b) for a, b in zip(*outputs, strict=True))
-            moved = w.numel() * w.element_size() + sum(t.numel() * t.element_size() for t in outputs[1]
-                                                       if t is not None)
-            if args.op == "dequantize":
-                q = new.quantize(w, new.QuantSpec(bits, scheme, granularity, group))
-                moved = q.nbytes + outputs[1][0].numel() * outputs[1][0].element_size()
+            # bytes the op reads and writes: the weight and its quantized form (q: B's), one way or the other
+            dense = outputs[1][0] if args.op == "dequantize" else w
+            moved = dense.numel() * dense.element_size() + q.nbytes
             rounds = {"A": [], "B": []}
             for _ in range(args.repeats):
                 for name in "AB":
                     rounds[name].append(statistics.median(measure(sides[name][0], device, timing).samples_ms))
             a_us, b_us = (statistics.median(rounds[s]) * 1e3 for s in "AB")
             label = f"{bits}b {scheme} {granularity}{group or ''} {dtype_name}"
-            print(f"  {label:32s} A {a_us:9.2f} us ({moved / a_us / 1e3 / copy_rate:6.1%} of copy)   "
-                  f"B {b_us:9.2f} us ({moved / b_us / 1e3 / copy_rate:6.1%})   {(a_us - b_us) / a_us:+6.1%}   "
+            print(f"  {label:32s} A {a_us:9.2f} us ({share(moved, a_us)} of copy)   "
+                  f"B {b_us:9.2f} us ({share(moved, b_us)})   {(a_us - b_us) / a_us:+6.1%}   "
                   f"{'outputs identical' if same else 'OUTPUTS DIFFER'}", flush=True)
             differ += not same
     if differ:
