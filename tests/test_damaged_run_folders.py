@@ -8,21 +8,34 @@ import json
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from quantbench.harness.cli import main
-from quantbench.harness.results import RunFolderError, RunWriter, load_run, read_cases
+from quantbench.harness.results import COLUMNS, SCHEMA_VERSION, RunFolderError, RunWriter, load_run, read_cases
 from quantbench.harness.results.storage import read_meta
 from test_bad_input import _csv_with
 
 ROOT = Path(__file__).resolve().parents[1]
-BASE = ROOT / "results" / "h200" / "nf4-20261204T213301Z"  # a finished GPU run of this schema
+BASE = ROOT / "results" / "h200" / "nf4-20261204T213301Z"  # a finished GPU run
 
 
 @pytest.fixture
 def run(tmp_path) -> Path:
-    """A copy of BASE to damage."""
-    return Path(shutil.copytree(BASE, tmp_path / "run"))
+    """A copy of BASE to damage, brought to this quantbench's schema version where BASE is older
+    (merge joins only runs of the version it writes): the columns added since, empty, as the
+    readers take them in an older run."""
+    copy = Path(shutil.copytree(BASE, tmp_path / "run"))
+    if json.loads((copy / "meta.json").read_text())["schema_version"] != SCHEMA_VERSION:
+        _meta(copy, schema_version=SCHEMA_VERSION)
+        table = pd.read_csv(copy / "results.csv", keep_default_na=False, dtype=str)
+        table.reindex(columns=COLUMNS, fill_value="").assign(schema_version=str(SCHEMA_VERSION)).to_csv(
+            copy / "results.csv", index=False)
+        cases = [json.loads(line) for line in (copy / "rows.jsonl").read_text().splitlines()]
+        for case in cases:
+            case["rows"] = [{c: row.get(c) for c in COLUMNS} | {"schema_version": SCHEMA_VERSION} for row in case["rows"]]
+        (copy / "rows.jsonl").write_text("".join(json.dumps(case) + "\n" for case in cases))
+    return copy
 
 
 def refused(argv: list[str], capsys, *words: str) -> str:

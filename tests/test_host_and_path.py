@@ -9,7 +9,7 @@ from quantbench import kernels
 from quantbench.harness.analysis.tables import op_table
 from quantbench.harness.config import RunConfig
 from quantbench.harness.execution.sweep import run_sweep
-from quantbench.harness.execution.timing import host_us
+from quantbench.harness.execution.host_time import alternating_batch_medians, host_columns, host_time
 from quantbench.harness.results import COLUMNS
 
 
@@ -68,8 +68,49 @@ def test_the_tables_show_each_implementations_host_time():
 
 
 def test_host_time_is_not_measured_on_the_cpu():
-    import torch
-    assert host_us(lambda: None, torch.device("cpu")) is None
+    assert host_time(lambda: None, torch.device("cpu")) is None
+    assert host_columns(lambda: None, torch.device("cpu")) == {"host_us": None, "host_linear_us": None}
+
+
+def test_host_batches_alternate_and_each_call_gets_its_own_median():
+    """Two calls timed in alternating batches on a clock the calls themselves advance: each call's
+    median is its own cost per call, though the host runs 3x slower through one round; the order
+    flips every round, and the spin before and the synchronize after bracket every round."""
+    now, speed, events = [0.0], [1.0], []
+    slow_round = iter([False, True, False, False, False, False])
+
+    def costing(name, seconds):
+        def call():
+            events.append(name)
+            now[0] += seconds * speed[0]
+        return call
+
+    def spin():
+        events.append("spin")
+        speed[0] = 3.0 if next(slow_round) else 1.0
+
+    medians = alternating_batch_medians([costing("fn", 2e-6), costing("anchor", 1e-6)], rounds=6, batch=3,
+                                        before=spin, after=lambda: events.append("sync"), clock=lambda: now[0])
+    assert medians == pytest.approx([2e-6, 1e-6])
+    rounds = [r.split() for r in " ".join(events).split("sync")[:-1]]
+    assert len(rounds) == 6 and all(r[0] == "spin" for r in rounds)
+    assert [r[1] for r in rounds] == ["fn", "anchor"] * 3  # after each spin, the other call first
+    assert all(r.count("fn") == r.count("anchor") == 3 for r in rounds)
+
+
+def test_the_tables_show_the_candidates_host_time_over_f_linears():
+    """host x F.linear: the candidate's host_us over host_linear_us of its own row, measured in the
+    same moments; runs before schema 7 (no host_linear_us) show no such column."""
+    rows = []
+    for impl, role, host, linear in (("triton", "candidate", 30.0, 20.0), ("fp16", "baseline", 22.0, 21.0)):
+        rows.append({"op": "matmul", "impl": impl, "role": role, "status": "ok", "bits": 4, "scheme": "asymmetric",
+                     "granularity": "group", "group_size": 128, "dtype": "float16", "M": 1, "N": 8192, "K": 8192,
+                     "ms": 0.02, "host_us": host, "host_linear_us": linear, "gbps": 700.0, "tflops": 1.0,
+                     "bits_per_weight": 4.25, "method_snr_db": 20.0, "kernel_snr_db": 60.0})
+    df = pd.DataFrame(rows).reindex(columns=COLUMNS)
+    table = op_table(df, "matmul")
+    assert table.loc[0, "host x F.linear"] == pytest.approx(1.5)
+    assert "host x F.linear" not in op_table(df.assign(host_linear_us=None), "matmul")
 
 
 def test_quantize_rows_name_the_tiling_they_ran(tmp_path):

@@ -6,6 +6,7 @@ import math
 
 import pandas as pd
 
+from ..results import HOST_ANCHOR_SHAPE
 from .choice import choice_tables
 from .labels import format_label, shape_label
 
@@ -56,6 +57,9 @@ def op_table(df: pd.DataFrame, op: str, copy_gbps: float | None = None) -> pd.Da
     named = (lambda col, cand: col) if len(candidates) == 1 else (lambda col, cand: f"{col} {cand}")
     by_candidate = {cand: d[d["impl"] == cand].set_index(keys) for cand in candidates}
     for cand, rows in by_candidate.items():
+        if "host_linear_us" in rows and rows["host_linear_us"].notna().any():  # schema 7 on
+            # against F.linear timed in the same moments (execution/host_time.py): the host's speed cancels
+            out[named("host x F.linear", cand)] = rows["host_us"] / rows["host_linear_us"]
         if "path" in rows and rows["path"].notna().any():
             out[named("path", cand)] = rows["path"]
         if "kernel_config" in rows and rows["kernel_config"].notna().any():  # schema 6 on
@@ -170,6 +174,11 @@ def summary_markdown(df: pd.DataFrame, meta: dict) -> str:
     if "host_us" in df and df["host_us"].notna().any():
         lines += ["'host us': the CPU time of one call while the GPU is busy (the call only enqueues its "
                   "work), what an eager caller pays on the host per call; the ms columns are GPU time.", ""]
+    if "host_linear_us" in df and df["host_linear_us"].notna().any():
+        m, n, k = HOST_ANCHOR_SHAPE
+        lines += [f"'host x F.linear': the candidate's host us over a float16 F.linear's ({m} x {k} by {n} x {k}) "
+                  "timed in batches alternating with its own, so that a host running faster or slower "
+                  "while a row was measured moves both alike (`host_linear_us` in results.csv).", ""]
     counts = df["status"].value_counts().to_dict()
     lines += ["Rows: " + ", ".join(f"{k} {v}" for k, v in counts.items()), ""]
     if "flags" in df:

@@ -18,7 +18,8 @@ from .calibration import pct_peak_flops
 from .cases import Case
 from .gpu_monitor import GpuMonitor, watched
 from .row_flags import row_flags
-from .timing import host_us, measure
+from .host_time import host_columns
+from .timing import measure
 
 
 class CaseTimeout(Exception):
@@ -138,12 +139,13 @@ def shape_problem(out: Any, ref_out: Any) -> str | None:
 
 def timed_columns(fn, device: torch.device, timing: Timing, monitor: GpuMonitor | None) -> dict[str, Any]:
     """The time columns: statistics of the samples (kept raw under `samples_ms`), the clocks read
-    while they were taken, the flags that say when not to trust them, and the host's time per call."""
+    while they were taken, the flags that say when not to trust them, and the host's time per call
+    beside F.linear's in the same moments (host_time.py)."""
     with watched(monitor) as watch:
         m = measure(fn, device, timing)
     stats, clocks = m.stats(), (watch.columns() if watch else {})
     flags = row_flags(stats, clocks.get("sm_clock_mhz"), monitor and monitor.max_sm_clock_mhz, timing.target_rse)
-    return {**stats, **clocks, "flags": flags, "host_us": host_us(fn, device), "samples_ms": m.samples_ms}
+    return {**stats, **clocks, "flags": flags, **host_columns(fn, device), "samples_ms": m.samples_ms}
 
 
 def rate_columns(op, case: Case, impl: Impl, ms: float, weight_bytes: float,

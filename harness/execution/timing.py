@@ -36,33 +36,6 @@ from ..results.schema import Measurement
 SHIELD_CYCLES = 1_000_000
 
 
-# host_us: calls timed back to back in batches behind one spin long enough for the slowest
-# launcher's batch (~16 ms on an H200), so the GPU never waits and every call only enqueues
-HOST_SPIN_CYCLES = 32 * SHIELD_CYCLES
-HOST_BATCH = 20
-HOST_BATCHES = 5
-
-
-def host_us(fn: Callable[[], Any], device: torch.device) -> float | None:
-    """Microseconds of host time per call of fn while the GPU is busy, so a call only checks its
-    inputs and enqueues its work: what a caller pays on the CPU for each eager call in a loop
-    (the GPU time is the samples'). The median over HOST_BATCHES batches of HOST_BATCH calls made
-    back to back: a call timed alone after a synchronize reads 2-5x more, and varies as much, on
-    a CPU that has just been waiting. None on the CPU, where the interpreter's time is not a
-    launcher's cost."""
-    if device.type != "cuda":
-        return None
-    per_call = []
-    for _ in range(HOST_BATCHES):
-        torch.cuda._sleep(HOST_SPIN_CYCLES)
-        start = time.perf_counter()
-        for _ in range(HOST_BATCH):
-            fn()
-        per_call.append((time.perf_counter() - start) / HOST_BATCH)
-        torch.cuda.synchronize(device)
-    return float(np.median(per_call)) * 1e6
-
-
 def _cuda_events(fn: Callable[[], Any], warmup_ms: int, rep_ms: int) -> list[float]:
     """Samples timed with CUDA events and no cache flush (timing.flush_l2: false)."""
     fn()

@@ -18,7 +18,8 @@ from ..config.schema import AXES
 # 4: host_us and path (runs before it read them as missing)
 # 5: host and gpu_uuid, the machine and GPU that measured the row (a sweep may run over several)
 # 6: kernel_config, the launch configuration (the autotuner's choice) the implementation ran
-SCHEMA_VERSION = 6
+# 7: host_linear_us, F.linear's host time per call in the same moments as the row's host_us
+SCHEMA_VERSION = 7
 
 # a row's identity: the sweep's axes (the config's, in their order), then the stack's depth and the
 # shape's name, then where it ran and how it ended
@@ -36,9 +37,15 @@ LEGACY_ROLES = {"triton": "candidate", "torch": "reference", "fp16": "baseline",
 # intensity: FLOPs per byte moved; pct_peak_bw: gbps against the run's measured copy bandwidth;
 # pct_peak_flops: tflops against the run's measured matmul rate for the op's arithmetic (each op's flops_ceiling, harness/ops)
 # host_us: the CPU time of one call while the GPU is kept busy (it only enqueues): what a caller
-# pays on the host per call, beside the GPU time (execution/timing.py, host_us)
+# pays on the host per call, beside the GPU time; host_linear_us: a fixed float16 F.linear's, timed
+# in batches alternating with the row's own, so that host_us / host_linear_us does not move with
+# the host's speed (execution/host_time.py)
+# the F.linear call host_linear_us times: M, N, K, float16 (a GEMV-sized product: its host cost is
+# cuBLAS's dispatch and launch; its GPU time, a few microseconds, never shows behind the spin)
+HOST_ANCHOR_SHAPE = (1, 1024, 1024)
 TIME = ["ms", "ms_p20", "ms_p80", "ms_min", "ms_mean", "ms_std", "cv", "n_samples", "timing_valid",
-        "gbps", "tflops", "intensity", "pct_peak_bw", "pct_peak_flops", "first_call_ms", "host_us"]
+        "gbps", "tflops", "intensity", "pct_peak_bw", "pct_peak_flops", "first_call_ms", "host_us",
+        "host_linear_us"]
 # read through NVML while the row was timed (execution/gpu_monitor.py): lowest clocks, highest power and
 # temperature; flags: reasons to distrust the time, semicolon-joined (execution/row_flags.py)
 CLOCKS = ["sm_clock_mhz", "mem_clock_mhz", "power_w", "temp_c"]

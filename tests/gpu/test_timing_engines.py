@@ -170,10 +170,20 @@ def test_a_large_copy_runs_at_the_calibrated_rate(engine):
 def test_host_us_is_the_launchers_time_not_the_gpus(sleep):
     """A 100 us GPU sleep costs the host only its launch; the same behind 300 us of host work costs
     300 us more, and none of the GPU's time shows."""
-    from quantbench.harness.execution.timing import host_us
+    from quantbench.harness.execution.host_time import host_time
     call, duration_ms = sleep
-    bare = host_us(call, CUDA)
-    slow = host_us(lambda: (busy_wait_us(300), call()), CUDA)
-    print(f"host_us: bare launch {bare:.1f} us, behind 300 us of host work {slow:.1f} us")
-    assert bare < 0.5 * duration_ms * 1e3  # the launch, not the sleep
-    assert slow - bare == pytest.approx(300, rel=0.1)
+    bare = host_time(call, CUDA)
+    slow = host_time(lambda: (busy_wait_us(300), call()), CUDA)
+    print(f"host_us: bare launch {bare.us:.1f} us, behind 300 us of host work {slow.us:.1f} us "
+          f"(F.linear beside them {bare.linear_us:.1f} and {slow.linear_us:.1f} us)")
+    assert bare.us < 0.5 * duration_ms * 1e3  # the launch, not the sleep
+    assert slow.us - bare.us == pytest.approx(300, rel=0.1)
+
+
+def test_f_linear_timed_against_itself_reads_one():
+    """host_linear_us's anchor timed as a row's own call: the two medians, from alternating
+    batches, agree, so a ratio far from 1 on a row is the row's call and not the method."""
+    from quantbench.harness.execution.host_time import host_time, linear_anchor
+    measured = host_time(linear_anchor(CUDA), CUDA)
+    print(f"host_us: F.linear {measured.us:.1f} us against itself {measured.linear_us:.1f} us")
+    assert measured.us / measured.linear_us == pytest.approx(1.0, abs=0.15)
