@@ -153,6 +153,15 @@ class PreparedWeight:
             return n, k, p.units.stride(0), scales.stride_row, scales.stride_group, p.units.shape[1]
         return self._once("gemv sizes", make)
 
+    def gemm_sizes(self) -> tuple[int, ...]:
+        """The GEMMs' integer arguments that depend on the weight alone (N, K, the codes' row
+        stride, the scales' row and group strides), made once, as gemv_sizes."""
+        def make(p: PreparedWeight) -> tuple[int, ...]:
+            q = p.ref()
+            scales = p.gemm_scales()
+            return (*q.shape, q.codes.stride(0), scales.stride_row, scales.stride_group)
+        return self._once("gemm sizes", make)
+
     def gemm_constants_for(self, ieee: bool) -> dict[str, Any]:
         """The GEMMs' constants (fmt, IEEE and how they read the scales), made once per IEEE: a call
         whose launch is planned does not read them (launching.Launcher), so it should not build them."""
