@@ -13,8 +13,9 @@ medians with the share of a copy's bandwidth (calibration.copy_bandwidth_gbps, t
 Outputs that differ are flagged and make it exit with status 1: a faster kernel that changed its
 codes is not the same kernel.
 
-The other revision's kernels/ is taken with `git archive` into a scratch folder and imported as
-the package `kernels_at_rev` beside this checkout's `kernels`. On the CPU (--device cpu, which sets
+The other revision's kernels/ is taken with `git archive` into a scratch folder (or copied from a
+folder that holds one, exported where the history is: `scripts/gpu_session.sh export REV`) and
+imported as the package `kernels_at_rev` beside this checkout's `kernels`. On the CPU (--device cpu, which sets
 TRITON_INTERPRET) the times are the interpreter's and say nothing; the outputs are still compared.
 """
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -43,7 +45,7 @@ FORMATS = [(4, "asymmetric", "group", 128, "float16"), (4, "symmetric", "group",
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("rev", help="the git revision whose kernels/ is the baseline (A)")
+    ap.add_argument("rev", help="the git revision whose kernels/ is the baseline (A), or a folder holding one")
     ap.add_argument("--op", choices=("quantize", "dequantize"), default="quantize")
     ap.add_argument("--shape", type=int, nargs=2, default=(8192, 8192), metavar=("N", "K"))
     ap.add_argument("--repeats", type=int, default=3, help="rounds of (A, B); the median of their medians is kept")
@@ -53,14 +55,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def import_revision(rev: str, folder: Path):
-    """`rev`'s kernels/ as the package kernels_at_rev (from folder)."""
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "kernels"], capture_output=True, check=False)
-    if archive.returncode != 0:
-        print(f"ab_kernels: git archive {rev} kernels failed: {archive.stderr.decode().strip()}", file=sys.stderr)
-        raise SystemExit(2)
-    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
-        tar.extractall(folder, filter="data")
-    (folder / "kernels").rename(folder / "kernels_at_rev")
+    """`rev`'s kernels/ as the package kernels_at_rev (from folder). `rev` may also be a folder
+    holding a kernels/ exported earlier (scripts/gpu_session.sh export): a GPU machine's copy of
+    the checkout may have no git history to take a revision from."""
+    exported = Path(rev) / "kernels"
+    if exported.is_dir():
+        shutil.copytree(exported, folder / "kernels_at_rev")
+    else:
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "kernels"], capture_output=True, check=False)
+        if archive.returncode != 0:
+            print(f"ab_kernels: git archive {rev} kernels failed: {archive.stderr.decode().strip()}", file=sys.stderr)
+            raise SystemExit(2)
+        with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+            tar.extractall(folder, filter="data")
+        (folder / "kernels").rename(folder / "kernels_at_rev")
     sys.path.insert(0, str(folder))
     import kernels_at_rev
     return kernels_at_rev

@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# The GPU work queued for a session that is lent a GPU, in stages that each fit one device call
+# (600 s at most; a session has 30 minutes of device time). Run from the repository root.
+#
+#   here:    bash scripts/gpu_session.sh export 6cf94e4   # kernels/ of each revision to A/B against,
+#                                                          # into .ab/REV (git-excluded)
+#            ../shared/tools/device-wheels.sh              # the GPU machine's missing packages, .whl/
+#   device:  QUANTBENCH_GIT_COMMIT=<full hash> bash scripts/gpu_session.sh verify    (carry .whl .ab)
+#            QUANTBENCH_GIT_COMMIT=<full hash> bash scripts/gpu_session.sh records   (carry .whl)
+#            QUANTBENCH_GIT_COMMIT=<full hash> bash scripts/gpu_session.sh matmul    (carry .whl)
+#
+# verify:  the kernel tests on the GPU (scripts/gpu_suite.py: the fast forms, quantize's codes, the
+#          launchers' paths), then quantize at each revision under .ab/ against the working tree,
+#          interleaved, at 8192^2 and 28672 x 8192 (scripts/ab_kernels.py).
+# records: the default, formats and w8a8 configs under results/h200, each compared with the newest
+#          earlier record of its config (`quantbench compare`).
+# matmul:  the matmul config, then scripts/prove_timing.py.
+# A device stage stops starting steps once STAGE_BUDGET_S (default 560) would be passed, and always
+# ends by packing what it wrote (new run folders, logs) into one tar.gz under $OUT.
+# The GPU machine's copy of the checkout has no usable git history: the commit comes from the
+# command (QUANTBENCH_GIT_COMMIT), the revisions to A/B against from .ab/.
+set -uo pipefail
+
+stage=${1:-}
+OUT=${OUT:-out}
+BUDGET=${STAGE_BUDGET_S:-560}
+
+die() { echo "gpu_session: $*" >&2; exit 2; }
+
+if [ "$stage" = export ]; then
+    shift
+    [ $# -ge 1 ] || die "export takes the revisions to A/B against, e.g. export 6cf94e4"
+    grep -qx '/.ab/' .git/info/exclude 2>/dev/null || echo '/.ab/' >> .git/info/exclude
+    for rev in "$@"; do
+        hash=$(git rev-parse --short=7 --verify --quiet "$rev^{commit}") || die "$rev: not a commit here"
+        rm -rf ".ab/$hash" && mkdir -p ".ab/$hash"
+        git archive "$hash" kernels | tar -x -C ".ab/$hash" || die "git archive $hash kernels failed"
+        echo "exported $rev as .ab/$hash/kernels"
+    done
+    exit 0
+fi
+
+case "$stage" in
+    verify|records|matmul) ;;
+    *) die "the stage is one of export, verify, records, matmul; got '${stage}'" ;;
+esac
+[ -n "${QUANTBENCH_GIT_COMMIT:-}" ] || die "set QUANTBENCH_GIT_COMMIT to the commit being run (git rev-parse HEAD, here)"
+command -v nvidia-smi > /dev/null || die "no nvidia-smi: the $stage stage runs on the GPU machine"
+
+short=${QUANTBENCH_GIT_COMMIT:0:7}
+logs="$OUT/$stage-$short"
+mkdir -p "$logs"
+started=$(date -u +%Y%m%dT%H%M%SZ)
+touch "$logs/.started"
+
+if ls .whl/*.whl > /dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        && export PYTHONPATH=/tmp/site || die "installing .whl failed"
+fi
+python3 -m pip install -q -e . --no-deps --no-build-isolation > "$logs/pip.log" 2>&1 || die "pip install -e . failed ($logs/pip.log)"
+nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,power.draw --format=csv > "$logs/gpu.txt"
+
+# step NAME SECONDS COMMAND...: runs COMMAND under a time limit no later than the stage's budget
+step() {
+    local name=$1 limit=$2; shift 2
+    local left=$(( BUDGET - SECONDS ))
+    if [ "$left" -lt 30 ]; then
+        echo "$name: not started, $left s of the stage's budget left" | tee -a "$logs/steps.txt"
+        return
+    fi
+    [ "$limit" -le "$left" ] || limit=$left
+    local t0=$SECONDS
+    timeout "$limit" "$@" > "$logs/$name.log" 2>&1
+    echo "$name: rc $? in $(( SECONDS - t0 )) s (limit $limit s)" | tee -a "$logs/steps.txt"
+}
+
+# record CONFIG: a run of configs/CONFIG.yaml under results/h200, compared with the newest earlier one
+record() {
+    local config=$1 limit=$2 before after
+    before=$(ls -d results/h200/"$config"-20* 2> /dev/null | tail -1)
+    step "run-$config" "$limit" python3 -m quantbench.harness.cli run "configs/$config.yaml" --out results/h200 --no-progress
+    after=$(ls -d results/h200/"$config"-20* 2> /dev/null | tail -1)
+    if [ -n "$before" ] && [ -n "$after" ] && [ "$after" != "$before" ]; then
+        step "compare-$config" 60 python3 -m quantbench.harness.cli compare "$before" "$after" --out "$logs/compare-$config"
+    fi
+}
+
+case "$stage" in
+    verify)
+        step gpu-suite 330 python3 scripts/gpu_suite.py tests/gpu/test_fast_forms.py tests/test_quantize.py \
+            tests/test_unclamped_codes.py tests/gpu/test_kernel_paths.py --jobs 4 --timeout 300 --out "$logs/test-gpu"
+        for rev in .ab/*/; do
+            [ -d "$rev/kernels" ] || continue
+            name=$(basename "$rev")
+            step "ab-$name-8192" 100 python3 scripts/ab_kernels.py "$rev" --op quantize
+            step "ab-$name-28672x8192" 100 python3 scripts/ab_kernels.py "$rev" --op quantize --shape 28672 8192
+        done
+        ;;
+    records)
+        record default 260
+        record formats 200
+        record w8a8 80
+        ;;
+    matmul)
+        record matmul 380
+        step prove-timing 150 python3 scripts/prove_timing.py "results/h200/prove-timing-$started"
+        ;;
+esac
+
+# the run folders made in this stage, and its logs, in one file
+made=$(find results/h200 -mindepth 1 -maxdepth 1 -type d -newer "$logs/.started" 2> /dev/null)
+tar -czf "$OUT/$stage-$short.tar.gz" $made "$logs"
+echo "packed into $OUT/$stage-$short.tar.gz: ${made:-no run folder} and $logs ($SECONDS s in all)"
