@@ -191,9 +191,10 @@ def test_a_median_not_known_to_its_target_is_flagged_apart_from_the_verdict():
     assert not unstable_timing(pd.Series({"flags": "throttled"}), pd.Series({"flags": float("nan")}))
 
 
-def two_impl_run(root, name, triton_ms, fp16_ms, seed, n=200, cv=0.01):
+def two_impl_run(root, name, triton_ms, fp16_ms, seed, n=200, cv=0.01, host=None):
     """A run folder with one matmul workload: the candidate (triton) and its anchor, the dense
-    baseline (fp16), each n samples of median * (1 + cv * N(0, 1))."""
+    baseline (fp16), each n samples of median * (1 + cv * N(0, 1)); host: {impl: (host_us,
+    host_linear_us)}, the rows' host time and F.linear's beside it."""
     import numpy as np
     from quantbench.harness.results import RunWriter
     writer = RunWriter.create(root, name, {"config": {"name": "rel", "seed": 0, "sweep": {"op": ["matmul"]}},
@@ -203,7 +204,8 @@ def two_impl_run(root, name, triton_ms, fp16_ms, seed, n=200, cv=0.01):
         s = median * (1 + cv * np.random.default_rng([seed, c]).standard_normal(n))
         rows.append({"op": "matmul", "impl": impl, "role": role, "bits": 4, "scheme": "asymmetric",
                      "granularity": "group", "group_size": 128, "dtype": "float16", "M": 1, "N": 8192, "K": 8192,
-                     "status": "ok", "ms": float(np.median(s)), "timing_valid": True, "snr_db": 20.0})
+                     "status": "ok", "ms": float(np.median(s)), "timing_valid": True, "snr_db": 20.0,
+                     **dict(zip(("host_us", "host_linear_us"), (host or {}).get(impl, ())))})
         samples.append(tuple(s.tolist()))
     writer.append_case("matmul", rows, samples)
     writer.finish(lambda df, meta: "")
@@ -231,3 +233,28 @@ def test_relative_mode_forgives_a_slower_machine_and_catches_a_slower_kernel(tmp
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
     assert json.loads((tmp_path / "cmp" / "verdict.json").read_text())["mode"] == "relative"
+
+
+def test_host_time_is_compared_over_f_linears_and_never_judged(tmp_path):
+    """A host twice as slow everywhere moves no host_ratio; a launcher 30% costlier against F.linear
+    in its own run does, and compare.md lists it, with the latency verdict left to the samples.
+    A run without host_linear_us (before schema 7) gives no ratio."""
+    base = two_impl_run(tmp_path, "base", 0.030, 0.045, seed=1, host={"triton": (30.0, 20.0), "fp16": (21.0, 20.0)})
+    slow_host = two_impl_run(tmp_path, "slowhost", 0.030, 0.045, seed=2,
+                             host={"triton": (60.0, 40.0), "fp16": (42.0, 40.0)})
+    costlier = two_impl_run(tmp_path, "costlier", 0.030, 0.045, seed=3,
+                            host={"triton": (39.0, 20.0), "fp16": (21.0, 20.0)})
+    older = two_impl_run(tmp_path, "older", 0.030, 0.045, seed=4, host={"triton": (30.0,), "fp16": (21.0,)})
+    table = compare_runs(base, slow_host, T).set_index("impl")
+    assert table["host_ratio"].tolist() == [1.0, 1.0]
+    table = compare_runs(base, costlier, T).set_index("impl")
+    assert abs(table.loc["triton", "host_ratio"] - 1.3) < 1e-9 and table.loc["triton", "latency"] == "same"
+    assert table.loc["triton", "base_host_x_linear"] == 1.5 and table.loc["triton", "cand_host_x_linear"] == 1.95
+    assert compare_runs(base, older, T)["host_ratio"].isna().all()
+    out = subprocess.run([sys.executable, "-m", "quantbench.harness.cli", "compare", str(base), str(costlier),
+                          str(slow_host), "--out", str(tmp_path / "cmp")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    md = (tmp_path / "cmp" / "compare.md").read_text()
+    host_section = md.split("### Host time")[1].split("\n#")[0]
+    rows = [line for line in host_section.splitlines() if line.startswith("|") and "triton" in line]
+    assert len(rows) == 1 and "costlier" in rows[0] and "1.3" in rows[0], host_section

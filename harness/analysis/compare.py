@@ -17,7 +17,8 @@ slower everywhere moves nothing, a kernel 10% slower than its neighbours is a re
 the mode for runs from two machines (fresh CI runners); an anchor itself is `unjudged` there.
 Accuracy is decided on the error columns: an SNR that drops by more than its tolerance, an error
 that rises by more than its tolerance, or a case that was ok and now is not, is a regression.
-Thresholds come per op from thresholds.py (YAML).
+Thresholds come per op from thresholds.py (YAML). The host's time per call is shown beside, over
+F.linear's measured in the same moments (host_linear_us), and never judged.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ MODE_WORDS = {"absolute": "as measured", "relative": "relative to each case's an
 SNR_COLUMNS = ("snr_db", "kernel_snr_db")
 ERROR_COLUMNS = ("rel_err", "kernel_rel_err")  # a weight's error; an output's error against its own float64 reference
 DEFAULT = Thresholds()
+HOST_NOTE_EFFECT = 0.10  # compare.md lists the cases whose host time over F.linear's moved this much
 
 
 def latency_verdict(base: list[float], cand: list[float], t: Thresholds) -> tuple[str, float]:
@@ -72,6 +74,15 @@ def latency_verdict(base: list[float], cand: list[float], t: Thresholds) -> tupl
 def unstable_timing(b: pd.Series, c: pd.Series) -> bool:
     """Either side's median was not known to its run's timing target (the row flag `noisy`)."""
     return any("noisy" in str(row.get("flags") or "").split(";") for row in (b, c))
+
+
+def host_x_linear(row: pd.Series) -> float:
+    """A row's host time per call over F.linear's measured beside it (host_linear_us, schema 7 on);
+    NaN where the run has no such column or the row no host time (the CPU, a failed case)."""
+    host, linear = row.get("host_us"), row.get("host_linear_us")
+    if host is None or linear is None or pd.isna(host) or pd.isna(linear) or not linear:
+        return math.nan
+    return float(host) / float(linear)
 
 
 def accuracy_verdict(b: pd.Series, c: pd.Series, t: Thresholds) -> tuple[str, str]:
@@ -144,6 +155,10 @@ def compare_runs(base_run: Run, cand_run: Run, t: Thresholds | ThresholdSet = DE
         b, c = base.loc[key], cand.loc[key]
         op_t = t.for_op(row["op"])
         row.update(base_ms=b["ms"], cand_ms=c["ms"], ratio=c["ms"] / b["ms"] if b["ms"] else math.nan)
+        # the host's time, each run's over F.linear's in its own moments: the hosts' speeds cancel.
+        # Shown, never judged: a row keeps one median of it, no samples to test
+        base_host, cand_host = host_x_linear(b), host_x_linear(c)
+        row.update(base_host_x_linear=base_host, cand_host_x_linear=cand_host, host_ratio=cand_host / base_host)
         accuracy, reason = accuracy_verdict(b, c, op_t)
         latency, p = ("unjudged", math.nan)
         # judged: GPU samples on both sides, one GPU model (interpreter timings and cases without samples are not)
@@ -269,6 +284,12 @@ def write_report(views: Comparison, out: Path) -> dict:
         lines += ["### Unstable", "", "The median moved by min_effect or more, but the U test does not confirm it: "
                   "the samples are too spread to call a change either way. Rerun these cases.", "",
                   to_markdown(unstable[cols].dropna(axis=1, how="all")), ""]
+    host_moved = versus[(versus["host_ratio"] - 1).abs() >= HOST_NOTE_EFFECT] if "host_ratio" in versus else versus[:0]
+    if not host_moved.empty:
+        host_cols = [c for c in (*case_cols, "base_host_x_linear", "cand_host_x_linear", "host_ratio") if c in versus]
+        lines += ["### Host time", "", f"Cases whose host time per call over F.linear's (`host_x_linear`, each "
+                  f"run's measured in the same moments) moved by {HOST_NOTE_EFFECT:.0%} or more. Not judged: a "
+                  "row keeps one median of it.", "", to_markdown(host_moved[host_cols]), ""]
     if flagged.any():
         lines += [f"{int(flagged.sum())} case(s) have a median that one run did not know to its timing target "
                   "(`unstable_timing` in compare.csv; the row flag `noisy`).", ""]
