@@ -34,6 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DTYPES = ("float16", "bfloat16", "float32")
+MAX_ELEMS = 1 << 30  # a tensor's elements: the weight (and activations) are built on the CPU, 4 GiB in float32
 
 
 def _value(text: str):
@@ -93,6 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     if min(args.shape) < 1 or args.M < 1:
         print(f"sass_count: --shape and -M take positive sizes, got {list(args.shape)} and {args.M}", file=sys.stderr)
         return 2
+    n, k = args.shape
+    if max(n, args.M) * k > MAX_ELEMS:
+        # the weight and the activations are built on this CPU, to be quantized and planned for
+        print(f"sass_count: an {max(n, args.M)} x {k} tensor is more than this script builds on the CPU "
+              f"(2^{MAX_ELEMS.bit_length() - 1} elements at most)", file=sys.stderr)
+        return 2
     captured = []
 
     def capture(self, grid, launch_args, constants, key=None, tensors=None):
@@ -103,7 +110,6 @@ def main(argv: list[str] | None = None) -> int:
     kernels.quantized_matmul.INTERPRETED = False
 
     dtype = getattr(torch, args.dtype)
-    n, k = args.shape
     w = torch.randn(n, k, dtype=dtype)
     if args.op == "quantize":
         kernels.quantize(w, spec)

@@ -41,6 +41,10 @@ def test_refuses_the_interpreter():
 def test_bad_arguments_are_named_without_a_traceback():
     for args, said in ((("quantize", "3", "asymmetric", "group", "128"), "bits must be one of"),
                        (("quantize", "4", "asymmetric", "group", "128", "--shape", "8", "100"), "must divide K = 100"),
-                       (("gemv", "4", "asymmetric", "group", "128", "--config", "BLOCK_N"), "NAME=VALUE")):
+                       (("gemv", "4", "asymmetric", "group", "128", "--config", "BLOCK_N"), "NAME=VALUE"),
+                       # built on the CPU: a size past what it builds is refused before any tensor is made
+                       (("matmul", "4", "asymmetric", "group", "128", "-M", "1000000"), "more than this script builds"),
+                       (("quantize", "8", "asymmetric", "channel", "--shape", "65536", "65536"),
+                        "more than this script builds")):
         done = _run(*args)
         assert done.returncode == 2 and said in done.stderr and "Traceback" not in done.stderr, done.stderr
