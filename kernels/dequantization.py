@@ -21,6 +21,7 @@ from .exact_math import ON_GPU, lookup, mul_rn, round_to
 from .field_ptx import half_fields
 from .checks import cdiv
 from .launching import Launcher
+from .unit_activations import split8
 from .prepared import PreparedWeight, prepared, scale_versions
 from .references import dequantize_ref, expand_params, out_dtype_of  # noqa: F401 (the reference beside its kernel)
 from .spec import DQ_CHUNK, QuantizedTensor
@@ -46,14 +47,9 @@ def nf4_word_levels(words, table_ptr):
     f = tl.join(tl.join(tl.join(words & 0xF, (words >> 4) & 0xF), tl.join((words >> 8) & 0xF, (words >> 12) & 0xF)),
                 tl.join(tl.join((words >> 16) & 0xF, (words >> 20) & 0xF),
                         tl.join((words >> 24) & 0xF, (words >> 28) & 0xF)))
-    low, high = tl.split(lookup(table_ptr, f, 16))
-    f01, f23 = tl.split(low)
-    f45, f67 = tl.split(high)
-    f0, f1 = tl.split(f01)
-    f2, f3 = tl.split(f23)
-    f4, f5 = tl.split(f45)
-    f6, f7 = tl.split(f67)
-    return f0, f1, f2, f3, f4, f5, f6, f7
+    # split8 hands back [..., a, b, c] as entry 4a + 2b + c: here field a + 2b + 4c, bit-reversed
+    l0, l4, l2, l6, l1, l5, l3, l7 = split8(lookup(table_ptr, f, 16))
+    return l0, l1, l2, l3, l4, l5, l6, l7
 
 
 @triton.jit
