@@ -135,13 +135,14 @@ def qgemv_kernel(x_ptr, units_ptr, scales_ptr, zeros_ptr, table_ptr, second_ptr,
                 q = biased[j].to(tl.float32, bitcast=True) - (8388608.0 + OFFSET)
             else:
                 q = field_values((packed >> (j * BITS)) & FIELD_MASK, table_ptr, OFFSET, CODE)
-            cols = k0 + tile_units * FIELDS + j
             if X_UNITS:
                 xv = x_fields[j]
-            elif EVEN_K:
-                xv = tl.load(x_ptr + cols, eviction_policy="evict_last").to(tl.float32)
-            else:
-                xv = tl.load(x_ptr + cols, mask=cols < K, other=0.0, eviction_policy="evict_last").to(tl.float32)
+            else:  # one 2-byte load a field, at a stride of FIELDS elements
+                cols = k0 + tile_units * FIELDS + j
+                if EVEN_K:
+                    xv = tl.load(x_ptr + cols, eviction_policy="evict_last").to(tl.float32)
+                else:
+                    xv = tl.load(x_ptr + cols, mask=cols < K, other=0.0, eviction_policy="evict_last").to(tl.float32)
             if j == 0:
                 dot = xv[None, :, :] * q
                 x_sum = xv
