@@ -6,8 +6,8 @@ GPU time is the samples', timing.py). Calls are timed back to back in batches be
 long enough for the slowest launcher's batch: a call timed alone after a synchronize reads 2-5x
 more, and varies as much, on a CPU that has just been waiting.
 
-`host_linear_us`: the same for a fixed F.linear call (results.schema.HOST_ANCHOR_SHAPE, float16), its batches
-alternating with the row's own. A host's speed moves under a row: on the H200's host F.linear
+`host_linear_us`: the same for a fixed float16 F.linear call (results.schema.HOST_ANCHOR_SHAPE),
+its batches alternating with the row's own. A host's speed moves under a row: on the H200's host F.linear
 read 14-42 us between rounds of one session, and one run's dequantize rows, one code path,
 17-37 us (kernels/NOTES.md). Two rows' `host_us` measured seconds apart carry that; each row's
 host_us / host_linear_us was measured in the same moments and does not. F.linear is the yardstick
@@ -32,7 +32,6 @@ from ..results import HOST_ANCHOR_SHAPE
 HOST_SPIN_CYCLES = 32 * 1_000_000
 HOST_BATCH = 20
 HOST_ROUNDS = 6  # even: each call's batch comes first in half of them
-
 
 
 @dataclass(frozen=True)
