@@ -3,20 +3,26 @@
 # (600 s at most; a session has 30 minutes of device time). Run from the repository root.
 #
 #   here:    bash scripts/gpu_session.sh export 6cf94e4   # kernels/ of each revision to A/B against,
-#                                                          # into .ab/REV (git-excluded)
+#                                                          # into .ab/REV (git-excluded), in order
 #            ../shared/tools/device-wheels.sh              # the GPU machine's missing packages, .whl/
 #   device:  QUANTBENCH_GIT_COMMIT=<full hash> bash scripts/gpu_session.sh verify    (carry .whl .ab)
 #            QUANTBENCH_GIT_COMMIT=<full hash> bash scripts/gpu_session.sh records   (carry .whl)
 #            QUANTBENCH_GIT_COMMIT=<full hash> bash scripts/gpu_session.sh matmul    (carry .whl)
+#            QUANTBENCH_GIT_COMMIT=<full hash> bash scripts/gpu_session.sh timing    (carry .whl)
 #
 # verify:  the kernel tests on the GPU (scripts/gpu_suite.py: the fast forms, quantize's codes, the
-#          launchers' paths), then quantize at each revision under .ab/ against the working tree,
-#          interleaved, at 8192^2 and 28672 x 8192 (scripts/ab_kernels.py).
+#          launchers' paths), then quantize at each exported revision against the working tree,
+#          interleaved (scripts/ab_kernels.py): every revision at 8192^2 in export order, then at
+#          28672 x 8192, as far as the budget goes.
 # records: the default, formats and w8a8 configs under results/h200, each compared with the newest
 #          earlier record of its config (`quantbench compare`).
-# matmul:  the matmul config, then scripts/prove_timing.py.
+# matmul:  the matmul config, compared with the newest earlier matmul record.
+# timing:  tests/gpu/test_timing_engines.py (the engines against a GPU sleep and a copy, host_us
+#          and its F.linear anchor), then scripts/prove_timing.py.
 # A device stage stops starting steps once STAGE_BUDGET_S (default 560) would be passed, and always
-# ends by packing what it wrote (new run folders, logs) into one tar.gz under $OUT.
+# ends by packing what it wrote (new run folders, logs) into one tar.gz under $OUT. A session has
+# device time for about three stages (the machine's start counts too): verify, records, matmul
+# first; timing when a later session has time left.
 # The GPU machine's copy of the checkout has no usable git history: the commit comes from the
 # command (QUANTBENCH_GIT_COMMIT), the revisions to A/B against from .ab/.
 set -uo pipefail
@@ -31,18 +37,20 @@ if [ "$stage" = export ]; then
     shift
     [ $# -ge 1 ] || die "export takes the revisions to A/B against, e.g. export 6cf94e4"
     grep -qx '/.ab/' .git/info/exclude 2>/dev/null || echo '/.ab/' >> .git/info/exclude
+    rm -rf .ab && mkdir -p .ab
     for rev in "$@"; do
         hash=$(git rev-parse --short=7 --verify --quiet "$rev^{commit}") || die "$rev: not a commit here"
-        rm -rf ".ab/$hash" && mkdir -p ".ab/$hash"
+        mkdir -p ".ab/$hash"
         git archive "$hash" kernels | tar -x -C ".ab/$hash" || die "git archive $hash kernels failed"
+        echo "$hash" >> .ab/order  # verify takes them in this order, as its budget allows
         echo "exported $rev as .ab/$hash/kernels"
     done
     exit 0
 fi
 
 case "$stage" in
-    verify|records|matmul) ;;
-    *) die "the stage is one of export, verify, records, matmul; got '${stage}'" ;;
+    verify|records|matmul|timing) ;;
+    *) die "the stage is one of export, verify, records, matmul, timing; got '${stage}'" ;;
 esac
 [ -n "${QUANTBENCH_GIT_COMMIT:-}" ] || die "set QUANTBENCH_GIT_COMMIT to the commit being run (git rev-parse HEAD, here)"
 command -v nvidia-smi > /dev/null || die "no nvidia-smi: the $stage stage runs on the GPU machine"
@@ -87,13 +95,14 @@ record() {
 
 case "$stage" in
     verify)
-        step gpu-suite 330 python3 scripts/gpu_suite.py tests/gpu/test_fast_forms.py tests/test_quantize.py \
+        step gpu-suite 300 python3 scripts/gpu_suite.py tests/gpu/test_fast_forms.py tests/test_quantize.py \
             tests/test_unclamped_codes.py tests/gpu/test_kernel_paths.py --jobs 4 --timeout 300 --out "$logs/test-gpu"
-        for rev in .ab/*/; do
-            [ -d "$rev/kernels" ] || continue
-            name=$(basename "$rev")
-            step "ab-$name-8192" 100 python3 scripts/ab_kernels.py "$rev" --op quantize
-            step "ab-$name-28672x8192" 100 python3 scripts/ab_kernels.py "$rev" --op quantize --shape 28672 8192
+        # the revisions in the order they were exported (the first is the one that matters most)
+        for name in $(cat .ab/order 2> /dev/null); do
+            step "ab-$name-8192" 100 python3 scripts/ab_kernels.py ".ab/$name" --op quantize
+        done
+        for name in $(cat .ab/order 2> /dev/null); do
+            step "ab-$name-28672x8192" 100 python3 scripts/ab_kernels.py ".ab/$name" --op quantize --shape 28672 8192
         done
         ;;
     records)
@@ -102,8 +111,13 @@ case "$stage" in
         record w8a8 80
         ;;
     matmul)
-        record matmul 380
-        step prove-timing 150 python3 scripts/prove_timing.py "results/h200/prove-timing-$started"
+        record matmul 400
+        ;;
+    timing)
+        # alone on the GPU: these time things
+        QUANTBENCH_TEST_DEVICE=cuda step timing-engines 240 python3 -m pytest -q -rfs -p no:cacheprovider \
+            tests/gpu/test_timing_engines.py
+        step prove-timing 280 python3 scripts/prove_timing.py "results/h200/prove-timing-$started"
         ;;
 esac
 

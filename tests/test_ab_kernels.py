@@ -59,7 +59,8 @@ def test_a_revision_exported_to_a_folder_stands_for_it(tmp_path):
     done = subprocess.run(["bash", str(session), "export", "HEAD"], cwd=clone, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr
-    folders = list((clone / ".ab").iterdir())
+    order = (clone / ".ab" / "order").read_text().split()  # the revisions in the order given
+    folders = [clone / ".ab" / name for name in order]
     assert len(folders) == 1 and (folders[0] / "kernels" / "__init__.py").is_file()
     assert "/.ab/" in (clone / ".git" / "info" / "exclude").read_text().split()  # never committed
     done = subprocess.run([sys.executable, str(SCRIPT), str(folders[0]), "--smoke", "--device", "cpu", "--repeats",
@@ -70,7 +71,7 @@ def test_a_revision_exported_to_a_folder_stands_for_it(tmp_path):
 
 def test_the_session_script_names_what_it_was_not_given(tmp_path):
     session = ROOT / "scripts" / "gpu_session.sh"
-    cases = {("bash", str(session)): "the stage is one of export, verify, records, matmul",
+    cases = {("bash", str(session)): "the stage is one of export, verify, records, matmul, timing",
              ("bash", str(session), "export"): "export takes the revisions",
              ("bash", str(session), "export", "no-such-rev"): "no-such-rev: not a commit here",
              ("bash", str(session), "records"): "set QUANTBENCH_GIT_COMMIT"}
