@@ -8,7 +8,7 @@ more, and varies as much, on a CPU that has just been waiting.
 
 `host_linear_us`: the same for a fixed float16 F.linear call (results.schema.HOST_ANCHOR_SHAPE),
 its batches alternating with the row's own. A host's speed moves under a row: on the H200's host F.linear
-read 14-42 us between rounds of one session, and one run's dequantize rows, one code path,
+read 14-42 us between rounds and runs, and one run's dequantize rows, one code path,
 17-37 us (kernels/NOTES.md). Two rows' `host_us` measured seconds apart carry that; each row's
 host_us / host_linear_us was measured in the same moments and does not. F.linear is the yardstick
 because a launcher's target is to cost the host no more than F.linear; a matmul run's dense
