@@ -36,6 +36,7 @@ from ..results import CASE_KEY
 from ..results.storage import atomic_write
 from .gpu_views import gpu_views, impl_table
 from .loaded_run import CompareError, LoadedRun, Run, case_key, gpu_of
+from .tables import host_x_linear
 from .thresholds import Thresholds, ThresholdSet
 
 # unjudged: the latency could not be judged (interpreter timings, no raw samples, samples that are not numbers,
@@ -74,15 +75,6 @@ def latency_verdict(base: list[float], cand: list[float], t: Thresholds) -> tupl
 def unstable_timing(b: pd.Series, c: pd.Series) -> bool:
     """Either side's median was not known to its run's timing target (the row flag `noisy`)."""
     return any("noisy" in str(row.get("flags") or "").split(";") for row in (b, c))
-
-
-def host_x_linear(row: pd.Series) -> float:
-    """A row's host time per call over F.linear's measured beside it (host_linear_us, schema 7 on);
-    NaN where the run has no such column or the row no host time (the CPU, a failed case)."""
-    host, linear = row.get("host_us"), row.get("host_linear_us")
-    if host is None or linear is None or pd.isna(host) or pd.isna(linear) or not linear:
-        return math.nan
-    return float(host) / float(linear)
 
 
 def accuracy_verdict(b: pd.Series, c: pd.Series, t: Thresholds) -> tuple[str, str]:
@@ -137,6 +129,7 @@ def compare_runs(base_run: Run, cand_run: Run, t: Thresholds | ThresholdSet = DE
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     base_run, cand_run = LoadedRun.of(base_run), LoadedRun.of(cand_run)
     base, cand = base_run.keyed(), cand_run.keyed()
+    base_host, cand_host = host_x_linear(base), host_x_linear(cand)
     if base.index.intersection(cand.index).empty:
         # every case would be new or missing: a gate on regressions would pass a candidate that lost them all
         raise CompareError(f"{base_run.path} and {cand_run.path} share no case ({len(base)} in the baseline, "
@@ -157,8 +150,8 @@ def compare_runs(base_run: Run, cand_run: Run, t: Thresholds | ThresholdSet = DE
         row.update(base_ms=b["ms"], cand_ms=c["ms"], ratio=c["ms"] / b["ms"] if b["ms"] else math.nan)
         # the host's time, each run's over F.linear's in its own moments: the hosts' speeds cancel.
         # Shown, never judged: a row keeps one median of it, no samples to test
-        base_host, cand_host = host_x_linear(b), host_x_linear(c)
-        row.update(base_host_x_linear=base_host, cand_host_x_linear=cand_host, host_ratio=cand_host / base_host)
+        row.update(base_host_x_linear=base_host[key], cand_host_x_linear=cand_host[key],
+                   host_ratio=cand_host[key] / base_host[key])
         accuracy, reason = accuracy_verdict(b, c, op_t)
         latency, p = ("unjudged", math.nan)
         # judged: GPU samples on both sides, one GPU model (interpreter timings and cases without samples are not)

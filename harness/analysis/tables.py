@@ -30,6 +30,16 @@ def impls_in_role(df: pd.DataFrame, role: str) -> list[str]:
     return list(dict.fromkeys(df.loc[df["role"] == role, "impl"]))
 
 
+def host_x_linear(d: pd.DataFrame) -> pd.Series:
+    """Each row's host time per call over F.linear's measured in the same moments (host_linear_us,
+    schema 7 on: execution/host_time.py), so that the host's speed cancels; NaN where a row has no
+    host time (the CPU, a failed case) or its run no host_linear_us."""
+    if "host_linear_us" not in d:
+        return pd.Series(math.nan, index=d.index)
+    linear = d["host_linear_us"].astype(float)
+    return d["host_us"].astype(float) / linear.where(linear > 0)
+
+
 def op_table(df: pd.DataFrame, op: str, copy_gbps: float | None = None) -> pd.DataFrame:
     """One row per case of `op`: median ms per implementation, the speedup of each candidate over
     every other implementation, each implementation's host time per call (GPU runs), each
@@ -58,8 +68,7 @@ def op_table(df: pd.DataFrame, op: str, copy_gbps: float | None = None) -> pd.Da
     by_candidate = {cand: d[d["impl"] == cand].set_index(keys) for cand in candidates}
     for cand, rows in by_candidate.items():
         if "host_linear_us" in rows and rows["host_linear_us"].notna().any():  # schema 7 on
-            # against F.linear timed in the same moments (execution/host_time.py): the host's speed cancels
-            out[named("host x F.linear", cand)] = rows["host_us"] / rows["host_linear_us"]
+            out[named("host x F.linear", cand)] = host_x_linear(rows)
         if "path" in rows and rows["path"].notna().any():
             out[named("path", cand)] = rows["path"]
         if "kernel_config" in rows and rows["kernel_config"].notna().any():  # schema 6 on
