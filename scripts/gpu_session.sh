@@ -36,10 +36,19 @@ die() { echo "gpu_session: $*" >&2; exit 2; }
 if [ "$stage" = export ]; then
     shift
     [ $# -ge 1 ] || die "export takes the revisions to A/B against, e.g. export 6cf94e4"
-    grep -qx '/.ab/' .git/info/exclude 2>/dev/null || echo '/.ab/' >> .git/info/exclude
-    rm -rf .ab && mkdir -p .ab
-    for rev in "$@"; do
+    hashes=()
+    for rev in "$@"; do  # every revision is checked before anything is written
         hash=$(git rev-parse --short=7 --verify --quiet "$rev^{commit}") || die "$rev: not a commit here"
+        hashes+=("$hash")
+    done
+    # git names the exclude file's path: .git may be a file (a worktree), and a clone made without
+    # templates has no .git/info (CI's checkout had none)
+    exclude=$(git rev-parse --git-path info/exclude) || die "not inside a git checkout"
+    mkdir -p "$(dirname "$exclude")"
+    grep -qx '/.ab/' "$exclude" 2>/dev/null || echo '/.ab/' >> "$exclude"
+    rm -rf .ab && mkdir -p .ab
+    for i in "${!hashes[@]}"; do
+        rev=${@:i+1:1} hash=${hashes[$i]}
         mkdir -p ".ab/$hash"
         git archive "$hash" kernels | tar -x -C ".ab/$hash" || die "git archive $hash kernels failed"
         echo "$hash" >> .ab/order  # verify takes them in this order, as its budget allows
