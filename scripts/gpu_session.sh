@@ -14,8 +14,8 @@
 #          launchers' paths), then quantize at each exported revision against the working tree,
 #          interleaved (scripts/ab_kernels.py): every revision at 8192^2 in export order, then at
 #          28672 x 8192, as far as the budget goes.
-# records: the default, formats and w8a8 configs under results/h200, each compared with the newest
-#          earlier record of its config (`quantbench compare`).
+# records: the default, formats and w8a8 configs under results/h200 (results/h100 on an H100),
+#          each compared with the newest earlier record of its config (`quantbench compare`).
 # matmul:  the matmul config, compared with the newest earlier matmul record.
 # timing:  tests/gpu/test_timing_engines.py (the engines against a GPU sleep and a copy, host_us
 #          and its F.linear anchor), then scripts/prove_timing.py.
@@ -76,6 +76,11 @@ if ls .whl/*.whl > /dev/null 2>&1; then
 fi
 python3 -m pip install -q -e . --no-deps --no-build-isolation > "$logs/pip.log" 2>&1 || die "pip install -e . failed ($logs/pip.log)"
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,power.draw --format=csv > "$logs/gpu.txt"
+case "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)" in  # a record's folder names its card
+    *H200*) results=results/h200 ;;
+    *H100*) results=results/h100 ;;
+    *) die "neither an H200 nor an H100: $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)" ;;
+esac
 
 # step NAME SECONDS COMMAND...: runs COMMAND under a time limit no later than the stage's budget
 step() {
@@ -91,12 +96,12 @@ step() {
     echo "$name: rc $? in $(( SECONDS - t0 )) s (limit $limit s)" | tee -a "$logs/steps.txt"
 }
 
-# record CONFIG: a run of configs/CONFIG.yaml under results/h200, compared with the newest earlier one
+# record CONFIG: a run of configs/CONFIG.yaml under $results, compared with the newest earlier one
 record() {
     local config=$1 limit=$2 before after
-    before=$(ls -d results/h200/"$config"-20* 2> /dev/null | tail -1)
-    step "run-$config" "$limit" python3 -m quantbench.harness.cli run "configs/$config.yaml" --out results/h200 --no-progress
-    after=$(ls -d results/h200/"$config"-20* 2> /dev/null | tail -1)
+    before=$(ls -d "$results/$config"-20* 2> /dev/null | tail -1)
+    step "run-$config" "$limit" python3 -m quantbench.harness.cli run "configs/$config.yaml" --out "$results" --no-progress
+    after=$(ls -d "$results/$config"-20* 2> /dev/null | tail -1)
     if [ -n "$before" ] && [ -n "$after" ] && [ "$after" != "$before" ]; then
         step "compare-$config" 60 python3 -m quantbench.harness.cli compare "$before" "$after" --out "$logs/compare-$config"
     fi
@@ -130,11 +135,11 @@ case "$stage" in
         # alone on the GPU: these time things
         QUANTBENCH_TEST_DEVICE=cuda step timing-engines 240 python3 -m pytest -q -rfs -p no:cacheprovider \
             tests/gpu/test_timing_engines.py
-        step prove-timing 280 python3 scripts/prove_timing.py "results/h200/prove-timing-$started"
+        step prove-timing 280 python3 scripts/prove_timing.py "$results/prove-timing-$started"
         ;;
 esac
 
 # the run folders made in this stage, and its logs, in one file
-made=$(find results/h200 -mindepth 1 -maxdepth 1 -type d -newer "$logs/.started" 2> /dev/null)
+made=$(find "$results" -mindepth 1 -maxdepth 1 -type d -newer "$logs/.started" 2> /dev/null)
 tar -czf "$OUT/$stage-$short.tar.gz" $made "$logs"
 echo "packed into $OUT/$stage-$short.tar.gz: ${made:-no run folder} and $logs ($SECONDS s in all)"
