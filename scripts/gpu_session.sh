@@ -20,9 +20,12 @@
 # timing:  tests/gpu/test_timing_engines.py (the engines against a GPU sleep and a copy, host_us
 #          and its F.linear anchor), then scripts/prove_timing.py.
 # A device stage stops starting steps once STAGE_BUDGET_S (default 560) would be passed, and always
-# ends by packing what it wrote (new run folders, logs) into one tar.gz under $OUT. A session has
-# device time for about three stages (the machine's start counts too): verify, records, matmul
-# first; timing when a later session has time left.
+# ends by packing what it wrote (new run folders, logs) into one tar.gz under $OUT, the only file it
+# leaves there; where machines are scarce, put two stages in one call, e.g.
+#   export QUANTBENCH_GIT_COMMIT=<full hash>; STAGE_BUDGET_S=250 bash scripts/gpu_session.sh verify;
+#   STAGE_BUDGET_S=320 bash scripts/gpu_session.sh records                        (carry .whl .ab)
+# A session has device time for about three stages (the machine's start counts too): verify,
+# records, matmul first; timing when a later session has time left.
 # The GPU machine's copy of the checkout has no usable git history: the commit comes from the
 # command (QUANTBENCH_GIT_COMMIT), the revisions to A/B against from .ab/.
 set -uo pipefail
@@ -65,8 +68,9 @@ esac
 command -v nvidia-smi > /dev/null || die "no nvidia-smi: the $stage stage runs on the GPU machine"
 
 short=${QUANTBENCH_GIT_COMMIT:0:7}
-logs="$OUT/$stage-$short"
-mkdir -p "$logs"
+# the logs are written outside $OUT and come back only in the tar: a call brings back 8 files at most
+logs_root=/tmp/gpu_session logs="/tmp/gpu_session/$stage-$short"
+mkdir -p "$logs" "$OUT"
 started=$(date -u +%Y%m%dT%H%M%SZ)
 touch "$logs/.started"
 
@@ -141,5 +145,6 @@ esac
 
 # the run folders made in this stage, and its logs, in one file
 made=$(find "$results" -mindepth 1 -maxdepth 1 -type d -newer "$logs/.started" 2> /dev/null)
-tar -czf "$OUT/$stage-$short.tar.gz" $made "$logs"
-echo "packed into $OUT/$stage-$short.tar.gz: ${made:-no run folder} and $logs ($SECONDS s in all)"
+tar -czf "$OUT/$stage-$short.tar.gz" $made -C "$logs_root" "$stage-$short"
+[ ! -f "$logs/test-gpu/summary.md" ] || tail -n 25 "$logs/test-gpu/summary.md"
+echo "packed into $OUT/$stage-$short.tar.gz: ${made:-no run folder} and the logs, $stage-$short/ ($SECONDS s in all)"
