@@ -78,7 +78,8 @@ if ls .whl/*.whl > /dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         && export PYTHONPATH=/tmp/site || die "installing .whl failed"
 fi
-python3 -m pip install -q -e . --no-deps --no-build-isolation > "$logs/pip.log" 2>&1 || die "pip install -e . failed ($logs/pip.log)"
+python3 -m pip install -q -e . --no-deps --no-build-isolation > "$logs/pip.log" 2>&1 \
+    || { tail -n 20 "$logs/pip.log" >&2; die "pip install -e . failed (its last lines above)"; }
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,power.draw --format=csv > "$logs/gpu.txt"
 case "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)" in  # a record's folder names its card
     *H200*) results=results/h200 ;;
