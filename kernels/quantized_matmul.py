@@ -238,14 +238,14 @@ def _gemv(x: torch.Tensor, q: QuantizedTensor, p: PreparedWeight, y: torch.Tenso
 
 
 def _gemm(x: torch.Tensor, q: QuantizedTensor, p: PreparedWeight, y: torch.Tensor, split: bool) -> None:
-    m = x.shape[0]
+    m, stride_x = x.shape[0], x.stride(0)
     n, k, stride_codes, stride_sn, stride_sg = p.gemm_sizes()
     ieee = x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and INTERPRETED)
     # tiles are at least 16 x 32, which bounds the number of tickets
     workspace = (x.device, m * n, cdiv(m, 16) * cdiv(n, 32))
     scales = p.gemm_scales()
     # y is fresh from the allocator, its row stride n
-    sizes = (m, n, k, x.stride(0), stride_codes, stride_sn, stride_sg, n, _m_bucket(m))
+    sizes = (m, n, k, stride_x, stride_codes, stride_sn, stride_sg, n, _m_bucket(m))
     constants = p.gemm_constants_for(ieee)
     tensors = lambda: (x, q.codes, scales.scales, scales.zeros, p.table, p.second, p.mean, y,
                        *(split_workspace(*workspace) if split else (y, y)), *sizes)
@@ -258,7 +258,7 @@ def _gemm(x: torch.Tensor, q: QuantizedTensor, p: PreparedWeight, y: torch.Tenso
         # their addresses (ScaleArgs.pointers, split_workspace_addresses; the unsplit GEMM never
         # reads them: y stands in). The sizes' signature is m's and x's row stride's (the key),
         # the rest the weight's (scales.key); ieee follows from x's dtype.
-        key = (scales.key, x.dtype, x.data_ptr() % 16 == 0, m, sizes[3])
+        key = (scales.key, x.dtype, x.data_ptr() % 16 == 0, m, stride_x)
         grid = lambda meta: (cdiv(m, meta["BLOCK_M"]) * cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])
         addresses = split_workspace_addresses(*workspace) if split else (y, y)
         (_split_launch if split else _gemm_launch)(grid, (x, *scales.pointers, y, *addresses, *sizes),

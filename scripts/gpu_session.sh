@@ -39,8 +39,8 @@ die() { echo "gpu_session: $*" >&2; exit 2; }
 if [ "$stage" = export ]; then
     shift
     [ $# -ge 1 ] || die "export takes the revisions to A/B against, e.g. export 6cf94e4"
-    hashes=()
-    for rev in "$@"; do  # every revision is checked before anything is written
+    revs=("$@") hashes=()
+    for rev in "${revs[@]}"; do  # every revision is checked before anything is written
         hash=$(git rev-parse --short=7 --verify --quiet "$rev^{commit}") || die "$rev: not a commit here"
         hashes+=("$hash")
     done
@@ -51,7 +51,7 @@ if [ "$stage" = export ]; then
     grep -qx '/.ab/' "$exclude" 2>/dev/null || echo '/.ab/' >> "$exclude"
     rm -rf .ab && mkdir -p .ab
     for i in "${!hashes[@]}"; do
-        rev=${@:i+1:1} hash=${hashes[$i]}
+        rev=${revs[$i]} hash=${hashes[$i]}
         mkdir -p ".ab/$hash"
         git archive "$hash" kernels | tar -x -C ".ab/$hash" || die "git archive $hash kernels failed"
         echo "$hash" >> .ab/order  # verify takes them in this order, as its budget allows
@@ -81,10 +81,11 @@ fi
 python3 -m pip install -q -e . --no-deps --no-build-isolation > "$logs/pip.log" 2>&1 \
     || { tail -n 20 "$logs/pip.log" >&2; die "pip install -e . failed (its last lines above)"; }
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,power.draw --format=csv > "$logs/gpu.txt"
-case "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)" in  # a record's folder names its card
+card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
+case "$card" in  # a record's folder names its card
     *H200*) results=results/h200 ;;
     *H100*) results=results/h100 ;;
-    *) die "neither an H200 nor an H100: $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)" ;;
+    *) die "neither an H200 nor an H100: $card" ;;
 esac
 
 # step NAME SECONDS COMMAND...: runs COMMAND under a time limit no later than the stage's budget

@@ -39,12 +39,6 @@ class HostTime:
     us: float  # the call's host time per call, median over the rounds
     linear_us: float  # the anchor's, in the same rounds
 
-    def columns(self) -> dict[str, float]:
-        return {"host_us": self.us, "host_linear_us": self.linear_us}
-
-
-NO_HOST_TIME = {"host_us": None, "host_linear_us": None}
-
 
 def alternating_batch_medians(calls: Sequence[Callable[[], Any]], rounds: int, batch: int,
                               before: Callable[[], Any], after: Callable[[], Any],
@@ -96,4 +90,6 @@ def host_time(fn: Callable[[], Any], device: torch.device) -> HostTime | None:
 def host_columns(fn: Callable[[], Any], device: torch.device) -> dict[str, float | None]:
     """host_us and host_linear_us of a row (none off a GPU)."""
     measured = host_time(fn, device)
-    return measured.columns() if measured is not None else dict(NO_HOST_TIME)
+    if measured is None:
+        return {"host_us": None, "host_linear_us": None}
+    return {"host_us": measured.us, "host_linear_us": measured.linear_us}
