@@ -66,6 +66,9 @@ case "$stage" in
 esac
 [ -n "${QUANTBENCH_GIT_COMMIT:-}" ] || die "set QUANTBENCH_GIT_COMMIT to the commit being run (git rev-parse HEAD, here)"
 command -v nvidia-smi > /dev/null || die "no nvidia-smi: the $stage stage runs on the GPU machine"
+# else the harness would run on the CPU and write interpreter timings under results/h200
+python3 -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' \
+    || die "torch sees no CUDA GPU: the $stage stage runs on the GPU machine"
 
 short=${QUANTBENCH_GIT_COMMIT:0:7}
 # the logs are written outside $OUT and come back only in the tar: a call brings back 8 files at most
